@@ -1,0 +1,337 @@
+"""The HTTP API of the SAM 3D Objects deployment guide, plus Lotus-D depth.
+
+HTTP only: parse and validate a request, hand a job to the queue, shape the answer.
+Route -> `queue_manager.JobQueue.submit` -> `pipelines.<model>.run` -> result file.
+
+`gunicorn app:app` and `python app.py` serve the same app. The module-level `app` is
+built on first access (PEP 562), so importing this module (tests, gunicorn's master)
+never loads a model or touches CUDA.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import sys
+from pathlib import Path
+
+from flask import Flask, Response, current_app, jsonify, request, send_file
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from pipelines import PipelineRegistry
+from pipelines.base import PipelineError
+from pipelines.catalog import configured_pipelines
+from pipelines.device import gpu_info
+from pipelines.images import load_image
+from pipelines.lotus import DepthRequest
+from pipelines.sam3d import GenerateRequest
+from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
+                           NotCancellable, QueueFull)
+from settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("server")
+
+# endpoint -> (pipeline name, request model)
+ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
+    "generate": ("sam3d", GenerateRequest),
+    "depth": ("lotus", DepthRequest),
+}
+RETRY_AFTER_SECONDS = "10"
+OPEN_PATHS = {"/health"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def create_app(settings: Settings | None = None, *,
+               registry: PipelineRegistry | None = None) -> Flask:
+    """Build the app, start the queue's workers and load the models in the background."""
+    settings = settings or load_settings()
+    registry = registry if registry is not None else PipelineRegistry(
+        configured_pipelines(settings))
+    queue = JobQueue(registry, settings.output_dir, max_queue_size=settings.max_queue_size,
+                     max_concurrent=settings.max_concurrent,
+                     result_ttl_seconds=settings.result_ttl_seconds)
+    queue.start()
+    registry.load_in_background()
+    if settings.required_api_key is None:
+        log.warning("API_KEY is not set: every endpoint is open to anyone who can reach it")
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.sort_keys = False
+    app.extensions.update(settings=settings, registry=registry, queue=queue)
+    app.before_request(_check_api_key)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    _add_routes(app)
+    return app
+
+
+def _settings() -> Settings:
+    return current_app.extensions["settings"]
+
+
+def _queue() -> JobQueue:
+    return current_app.extensions["queue"]
+
+
+def _registry() -> PipelineRegistry:
+    return current_app.extensions["registry"]
+
+
+# -- errors and auth ------------------------------------------------------------------
+
+def _error(status: int, message: str, headers: dict | None = None, **extra) -> Response:
+    response = jsonify({"error": message, **extra})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _api_error(exc: ApiError) -> Response:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
+    return _error(exc.status, exc.message, headers, **exc.extra)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    message = {413: f"request body is larger than {_settings().max_content_length} bytes"}
+    return _error(exc.code or 500, message.get(exc.code, exc.description or exc.name))
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal server error")
+
+
+def _check_api_key() -> None:
+    expected = _settings().required_api_key
+    if expected is None or request.path in OPEN_PATHS:
+        return
+    supplied = (_bearer_token(request.headers.get("Authorization", ""))
+                or request.headers.get("X-API-Key") or request.headers.get("lotus-api-key") or "")
+    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise ApiError(401, "Unauthorized: send the API key as 'Authorization: Bearer <key>' "
+                            "or 'X-API-Key: <key>'")
+
+
+def _bearer_token(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+# -- request parsing ----------------------------------------------------------------
+
+def _parse(model: type[BaseModel]) -> BaseModel:
+    """JSON body -> validated model. Control characters inside strings are allowed: the
+    guide's Git Bash recipe puts a raw newline inside the base64 string."""
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw.decode("utf-8-sig"), strict=False) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(400, _validation_message(exc)) from None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"].removeprefix("Value error, "))
+    return "; ".join(parts)
+
+
+def _submit(endpoint: str) -> JobView:
+    pipeline, model = ENDPOINTS[endpoint]
+    payload = _parse(model)
+    _require_ready(pipeline)
+    try:
+        _registry()[pipeline].check(payload)
+        image = load_image(payload, _settings().image_limits)
+    except PipelineError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    options = payload.model_copy(update={"image": None, "image_url": None})
+    try:
+        return _queue().submit(pipeline, options, image)
+    except QueueFull as exc:
+        raise ApiError(503, f"{exc}; retry later") from None
+
+
+def _require_ready(pipeline: str) -> None:
+    status = _registry().status().get(pipeline)
+    if status == "ready":
+        return
+    if status == "loading":
+        raise ApiError(503, f"model {pipeline!r} is still loading; retry shortly")
+    if status == "failed":
+        raise ApiError(503, f"model {pipeline!r} failed to load: {_registry().error(pipeline)}")
+    raise ApiError(503, f"model {pipeline!r} is not loaded on this server "
+                        f"(loaded: {', '.join(_registry()) or 'none'})")
+
+
+def _find(job_id: str) -> JobView:
+    try:
+        return _queue().get(job_id)
+    except JobNotFound:
+        raise ApiError(404, "job not found") from None
+    except JobExpired:
+        raise ApiError(410, "job results have expired", job_id=job_id) from None
+
+
+# -- response shaping -----------------------------------------------------------------
+
+def _accepted(view: JobView) -> Response:
+    response = jsonify({
+        "job_id": view.id,
+        "status": view.state.value,
+        "position": view.position,
+        "status_url": f"/job/{view.id}",
+        "message": f"Job queued at position {view.position}. Poll status_url for updates.",
+    })
+    response.status_code = 202
+    response.headers["Location"] = f"/job/{view.id}"
+    return response
+
+
+def _job_status(view: JobView) -> dict:
+    body = {"job_id": view.id, "status": view.state.value, "position": view.position}
+    if view.state is JobState.QUEUED:
+        body.update(queue_length=view.queue_length,
+                    message=f"Waiting in queue, position {view.position}")
+    elif view.state is JobState.PROCESSING:
+        body.update(message=f"Processing: {view.stage}", processing_time=view.processing_time)
+        if view.cancel_requested:
+            body["message"] = "Cancelling: the job stops at its next stage"
+    elif view.state is JobState.COMPLETED:
+        body.update(download_url=f"/job/{view.id}/download",
+                    processing_time=view.processing_time, **view.result.info)
+    elif view.state is JobState.FAILED:
+        body.update(error=view.error, processing_time=view.processing_time)
+    else:
+        body.update(message="Job was cancelled")
+    body.update(stage=view.stage, progress=view.progress)
+    return body
+
+
+def _result_file(view: JobView) -> Response:
+    if view.state is JobState.FAILED:
+        raise ApiError(view.error_status or 500, view.error, job_id=view.id)
+    if view.state is not JobState.COMPLETED:
+        raise ApiError(409, f"job is {view.state.value}, not completed", job_id=view.id,
+                       status_url=f"/job/{view.id}")
+    result = view.result
+    try:
+        return send_file(Path(result.path).resolve(), mimetype=result.media_type,
+                         as_attachment=True, download_name=result.download_name, max_age=0)
+    except FileNotFoundError:  # expired between the lookup and the read
+        raise ApiError(410, "job results have expired", job_id=view.id) from None
+
+
+def _wait(view: JobView) -> JobView:
+    view = _queue().wait(view.id, _settings().sync_timeout_seconds)
+    if not view.state.finished:
+        raise ApiError(504, f"job did not finish within {_settings().sync_timeout_seconds:g} s; "
+                            "keep polling status_url", job_id=view.id,
+                       status_url=f"/job/{view.id}")
+    return view
+
+
+def _health() -> tuple[dict, int]:
+    registry, queue = _registry(), _queue()
+    pipelines = registry.status()
+    workers_alive = queue.workers_alive()
+    ready = bool(pipelines) and all(state == "ready" for state in pipelines.values())
+    broken = "failed" in pipelines.values() or workers_alive < queue.max_concurrent
+    status = "unhealthy" if broken else "healthy" if ready else "loading"
+    body = {"status": status, "model_loaded": ready, **gpu_info(), "queue": queue.stats(),
+            "pipelines": pipelines, "workers_alive": workers_alive}
+    return body, 503 if broken else 200
+
+
+# -- routes -----------------------------------------------------------------------------
+
+def _add_routes(app: Flask) -> None:
+    @app.get("/health")
+    def health():
+        body, status = _health()
+        return jsonify(body), status
+
+    @app.get("/queue")
+    def queue_stats():
+        return jsonify(_queue().stats())
+
+    @app.post("/generate")
+    def generate():
+        return _accepted(_submit("generate"))
+
+    @app.post("/generate/sync")
+    def generate_sync():
+        return _result_file(_wait(_submit("generate")))
+
+    @app.post("/depth")
+    def depth():
+        return _accepted(_submit("depth"))
+
+    @app.post("/depth/sync")
+    def depth_sync():
+        view = _wait(_submit("depth"))
+        if view.state is not JobState.COMPLETED:
+            return _result_file(view)  # the job's error, as JSON
+        data = Path(view.result.path).read_bytes()
+        return jsonify({"job_id": view.id, "image_base64": base64.b64encode(data).decode(),
+                        **view.result.info, "file_path": str(view.result.path),
+                        "download_url": f"/job/{view.id}/download"})
+
+    @app.get("/job/<job_id>")
+    def job_status(job_id):
+        return jsonify(_job_status(_find(job_id)))
+
+    @app.delete("/job/<job_id>")
+    def job_cancel(job_id):
+        _find(job_id)
+        try:
+            view = _queue().cancel(job_id)
+        except NotCancellable as exc:
+            raise ApiError(409, str(exc), job_id=job_id) from None
+        return jsonify(_job_status(view)), 200 if view.state.finished else 202
+
+    @app.get("/job/<job_id>/download")
+    def job_download(job_id):
+        return _result_file(_find(job_id))
+
+
+def __getattr__(name: str):
+    """`app.app` for gunicorn: built once, in the process that first asks for it."""
+    if name != "app":
+        raise AttributeError(name)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
+    globals()["app"] = application = create_app(settings)
+    return application
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
+    create_app(settings).run(host="0.0.0.0", port=settings.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

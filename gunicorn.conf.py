@@ -1,0 +1,30 @@
+"""gunicorn settings: one worker process owns the GPU models and the queue; threads serve HTTP.
+
+Models load in that worker after the fork (`app:app` is built lazily there), so the
+master never touches CUDA. Settings are validated here first, so a bad environment
+variable stops the server with one line instead of a worker boot loop.
+"""
+
+import sys
+
+from settings import SettingsError, load_settings
+
+try:
+    _settings = load_settings()
+except SettingsError as exc:
+    sys.exit(f"error: {exc}")
+
+wsgi_app = "app:app"
+bind = f"0.0.0.0:{_settings.port}"
+workers = 1  # the queue and the models live in one process; more would duplicate both
+worker_class = "gthread"
+# Every waiting or running job may hold a /generate/sync thread; keep spares for polling.
+threads = _settings.max_queue_size + _settings.max_concurrent + 16
+timeout = int(_settings.sync_timeout_seconds) + 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+# Query strings never carry keys in this API, but keep them out of the log all the same.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'

@@ -1,0 +1,77 @@
+"""Model wrappers behind one interface (`base.Pipeline`) and the registry that loads them.
+
+Loading runs in a background thread so the server answers `/health` at once; a pipeline
+becomes visible to the queue (`registry.get(name)`) only when it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Iterator
+
+from .base import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class PipelineRegistry(Mapping):
+    """Name -> loaded pipeline; also tracks each pipeline's loading state for /health."""
+
+    def __init__(self, pipelines: dict[str, Pipeline]):
+        self._pending = dict(pipelines)
+        self._ready: dict[str, Pipeline] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def load_in_background(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._load_all, name="pipeline-loader",
+                                        daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def _load_all(self) -> None:
+        for name, pipeline in list(self._pending.items()):
+            log.info("loading pipeline %s", name)
+            try:
+                pipeline.load()
+            except Exception as exc:  # one broken checkpoint must not take the server down
+                log.error("pipeline %s failed to load: %s", name, exc)
+                with self._lock:
+                    self._errors[name] = f"{type(exc).__name__}: {exc}"
+                    del self._pending[name]
+                continue
+            log.info("pipeline %s ready", name)
+            with self._lock:
+                self._ready[name] = pipeline
+                del self._pending[name]
+
+    def status(self) -> dict[str, str]:
+        """Every configured pipeline's state: loading, ready or failed."""
+        with self._lock:
+            return {**{name: "loading" for name in self._pending},
+                    **{name: "ready" for name in self._ready},
+                    **{name: "failed" for name in self._errors}}
+
+    def error(self, name: str) -> str | None:
+        with self._lock:
+            return self._errors.get(name)
+
+    @property
+    def loading(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
+    def __getitem__(self, name: str) -> Pipeline:
+        with self._lock:
+            return self._ready[name]
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._ready))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ready)

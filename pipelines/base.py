@@ -1,0 +1,96 @@
+"""The one interface between the job queue and the models.
+
+A pipeline is loaded once, then runs jobs one at a time per worker thread: it gets the
+validated options and the decoded image, reports its stages through `progress`, writes
+its result file next to `output_stem` and says what it wrote. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
+
+from PIL import Image
+from pydantic import BaseModel
+
+Progress = Callable[[str, float], None]
+"""progress(stage, fraction in [0, 1]); raises JobCancelled when the job was cancelled."""
+
+
+class JobCancelled(Exception):
+    """Raised from a progress callback so a running job stops at its next stage boundary."""
+
+
+class PipelineError(Exception):
+    """A failure worth showing to the client as is, with the HTTP status that fits it."""
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidInput(PipelineError):
+    """The client sent something unusable (400); the message says what."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=400)
+
+
+@dataclass(frozen=True)
+class Result:
+    path: Path
+    media_type: str
+    download_name: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(Protocol):
+    name: ClassVar[str]
+    options_model: ClassVar[type[BaseModel]]
+    oom_advice: ClassVar[str]
+
+    def load(self) -> None: ...
+
+    def check(self, options: BaseModel) -> None:
+        """Raise PipelineError for a request this server can never serve (checked at submit)."""
+
+
+    def run(self, options: BaseModel, image: Image.Image, output_stem: Path,
+            progress: Progress) -> Result: ...
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a CUDA (or CPU allocator) out-of-memory error."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of every pipeline
+        torch = None
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def release_memory() -> None:
+    """Drop what a failed job left behind; called outside the except block that caught it,
+    so the traceback no longer pins the job's tensors."""
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def describe_failure(exc: BaseException, oom_advice: str = "") -> PipelineError:
+    """Turn any exception a pipeline raised into a readable message and a status.
+
+    The result carries no traceback, so it does not keep the failed job's tensors alive.
+    """
+    if isinstance(exc, PipelineError):
+        return PipelineError(str(exc), exc.status)
+    if is_out_of_memory(exc):
+        return PipelineError(f"Out of GPU memory. {oom_advice}".strip(), status=507)
+    return PipelineError(f"{type(exc).__name__}: {exc}", status=500)

@@ -1,0 +1,118 @@
+"""Fetch `image_url` without letting it be turned against the host (SSRF).
+
+Each hop's host is resolved once; every address it resolves to must be public, and the
+connection then goes to that checked address (TLS still verifies the name), so a DNS
+answer cannot change between check and use. Redirects are followed by hand, each hop
+checked again; the body is streamed under a byte cap and an overall deadline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from typing import Callable
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+
+from .base import InvalidInput
+
+MAX_REDIRECTS = 3
+_REDIRECTS = (301, 302, 303, 307, 308)
+Resolver = Callable[[str, int], list[str]]
+
+
+class UnsafeURL(InvalidInput):
+    """The URL is refused before any connection is made."""
+
+
+class FetchFailed(InvalidInput):
+    """The URL was allowed but did not give an image within the limits."""
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise FetchFailed(f"image_url host {host!r} could not be resolved") from None
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def is_public_address(address: str) -> bool:
+    """False for private, loopback, link-local (cloud metadata), reserved, multicast and
+    unspecified addresses, looking through IPv4-mapped IPv6."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool = False,
+              resolve: Resolver = resolve_host,
+              is_allowed: Callable[[str], bool] = is_public_address) -> bytes:
+    """GET `url` and return its body, or raise UnsafeURL / FetchFailed."""
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_REDIRECTS + 1):
+        response = _open_checked(url, timeout, allow_private, resolve, is_allowed)
+        try:
+            if response.status in _REDIRECTS and response.headers.get("Location"):
+                url = urljoin(url, response.headers["Location"])
+                continue
+            if response.status != 200:
+                raise FetchFailed(f"image_url answered HTTP {response.status}")
+            return _read_capped(response, max_bytes, deadline)
+        finally:
+            response.release_conn()
+    raise FetchFailed(f"image_url redirected more than {MAX_REDIRECTS} times")
+
+
+def _open_checked(url, timeout, allow_private, resolve, is_allowed):
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURL("image_url must be an http or https URL")
+    host = parts.hostname
+    if not host:
+        raise UnsafeURL("image_url has no host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UnsafeURL("image_url has an invalid port") from None
+    addresses = resolve(host, port)
+    if not addresses:
+        raise FetchFailed(f"image_url host {host!r} could not be resolved")
+    if not allow_private and not all(is_allowed(address) for address in addresses):
+        raise UnsafeURL("image_url points to a private or reserved address")
+    pool_kwargs = dict(port=port, retries=False, maxsize=1,
+                       timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout))
+    if parts.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(addresses[0], server_hostname=host,
+                                           assert_hostname=host, **pool_kwargs)
+    else:
+        pool = urllib3.HTTPConnectionPool(addresses[0], **pool_kwargs)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        return pool.urlopen("GET", path, redirect=False, preload_content=False,
+                            headers={"Host": parts.netloc.rsplit("@", 1)[-1],
+                                     "User-Agent": "sam3d-objects-server",
+                                     "Accept": "image/*"})
+    except urllib3.exceptions.HTTPError as exc:
+        raise FetchFailed(f"image_url could not be fetched: {type(exc).__name__}") from None
+
+
+def _read_capped(response, max_bytes: int, deadline: float) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise FetchFailed(f"image_url body is larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    try:
+        for chunk in response.stream(64 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                raise FetchFailed(f"image_url body is larger than {max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise FetchFailed("image_url took too long to download")
+            chunks.append(chunk)
+    except urllib3.exceptions.HTTPError as exc:
+        raise FetchFailed(f"image_url download failed: {type(exc).__name__}") from None
+    return b"".join(chunks)

@@ -1,0 +1,136 @@
+"""Image input shared by every entry point: base64 and bytes to a safe, upright PIL image.
+
+Hostile input is stopped as early as possible: the size is read from the header and
+refused before any pixel is decoded, only a few formats are opened at all, and Pillow's
+decompression-bomb warning is an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from .base import InvalidInput
+from .fetch import fetch_url
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+class InvalidImage(InvalidInput):
+    """The client sent something that is not a usable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_side: int = 4096
+    url_max_bytes: int = 100 * 1024 * 1024
+    url_timeout_seconds: float = 10.0
+    allow_private_urls: bool = False
+
+
+class ImageInput(BaseModel):
+    """The image fields every request shares: exactly one of base64 `image` or `image_url`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    image: str | None = Field(None, validation_alias=AliasChoices("image", "image_base64"),
+                              description="Base64-encoded image (`image_base64` also accepted)")
+    image_url: str | None = Field(None, description="http(s) URL to download the image from")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.image is None) == (self.image_url is None):
+            raise ValueError("send exactly one of 'image' (base64) or 'image_url'")
+        return self
+
+
+def load_image(source: ImageInput, limits: ImageLimits) -> Image.Image:
+    """Decode or download the request's image, within `limits`."""
+    if source.image is not None:
+        data = decode_base64(source.image)
+    else:
+        data = fetch_url(source.image_url, max_bytes=limits.url_max_bytes,
+                         timeout=limits.url_timeout_seconds,
+                         allow_private=limits.allow_private_urls)
+    return open_image(data, limits.max_side)
+
+
+def decode_base64(text: str) -> bytes:
+    """Base64 as users send it: with line breaks (Git Bash, PowerShell), a `data:` URL
+    prefix, URL-safe letters or missing padding."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidImage("image is empty")
+    text = _WHITESPACE.sub("", _DATA_URL.sub("", text.strip(), count=1))
+    text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage("image is not valid base64") from None
+    if not data:
+        raise InvalidImage("image is empty")
+    return data
+
+
+def open_image(data: bytes, max_side: int = 4096) -> Image.Image:
+    """Decode an image, refusing oversize ones from the header alone.
+
+    Returns RGB, or RGBA when the image carries transparency (SAM 3D reads its mask
+    from alpha). EXIF orientation is applied; animations keep their first frame.
+    """
+    max_pixels = max_side * max_side
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise InvalidImage("image has no pixels")
+            if width > max_side or height > max_side:
+                raise InvalidImage(f"image is {width}x{height} pixels; "
+                                   f"the limit is {max_side}x{max_side}")
+            image.seek(0)
+            image.load()
+    except InvalidImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImage(f"image exceeds {max_side}x{max_side} pixels") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            "not a supported image (PNG, JPEG, WebP, BMP, GIF or TIFF expected)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"image could not be decoded: {exc}") from None
+    if image.width * image.height > max_pixels:  # defensive: a header that lied
+        raise InvalidImage(f"image exceeds {max_side}x{max_side} pixels")
+    return _to_rgb_or_rgba(ImageOps.exif_transpose(image))
+
+
+def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = _scale_to_8_bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _scale_to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit and float grayscale: stretch to 0-255 (Pillow's convert would clip)."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+    if image.mode == "F":
+        low, high = float(values.min()), float(values.max())
+        values, top = values - low, max(high - low, 1e-12)
+    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")

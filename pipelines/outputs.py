@@ -1,0 +1,75 @@
+"""Result files: written atomically, so a download never sees half a file.
+
+Depth encodings live here too: every one is computed from the raw float prediction.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(temporary_path)` beside `path`, then rename the file into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _normalized(depth: np.ndarray) -> np.ndarray:
+    low, high = float(depth.min()), float(depth.max())
+    return (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def depth_png8(depth: np.ndarray) -> bytes:
+    """The serverless plan's grayscale PNG: min..max stretched to 0..255."""
+    return _png_bytes(Image.fromarray(np.round(_normalized(depth) * 255).astype(np.uint8), "L"))
+
+
+def depth_png16(depth: np.ndarray) -> bytes:
+    """min..max stretched to 0..65535: 256 times the precision of the 8-bit PNG."""
+    values = np.round(_normalized(depth) * 65535).astype(np.uint16)
+    return _png_bytes(Image.fromarray(values, "I;16"))
+
+
+def depth_npy(depth: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, depth.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def depth_color(depth: np.ndarray) -> bytes:
+    """Matplotlib's Spectral on 1 - disparity, as the Lotus demo shows it (near is red)."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["Spectral"](1.0 - _normalized(depth), bytes=True)
+    return _png_bytes(Image.fromarray(rgba[..., :3], "RGB"))
+
+
+# output name -> (encoder, suffix, media type, download name)
+DEPTH_FORMATS: dict[str, tuple[Callable[[np.ndarray], bytes], str, str, str]] = {
+    "png": (depth_png8, ".png", "image/png", "depth.png"),
+    "png16": (depth_png16, ".png", "image/png", "depth16.png"),
+    "npy": (depth_npy, ".npy", "application/octet-stream", "depth.npy"),
+    "color": (depth_color, ".png", "image/png", "depth_color.png"),
+}

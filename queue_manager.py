@@ -1,0 +1,330 @@
+"""Jobs, their life cycle, the bounded queue, the worker threads, result files and expiry.
+
+A job moves through one explicit state machine:
+
+    queued -> processing -> completed | failed | cancelled
+    queued -> cancelled
+
+Every change goes through `Job._move_to`, under the queue's one lock, so a reader always
+sees a consistent job. The queue knows pipelines only through `pipelines.base.Pipeline`
+(looked up by name when a job starts) and knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
+                            is_out_of_memory, release_memory)
+
+log = logging.getLogger(__name__)
+
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # 128 random bits
+_EXPIRED_IDS_KEPT = 100_000
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+_ALLOWED_MOVES = {
+    JobState.QUEUED: {JobState.PROCESSING, JobState.CANCELLED},
+    JobState.PROCESSING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED},
+}
+
+
+class QueueFull(Exception):
+    """More than MAX_QUEUE_SIZE jobs would be waiting."""
+
+
+class JobNotFound(KeyError):
+    """No job has this id (or the id is malformed)."""
+
+
+class JobExpired(Exception):
+    """The job finished more than RESULT_TTL_SECONDS ago; its files are gone."""
+
+
+class NotCancellable(Exception):
+    """The job has already finished."""
+
+
+@dataclass(eq=False)
+class Job:
+    pipeline: str
+    options: Any
+    image: Any
+    id: str = field(default_factory=lambda: secrets.token_hex(16))
+    state: JobState = JobState.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    stage: str = "queued"
+    progress: float = 0.0
+    result: Any = None  # pipelines.base.Result once completed
+    error: str | None = None
+    error_status: int | None = None
+    cancel_requested: bool = False
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def _move_to(self, state: JobState) -> None:
+        if state not in _ALLOWED_MOVES.get(self.state, ()):
+            raise RuntimeError(f"job {self.id}: {self.state.value} -> {state.value} is not allowed")
+        self.state = state
+        if state is JobState.PROCESSING:
+            self.started_at = time.time()
+            self.stage = "starting"
+        if state.finished:
+            self.finished_at = time.time()
+            self.stage = state.value
+            self.image = None  # the decoded image is no longer needed
+            self.done.set()
+
+    @property
+    def processing_time(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return round((self.finished_at or time.time()) - self.started_at, 3)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A consistent copy of a job's state for readers outside the lock."""
+
+    id: str
+    pipeline: str
+    state: JobState
+    position: int
+    queue_length: int
+    stage: str
+    progress: float
+    processing_time: float | None
+    result: Any
+    error: str | None
+    error_status: int | None
+    cancel_requested: bool
+
+
+class JobQueue:
+    """A bounded FIFO of jobs drained by exactly `max_concurrent` worker threads."""
+
+    def __init__(self, pipelines: Mapping[str, Pipeline], output_dir: Path, *,
+                 max_queue_size: int = 10, max_concurrent: int = 1,
+                 result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5,
+                 clock: Callable[[], float] = time.time):
+        self._pipelines = pipelines
+        self.output_dir = Path(output_dir)
+        self.max_queue_size = max_queue_size
+        self.max_concurrent = max_concurrent
+        self.result_ttl_seconds = result_ttl_seconds
+        self._janitor_interval = janitor_interval
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job | None] = [None] * max_concurrent
+        self._jobs: dict[str, Job] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._workers: list[threading.Thread | None] = [None] * max_concurrent
+        self._stopping = threading.Event()
+        self._janitor: threading.Thread | None = None
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_orphan_files()
+        for slot in range(self.max_concurrent):
+            self._start_worker(slot)
+        self._janitor = threading.Thread(target=self._janitor_loop, name="queue-janitor",
+                                         daemon=True)
+        self._janitor.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in [*self._workers, self._janitor]:
+            if thread is not None:
+                thread.join(timeout)
+
+    # -- client side ----------------------------------------------------------------
+
+    def submit(self, pipeline: str, options: Any, image: Any) -> JobView:
+        job = Job(pipeline=pipeline, options=options, image=image)
+        with self._lock:
+            if len(self._waiting) >= self.max_queue_size:
+                raise QueueFull(f"queue is full ({self.max_queue_size} jobs waiting)")
+            self._waiting.append(job)
+            self._jobs[job.id] = job
+            self._lock.notify()
+            return self._view(job)
+
+    def get(self, job_id: str) -> JobView:
+        with self._lock:
+            return self._view(self._find(job_id))
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel a waiting job now; ask a running one to stop at its next stage."""
+        with self._lock:
+            job = self._find(job_id)
+            if job.state.finished:
+                raise NotCancellable(f"job is already {job.state.value}")
+            if job.state is JobState.QUEUED:
+                self._waiting.remove(job)
+                job._move_to(JobState.CANCELLED)
+            else:
+                job.cancel_requested = True
+            return self._view(job)
+
+    def wait(self, job_id: str, timeout: float) -> JobView:
+        """Block until the job finishes or `timeout` passes; return its view either way."""
+        with self._lock:
+            job = self._find(job_id)
+        job.done.wait(timeout)
+        return self.get(job_id)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "queued": len(self._waiting),
+                "processing": sum(job is not None for job in self._running),
+                "max_queue_size": self.max_queue_size,
+                "max_concurrent": self.max_concurrent,
+            }
+
+    def workers_alive(self) -> int:
+        return sum(1 for thread in self._workers if thread is not None and thread.is_alive())
+
+    # -- internals --------------------------------------------------------------------
+
+    def _find(self, job_id: str) -> Job:
+        if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+            raise JobNotFound(job_id)
+        job = self._jobs.get(job_id)
+        if job is not None and self._is_stale(job):
+            self._expire(job)
+            job = None
+        if job is None:
+            raise JobExpired(job_id) if job_id in self._expired else JobNotFound(job_id)
+        return job
+
+    def _view(self, job: Job) -> JobView:
+        running = sum(j is not None for j in self._running)
+        position = running + self._waiting.index(job) if job.state is JobState.QUEUED else 0
+        return JobView(id=job.id, pipeline=job.pipeline, state=job.state, position=position,
+                       queue_length=running + len(self._waiting), stage=job.stage,
+                       progress=round(job.progress, 4), processing_time=job.processing_time,
+                       result=job.result, error=job.error, error_status=job.error_status,
+                       cancel_requested=job.cancel_requested)
+
+    def _start_worker(self, slot: int) -> None:
+        thread = threading.Thread(target=self._work, args=(slot,), name=f"queue-worker-{slot}",
+                                  daemon=True)
+        self._workers[slot] = thread
+        thread.start()
+
+    def _work(self, slot: int) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._stopping.is_set():
+                    self._lock.wait()
+                if self._stopping.is_set():
+                    return
+                job = self._waiting.popleft()
+                job._move_to(JobState.PROCESSING)
+                self._running[slot] = job
+            self._run(job)
+            with self._lock:
+                self._running[slot] = None
+
+    def _run(self, job: Job) -> None:
+        pipeline = self._pipelines.get(job.pipeline)
+        result, failure, cancelled, oom = None, None, False, False
+        try:
+            if pipeline is None:
+                raise PipelineError(f"pipeline {job.pipeline!r} is not loaded", status=503)
+            result = pipeline.run(job.options, job.image, self.output_dir / job.id,
+                                  lambda stage, fraction: self._report(job, stage, fraction))
+        except JobCancelled:
+            cancelled = True
+        except Exception as exc:  # a pipeline's failure fails its job, never the worker
+            oom = is_out_of_memory(exc)
+            failure = describe_failure(exc, getattr(pipeline, "oom_advice", ""))
+            if failure.status >= 500 and not oom:
+                log.exception("job %s failed", job.id)
+        if oom:
+            release_memory()  # outside the except block: the traceback is gone by now
+        with self._lock:
+            if cancelled or job.cancel_requested:
+                job._move_to(JobState.CANCELLED)
+                self._remove_files(result)
+            elif failure is not None:
+                job.error, job.error_status = str(failure), failure.status
+                job._move_to(JobState.FAILED)
+            else:
+                job.result, job.progress = result, 1.0
+                job._move_to(JobState.COMPLETED)
+
+    def _report(self, job: Job, stage: str, fraction: float) -> None:
+        with self._lock:
+            if job.cancel_requested:
+                raise JobCancelled()
+            job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
+
+    def _janitor_loop(self) -> None:
+        while not self._stopping.wait(self._janitor_interval):
+            with self._lock:
+                self._revive_dead_workers()
+                for job in [j for j in self._jobs.values() if self._is_stale(j)]:
+                    self._expire(job)
+
+    def _revive_dead_workers(self) -> None:
+        for slot, thread in enumerate(self._workers):
+            if thread is None or thread.is_alive() or self._stopping.is_set():
+                continue
+            job = self._running[slot]
+            log.error("worker %d died; restarting it", slot)
+            if job is not None and not job.state.finished:
+                job.error, job.error_status = "the worker running this job crashed", 500
+                job._move_to(JobState.FAILED)
+            self._running[slot] = None
+            self._start_worker(slot)
+
+    def _is_stale(self, job: Job) -> bool:
+        return (job.state.finished and job.finished_at is not None
+                and self._clock() - job.finished_at > self.result_ttl_seconds)
+
+    def _expire(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        self._remove_files(job.result)
+        self._expired[job.id] = None
+        while len(self._expired) > _EXPIRED_IDS_KEPT:
+            self._expired.popitem(last=False)
+
+    @staticmethod
+    def _remove_files(result: Any) -> None:
+        if result is not None:
+            Path(result.path).unlink(missing_ok=True)
+
+    def _remove_orphan_files(self) -> None:
+        """Jobs live in memory: files from an earlier run can never be downloaded."""
+        for path in self.output_dir.iterdir():
+            if path.is_file() and JOB_ID_PATTERN.match(path.name.lstrip(".").split(".", 1)[0]):
+                path.unlink(missing_ok=True)

@@ -1,0 +1,93 @@
+"""Server settings, read once from the environment.
+
+Every knob of the guide (`PORT`, `MAX_CONCURRENT`, `MAX_QUEUE_SIZE`) and of ours lives
+here, validated by pydantic, so a bad value stops the server at start-up with one line
+naming the variable instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.images import ImageLimits
+
+# A 4096x4096 RGB PNG of noise is about 50 MB; base64 adds a third: 100 MiB covers it.
+DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024
+KNOWN_PIPELINES = ("sam3d", "lotus")
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message is one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    port: int = Field(8000, ge=1, le=65535)
+    max_concurrent: int = Field(1, ge=1, le=64)
+    max_queue_size: int = Field(10, ge=1, le=100_000)
+    checkpoints_dir: Path = Path("checkpoints")
+    output_dir: Path = Path("outputs")
+    result_ttl_seconds: float = Field(3600, gt=0)
+    sync_timeout_seconds: float = Field(600, gt=0)
+    max_content_length: int = Field(DEFAULT_MAX_CONTENT_LENGTH, ge=1024)
+    # Which pipelines to load: comma-separated names; empty means every one whose
+    # checkpoint is present.
+    pipelines: str = ""
+    # Where the image keeps the SAM 3D Objects source (its notebook/inference.py).
+    sam3d_source_dir: Path = Path("/opt/sam-3d-objects")
+    # GPU memory (GiB) assumed when admitting SAM 3D jobs; unset = read from the GPU.
+    # For shared or MIG GPUs, and for tests of the admission rules.
+    sam3d_vram_gib: float | None = Field(None, ge=0)
+    # Lotus-D from the Hugging Face cache (HF_HOME) instead of CHECKPOINTS_DIR.
+    model_id: str | None = None
+    # Optional API key; LOTUS_API_KEY (the serverless plan's name) is read as a fallback.
+    api_key: SecretStr | None = None
+    lotus_api_key: SecretStr | None = None
+    # Lets image_url reach private and loopback addresses: local development only.
+    allow_private_urls: bool = False
+    max_image_side: int = Field(4096, ge=1)
+    url_max_bytes: int = Field(DEFAULT_MAX_CONTENT_LENGTH, ge=1024)
+    url_timeout_seconds: float = Field(10, gt=0)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _known_pipelines(cls, value: str) -> str:
+        unknown = {name.strip() for name in value.split(",") if name.strip()} - set(KNOWN_PIPELINES)
+        if unknown:
+            raise ValueError(f"unknown pipeline {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(KNOWN_PIPELINES)}")
+        return value
+
+    @field_validator("api_key", "lotus_api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def required_api_key(self) -> str | None:
+        key = self.api_key or self.lotus_api_key
+        return key.get_secret_value() if key else None
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_side=self.max_image_side, url_max_bytes=self.url_max_bytes,
+                           url_timeout_seconds=self.url_timeout_seconds,
+                           allow_private_urls=self.allow_private_urls)
+
+    @property
+    def pipeline_names(self) -> list[str]:
+        return [name.strip() for name in self.pipelines.split(",") if name.strip()]
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment (overrides win) or raise SettingsError with a one-line message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        raise SettingsError(f"invalid {name}={err.get('input')!r}: {err['msg']}") from None

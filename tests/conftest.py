@@ -1,0 +1,82 @@
+import base64
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_tiny_checkpoints import make_lotus  # noqa: E402
+
+from app import create_app  # noqa: E402
+from pipelines import PipelineRegistry  # noqa: E402
+from settings import load_settings  # noqa: E402
+from stand_ins import ScriptedPipeline  # noqa: E402
+
+SAM3D_STAND_IN = Path(__file__).resolve().parent / "sam3d_stand_in"
+
+
+def image_bytes(width=64, height=48, mode="RGB", fmt="PNG", seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def image_b64(**kwargs) -> str:
+    return base64.b64encode(image_bytes(**kwargs)).decode()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Path:
+    """A checkpoints folder with the tiny Lotus-D (real architecture, random weights)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    make_lotus(root)
+    return root
+
+
+def wait_until(predicate, timeout=30.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def make_client(tmp_path):
+    """make_client(pipelines={name: pipeline}, **settings) -> Flask test client, models ready."""
+    apps = []
+
+    def factory(pipelines=None, wait=True, **overrides):
+        overrides.setdefault("output_dir", tmp_path / "outputs")
+        settings = load_settings(**overrides)
+        registry = PipelineRegistry(pipelines if pipelines is not None else {})
+        app = create_app(settings, registry=registry)
+        apps.append(app)
+        client = app.test_client()
+        if wait:
+            wait_until(lambda: not registry.loading)
+        return client
+
+    yield factory
+    for app in apps:
+        app.extensions["queue"].stop()
+
+
+@pytest.fixture
+def scripted():
+    pipeline = ScriptedPipeline()
+    yield pipeline
+    pipeline.release.set()

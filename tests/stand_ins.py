@@ -1,0 +1,70 @@
+"""A scriptable test pipeline for the queue and HTTP tests (a stand-in, not a model).
+
+It implements `pipelines.base.Pipeline`; what each job does is chosen by its `seed`:
+`pipeline.actions[seed] = "block" | "fail" | "oom" | "die" | "invalid"`, default "ok".
+A blocked job waits for `pipeline.release` (or its own event in `pipeline.gates`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import torch
+
+from pipelines.base import InvalidInput, Result
+from pipelines.lotus import DepthRequest
+from pipelines.outputs import atomic_write
+
+
+class WorkerDeath(BaseException):
+    """Escapes the worker's `except Exception`, killing the thread as a bug would."""
+
+
+class ScriptedPipeline:
+    name = "lotus"
+    options_model = DepthRequest
+    oom_advice = "Try a smaller processing_res."
+
+    def __init__(self):
+        self.actions: dict[int, str] = {}
+        self.release = threading.Event()
+        self.started: queue.Queue[int] = queue.Queue()
+        self.running = 0
+        self.max_running = 0
+        self._lock = threading.Lock()
+        self.loaded = False
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def check(self, options) -> None:
+        pass
+
+    def run(self, options, image, output_stem: Path, progress) -> Result:
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            self.started.put(options.seed)
+            progress("working", 0.25)
+            action = self.actions.get(options.seed, "ok")
+            if action == "block":
+                assert self.release.wait(30), "test never released the job"
+                progress("finishing", 0.75)
+            elif action == "fail":
+                raise RuntimeError("the model broke")
+            elif action == "invalid":
+                raise InvalidInput("this image has no object in it")
+            elif action == "oom":
+                self.oom_tensor = torch.zeros(1)
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            elif action == "die":
+                raise WorkerDeath()
+            text = f"seed={options.seed} size={image.size}".encode()
+            path = atomic_write(Path(f"{output_stem}.txt"), lambda tmp: tmp.write_bytes(text))
+            return Result(path, "text/plain", "result.txt", {"seed": options.seed})
+        finally:
+            with self._lock:
+                self.running -= 1

@@ -1,0 +1,235 @@
+"""The job queue: state machine, bounds, positions, workers, failures, cancellation, expiry."""
+
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import wait_until
+from pipelines.lotus import DepthRequest
+from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, NotCancellable,
+                           QueueFull)
+
+IMAGE = Image.new("RGB", (8, 8))
+
+
+def options(seed):
+    return DepthRequest(image="x", seed=seed)
+
+
+@pytest.fixture
+def make_queue(tmp_path, scripted):
+    queues = []
+
+    def factory(**kwargs):
+        kwargs.setdefault("max_queue_size", 10)
+        kwargs.setdefault("max_concurrent", 1)
+        queue = JobQueue({"lotus": scripted}, tmp_path / "out", janitor_interval=0.05, **kwargs)
+        queue.start()
+        queues.append(queue)
+        return queue
+
+    yield factory
+    scripted.release.set()
+    for queue in queues:
+        queue.stop()
+
+
+def submit(queue, seed):
+    return queue.submit("lotus", options(seed), IMAGE)
+
+
+def test_job_runs_to_completion_and_writes_its_file(make_queue):
+    queue = make_queue()
+    view = submit(queue, 1)
+    assert view.state is JobState.QUEUED
+    done = queue.wait(view.id, 10)
+    assert done.state is JobState.COMPLETED and done.position == 0 and done.progress == 1.0
+    assert done.result.path.read_bytes() == b"seed=1 size=(8, 8)"
+    assert done.processing_time is not None and done.processing_time >= 0
+
+
+def test_positions_count_every_job_ahead_including_the_running_one(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "block"
+    first = submit(queue, 1)
+    assert scripted.started.get(timeout=5) == 1
+    second, third = submit(queue, 2), submit(queue, 3)
+    assert (second.position, third.position) == (1, 2)
+    assert queue.get(first.id).position == 0
+    assert queue.get(third.id).queue_length == 3
+    assert queue.stats() == {"queued": 2, "processing": 1, "max_queue_size": 10,
+                             "max_concurrent": 1}
+    scripted.release.set()
+    assert queue.wait(third.id, 10).state is JobState.COMPLETED
+    assert [queue.get(v.id).position for v in (first, second, third)] == [0, 0, 0]
+
+
+def test_queue_refuses_more_than_max_queue_size_waiting_jobs(make_queue, scripted):
+    queue = make_queue(max_queue_size=2)
+    scripted.actions[1] = "block"
+    submit(queue, 1)
+    scripted.started.get(timeout=5)  # running: no longer counts as waiting
+    submit(queue, 2), submit(queue, 3)
+    with pytest.raises(QueueFull):
+        submit(queue, 4)
+    scripted.release.set()
+    wait_until(lambda: queue.stats()["queued"] == 0)
+    assert submit(queue, 5)  # room again
+
+
+def test_max_concurrent_really_runs_that_many_jobs_at_once(make_queue, scripted):
+    queue = make_queue(max_concurrent=2)
+    for seed in (1, 2, 3):
+        scripted.actions[seed] = "block"
+    views = [submit(queue, seed) for seed in (1, 2, 3)]
+    assert {scripted.started.get(timeout=5), scripted.started.get(timeout=5)} == {1, 2}
+    time.sleep(0.2)
+    assert scripted.max_running == 2 and queue.stats()["processing"] == 2
+    assert queue.get(views[2].id).position == 2
+    scripted.release.set()
+    for view in views:
+        assert queue.wait(view.id, 10).state is JobState.COMPLETED
+    assert scripted.max_running == 2
+
+
+def test_one_worker_never_runs_two_jobs_at_once(make_queue, scripted):
+    queue = make_queue(max_concurrent=1)
+    views = [submit(queue, seed) for seed in range(5)]
+    for view in views:
+        assert queue.wait(view.id, 10).state is JobState.COMPLETED
+    assert scripted.max_running == 1
+
+
+def test_a_failing_pipeline_fails_only_its_job(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "fail"
+    failed, after = submit(queue, 1), submit(queue, 2)
+    failed = queue.wait(failed.id, 10)
+    assert failed.state is JobState.FAILED
+    assert "the model broke" in failed.error and failed.error_status == 500
+    assert queue.wait(after.id, 10).state is JobState.COMPLETED
+
+
+def test_client_errors_raised_by_a_pipeline_keep_their_status(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "invalid"
+    view = queue.wait(submit(queue, 1).id, 10)
+    assert view.state is JobState.FAILED and view.error_status == 400
+    assert view.error == "this image has no object in it"
+
+
+def test_out_of_memory_fails_the_job_with_advice_and_the_next_job_runs(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "oom"
+    oom, after = submit(queue, 1), submit(queue, 2)
+    oom = queue.wait(oom.id, 10)
+    assert oom.state is JobState.FAILED and oom.error_status == 507
+    assert "Out of GPU memory" in oom.error and "processing_res" in oom.error
+    assert queue.wait(after.id, 10).state is JobState.COMPLETED
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_worker_is_replaced_and_its_job_marked_failed(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "die"
+    dead, after = submit(queue, 1), submit(queue, 2)
+    dead = queue.wait(dead.id, 10)
+    assert dead.state is JobState.FAILED and "crashed" in dead.error
+    assert queue.wait(after.id, 10).state is JobState.COMPLETED
+    assert queue.workers_alive() == 1
+
+
+def test_cancel_a_queued_job_removes_it_from_the_line(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "block"
+    first = submit(queue, 1)
+    scripted.started.get(timeout=5)
+    second, third = submit(queue, 2), submit(queue, 3)
+    assert queue.cancel(second.id).state is JobState.CANCELLED
+    assert queue.get(third.id).position == 1
+    scripted.release.set()
+    assert queue.wait(third.id, 10).state is JobState.COMPLETED
+    assert queue.get(second.id).state is JobState.CANCELLED
+    assert not any(p.name.startswith(second.id) for p in queue.output_dir.iterdir())
+    assert queue.get(first.id).state is JobState.COMPLETED
+
+
+def test_cancel_a_running_job_stops_it_at_its_next_stage_and_leaves_no_file(make_queue, scripted):
+    queue = make_queue()
+    scripted.actions[1] = "block"
+    running = submit(queue, 1)
+    scripted.started.get(timeout=5)
+    view = queue.cancel(running.id)
+    assert view.state is JobState.PROCESSING and view.cancel_requested
+    scripted.release.set()
+    assert queue.wait(running.id, 10).state is JobState.CANCELLED
+    assert list(queue.output_dir.iterdir()) == []
+
+
+def test_finished_jobs_cannot_be_cancelled(make_queue):
+    queue = make_queue()
+    view = queue.wait(submit(queue, 1).id, 10)
+    with pytest.raises(NotCancellable):
+        queue.cancel(view.id)
+
+
+def test_finished_jobs_expire_with_their_files(make_queue):
+    queue = make_queue(result_ttl_seconds=0.3)
+    view = queue.wait(submit(queue, 1).id, 10)
+    path = view.result.path
+    assert path.exists()
+    wait_until(lambda: not path.exists(), timeout=5)
+    with pytest.raises(JobExpired):
+        queue.get(view.id)
+
+
+def test_unknown_and_malformed_ids_are_not_found(make_queue):
+    queue = make_queue()
+    for job_id in ("0" * 32, "abc12345", "../../etc/passwd", "A" * 32, ""):
+        with pytest.raises(JobNotFound):
+            queue.get(job_id)
+
+
+def test_job_ids_are_long_and_random(make_queue):
+    queue = make_queue()
+    ids = {submit(queue, seed).id for seed in range(10)}
+    assert len(ids) == 10 and all(len(job_id) == 32 for job_id in ids)
+
+
+def test_files_of_an_earlier_run_are_removed_at_start(tmp_path, scripted):
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan, temp, other = (out / ("a" * 32 + ".glb"), out / (".%s.png.x.tmp" % ("b" * 32)),
+                           out / "keep.txt")
+    for path in (orphan, temp, other):
+        path.write_text("x")
+    queue = JobQueue({"lotus": scripted}, out)
+    queue.start()
+    queue.stop()
+    assert not orphan.exists() and not temp.exists() and other.exists()
+
+
+def test_status_reads_stay_consistent_under_many_threads(make_queue, scripted):
+    queue = make_queue(max_queue_size=50)
+    views = [submit(queue, seed) for seed in range(20)]
+    errors = []
+
+    def poll():
+        for _ in range(200):
+            for view in views:
+                current = queue.get(view.id)
+                if current.state is JobState.QUEUED and current.position < 0:
+                    errors.append(current)
+                if current.state.finished and current.position != 0:
+                    errors.append(current)
+
+    threads = [threading.Thread(target=poll) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for view in views:
+        assert queue.wait(view.id, 10).state is JobState.COMPLETED
