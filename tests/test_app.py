@@ -1,0 +1,301 @@
+"""The HTTP API with Flask's test client: the guide's shapes, every error path, auth."""
+
+import base64
+import io
+import json
+import threading
+
+import pytest
+import trimesh
+from PIL import Image
+
+from conftest import SAM3D_STAND_IN, image_b64, image_bytes, wait_until
+from pipelines.lotus import LotusDepth
+from pipelines.sam3d import Masker, Sam3DObjects
+
+GLB_MAGIC = b"glTF"
+
+
+@pytest.fixture
+def sam3d_checkpoints(tmp_path):
+    folder = tmp_path / "sam3d-checkpoints"
+    folder.mkdir()
+    (folder / "pipeline.yaml").write_text("_target_: stand-in\n")
+    return folder
+
+
+def sam3d(checkpoints, vram_gib=24.0):
+    return Sam3DObjects(checkpoints, SAM3D_STAND_IN, masker=Masker(None), vram_gib=vram_gib)
+
+
+@pytest.fixture
+def client(make_client, scripted, sam3d_checkpoints):
+    """sam3d: the stand-in behind the real wrapper; lotus: the scripted test pipeline."""
+    return make_client({"sam3d": sam3d(sam3d_checkpoints), "lotus": scripted})
+
+
+def poll(client, job_id, timeout=20):
+    return wait_until(lambda: (lambda body: body if body["status"] in (
+        "completed", "failed", "cancelled") else None)(client.get(f"/job/{job_id}").get_json()),
+        timeout=timeout)
+
+
+# -- the guide's API --------------------------------------------------------------------
+
+def test_health_reports_the_guides_fields(client):
+    response = client.get("/health")
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["status"] == "healthy" and body["model_loaded"] is True
+    assert body["cuda"] is False and body["gpu"] is None
+    assert body["queue"] == {"queued": 0, "processing": 0, "max_queue_size": 10,
+                             "max_concurrent": 1}
+    assert body["pipelines"] == {"sam3d": "ready", "lotus": "ready"}
+    assert client.get("/queue").get_json() == body["queue"]
+
+
+def test_health_answers_at_once_while_models_load(make_client, scripted):
+    gate = threading.Event()
+    scripted.load = lambda: gate.wait(10)
+    client = make_client({"lotus": scripted}, wait=False)
+    body = client.get("/health").get_json()
+    assert body["model_loaded"] is False and body["status"] == "loading"
+    response = client.post("/depth", json={"image": image_b64()})
+    assert response.status_code == 503 and "loading" in response.get_json()["error"]
+    assert response.headers["Retry-After"]
+    gate.set()
+    wait_until(lambda: client.get("/health").get_json()["model_loaded"])
+
+
+def test_async_generate_poll_and_download_a_glb(client):
+    response = client.post("/generate", json={"image": image_b64(), "output_format": "glb",
+                                              "with_texture": True})
+    body = response.get_json()
+    assert response.status_code == 202
+    assert set(body) == {"job_id", "status", "position", "status_url", "message"}
+    assert body["status"] == "queued" and body["status_url"] == f"/job/{body['job_id']}"
+    assert body["message"] == (f"Job queued at position {body['position']}. "
+                               "Poll status_url for updates.")
+    done = poll(client, body["job_id"])
+    assert done["status"] == "completed" and done["position"] == 0
+    assert done["download_url"] == f"/job/{body['job_id']}/download"
+    assert done["processing_time"] >= 0 and done["stage"] == "completed"
+    download = client.get(done["download_url"])
+    assert download.status_code == 200
+    assert download.headers["Content-Type"] == "model/gltf-binary"
+    assert 'filename=model.glb' in download.headers["Content-Disposition"]
+    assert int(download.headers["Content-Length"]) == len(download.data)
+    assert download.data[:4] == GLB_MAGIC
+    mesh = trimesh.load(io.BytesIO(download.data), file_type="glb", force="mesh")
+    assert len(mesh.faces) > 0
+
+
+def test_sync_generate_returns_the_file_itself(client):
+    response = client.post("/generate/sync", json={"image": image_b64(), "output_format": "ply"})
+    assert response.status_code == 200
+    assert 'filename=model.ply' in response.headers["Content-Disposition"]
+    header = response.data.split(b"end_header", 1)[0].decode()
+    assert "property float f_dc_0" in header and "property float rot_3" in header
+
+
+def test_depth_sync_answers_with_the_plans_json(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = client.post("/depth/sync", json={"image_base64": image_b64(width=40, height=30),
+                                                "processing_res": 64})
+    body = response.get_json()
+    assert response.status_code == 200, body
+    png = Image.open(io.BytesIO(base64.b64decode(body["image_base64"])))
+    assert png.size == (40, 30) and png.mode == "L"
+    assert 0.0 <= body["min"] <= body["max"] <= 1.0
+    assert body["file_path"].endswith(".png")
+    assert client.get(body["download_url"]).data == base64.b64decode(body["image_base64"])
+
+
+def test_queued_job_status_shows_position_and_queue_length(client, scripted):
+    scripted.actions[1] = "block"
+    first = client.post("/depth", json={"image": image_b64(), "seed": 1}).get_json()
+    scripted.started.get(timeout=5)
+    second = client.post("/depth", json={"image": image_b64(), "seed": 2}).get_json()
+    assert second["position"] == 1
+    status = client.get(f"/job/{second['job_id']}").get_json()
+    assert status == {"job_id": second["job_id"], "status": "queued", "position": 1,
+                      "queue_length": 2, "message": "Waiting in queue, position 1",
+                      "stage": "queued", "progress": 0.0}
+    running = client.get(f"/job/{first['job_id']}").get_json()
+    assert running["status"] == "processing" and running["stage"] == "working"
+    assert client.get(f"/job/{second['job_id']}/download").status_code == 409
+    scripted.release.set()
+    assert poll(client, second["job_id"])["status"] == "completed"
+
+
+# -- how users send images --------------------------------------------------------------
+
+def git_bash_body(b64: str) -> bytes:
+    """Exactly what the guide's echo + `base64 -w 0` + echo recipe writes."""
+    return b'{"image": "\n' + b64.encode() + b'\n", "output_format": "glb", "with_texture": true}\n'
+
+
+@pytest.mark.parametrize("body", [
+    git_bash_body(image_b64()),
+    json.dumps({"image": base64.encodebytes(image_bytes()).decode()}).encode(),
+    json.dumps({"image": "data:image/png;base64," + image_b64()}).encode(),
+    b"\xef\xbb\xbf" + json.dumps({"image": image_b64(), "with_texture": True}, indent=4).encode(),
+], ids=["git-bash-recipe", "base64-with-line-breaks", "data-url", "powershell-bom"])
+def test_bodies_from_curl_powershell_and_git_bash_are_accepted(client, body):
+    response = client.post("/generate/sync", data=body, content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+    assert response.data[:4] == GLB_MAGIC
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "exactly one of"),
+    ({"image": image_b64(), "image_url": "https://example.com/a.png"}, "exactly one of"),
+    ({"image": "not base64 !!!"}, "not valid base64"),
+    ({"image": base64.b64encode(b"hello, world").decode()}, "not a supported image"),
+    ({"image": image_b64(), "output_format": "obj"}, "output_format"),
+    ({"image": image_b64(), "seed": "42"}, "seed"),
+    ({"image": image_b64(), "with_texture": "yes"}, "with_texture"),
+    ({"image": image_b64(), "texture_size": 777}, "texture_size"),
+    ({"image": image_b64(), "stage1_steps": 0}, "stage1_steps"),
+    ({"image": image_b64(), "colour": "red"}, "colour"),
+    ({"image": 12345}, "image"),
+])
+def test_bad_input_is_a_400_with_a_clear_json_error(client, body, message):
+    response = client.post("/generate", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("data", [b"", b"not json", b"[1, 2]", b'"text"', b"\xff\xfe{"])
+def test_bodies_that_are_not_json_objects_are_400(client, data):
+    response = client.post("/generate", data=data, content_type="application/json")
+    assert response.status_code == 400 and "error" in response.get_json()
+
+
+def test_unknown_and_malformed_job_ids_are_404(client):
+    for job_id in ("0" * 32, "abc12345", "zz", "%2e%2e"):
+        response = client.get(f"/job/{job_id}")
+        assert response.status_code == 404 and response.get_json() == {"error": "job not found"}
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert client.get("/nope").get_json()["error"]
+    response = client.get("/generate")
+    assert response.status_code == 405 and response.get_json()["error"]
+
+
+def test_oversized_bodies_are_413(make_client, scripted):
+    client = make_client({"lotus": scripted}, max_content_length=2048)
+    response = client.post("/depth", json={"image": "A" * 4096})
+    assert response.status_code == 413 and "larger than 2048" in response.get_json()["error"]
+
+
+def test_full_queue_is_503_with_retry_after_and_nothing_is_lost(make_client, scripted):
+    client = make_client({"lotus": scripted}, max_queue_size=1)
+    scripted.actions[1] = "block"
+    running = client.post("/depth", json={"image": image_b64(), "seed": 1}).get_json()
+    scripted.started.get(timeout=5)
+    waiting = client.post("/depth", json={"image": image_b64(), "seed": 2}).get_json()
+    refused = client.post("/depth", json={"image": image_b64(), "seed": 3})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert "queue is full" in refused.get_json()["error"]
+    scripted.release.set()
+    assert poll(client, running["job_id"])["status"] == "completed"
+    assert poll(client, waiting["job_id"])["status"] == "completed"
+
+
+def test_a_pipeline_that_is_not_loaded_is_503(make_client, scripted):
+    client = make_client({"lotus": scripted})
+    response = client.post("/generate", json={"image": image_b64()})
+    assert response.status_code == 503 and "not loaded" in response.get_json()["error"]
+
+
+def test_failed_jobs_show_the_error_and_the_download_says_why(client, scripted):
+    scripted.actions[5] = "fail"
+    job = client.post("/depth", json={"image": image_b64(), "seed": 5}).get_json()
+    status = poll(client, job["job_id"])
+    assert status["status"] == "failed" and "the model broke" in status["error"]
+    assert "Traceback" not in status["error"]
+    download = client.get(f"/job/{job['job_id']}/download")
+    assert download.status_code == 500 and "the model broke" in download.get_json()["error"]
+
+
+def test_out_of_memory_in_sync_mode_is_507_with_the_guides_advice(client, scripted):
+    scripted.actions[9] = "oom"
+    response = client.post("/depth/sync", json={"image": image_b64(), "seed": 9})
+    assert response.status_code == 507
+    assert "Out of GPU memory" in response.get_json()["error"]
+    assert client.post("/depth/sync", json={"image": image_b64(), "seed": 10}).status_code == 200
+
+
+def test_sync_timeout_is_504_with_the_job_id_to_keep_polling(make_client, scripted):
+    client = make_client({"lotus": scripted}, sync_timeout_seconds=0.3)
+    scripted.actions[1] = "block"
+    response = client.post("/depth/sync", json={"image": image_b64(), "seed": 1})
+    body = response.get_json()
+    assert response.status_code == 504 and body["job_id"]
+    assert body["status_url"] == f"/job/{body['job_id']}"
+    scripted.release.set()
+    assert poll(client, body["job_id"])["status"] == "completed"
+
+
+def test_expired_results_are_410(make_client, scripted):
+    client = make_client({"lotus": scripted}, result_ttl_seconds=0.2)
+    job = client.post("/depth", json={"image": image_b64()}).get_json()
+    poll(client, job["job_id"])
+    wait_until(lambda: client.get(f"/job/{job['job_id']}").status_code == 410, timeout=5)
+    assert client.get(f"/job/{job['job_id']}/download").status_code == 410
+
+
+def test_delete_cancels_queued_and_running_jobs(client, scripted):
+    scripted.actions[1] = "block"
+    running = client.post("/depth", json={"image": image_b64(), "seed": 1}).get_json()
+    scripted.started.get(timeout=5)
+    queued = client.post("/depth", json={"image": image_b64(), "seed": 2}).get_json()
+    response = client.delete(f"/job/{queued['job_id']}")
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    response = client.delete(f"/job/{running['job_id']}")
+    assert response.status_code == 202 and "Cancelling" in response.get_json()["message"]
+    scripted.release.set()
+    assert poll(client, running["job_id"])["status"] == "cancelled"
+    assert client.delete(f"/job/{running['job_id']}").status_code == 409
+    assert client.get(f"/job/{running['job_id']}/download").status_code == 409
+
+
+def test_glb_that_cannot_fit_in_gpu_memory_is_refused_at_once(make_client, sam3d_checkpoints):
+    client = make_client({"sam3d": sam3d(sam3d_checkpoints, vram_gib=16.0)})
+    response = client.post("/generate", json={"image": image_b64(), "output_format": "glb"})
+    assert response.status_code == 507
+    assert "ply" in response.get_json()["error"]
+    assert client.post("/generate", json={"image": image_b64(),
+                                           "output_format": "ply"}).status_code == 202
+
+
+# -- API key ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def locked(make_client, scripted):
+    return make_client({"lotus": scripted}, api_key="s3cret-key")
+
+
+def test_api_key_is_required_everywhere_but_health(locked):
+    assert locked.get("/health").status_code == 200
+    for method, path in (("get", "/queue"), ("post", "/depth"), ("get", "/job/" + "0" * 32)):
+        response = getattr(locked, method)(path)
+        assert response.status_code == 401 and "Unauthorized" in response.get_json()["error"]
+    assert locked.get("/queue", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": "Bearer s3cret-key"},
+                                     {"X-API-Key": "s3cret-key"},
+                                     {"lotus-api-key": "s3cret-key"}])
+def test_api_key_is_accepted_in_each_documented_header(locked, headers):
+    assert locked.get("/queue", headers=headers).status_code == 200
+
+
+def test_lotus_api_key_is_honoured_as_a_fallback(make_client, scripted):
+    client = make_client({"lotus": scripted}, lotus_api_key="plan-key")
+    assert client.get("/queue").status_code == 401
+    assert client.get("/queue", headers={"X-API-Key": "plan-key"}).status_code == 200
