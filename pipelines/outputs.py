@@ -43,13 +43,13 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def depth_png8(depth: np.ndarray) -> bytes:
     """The serverless plan's grayscale PNG: min..max stretched to 0..255."""
-    return _png_bytes(Image.fromarray(np.round(_normalized(depth) * 255).astype(np.uint8), "L"))
+    return _png_bytes(Image.fromarray(np.round(_normalized(depth) * 255).astype(np.uint8)))
 
 
 def depth_png16(depth: np.ndarray) -> bytes:
     """min..max stretched to 0..65535: 256 times the precision of the 8-bit PNG."""
     values = np.round(_normalized(depth) * 65535).astype(np.uint16)
-    return _png_bytes(Image.fromarray(values, "I;16"))
+    return _png_bytes(Image.fromarray(values))
 
 
 def depth_npy(depth: np.ndarray) -> bytes:
@@ -63,7 +63,7 @@ def depth_color(depth: np.ndarray) -> bytes:
     from matplotlib import colormaps
 
     rgba = colormaps["Spectral"](1.0 - _normalized(depth), bytes=True)
-    return _png_bytes(Image.fromarray(rgba[..., :3], "RGB"))
+    return _png_bytes(Image.fromarray(np.ascontiguousarray(rgba[..., :3])))
 
 
 # output name -> (encoder, suffix, media type, download name)
