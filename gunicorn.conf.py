@@ -5,6 +5,7 @@ master never touches CUDA. Settings are validated here first, so a bad environme
 variable stops the server with one line instead of a worker boot loop.
 """
 
+import logging
 import sys
 
 from settings import SettingsError, load_settings
@@ -13,6 +14,8 @@ try:
     _settings = load_settings()
 except SettingsError as exc:
     sys.exit(f"error: {exc}")
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 wsgi_app = "app:app"
 bind = f"0.0.0.0:{_settings.port}"

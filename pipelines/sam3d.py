@@ -9,6 +9,7 @@ writing files) is ours and runs without a GPU, against a stand-in with the same 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -97,16 +98,18 @@ class Masker:
 
     @classmethod
     def create(cls, model_path: Path | None = None) -> "Masker":
-        """One rembg session for the server's life (u2net from U2NET_HOME, or a given file)."""
-        try:
-            import rembg
-        except ImportError:
+        """One rembg session for the server's life, from a model file already on disk
+        (`U2NET_HOME/u2net.onnx`, baked into the image): rembg is never let download."""
+        model_path = Path(model_path or Path(os.environ.get(
+            "U2NET_HOME", Path.home() / ".u2net")) / "u2net.onnx")
+        if not model_path.is_file():
+            log.warning("rembg model %s not found", model_path)
             return cls(None)
         try:
-            if model_path:
-                return cls(rembg.new_session("u2net_custom", model_path=str(model_path)))
-            return cls(rembg.new_session("u2net"))
-        except Exception as exc:  # no model file baked in, and no network to fetch one
+            import rembg
+
+            return cls(rembg.new_session("u2net_custom", model_path=str(model_path)))
+        except Exception as exc:  # not installed, or a broken model file
             log.warning("rembg unavailable (%s)", exc)
             return cls(None)
 

@@ -1,0 +1,35 @@
+# Two commands set up a fresh machine:  `make serve` runs the server, `make test` the tests.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+CHECKPOINTS_DIR ?= checkpoints
+export CHECKPOINTS_DIR
+
+.PHONY: serve test bench lint clean
+
+# torch first, pinned: the CPU wheel here; an unpinned torch would pull GBs of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,serverless]'
+	touch $@
+
+$(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity: | $(VENV)/.installed
+	$(PY) scripts/make_tiny_checkpoints.py $(CHECKPOINTS_DIR)
+
+## serve: the development server on http://localhost:$${PORT:-8000} (tiny Lotus-D if no real one)
+serve: $(VENV)/.installed $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+## test: the whole suite (unit, HTTP, end-to-end with gunicorn and curl)
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## bench: server and depth figures on this machine
+bench: $(VENV)/.installed $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity
+	$(PY) bench/server.py
+	$(PY) bench/depth.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

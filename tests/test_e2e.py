@@ -1,0 +1,194 @@
+"""End to end: the real gunicorn server on a loopback port, driven by the guide's curl commands.
+
+Lotus-D runs on the tiny checkpoint; SAM 3D Objects is the stand-in source tree loaded
+through the server's real import path (SAM3D_SOURCE_DIR).
+"""
+
+import base64
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, SAM3D_STAND_IN, image_bytes, wait_until
+from pipelines.lotus import CHECKPOINT_FOLDER
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def image_host(tmp_path_factory):
+    """A loopback web server with a photo on it, standing in for the guide's image_url."""
+    folder = tmp_path_factory.mktemp("www")
+    (folder / "cat.png").write_bytes(image_bytes(width=96, height=64))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoints):
+    """gunicorn -c gunicorn.conf.py, as the image and `make serve` start it."""
+    work = tmp_path_factory.mktemp("server")
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER)
+    (work / "checkpoints" / "pipeline.yaml").write_text("_target_: stand-in\n")
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(work / "checkpoints"),
+           "OUTPUT_DIR": str(work / "outputs"), "SAM3D_SOURCE_DIR": str(SAM3D_STAND_IN),
+           "SAM3D_VRAM_GIB": "24", "ALLOW_PRIVATE_URLS": "true", "MAX_QUEUE_SIZE": "50",
+           "U2NET_HOME": str(work / "no-u2net"), "PYTHONUNBUFFERED": "1"}
+    env.pop("API_KEY", None)
+    log = open(work / "server.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert process.poll() is None, (work / "server.log").read_text()
+        try:
+            return requests.get(f"{base}/health", timeout=1).json()["model_loaded"]
+        except requests.RequestException:
+            return False
+
+    wait_until(ready, timeout=120, interval=0.2)
+    yield {"url": base, "log": work / "server.log", "work": work}
+    process.terminate()
+    process.wait(30)
+    log.close()
+
+
+def curl(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, cwd=cwd, timeout=120)
+
+
+def curl_json(*args) -> dict:
+    done = curl(*args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def poll(base, job_id, timeout=60):
+    return wait_until(lambda: (lambda b: b if b["status"] in ("completed", "failed") else None)(
+        curl_json(f"{base}/job/{job_id}")), timeout=timeout, interval=0.1)
+
+
+def test_guide_async_flow_submit_poll_download(server, image_host, tmp_path):
+    base = server["url"]
+    job = curl_json("-X", "POST", f"{base}/generate", "-H", "Content-Type: application/json",
+                    "-d", json.dumps({"image_url": f"{image_host}/cat.png",
+                                      "output_format": "glb", "with_texture": True}))
+    assert job["status"] == "queued" and job["status_url"] == f"/job/{job['job_id']}"
+    status = poll(base, job["job_id"])
+    assert status["status"] == "completed" and status["position"] == 0
+    done = curl(f"{base}/job/{job['job_id']}/download", "--output", "cat.glb", cwd=tmp_path)
+    assert done.returncode == 0
+    assert (tmp_path / "cat.glb").read_bytes()[:4] == b"glTF"
+    assert "Using center mask (rembg not available)" in server["log"].read_text()
+
+
+@pytest.mark.parametrize("body, name, magic", [
+    ({"output_format": "glb", "with_texture": True}, "cat.glb", b"glTF"),
+    ({"output_format": "glb", "with_texture": False}, "shoe.glb", b"glTF"),
+    ({"output_format": "ply"}, "burger.ply", b"ply\n"),
+])
+def test_guide_sync_flows_write_real_files(server, image_host, tmp_path, body, name, magic):
+    done = curl("-X", "POST", f"{server['url']}/generate/sync", "-H",
+                "Content-Type: application/json", "-d",
+                json.dumps({"image_url": f"{image_host}/cat.png", **body}),
+                "--output", name, cwd=tmp_path)
+    assert done.returncode == 0
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic
+
+
+def test_guide_git_bash_base64_recipe_verbatim(server, tmp_path):
+    (tmp_path / "image.jpg").write_bytes(image_bytes(width=80, height=60, fmt="JPEG"))
+    request = tmp_path / "req.json"
+    script = f"""
+echo '{{"image": "' > {request}
+base64 -w 0 {tmp_path / "image.jpg"} >> {request}
+echo '", "output_format": "glb", "with_texture": true}}' >> {request}
+
+curl -X POST {server['url']}/generate/sync \\
+  -H "Content-Type: application/json" \\
+  -d @{request} \\
+  --output model.glb
+"""
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "model.glb").read_bytes()[:4] == b"glTF"
+
+
+def test_powershell_shaped_body(server, tmp_path):
+    """What `@{...} | ConvertTo-Json` sends: indented, True as true, BOM-free UTF-8."""
+    b64 = base64.b64encode(image_bytes()).decode()
+    body = '{\n    "image":  "%s",\n    "output_format":  "glb",\n    "with_texture":  true\n}' % b64
+    (tmp_path / "body.json").write_text(body)
+    done = curl("-X", "POST", f"{server['url']}/generate/sync", "-H",
+                "Content-Type: application/json", "--data-binary", "@body.json",
+                "--output", "model.glb", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "model.glb").read_bytes()[:4] == b"glTF"
+
+
+def test_depth_sync_over_http(server):
+    body = curl_json("-X", "POST", f"{server['url']}/depth/sync", "-H",
+                     "Content-Type: application/json", "-d",
+                     json.dumps({"image_base64": base64.b64encode(image_bytes()).decode(),
+                                 "processing_res": 64}))
+    assert base64.b64decode(body["image_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 <= body["min"] <= body["max"] <= 1
+
+
+def test_fifty_pollers_get_fast_consistent_answers_while_jobs_run(server):
+    """The guide's original server deadlocked on its first GET /job/<id>; ours must not."""
+    base = server["url"]
+    photo = base64.b64encode(image_bytes(width=600, height=450)).decode()
+    jobs = [requests.post(f"{base}/depth", json={"image": photo, "processing_res": 768},
+                          timeout=10).json()["job_id"] for _ in range(6)]
+    slowest, problems = 0.0, []
+    stop = time.monotonic() + 3.0
+
+    def poller(index):
+        nonlocal slowest
+        session = requests.Session()
+        last_position = {}
+        while time.monotonic() < stop:
+            for path in (f"/job/{jobs[index % len(jobs)]}", "/health", "/queue"):
+                started = time.monotonic()
+                response = session.get(base + path, timeout=10)
+                slowest = max(slowest, time.monotonic() - started)
+                body = response.json()
+                if response.status_code != 200:
+                    problems.append((path, response.status_code, body))
+                if path.startswith("/job/"):
+                    previous = last_position.get(path, 10**6)
+                    if body["position"] > previous:
+                        problems.append(("position went up", body))
+                    last_position[path] = body["position"]
+                if path == "/queue" and body["processing"] > body["max_concurrent"]:
+                    problems.append(("over max_concurrent", body))
+
+    with ThreadPoolExecutor(50) as pool:
+        list(pool.map(poller, range(50)))
+    assert not problems, problems[:5]
+    assert slowest < 2.0, f"slowest poll took {slowest:.2f} s"
+    for job_id in jobs:
+        assert poll(base, job_id)["status"] == "completed"
