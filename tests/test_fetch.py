@@ -1,0 +1,167 @@
+"""image_url cannot be turned against the host: SSRF cases, redirects, slow and huge bodies."""
+
+import http.server
+import threading
+import time
+
+import pytest
+
+from conftest import image_b64, image_bytes
+from pipelines import fetch
+from pipelines.fetch import FetchFailed, UnsafeURL, fetch_url, is_public_address
+
+PHOTO = image_bytes(width=32, height=24)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    connections = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).connections += 1
+        if self.path == "/photo.png":
+            self._send(200, PHOTO)
+        elif self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.end_headers()
+        elif self.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.end_headers()
+        elif self.path == "/big":
+            self._send(200, b"x" * 5000)
+        elif self.path == "/big-chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(10):
+                self.wfile.write(b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/slow":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+        elif self.path == "/silent":
+            time.sleep(5)
+        else:
+            self._send(404, b"no")
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def host():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+# "public.test" stands for a public name: it resolves to the loopback test server, which
+# these tests treat as public; "private.test" resolves to a private address.
+NAMES = {"public.test": ["127.0.0.1"], "private.test": ["10.0.0.7"],
+         "mixed.test": ["93.184.216.34", "192.168.0.10"]}
+
+
+def resolve(host, port):
+    return NAMES.get(host) or fetch.resolve_host(host, port)
+
+
+def get(url, **kwargs):
+    kwargs.setdefault("max_bytes", 1_000_000)
+    kwargs.setdefault("timeout", 2.0)
+    return fetch_url(url, resolve=resolve,
+                     is_allowed=lambda a: a == "127.0.0.1" or is_public_address(a), **kwargs)
+
+
+@pytest.fixture
+def no_connections(monkeypatch):
+    """Fail the test if any connection is opened."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a connection was opened")
+    monkeypatch.setattr(fetch.urllib3, "HTTPConnectionPool", refuse)
+    monkeypatch.setattr(fetch.urllib3, "HTTPSConnectionPool", refuse)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1/", "http://localhost:8000/", "http://10.1.2.3/a.png",
+    "http://172.16.5.4/", "http://172.31.255.1/", "http://192.168.1.1/",
+    "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:a9fe:a9fe]/", "http://0.0.0.0/", "http://224.0.0.1/", "http://100.64.0.1/",
+    "http://private.test/photo.png", "http://mixed.test/photo.png",
+])
+def test_private_loopback_link_local_and_reserved_addresses_are_refused(url, no_connections):
+    with pytest.raises(UnsafeURL, match="private or reserved"):
+        fetch_url(url, max_bytes=1000, timeout=1, resolve=resolve)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://example.com/", "ftp://x/",
+                                 "data:image/png;base64,AAAA", "//example.com/a.png", "http://"])
+def test_only_http_and_https_urls_with_a_host_are_fetched(url, no_connections):
+    with pytest.raises(UnsafeURL):
+        fetch_url(url, max_bytes=1000, timeout=1)
+
+
+def test_the_checked_address_is_the_one_connected_to(host):
+    assert get(f"http://public.test:{host}/photo.png") == PHOTO
+
+
+def test_redirects_are_checked_hop_by_hop(host):
+    assert get(f"http://public.test:{host}/redirect?to=/photo.png") == PHOTO
+    before = Handler.connections
+    with pytest.raises(UnsafeURL):
+        get(f"http://public.test:{host}/redirect?to=http://private.test:{host}/photo.png")
+    with pytest.raises(UnsafeURL):
+        get(f"http://public.test:{host}/redirect?to=http://169.254.169.254/latest/")
+    assert Handler.connections == before + 2  # only the two allowed first hops
+
+
+def test_redirect_loops_end(host):
+    with pytest.raises(FetchFailed, match="redirected more than"):
+        get(f"http://public.test:{host}/loop")
+
+
+def test_oversize_bodies_are_cut_off(host):
+    with pytest.raises(FetchFailed, match="larger than 1000 bytes"):
+        get(f"http://public.test:{host}/big", max_bytes=1000)
+    with pytest.raises(FetchFailed, match="larger than 1000 bytes"):
+        get(f"http://public.test:{host}/big-chunked", max_bytes=1000)
+
+
+def test_slow_servers_are_cut_off(host):
+    started = time.monotonic()
+    with pytest.raises(FetchFailed):
+        get(f"http://public.test:{host}/slow", timeout=1.0)
+    with pytest.raises(FetchFailed):
+        get(f"http://public.test:{host}/silent", timeout=1.0)
+    assert time.monotonic() - started < 4
+
+
+def test_http_errors_are_reported(host):
+    with pytest.raises(FetchFailed, match="HTTP 404"):
+        get(f"http://public.test:{host}/missing")
+
+
+def test_the_api_refuses_private_image_urls_with_400(make_client, scripted, host):
+    client = make_client({"lotus": scripted})
+    for url in (f"http://127.0.0.1:{host}/photo.png", "http://169.254.169.254/", "file:///etc/passwd"):
+        response = client.post("/depth", json={"image_url": url})
+        assert response.status_code == 400, url
+        assert "image_url" in response.get_json()["error"]
+    assert Handler.connections >= 0 and scripted.started.empty()
+    allowed = make_client({"lotus": scripted}, allow_private_urls=True)
+    response = allowed.post("/depth", json={"image_url": f"http://127.0.0.1:{host}/photo.png"})
+    assert response.status_code == 202
+    assert client.post("/depth", json={"image": image_b64()}).status_code == 202
