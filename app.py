@@ -255,8 +255,10 @@ def _health() -> tuple[dict, int]:
     ready = bool(pipelines) and all(state == "ready" for state in pipelines.values())
     broken = "failed" in pipelines.values() or workers_alive < queue.max_concurrent
     status = "unhealthy" if broken else "healthy" if ready else "loading"
+    capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
+                    if hasattr(pipeline, "capabilities")}
     body = {"status": status, "model_loaded": ready, **gpu_info(), "queue": queue.stats(),
-            "pipelines": pipelines, "workers_alive": workers_alive}
+            "pipelines": pipelines, "capabilities": capabilities, "workers_alive": workers_alive}
     return body, 503 if broken else 200
 
 

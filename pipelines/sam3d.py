@@ -97,11 +97,10 @@ class Masker:
         self.session = session
 
     @classmethod
-    def create(cls, model_path: Path | None = None) -> "Masker":
-        """One rembg session for the server's life, from a model file already on disk
-        (`U2NET_HOME/u2net.onnx`, baked into the image): rembg is never let download."""
-        model_path = Path(model_path or Path(os.environ.get(
-            "U2NET_HOME", Path.home() / ".u2net")) / "u2net.onnx")
+    def create(cls) -> "Masker":
+        """One rembg session for the server's life, from `U2NET_HOME/u2net.onnx` (baked into
+        the image; rembg's own default folder otherwise): rembg is never let download."""
+        model_path = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")) / "u2net.onnx"
         if not model_path.is_file():
             log.warning("rembg model %s not found", model_path)
             return cls(None)
