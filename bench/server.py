@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Server figures: status polls per second while one job runs, and idle submit-to-start latency.
+
+    python bench/server.py [--seconds 5] [--clients 16]
+
+Starts the real gunicorn server (tiny Lotus-D, made if missing) on a loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipelines.base import Result  # noqa: E402
+from queue_manager import JobQueue  # noqa: E402
+
+
+def photo_b64(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def start_server(checkpoints: Path, outputs: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(checkpoints),
+           "OUTPUT_DIR": str(outputs), "PIPELINES": "lotus", "MAX_QUEUE_SIZE": "100"}
+    env.pop("API_KEY", None)
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                "--access-logfile", "/dev/null"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/health", timeout=2).json()["model_loaded"]:
+                return process, base
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("server did not become ready")
+
+
+def polls_per_second(base: str, seconds: float, clients: int) -> tuple[float, float, int]:
+    """Keep one depth job running (native resolution on a large photo) and poll its status."""
+    big = photo_b64(1600, 1200)
+    job = requests.post(f"{base}/depth", json={"image": big, "processing_res": 0},
+                        timeout=30).json()["job_id"]
+    while requests.get(f"{base}/job/{job}", timeout=5).json()["status"] == "queued":
+        time.sleep(0.01)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def poll(_):
+        session, mine = requests.Session(), []
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            session.get(f"{base}/job/{job}", timeout=10).raise_for_status()
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(poll, range(clients)))
+    still_running = requests.get(f"{base}/job/{job}", timeout=5).json()["status"] == "processing"
+    p99 = statistics.quantiles(latencies, n=100)[98] * 1000
+    return len(latencies) / seconds, p99, still_running
+
+
+class Timestamps:
+    """A pipeline that only records when each job started."""
+
+    name, oom_advice = "bench", ""
+
+    def __init__(self):
+        self.started: dict[int, float] = {}
+
+    def check(self, options):
+        pass
+
+    def load(self):
+        pass
+
+    def run(self, options, image, output_stem, progress):
+        self.started[options] = time.perf_counter()
+        path = Path(f"{output_stem}.txt")
+        path.write_text("x")
+        return Result(path, "text/plain", "x.txt")
+
+
+def submit_to_start_latency(jobs: int = 200) -> list[float]:
+    pipeline = Timestamps()
+    with tempfile.TemporaryDirectory() as out:
+        queue = JobQueue({"bench": pipeline}, Path(out), max_queue_size=jobs)
+        queue.start()
+        delays = []
+        for index in range(jobs):
+            submitted = time.perf_counter()
+            view = queue.submit("bench", index, None)
+            queue.wait(view.id, 10)
+            delays.append(pipeline.started[index] - submitted)
+        queue.stop()
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args()
+
+    delays = sorted(submit_to_start_latency())
+    print(f"idle submit-to-start latency: median {statistics.median(delays) * 1e6:.0f} us, "
+          f"p99 {delays[int(len(delays) * 0.99) - 1] * 1e6:.0f} us over {len(delays)} jobs")
+
+    checkpoints = Path(os.environ.get("CHECKPOINTS_DIR", ROOT / "checkpoints"))
+    if not (checkpoints / "lotus-depth-d-v2-0-disparity").is_dir():
+        subprocess.run([sys.executable, str(ROOT / "scripts/make_tiny_checkpoints.py"),
+                        str(checkpoints)], check=True, stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as outputs:
+        process, base = start_server(checkpoints, Path(outputs))
+        try:
+            rate, p99, running = polls_per_second(base, args.seconds, args.clients)
+        finally:
+            process.terminate()
+            process.wait(30)
+    print(f"status polls with one job running: {rate:.0f} requests/s, p99 {p99:.1f} ms "
+          f"({args.clients} clients, {args.seconds:g} s; job still running at the end: {running})")
+
+
+if __name__ == "__main__":
+    main()
