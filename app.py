@@ -28,6 +28,8 @@ from pipelines.device import gpu_info
 from pipelines.images import load_image
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
+from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
+                     openapi_document)
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull)
 from settings import Settings, SettingsError, load_settings
@@ -90,7 +92,7 @@ def _registry() -> PipelineRegistry:
 # -- errors and auth ------------------------------------------------------------------
 
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> Response:
-    response = jsonify({"error": message, **extra})
+    response = jsonify(ErrorResponse(error=message, **extra).model_dump(exclude_none=True))
     response.status_code = status
     response.headers.update(headers or {})
     return response
@@ -162,7 +164,7 @@ def _submit(endpoint: str) -> JobView:
         image = load_image(payload, _settings().image_limits)
     except PipelineError as exc:
         raise ApiError(exc.status, str(exc)) from None
-    options = payload.model_copy(update={"image": None, "image_url": None})
+    options = payload.without_image()
     try:
         return _queue().submit(pipeline, options, image)
     except QueueFull as exc:
@@ -193,36 +195,35 @@ def _find(job_id: str) -> JobView:
 # -- response shaping -----------------------------------------------------------------
 
 def _accepted(view: JobView) -> Response:
-    response = jsonify({
-        "job_id": view.id,
-        "status": view.state.value,
-        "position": view.position,
-        "status_url": f"/job/{view.id}",
-        "message": f"Job queued at position {view.position}. Poll status_url for updates.",
-    })
+    response = jsonify(JobAccepted(
+        job_id=view.id, status=view.state.value, position=view.position,
+        status_url=f"/job/{view.id}",
+        message=f"Job queued at position {view.position}. Poll status_url for updates.",
+    ).model_dump())
     response.status_code = 202
     response.headers["Location"] = f"/job/{view.id}"
     return response
 
 
 def _job_status(view: JobView) -> dict:
-    body = {"job_id": view.id, "status": view.state.value, "position": view.position}
+    fields: dict = {}
     if view.state is JobState.QUEUED:
-        body.update(queue_length=view.queue_length,
-                    message=f"Waiting in queue, position {view.position}")
+        fields.update(queue_length=view.queue_length,
+                      message=f"Waiting in queue, position {view.position}")
     elif view.state is JobState.PROCESSING:
-        body.update(message=f"Processing: {view.stage}", processing_time=view.processing_time)
-        if view.cancel_requested:
-            body["message"] = "Cancelling: the job stops at its next stage"
+        fields.update(processing_time=view.processing_time, message=(
+            "Cancelling: the job stops at its next stage" if view.cancel_requested
+            else f"Processing: {view.stage}"))
     elif view.state is JobState.COMPLETED:
-        body.update(download_url=f"/job/{view.id}/download",
-                    processing_time=view.processing_time, **view.result.info)
+        fields.update(download_url=f"/job/{view.id}/download",
+                      processing_time=view.processing_time, **view.result.info)
     elif view.state is JobState.FAILED:
-        body.update(error=view.error, processing_time=view.processing_time)
+        fields.update(error=view.error, processing_time=view.processing_time)
     else:
-        body.update(message="Job was cancelled")
-    body.update(stage=view.stage, progress=view.progress)
-    return body
+        fields.update(message="Job was cancelled")
+    return JobStatus(job_id=view.id, status=view.state.value, position=view.position,
+                     stage=view.stage, progress=view.progress,
+                     **fields).model_dump(exclude_none=True)
 
 
 def _result_file(view: JobView) -> Response:
@@ -257,9 +258,9 @@ def _health() -> tuple[dict, int]:
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}
-    body = {"status": status, "model_loaded": ready, **gpu_info(), "queue": queue.stats(),
-            "pipelines": pipelines, "capabilities": capabilities, "workers_alive": workers_alive}
-    return body, 503 if broken else 200
+    body = Health(status=status, model_loaded=ready, **gpu_info(), queue=queue.stats(),
+                  pipelines=pipelines, capabilities=capabilities, workers_alive=workers_alive)
+    return body.model_dump(), 503 if broken else 200
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -270,9 +271,13 @@ def _add_routes(app: Flask) -> None:
         body, status = _health()
         return jsonify(body), status
 
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document(secured=_settings().required_api_key is not None))
+
     @app.get("/queue")
     def queue_stats():
-        return jsonify(_queue().stats())
+        return jsonify(QueueStats(**_queue().stats()).model_dump())
 
     @app.post("/generate")
     def generate():
@@ -292,9 +297,9 @@ def _add_routes(app: Flask) -> None:
         if view.state is not JobState.COMPLETED:
             return _result_file(view)  # the job's error, as JSON
         data = Path(view.result.path).read_bytes()
-        return jsonify({"job_id": view.id, "image_base64": base64.b64encode(data).decode(),
-                        **view.result.info, "file_path": str(view.result.path),
-                        "download_url": f"/job/{view.id}/download"})
+        return jsonify(DepthResult(job_id=view.id, image_base64=base64.b64encode(data).decode(),
+                                   **view.result.info, file_path=str(view.result.path),
+                                   download_url=f"/job/{view.id}/download").model_dump())
 
     @app.get("/job/<job_id>")
     def job_status(job_id):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import InvalidInput
 from .fetch import fetch_url
@@ -40,25 +40,33 @@ class ImageLimits:
 
 
 class ImageInput(BaseModel):
-    """The image fields every request shares: exactly one of base64 `image` or `image_url`."""
+    """The image fields every request shares: one of base64 `image` (or the serverless
+    plan's `image_base64`) and `image_url`."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    image: str | None = Field(None, validation_alias=AliasChoices("image", "image_base64"),
-                              description="Base64-encoded image (`image_base64` also accepted)")
-    image_url: str | None = Field(None, description="http(s) URL to download the image from")
+    image: str | None = Field(None, description="Base64-encoded image; line breaks and a "
+                              "data:image/...;base64, prefix are accepted")
+    image_base64: str | None = Field(None, description="Same as image (the serverless plan's name)")
+    image_url: str | None = Field(None, description="http(s) URL of the image; private and "
+                                  "loopback addresses are refused")
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.image is None) == (self.image_url is None):
+        sources = [self.image, self.image_base64, self.image_url]
+        if sum(source is not None for source in sources) != 1:
             raise ValueError("send exactly one of 'image' (base64) or 'image_url'")
         return self
+
+    def without_image(self):
+        """The options alone: the image is decoded once and kept beside them."""
+        return self.model_copy(update={"image": None, "image_base64": None, "image_url": None})
 
 
 def load_image(source: ImageInput, limits: ImageLimits) -> Image.Image:
     """Decode or download the request's image, within `limits`."""
-    if source.image is not None:
-        data = decode_base64(source.image)
+    if source.image_url is None:
+        data = decode_base64(source.image if source.image is not None else source.image_base64)
     else:
         data = fetch_url(source.image_url, max_bytes=limits.url_max_bytes,
                          timeout=limits.url_timeout_seconds,

@@ -1,11 +1,17 @@
 import base64
+import contextlib
 import io
+import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoints import make_lotus  # noqa: E402
+from pipelines.lotus import CHECKPOINT_FOLDER  # noqa: E402
 
 from app import create_app  # noqa: E402
 from pipelines import PipelineRegistry  # noqa: E402
@@ -80,3 +87,40 @@ def scripted():
     pipeline = ScriptedPipeline()
     yield pipeline
     pipeline.release.set()
+
+
+@contextlib.contextmanager
+def running_server(work: Path, checkpoints: Path, **env):
+    """The real server as the image starts it (gunicorn -c gunicorn.conf.py) on a loopback
+    port, with the tiny Lotus-D and the SAM 3D stand-in. Yields url, log path and folder."""
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER)
+    (work / "checkpoints" / "pipeline.yaml").write_text("_target_: stand-in\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(work / "checkpoints"),
+                   "OUTPUT_DIR": str(work / "outputs"), "SAM3D_SOURCE_DIR": str(SAM3D_STAND_IN),
+                   "SAM3D_VRAM_GIB": "24", "U2NET_HOME": str(work / "no-u2net"),
+                   "PYTHONUNBUFFERED": "1", **env}
+    if "API_KEY" not in env:
+        environment.pop("API_KEY", None)
+    log_path = work / "server.log"
+    with open(log_path, "w+") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+                                   cwd=ROOT, env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready():
+            assert process.poll() is None, log_path.read_text()
+            try:
+                return requests.get(f"{url}/health", timeout=1).json()["model_loaded"]
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_until(ready, timeout=120, interval=0.2)
+            yield {"url": url, "log": log_path, "work": work}
+        finally:
+            process.terminate()
+            process.wait(30)

@@ -64,7 +64,8 @@ class ScriptedPipeline:
                 raise WorkerDeath()
             text = f"seed={options.seed} size={image.size}".encode()
             path = atomic_write(Path(f"{output_stem}.txt"), lambda tmp: tmp.write_bytes(text))
-            return Result(path, "text/plain", "result.txt", {"seed": options.seed})
+            info = {"min": 0.0, "max": 1.0, "width": image.width, "height": image.height}
+            return Result(path, "text/plain", "result.txt", info)
         finally:
             with self._lock:
                 self.running -= 1

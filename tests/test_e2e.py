@@ -8,29 +8,18 @@ import base64
 import functools
 import http.server
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, SAM3D_STAND_IN, image_bytes, wait_until
-from pipelines.lotus import CHECKPOINT_FOLDER
+from conftest import image_bytes, running_server, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,33 +36,9 @@ def image_host(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoints):
-    """gunicorn -c gunicorn.conf.py, as the image and `make serve` start it."""
-    work = tmp_path_factory.mktemp("server")
-    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER)
-    (work / "checkpoints" / "pipeline.yaml").write_text("_target_: stand-in\n")
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(work / "checkpoints"),
-           "OUTPUT_DIR": str(work / "outputs"), "SAM3D_SOURCE_DIR": str(SAM3D_STAND_IN),
-           "SAM3D_VRAM_GIB": "24", "ALLOW_PRIVATE_URLS": "true", "MAX_QUEUE_SIZE": "50",
-           "U2NET_HOME": str(work / "no-u2net"), "PYTHONUNBUFFERED": "1"}
-    env.pop("API_KEY", None)
-    log = open(work / "server.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert process.poll() is None, (work / "server.log").read_text()
-        try:
-            return requests.get(f"{base}/health", timeout=1).json()["model_loaded"]
-        except requests.RequestException:
-            return False
-
-    wait_until(ready, timeout=120, interval=0.2)
-    yield {"url": base, "log": work / "server.log", "work": work}
-    process.terminate()
-    process.wait(30)
-    log.close()
+    with running_server(tmp_path_factory.mktemp("server"), checkpoints,
+                        ALLOW_PRIVATE_URLS="true", MAX_QUEUE_SIZE="50") as started:
+        yield started
 
 
 def curl(*args, cwd=None) -> subprocess.CompletedProcess:

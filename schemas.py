@@ -1,0 +1,169 @@
+"""Response models of the HTTP API, and the OpenAPI document built from them.
+
+`app.py` shapes every JSON answer through these models and validates every request with
+the pipelines' request models, so `/openapi.json` is generated from the same classes
+that do the work and cannot drift from them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.lotus import DepthRequest
+from pipelines.sam3d import GenerateRequest
+
+JobStateName = Literal["queued", "processing", "completed", "failed", "cancelled"]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    job_id: str | None = None
+    status_url: str | None = None
+
+
+class QueueStats(BaseModel):
+    queued: int
+    processing: int
+    max_queue_size: int
+    max_concurrent: int
+
+
+class GPU(BaseModel):
+    name: str
+    vram_gb: float
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "loading", "unhealthy"]
+    model_loaded: bool
+    cuda: bool
+    gpu: GPU | None
+    queue: QueueStats
+    pipelines: dict[str, Literal["loading", "ready", "failed"]]
+    capabilities: dict[str, dict[str, bool]]
+    workers_alive: int
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStateName
+    position: int
+    status_url: str
+    message: str
+
+
+class JobStatus(BaseModel):
+    """Fields beyond `job_id, status, position, stage, progress` depend on the state."""
+
+    model_config = ConfigDict(extra="allow")  # a pipeline's result info (depth: min, max)
+
+    job_id: str
+    status: JobStateName
+    position: int
+    queue_length: int | None = None
+    message: str | None = None
+    download_url: str | None = None
+    processing_time: float | None = None
+    error: str | None = None
+    stage: str
+    progress: float
+
+
+class DepthResult(BaseModel):
+    job_id: str
+    image_base64: str
+    min: float
+    max: float
+    width: int
+    height: int
+    file_path: str
+    download_url: str
+
+
+FILE_TYPES = {"model/gltf-binary": "GLB mesh", "application/octet-stream": "PLY or NPY",
+              "image/png": "PNG"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict:
+    return {"description": description, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+
+def _errors(*codes: int) -> dict:
+    meanings = {400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown job",
+                409: "Job not finished, or already finished", 410: "Results expired",
+                413: "Request body too large", 500: "The job failed",
+                503: "Queue full or model not loaded (see Retry-After)",
+                504: "Sync wait timed out; keep polling status_url",
+                507: "Does not fit in GPU memory"}
+    return {str(code): _json(ErrorResponse, meanings[code]) for code in codes}
+
+
+def _file(description: str) -> dict:
+    return {"description": description, "content": {
+        media: {"schema": {"type": "string", "format": "binary"}} for media in FILE_TYPES}}
+
+
+def openapi_document(secured: bool) -> dict:
+    models = [ErrorResponse, QueueStats, GPU, Health, JobAccepted, JobStatus, DepthResult,
+              GenerateRequest, DepthRequest]
+    schemas: dict = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    auth = _errors(401) if secured else {}
+    submit_errors = _errors(400, 413, 503, 507)
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+    def body(model):
+        return {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+    def submit(model, summary):
+        return {"post": {"summary": summary, "requestBody": body(model), "responses": {
+            "202": _json(JobAccepted, "Queued"), **submit_errors, **auth}}}
+
+    def submit_sync(model, summary, ok):
+        return {"post": {"summary": summary, "requestBody": body(model), "responses": {
+            "200": ok, **submit_errors, **_errors(409, 500, 504), **auth}}}
+
+    paths = {
+        "/health": {"get": {"summary": "Liveness, models and queue", "security": [],
+                            "responses": {"200": _json(Health, "Healthy or loading"),
+                                          "503": _json(Health, "A model failed to load")}}},
+        "/queue": {"get": {"summary": "Queue statistics",
+                           "responses": {"200": _json(QueueStats, "Queue statistics"), **auth}}},
+        "/generate": submit(GenerateRequest, "Queue an image-to-3D job"),
+        "/generate/sync": submit_sync(GenerateRequest, "Image to 3D, answered with the file",
+                                      _file("The GLB or PLY file")),
+        "/depth": submit(DepthRequest, "Queue a depth job"),
+        "/depth/sync": submit_sync(DepthRequest, "Depth, answered as JSON",
+                                   _json(DepthResult, "The depth map and its range")),
+        "/job/{job_id}": {
+            "parameters": job_id,
+            "get": {"summary": "Job status", "responses": {
+                "200": _json(JobStatus, "Job status"), **_errors(404, 410), **auth}},
+            "delete": {"summary": "Cancel a job", "responses": {
+                "200": _json(JobStatus, "Cancelled"),
+                "202": _json(JobStatus, "Running; stops at its next stage"),
+                **_errors(404, 409, 410), **auth}}},
+        "/job/{job_id}/download": {"parameters": job_id, "get": {
+            "summary": "The result file", "responses": {
+                "200": _file("The result file"), **_errors(404, 409, 410, 500, 503, 507),
+                **auth}}},
+    }
+    document = {"openapi": "3.1.0",
+                "info": {"title": "SAM 3D Objects and Lotus-D inference server",
+                         "version": "0.1.0"},
+                "paths": paths, "components": {"schemas": schemas}}
+    paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {
+        "200": {"description": "OpenAPI 3.1 document"}, **auth}}}
+    if secured:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+        document["security"] = [{"bearer": []}, {"apiKey": []}]
+    return document
