@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipelines import PipelineRegistry
-from pipelines.base import PipelineError
+from pipelines.base import PipelineError, validation_message
 from pipelines.catalog import configured_pipelines
 from pipelines.device import gpu_info
 from pipelines.images import load_image
@@ -144,15 +144,7 @@ def _parse(model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(400, _validation_message(exc)) from None
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"].removeprefix("Value error, "))
-    return "; ".join(parts)
+        raise ApiError(400, validation_message(exc)) from None
 
 
 def _submit(endpoint: str) -> JobView:

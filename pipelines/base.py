@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 Progress = Callable[[str, float], None]
 """progress(stage, fraction in [0, 1]); raises JobCancelled when the job was cancelled."""
@@ -94,3 +94,13 @@ def describe_failure(exc: BaseException, oom_advice: str = "") -> PipelineError:
     if is_out_of_memory(exc):
         return PipelineError(f"Out of GPU memory. {oom_advice}".strip(), status=507)
     return PipelineError(f"{type(exc).__name__}: {exc}", status=500)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """pydantic's errors as one line a client can act on: `field: what is wrong; ...`."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -1,0 +1,164 @@
+"""RunPod serverless worker over the same pipelines as the HTTP server.
+
+    python handler.py                      # serve RunPod's queue
+    python handler.py --warmup             # load the models once and exit 0 (never fatal)
+    python handler.py --test_input '{"input": {...}}'   # the SDK's local test mode
+    python handler.py --rp_serve_api --rp_api_port 8010 # the SDK's local /run, /runsync
+
+RunPod hands a handler only `{"id", "input"}`, never HTTP headers, so the key travels as
+`input.api_key` and is compared in constant time with `LOTUS_API_KEY`; with that variable
+unset every job is refused. Models load once per worker, before the first job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from pipelines.base import Pipeline, PipelineError, Result, validation_message
+from pipelines.catalog import configured_pipelines
+from pipelines.images import load_image
+from pipelines.lotus import DepthRequest
+from pipelines.sam3d import GenerateRequest
+from settings import Settings, load_settings
+
+log = logging.getLogger("handler")
+
+# RunPod's payload limits: /run answers up to 10 MB, /runsync up to 20 MB. A result's base64
+# must leave room for the rest of the answer, so larger files are returned by path or URL.
+DEFAULT_MAX_INLINE_BYTES = 7 * 1024 * 1024
+TASKS = {"depth": "lotus", "3d": "sam3d"}
+
+
+class DepthJob(DepthRequest):
+    task: Literal["depth"] = "depth"
+    model_id: str | None = Field(None, description="Must match the worker's MODEL_ID")
+
+
+class ObjectJob(GenerateRequest):
+    task: Literal["3d"]
+
+
+class Unauthorized(Exception):
+    pass
+
+
+class Worker:
+    """The loaded pipelines and what the handler needs to run one job."""
+
+    def __init__(self, settings: Settings, pipelines: dict[str, Pipeline],
+                 max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES):
+        self.settings, self.pipelines = settings, pipelines
+        self.max_inline_bytes = max_inline_bytes
+
+    @classmethod
+    def from_env(cls) -> "Worker":
+        settings = load_settings()
+        pipelines = configured_pipelines(settings)
+        for name, pipeline in pipelines.items():
+            log.info("loading %s", name)
+            pipeline.load()
+        limit = int(os.environ.get("MAX_INLINE_BYTES", DEFAULT_MAX_INLINE_BYTES))
+        return cls(settings, pipelines, limit)
+
+    def handle(self, job: dict) -> dict:
+        job_input = dict(job.get("input") or {})
+        try:
+            self._check_key(job_input.pop("api_key", None))
+            return self._run(str(job.get("id", "local")), job_input)
+        except Unauthorized as exc:
+            return {"error": str(exc), "status": 401}
+        except ValidationError as exc:
+            return {"error": validation_message(exc), "status": 400}
+        except PipelineError as exc:
+            return {"error": str(exc), "status": exc.status}
+
+    def _check_key(self, supplied: Any) -> None:
+        expected = os.environ.get("LOTUS_API_KEY", "")
+        if not expected:
+            raise Unauthorized("Unauthorized: LOTUS_API_KEY is not set on this endpoint, so "
+                               "every job is refused")
+        if not isinstance(supplied, str) or not hmac.compare_digest(
+                supplied.encode(), expected.encode()):
+            raise Unauthorized("Unauthorized")
+
+    def _run(self, job_id: str, job_input: dict) -> dict:
+        task = job_input.get("task", "depth")
+        if task not in TASKS:
+            raise PipelineError(f"task must be one of {', '.join(TASKS)}", status=400)
+        request = (DepthJob if task == "depth" else ObjectJob).model_validate(job_input)
+        pipeline = self.pipelines.get(TASKS[task])
+        if pipeline is None:
+            raise PipelineError(f"task {task!r} is not served by this worker", status=400)
+        if task == "depth" and request.model_id and request.model_id != self._model_id():
+            raise PipelineError(f"this worker serves {self._model_id()}; model_id "
+                                f"{request.model_id!r} needs its own endpoint", status=400)
+        pipeline.check(request)
+        image = load_image(request, self.settings.image_limits)
+        result = pipeline.run(request.without_image(), image,
+                              self.settings.output_dir / f"{job_id}", lambda stage, f: None)
+        return self._answer(job_id, result, "image_base64" if task == "depth" else "model_base64")
+
+    def _model_id(self) -> str:
+        from pipelines.lotus import DEFAULT_MODEL_ID
+
+        return self.settings.model_id or DEFAULT_MODEL_ID
+
+    def _answer(self, job_id: str, result: Result, key: str) -> dict:
+        """The plan's answer: base64 + min/max + file_path, or a path (and URL) when the
+        file would not fit in RunPod's payload limits."""
+        answer: dict[str, Any] = {**result.info, "file_path": str(result.path),
+                                  "media_type": result.media_type}
+        size = Path(result.path).stat().st_size
+        if size * 4 / 3 <= self.max_inline_bytes:
+            answer[key] = base64.b64encode(Path(result.path).read_bytes()).decode()
+            return answer
+        answer["message"] = (f"result is {size} bytes, over the inline limit; "
+                             "read it from file_path (network volume) or url")
+        if os.environ.get("BUCKET_ENDPOINT_URL"):
+            from runpod.serverless.utils.rp_upload import upload_file_to_bucket
+
+            answer["url"] = upload_file_to_bucket(f"{job_id}{Path(result.path).suffix}",
+                                                  str(result.path))
+        return answer
+
+
+_worker: Worker | None = None
+
+
+def handler(job: dict) -> dict:
+    """RunPod's entry point: one job in, one JSON-able answer out."""
+    return _worker.handle(job)
+
+
+def main() -> None:
+    global _worker
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--warmup", action="store_true")
+    args, _ = parser.parse_known_args()
+    if args.warmup:
+        try:
+            Worker.from_env()
+            log.info("warmup done: models load")
+        except Exception as exc:  # the plan: a failed warmup must not stop the start
+            log.error("warmup failed: %s", exc)
+        sys.exit(0)
+    _worker = Worker.from_env()
+    # The SDK logs whole job inputs (the key among them) at DEBUG: keep it at INFO.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
+    import runpod
+
+    runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

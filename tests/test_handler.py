@@ -1,0 +1,183 @@
+"""The RunPod worker, through the runpod SDK's own local modes, on the tiny Lotus-D."""
+
+import ast
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import ROOT, SAM3D_STAND_IN, image_b64, wait_until
+from handler import Worker
+from pipelines.lotus import LotusDepth
+from pipelines.sam3d import Masker, Sam3DObjects
+from settings import load_settings
+
+KEY = "worker-key-0123456789"
+
+
+@pytest.fixture
+def env(tmp_path, checkpoints):
+    return {**os.environ, "LOTUS_API_KEY": KEY, "CHECKPOINTS_DIR": str(checkpoints),
+            "PIPELINES": "lotus", "OUTPUT_DIR": str(tmp_path / "out"), "PYTHONUNBUFFERED": "1"}
+
+
+def local_test(env, job_input) -> tuple[dict | str, str]:
+    """`python handler.py --test_input ...`: the job's output (or the SDK's failure message,
+    for an answer with an "error" key) and everything logged."""
+    done = subprocess.run([sys.executable, "handler.py", "--test_input",
+                           json.dumps({"input": job_input})], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    log = done.stdout + done.stderr
+    for line in log.splitlines():
+        if "Job result:" in line:  # the SDK prints the result's repr
+            return ast.literal_eval(line.split("Job result:", 1)[1].strip())["output"], log
+        if "failed with error:" in line:
+            return line.split("failed with error:", 1)[1].strip(), log
+    raise AssertionError(log[-3000:])
+
+
+def test_sdk_test_input_mode_runs_a_depth_job(env, tmp_path):
+    result, log = local_test(env, {"api_key": KEY, "image_base64": image_b64(width=40, height=30),
+                                   "processing_res": 64, "disparity": True})
+    output = result
+    png = Image.open(io.BytesIO(base64.b64decode(output["image_base64"])))
+    assert png.size == (40, 30) and png.mode == "L"
+    assert 0 <= output["min"] <= output["max"] <= 1
+    assert output["file_path"].startswith(str(tmp_path / "out"))
+    assert KEY not in log
+
+
+def test_sdk_test_input_mode_refuses_a_wrong_key_without_logging_it(env):
+    result, log = local_test(env, {"api_key": "guess", "image_base64": image_b64()})
+    assert result == "Unauthorized"
+    assert KEY not in log and "guess" not in log
+
+
+@pytest.fixture(scope="module")
+def local_api(tmp_path_factory, checkpoints):
+    """The SDK's local API server (`--rp_serve_api`) on a loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "LOTUS_API_KEY": KEY, "CHECKPOINTS_DIR": str(checkpoints),
+           "PIPELINES": "lotus", "OUTPUT_DIR": str(tmp_path_factory.mktemp("out"))}
+    log = tmp_path_factory.mktemp("log") / "worker.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen([sys.executable, "handler.py", "--rp_serve_api",
+                                    "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
+                                   cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def up():
+            assert process.poll() is None, log.read_text()
+            try:
+                return requests.get(f"{url}/docs", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_until(up, timeout=120, interval=0.3)
+            yield url, log
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def runsync(url, job_input):
+    response = requests.post(f"{url}/runsync", json={"input": job_input}, timeout=120)
+    response.raise_for_status()
+    return response.json()
+
+
+def oversize_png_b64():
+    buffer = io.BytesIO()
+    Image.new("L", (4097, 8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+ERRORS = [
+    ({"image_base64": "x"}, 401, "Unauthorized"),
+    ({"api_key": "wrong", "image_base64": "x"}, 401, "Unauthorized"),
+    ({"api_key": KEY, "image_base64": "@@not base64@@"}, 400, "not valid base64"),
+    ({"api_key": KEY, "image_base64": base64.b64encode(b"plain text").decode()}, 400,
+     "not a supported image"),
+    ({"api_key": KEY, "image_base64": oversize_png_b64()}, 400, "4096x4096"),
+    ({"api_key": KEY, "image_base64": "AAAA", "colour": "red"}, 400, "colour"),
+    ({"api_key": KEY, "image_base64": "AAAA", "processing_res": "big"}, 400, "processing_res"),
+    ({"api_key": KEY, "image_base64": "AAAA", "task": "video"}, 400, "task"),
+    ({"api_key": KEY, "image_base64": "AAAA", "task": "3d"}, 400, "not served"),
+    ({"api_key": KEY, "image_url": "http://169.254.169.254/latest/meta-data/"}, 400,
+     "private or reserved"),
+    ({"api_key": KEY, "image_base64": "AAAA", "model_id": "other/model"}, 400, "own endpoint"),
+]
+
+
+@pytest.mark.parametrize("job_input, status, message", ERRORS)
+def test_local_api_errors_are_clear_and_the_worker_keeps_serving(local_api, job_input, status,
+                                                                 message):
+    """RunPod turns an answer with "error" into a FAILED job carrying that message."""
+    url, log = local_api
+    answer = runsync(url, job_input)
+    assert answer["status"] == "FAILED" and message in answer["error"], answer
+    good = runsync(url, {"api_key": KEY, "image_base64": image_b64(), "processing_res": 32})
+    assert good["output"]["image_base64"] and good["status"] == "COMPLETED"
+    assert KEY not in log.read_text()
+
+
+def test_an_unset_lotus_api_key_refuses_every_job(tmp_path, checkpoints, monkeypatch):
+    monkeypatch.delenv("LOTUS_API_KEY", raising=False)
+    worker = Worker(load_settings(output_dir=tmp_path), {})
+    answer = worker.handle({"id": "j", "input": {"api_key": "", "image_base64": image_b64()}})
+    assert answer["status"] == 401 and "LOTUS_API_KEY is not set" in answer["error"]
+
+
+@pytest.fixture
+def worker(tmp_path, checkpoints, monkeypatch):
+    monkeypatch.setenv("LOTUS_API_KEY", KEY)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "pipeline.yaml").write_text("stand-in\n")
+    lotus = LotusDepth(checkpoints)
+    sam3d = Sam3DObjects(tmp_path / "ck", SAM3D_STAND_IN, masker=Masker(None), vram_gib=24.0)
+    lotus.load()
+    sam3d.load()
+    return Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus, "sam3d": sam3d})
+
+
+@pytest.mark.parametrize("job_input, status, message", ERRORS)
+def test_the_handler_answers_errors_with_the_plans_status_codes(worker, job_input, status,
+                                                               message):
+    depth_only = Worker(worker.settings, {"lotus": worker.pipelines["lotus"]})
+    answer = depth_only.handle({"id": "e", "input": job_input})
+    assert answer["status"] == status and message in answer["error"]
+
+
+def test_a_3d_task_returns_the_model_file(worker):
+    answer = worker.handle({"id": "job3d", "input": {
+        "api_key": KEY, "task": "3d", "image_base64": image_b64(), "output_format": "glb"}})
+    assert base64.b64decode(answer["model_base64"])[:4] == b"glTF"
+    assert answer["media_type"] == "model/gltf-binary"
+
+
+def test_results_over_the_payload_limit_come_back_by_path(worker):
+    worker.max_inline_bytes = 100
+    answer = worker.handle({"id": "big", "input": {
+        "api_key": KEY, "image_base64": image_b64(), "processing_res": 32, "output": "npy"}})
+    assert "image_base64" not in answer and "over the inline limit" in answer["message"]
+    assert os.path.getsize(answer["file_path"]) > 100
+
+
+def test_warmup_loads_and_exits_zero_even_when_loading_fails(env, tmp_path):
+    done = subprocess.run([sys.executable, "handler.py", "--warmup"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "warmup done" in done.stderr
+    broken = {**env, "CHECKPOINTS_DIR": str(tmp_path / "empty")}
+    done = subprocess.run([sys.executable, "handler.py", "--warmup"], cwd=ROOT, env=broken,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "warmup failed" in done.stderr
