@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, image_b64
+from conftest import ROOT, image_b64, running_server
 from pipelines.lotus import CHECKPOINT_FOLDER
 
 SCRIPTS = sorted([*ROOT.glob("src/*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci/run"])
@@ -53,3 +53,18 @@ def test_bootstrap_lays_out_the_volume_and_reuses_its_venv(tmp_path, checkpoints
     assert list((volume / "output_images").glob("*.png"))
     second = bootstrap()
     assert second.returncode == 0 and "bootstrap: reusing" in second.stdout
+
+
+def test_smoke_test_script_passes_against_a_running_server(tmp_path, checkpoints):
+    """scripts/smoke_test.sh is the GPU check users run; here it meets the stand-in server."""
+    with running_server(tmp_path, checkpoints) as server:
+        done = subprocess.run(["bash", str(ROOT / "scripts/smoke_test.sh"), server["url"]],
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("PASS") == 5 and "0 failed" in done.stdout
+
+
+def test_smoke_test_script_fails_when_the_server_is_down():
+    done = subprocess.run(["bash", str(ROOT / "scripts/smoke_test.sh"), "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "FAIL" in done.stdout

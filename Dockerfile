@@ -1,0 +1,84 @@
+# syntax=docker/dockerfile:1
+# SAM 3D Objects + Lotus-D inference server. Layers run from least to most often changed:
+# system and conda (environments/default.yml), SAM 3D Objects at a pinned commit, our
+# dependencies (pyproject.toml), the weights (checkpoints/), then our code.
+FROM nvidia/cuda:12.1.1-cudnn8-devel-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MAMBA_ROOT_PREFIX=/opt/conda \
+    PATH=/opt/conda/envs/sam3d-objects/bin:/opt/conda/bin:$PATH
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Debian/Ubuntu package versions move with the base image's snapshot; pinning them breaks rebuilds.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+       bzip2 ca-certificates curl git libegl1 libgl1 libglib2.0-0 libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+ARG MICROMAMBA_VERSION=2.0.5-0
+RUN curl -fsSL "https://github.com/mamba-org/micromamba-releases/releases/download/${MICROMAMBA_VERSION}/micromamba-linux-64" \
+      -o /usr/local/bin/micromamba \
+    && chmod +x /usr/local/bin/micromamba
+COPY environments/default.yml /tmp/default.yml
+RUN micromamba create -y -f /tmp/default.yml && micromamba clean -a -y
+
+# SAM 3D Objects, pinned (DEPLOY.md says why this commit), with its dev, p3d and inference
+# extras: torch 2.5.1+cu121 from PyTorch's index, kaolin from NVIDIA's wheel index for that
+# torch, then upstream's hydra patch.
+ARG SAM3D_REPO=https://github.com/facebookresearch/sam-3d-objects.git
+ARG SAM3D_COMMIT=cf06676
+ENV SAM3D_SOURCE_DIR=/opt/sam-3d-objects
+RUN git clone "${SAM3D_REPO}" "${SAM3D_SOURCE_DIR}" \
+    && git -C "${SAM3D_SOURCE_DIR}" checkout "${SAM3D_COMMIT}"
+WORKDIR /opt/sam-3d-objects
+RUN PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com https://download.pytorch.org/whl/cu121" \
+      pip install -e '.[dev]' \
+    && PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com https://download.pytorch.org/whl/cu121" \
+      pip install -e '.[p3d]' \
+    && PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com https://download.pytorch.org/whl/cu121" \
+      PIP_FIND_LINKS="https://nvidia-kaolin.s3.us-east-2.amazonaws.com/torch-2.5.1_cu121.html" \
+      pip install -e '.[inference]' \
+    && ./patching/hydra
+# nvdiffrast compiles against CUDA's headers; rembg 2.0.57 still accepts the numpy<2
+# that kaolin 0.17 needs (later releases require numpy 2).
+ENV CPATH=/usr/local/cuda/include
+RUN pip install --no-build-isolation "git+https://github.com/NVlabs/nvdiffrast.git@v0.3.3" \
+    && pip install "rembg==2.0.57" "onnxruntime-gpu==1.19.2"
+
+# Our dependencies: only pyproject.toml is copied, so this layer survives code changes.
+WORKDIR /app
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+# The weights, read offline: SAM 3D Objects (pipeline.yaml, *.ckpt), Lotus-D, MoGe (Hugging
+# Face cache), DINOv2 (torch hub) and u2net (rembg). scripts/download_checkpoints.sh fills it.
+COPY checkpoints/ /app/checkpoints/
+ENV CHECKPOINTS_DIR=/app/checkpoints \
+    OUTPUT_DIR=/app/outputs \
+    HF_HOME=/app/checkpoints/hf-cache \
+    HF_HUB_OFFLINE=1 \
+    TORCH_HOME=/app/checkpoints/torch \
+    U2NET_HOME=/app/checkpoints/u2net \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+    PORT=8000
+
+COPY app.py queue_manager.py settings.py schemas.py handler.py gunicorn.conf.py ./
+COPY pipelines/ ./pipelines/
+COPY scripts/ ./scripts/
+
+RUN useradd --create-home --uid 1000 app \
+    && mkdir -p /app/outputs \
+    && chown app /app/outputs
+USER 1000
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+  CMD ["/bin/sh", "-c", "curl -fsS http://localhost:${PORT}/health || exit 1"]
+CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Fill checkpoints/ with every weight the image bakes in, then say what is missing.
+#
+#   HF_TOKEN=hf_... scripts/download_checkpoints.sh [checkpoints]
+#
+# Before: accept Meta's license at https://huggingface.co/facebook/sam-3d-objects and create
+# a read token at https://huggingface.co/settings/tokens. Needs `hf` (pip install
+# 'huggingface-hub[cli]<1.0') and, for DINOv2, python with torch.
+set -euo pipefail
+
+DEST=${1:-checkpoints}
+LOTUS_MODEL_ID=${LOTUS_MODEL_ID:-jingheya/lotus-depth-d-v2-0-disparity}
+MOGE_MODEL_ID=${MOGE_MODEL_ID:-Ruicheng/moge-vitl}
+DINOV2_MODEL=${DINOV2_MODEL:-dinov2_vitl14_reg}
+U2NET_URL=${U2NET_URL:-https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx}
+mkdir -p "$DEST"
+
+if [ -n "${HF_TOKEN:-}" ]; then
+  hf auth login --token "$HF_TOKEN"
+fi
+export HF_HUB_ENABLE_HF_TRANSFER=0
+
+echo "== SAM 3D Objects (facebook/sam-3d-objects, license required)"
+if [ ! -f "$DEST/pipeline.yaml" ]; then
+  hf download --repo-type model --local-dir "$DEST/hf-download" --max-workers 1 \
+    facebook/sam-3d-objects
+  mv "$DEST"/hf-download/checkpoints/* "$DEST"/
+  rm -rf "$DEST/hf-download"
+fi
+
+echo "== Lotus-D ($LOTUS_MODEL_ID)"
+hf download "$LOTUS_MODEL_ID" --repo-type model \
+  --local-dir "$DEST/lotus-depth-d-v2-0-disparity" --include "*.json" "*.txt" "*.safetensors"
+
+echo "== MoGe ($MOGE_MODEL_ID) into the Hugging Face cache the image reads offline"
+HF_HOME="$DEST/hf-cache" hf download "$MOGE_MODEL_ID" --repo-type model
+
+echo "== DINOv2 ($DINOV2_MODEL) into the torch hub cache"
+TORCH_HOME="$DEST/torch" python -c \
+  "import sys, torch; torch.hub.load('facebookresearch/dinov2', sys.argv[1])" "$DINOV2_MODEL"
+
+echo "== u2net for rembg"
+mkdir -p "$DEST/u2net"
+[ -f "$DEST/u2net/u2net.onnx" ] || curl -fL --retry 3 -o "$DEST/u2net/u2net.onnx" "$U2NET_URL"
+
+echo "== Check"
+missing=0
+for path in pipeline.yaml ss_generator.ckpt slat_generator.ckpt ss_decoder.ckpt \
+    slat_decoder_gs.ckpt slat_decoder_gs_4.ckpt slat_decoder_mesh.ckpt \
+    lotus-depth-d-v2-0-disparity/model_index.json lotus-depth-d-v2-0-disparity/unet \
+    lotus-depth-d-v2-0-disparity/vae lotus-depth-d-v2-0-disparity/text_encoder \
+    lotus-depth-d-v2-0-disparity/tokenizer hf-cache/hub torch/hub u2net/u2net.onnx; do
+  if [ -e "$DEST/$path" ]; then
+    echo "ok       $path"
+  else
+    echo "MISSING  $path"
+    missing=1
+  fi
+done
+du -sh "$DEST"
+exit "$missing"

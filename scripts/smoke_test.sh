@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# GPU smoke test, after `docker compose up`: health, then a GLB, a vertex-coloured GLB, a PLY
+# and a depth map from a bundled image, each downloaded and checked.
+#
+#   scripts/smoke_test.sh [URL]          (default http://localhost:8000; API_KEY if set)
+set -euo pipefail
+
+URL=${1:-http://localhost:8000}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+AUTH=()
+[ -n "${API_KEY:-}" ] && AUTH=(-H "Authorization: Bearer $API_KEY")
+failures=0
+
+pass() { echo "PASS  $*"; }
+skip() { echo "SKIP  $*"; }
+fail() { echo "FAIL  $*"; failures=$((failures + 1)); }
+
+curl -fsS "$URL/health" -o "$WORK/health.json" || { echo "FAIL  $URL/health unreachable"; exit 1; }
+if grep -q '"model_loaded": *true' "$WORK/health.json"; then
+  pass "health: $(tr -d '\n' < "$WORK/health.json" | cut -c1-200)"
+else
+  fail "health says the models are not loaded: $(cat "$WORK/health.json")"
+fi
+
+printf '{"image": "%s", ' "$(base64 -w 0 "$HERE/smoke_object.png")" > "$WORK/head.json"
+
+# request NAME BODY-TAIL ENDPOINT: POST the bundled image with extra fields, save the answer
+request() {
+  local name=$1 tail=$2 endpoint=$3 started=$SECONDS code
+  { cat "$WORK/head.json"; printf '%s}' "$tail"; } > "$WORK/$name.json"
+  code=$(curl -sS -o "$WORK/$name.out" -w '%{http_code}' "${AUTH[@]}" -X POST \
+    -H "Content-Type: application/json" --data-binary "@$WORK/$name.json" "$URL$endpoint")
+  echo "      $name: HTTP $code in $((SECONDS - started)) s, $(wc -c < "$WORK/$name.out") bytes"
+  [ "$code" = 200 ]
+}
+
+# check_glb FILE: magic "glTF", version 2, and the header's length equals the file's size
+check_glb() {
+  local magic version length
+  magic=$(head -c 4 "$1")
+  version=$(od -An -tu4 -j4 -N4 "$1" | tr -d ' ')
+  length=$(od -An -tu4 -j8 -N4 "$1" | tr -d ' ')
+  [ "$magic" = glTF ] && [ "$version" = 2 ] && [ "$length" = "$(wc -c < "$1")" ]
+}
+
+# check_ply FILE: a PLY with vertices and the 3D Gaussian splat fields
+check_ply() {
+  local header
+  header=$(head -c 4096 "$1" | tr -d '\0' | sed '/end_header/q')
+  [[ $header == ply* ]] && grep -Eq 'element vertex [1-9]' <<< "$header" || return 1
+  for field in x y z f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1 scale_2 rot_0 rot_1 rot_2 rot_3; do
+    grep -q "property float $field\$" <<< "$header" || return 1
+  done
+}
+
+health=$(tr -d ' \n' < "$WORK/health.json")
+if [[ $health != *'"glb_textured":true'* ]]; then
+  skip "textured GLB: this GPU cannot serve it (see /health capabilities)"
+elif request textured '"output_format": "glb", "with_texture": true' /generate/sync \
+    && check_glb "$WORK/textured.out"; then pass "textured GLB"; else fail "textured GLB"; fi
+if [[ $health != *'"glb":true'* ]]; then
+  skip "vertex-coloured GLB: this GPU cannot serve it"
+elif request vertex '"output_format": "glb", "with_texture": false' /generate/sync \
+    && check_glb "$WORK/vertex.out"; then pass "vertex-coloured GLB"; else fail "vertex-coloured GLB"; fi
+if [[ $health != *'"sam3d":"ready"'* ]]; then
+  fail "SAM 3D Objects is not loaded: $health"
+elif request splat '"output_format": "ply"' /generate/sync \
+    && check_ply "$WORK/splat.out"; then pass "Gaussian splat PLY"; else fail "Gaussian splat PLY"; fi
+if [[ $health != *'"lotus":"ready"'* ]]; then
+  skip "depth map: Lotus-D is not loaded on this server"
+elif request depth '"processing_res": 768' /depth/sync \
+    && grep -q '"image_base64"' "$WORK/depth.out" && grep -q '"max"' "$WORK/depth.out"; then
+  pass "depth map"
+else
+  fail "depth map: $(head -c 300 "$WORK/depth.out")"
+fi
+
+echo "$failures failed"
+exit "$((failures > 0))"

