@@ -44,11 +44,14 @@ RUN PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com https://download.pytorch.or
       PIP_FIND_LINKS="https://nvidia-kaolin.s3.us-east-2.amazonaws.com/torch-2.5.1_cu121.html" \
       pip install -e '.[inference]' \
     && ./patching/hydra
-# nvdiffrast compiles against CUDA's headers; rembg 2.0.57 still accepts the numpy<2
-# that kaolin 0.17 needs (later releases require numpy 2).
+# nvdiffrast compiles against CUDA's headers. Later installs are constrained to the numpy
+# that SAM 3D Objects and kaolin 0.17 installed, so rembg (and our own dependencies) resolve
+# to releases that work with it instead of upgrading it.
 ENV CPATH=/usr/local/cuda/include
 RUN pip install --no-build-isolation "git+https://github.com/NVlabs/nvdiffrast.git@v0.3.3" \
-    && pip install "rembg==2.0.57" "onnxruntime-gpu==1.19.2"
+    && pip freeze | grep -i '^numpy==' > /etc/pip-constraints.txt \
+    && pip install -c /etc/pip-constraints.txt "rembg[gpu]==2.0.61"
+ENV PIP_CONSTRAINT=/etc/pip-constraints.txt
 
 # Our dependencies: only pyproject.toml is copied, so this layer survives code changes.
 WORKDIR /app
