@@ -3,6 +3,8 @@
 # and a depth map from a bundled image, each downloaded and checked.
 #
 #   scripts/smoke_test.sh [URL]          (default http://localhost:8000; API_KEY if set)
+# The check_* functions are called through try(), which shellcheck cannot follow.
+# shellcheck disable=SC2317
 set -euo pipefail
 
 URL=${1:-http://localhost:8000}
@@ -55,27 +57,29 @@ check_ply() {
   done
 }
 
+check_depth() { grep -q '"image_base64"' "$1" && grep -q '"max"' "$1"; }
+
 health=$(tr -d ' \n' < "$WORK/health.json")
-if [[ $health != *'"glb_textured":true'* ]]; then
-  skip "textured GLB: this GPU cannot serve it (see /health capabilities)"
-elif request textured '"output_format": "glb", "with_texture": true' /generate/sync \
-    && check_glb "$WORK/textured.out"; then pass "textured GLB"; else fail "textured GLB"; fi
-if [[ $health != *'"glb":true'* ]]; then
-  skip "vertex-coloured GLB: this GPU cannot serve it"
-elif request vertex '"output_format": "glb", "with_texture": false' /generate/sync \
-    && check_glb "$WORK/vertex.out"; then pass "vertex-coloured GLB"; else fail "vertex-coloured GLB"; fi
-if [[ $health != *'"sam3d":"ready"'* ]]; then
-  fail "SAM 3D Objects is not loaded: $health"
-elif request splat '"output_format": "ply"' /generate/sync \
-    && check_ply "$WORK/splat.out"; then pass "Gaussian splat PLY"; else fail "Gaussian splat PLY"; fi
-if [[ $health != *'"lotus":"ready"'* ]]; then
-  skip "depth map: Lotus-D is not loaded on this server"
-elif request depth '"processing_res": 768' /depth/sync \
-    && grep -q '"image_base64"' "$WORK/depth.out" && grep -q '"max"' "$WORK/depth.out"; then
-  pass "depth map"
-else
-  fail "depth map: $(head -c 300 "$WORK/depth.out")"
-fi
+[[ $health == *'"sam3d":"ready"'* ]] || fail "SAM 3D Objects is not loaded: $health"
+
+# try ID NEEDS FIELDS ENDPOINT CHECK: skipped when /health lacks NEEDS, else made and checked
+try() {
+  local id=$1 needs=$2 fields=$3 endpoint=$4 check=$5
+  if [[ $health != *"$needs"* ]]; then
+    skip "$id: this server cannot serve it ($needs is not in /health)"
+  elif request "$id" "$fields" "$endpoint" && "$check" "$WORK/$id.out"; then
+    pass "$id"
+  else
+    fail "$id: $(head -c 300 "$WORK/$id.out" | tr -d '\0')"
+  fi
+}
+
+try textured-glb '"glb_textured":true' '"output_format": "glb", "with_texture": true' \
+  /generate/sync check_glb
+try vertex-colour-glb '"glb":true' '"output_format": "glb", "with_texture": false' \
+  /generate/sync check_glb
+try gaussian-splat-ply '"ply":true' '"output_format": "ply"' /generate/sync check_ply
+try depth-map '"lotus":"ready"' '"processing_res": 768' /depth/sync check_depth
 
 echo "$failures failed"
 exit "$((failures > 0))"
