@@ -28,10 +28,10 @@ from pipelines.device import gpu_info
 from pipelines.images import load_image
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
-from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
-                     openapi_document)
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull)
+from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
+                     openapi_document)
 from settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("server")

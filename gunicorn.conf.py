@@ -6,6 +6,7 @@ variable stops the server with one line instead of a worker boot loop.
 """
 
 import logging
+import os
 import sys
 
 from settings import SettingsError, load_settings
@@ -16,6 +17,9 @@ except SettingsError as exc:
     sys.exit(f"error: {exc}")
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+# Set before the worker imports torch: fewer out-of-memory errors from fragmentation.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 wsgi_app = "app:app"
 bind = f"0.0.0.0:{_settings.port}"

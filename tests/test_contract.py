@@ -48,3 +48,4 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(ser
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     requests.get(f"{server['url']}/health", timeout=5).raise_for_status()
+    assert KEY not in server["log"].read_text()  # sent on every request, never logged

@@ -1,0 +1,63 @@
+"""Settings: defaults of the guide, and a bad value stops the server with one clear line."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from pipelines.outputs import atomic_write
+from settings import SettingsError, load_settings
+
+
+def test_defaults_are_the_guides(monkeypatch):
+    for name in ("PORT", "MAX_CONCURRENT", "MAX_QUEUE_SIZE", "API_KEY", "LOTUS_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (settings.port, settings.max_concurrent, settings.max_queue_size) == (8000, 1, 10)
+    assert (settings.result_ttl_seconds, settings.sync_timeout_seconds) == (3600, 600)
+    assert settings.max_content_length >= 4096 * 4096 * 3 * 4 // 3
+    assert settings.required_api_key is None and settings.allow_private_urls is False
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PORT", "eighty"), ("MAX_CONCURRENT", "0"), ("MAX_QUEUE_SIZE", "-1"),
+    ("RESULT_TTL_SECONDS", "0"), ("PIPELINES", "sam3d,dalle"), ("ALLOW_PRIVATE_URLS", "maybe"),
+])
+def test_invalid_values_name_the_variable(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=f"invalid {name}="):
+        load_settings()
+
+
+@pytest.mark.parametrize("command", [["app.py"], ["-m", "gunicorn", "-c", "gunicorn.conf.py"]],
+                         ids=["python app.py", "gunicorn"])
+def test_the_server_refuses_to_start_with_one_line_naming_the_variable(command):
+    env = {**os.environ, "MAX_CONCURRENT": "zero"}
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: invalid MAX_CONCURRENT='zero'")
+
+
+def test_an_open_server_warns_at_start(make_client, scripted, caplog, monkeypatch):
+    monkeypatch.delenv("API_KEY", raising=False)
+    monkeypatch.delenv("LOTUS_API_KEY", raising=False)
+    with caplog.at_level(logging.WARNING):
+        make_client({"lotus": scripted})
+    assert "API_KEY is not set" in caplog.text
+
+
+def test_atomic_write_leaves_nothing_behind_when_writing_fails(tmp_path):
+    def broken(path):
+        path.write_bytes(b"half a fi")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "result.glb", broken)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(tmp_path / "result.glb", lambda path: path.write_bytes(b"whole"))
+    assert [p.name for p in tmp_path.iterdir()] == ["result.glb"]
