@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
                             is_out_of_memory, release_memory)
@@ -73,7 +73,6 @@ class Job:
     image: Any
     id: str = field(default_factory=lambda: secrets.token_hex(16))
     state: JobState = JobState.QUEUED
-    created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
     stage: str = "queued"
@@ -127,15 +126,13 @@ class JobQueue:
 
     def __init__(self, pipelines: Mapping[str, Pipeline], output_dir: Path, *,
                  max_queue_size: int = 10, max_concurrent: int = 1,
-                 result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5,
-                 clock: Callable[[], float] = time.time):
+                 result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5):
         self._pipelines = pipelines
         self.output_dir = Path(output_dir)
         self.max_queue_size = max_queue_size
         self.max_concurrent = max_concurrent
         self.result_ttl_seconds = result_ttl_seconds
         self._janitor_interval = janitor_interval
-        self._clock = clock
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._running: list[Job | None] = [None] * max_concurrent
@@ -309,7 +306,7 @@ class JobQueue:
 
     def _is_stale(self, job: Job) -> bool:
         return (job.state.finished and job.finished_at is not None
-                and self._clock() - job.finished_at > self.result_ttl_seconds)
+                and time.time() - job.finished_at > self.result_ttl_seconds)
 
     def _expire(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

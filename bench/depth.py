@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoints import make_lotus, write_tokenizer  # noqa: E402
 from pipelines.device import best_device  # noqa: E402
-from pipelines.lotus import CHECKPOINT_FOLDER, LotusDepthPipeline  # noqa: E402
+from pipelines.lotus import LotusDepthPipeline  # noqa: E402
 
 
 def sd2_pipeline(device: str, dtype: torch.dtype) -> LotusDepthPipeline:

@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipelines.lotus import CHECKPOINT_FOLDER
 
 DOCKERFILES = ["Dockerfile", "Dockerfile.serverless"]
 GPU_ONLY = ["kaolin", "nvdiffrast", "gsplat", "pytorch3d", "sam3d_objects", "spconv"]

@@ -1,7 +1,6 @@
 """SAM 3D Objects' wrapper, around the stand-in (tests/sam3d_stand_in, same shape as upstream):
 masks, arguments per option, files, progress, memory admission and out-of-memory."""
 
-import io
 import logging
 import sys
 
@@ -13,7 +12,7 @@ import trimesh
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import SAM3D_STAND_IN, image_b64, wait_until
+from conftest import SAM3D_STAND_IN
 from pipelines.base import PipelineError
 from pipelines.sam3d import (GenerateRequest, Masker, Sam3DObjects, center_mask, find_config,
                              import_inference, servable_outputs)
