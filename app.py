@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None, *,
                      result_ttl_seconds=settings.result_ttl_seconds)
     queue.start()
     registry.load_in_background()
+    if not registry.status():
+        log.error("no pipeline to serve: no checkpoint found in %s and PIPELINES is empty",
+                  settings.checkpoints_dir)
     if settings.required_api_key is None:
         log.warning("API_KEY is not set: every endpoint is open to anyone who can reach it")
 
@@ -246,7 +249,8 @@ def _health() -> tuple[dict, int]:
     pipelines = registry.status()
     workers_alive = queue.workers_alive()
     ready = bool(pipelines) and all(state == "ready" for state in pipelines.values())
-    broken = "failed" in pipelines.values() or workers_alive < queue.max_concurrent
+    broken = (not pipelines or "failed" in pipelines.values()
+              or workers_alive < queue.max_concurrent)
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}

@@ -63,6 +63,20 @@ def start_server(checkpoints: Path, outputs: Path) -> tuple[subprocess.Popen, st
     raise SystemExit("server did not become ready")
 
 
+def http_submit_latency(base: str, jobs: int = 50) -> list[float]:
+    """POST /depth round trips on an idle server (validation, decoding, queueing)."""
+    small = photo_b64(64, 48)
+    session, times = requests.Session(), []
+    for _ in range(jobs):
+        started = time.perf_counter()
+        job = session.post(f"{base}/depth", json={"image": small, "processing_res": 32},
+                           timeout=30).json()["job_id"]
+        times.append(time.perf_counter() - started)
+        while session.get(f"{base}/job/{job}", timeout=5).json()["status"] != "completed":
+            time.sleep(0.005)
+    return sorted(times)
+
+
 def polls_per_second(base: str, seconds: float, clients: int) -> tuple[float, float, int]:
     """Keep one depth job running (native resolution on a large photo) and poll its status."""
     big = photo_b64(1600, 1200)
@@ -143,10 +157,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as outputs:
         process, base = start_server(checkpoints, Path(outputs))
         try:
+            submits = http_submit_latency(base)
             rate, p99, running = polls_per_second(base, args.seconds, args.clients)
         finally:
             process.terminate()
             process.wait(30)
+    print(f"idle HTTP submit (POST /depth, 64x48 PNG): median "
+          f"{statistics.median(submits) * 1000:.1f} ms over {len(submits)} jobs")
     print(f"status polls with one job running: {rate:.0f} requests/s, p99 {p99:.1f} ms "
           f"({args.clients} clients, {args.seconds:g} s; job still running at the end: {running})")
 

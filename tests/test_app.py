@@ -54,6 +54,12 @@ def test_health_reports_the_guides_fields(client):
     assert client.get("/queue").get_json() == body["queue"]
 
 
+def test_health_is_unhealthy_when_there_is_nothing_to_serve(make_client):
+    response = make_client({})
+    health = response.get("/health")
+    assert health.status_code == 503 and health.get_json()["status"] == "unhealthy"
+
+
 def test_health_answers_at_once_while_models_load(make_client, scripted):
     gate = threading.Event()
     scripted.load = lambda: gate.wait(10)
