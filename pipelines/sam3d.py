@@ -150,12 +150,9 @@ class Sam3DObjects:
                                  "or a GPU with more memory.")
 
     def __init__(self, checkpoints_dir: Path, source_dir: Path, *,
-                 load_inference: Callable[[Path], Any] | None = None,
-                 to_glb: Callable[..., Any] | None = None,
                  masker: Masker | None = None, vram_gib: float | None = None):
         self.checkpoints_dir, self.source_dir = Path(checkpoints_dir), Path(source_dir)
-        self._load_inference = load_inference
-        self._to_glb = to_glb
+        self._to_glb: Callable[..., Any] | None = None
         self.masker = masker
         self.vram_gib = vram_gib
         self.inference: Any = None
@@ -178,14 +175,11 @@ class Sam3DObjects:
         if self.vram_gib is None:
             gpu = gpu_info()["gpu"]
             self.vram_gib = gpu["vram_gb"] if gpu else None
-        if self._load_inference is None:
-            inference_cls = import_inference(self.source_dir)
-            self._load_inference = lambda path: inference_cls(str(path), compile=False)
-        if self._to_glb is None:
-            self._to_glb = import_to_glb()
+        inference_cls = import_inference(self.source_dir)
+        self._to_glb = import_to_glb()
         if self.masker is None:
             self.masker = Masker.create()
-        self.inference = self._load_inference(config)
+        self.inference = inference_cls(str(config), compile=False)
         self._hook_stages(self.inference._pipeline)
         log.info("SAM 3D Objects loaded from %s; servable outputs: %s", config, self.capabilities)
 
@@ -222,7 +216,9 @@ class Sam3DObjects:
 
     def _write(self, output_format: str, output: dict, output_stem: Path) -> Result:
         if output_format == "ply":
-            gaussian = output.get("gs") or (output.get("gaussian") or [None])[0]
+            gaussian = output.get("gs")
+            if gaussian is None:
+                gaussian = (output.get("gaussian") or [None])[0]
             if gaussian is None:
                 raise PipelineError("SAM 3D Objects returned no Gaussian splat")
             path = Path(f"{output_stem}.ply")
