@@ -26,15 +26,12 @@ from pydantic import Field, ValidationError
 from pipelines.base import Pipeline, PipelineError, Result, validation_message
 from pipelines.catalog import configured_pipelines
 from pipelines.images import load_image
-from pipelines.lotus import DepthRequest
+from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
 from pipelines.sam3d import GenerateRequest
 from settings import Settings, load_settings
 
 log = logging.getLogger("handler")
 
-# RunPod's payload limits: /run answers up to 10 MB, /runsync up to 20 MB. A result's base64
-# must leave room for the rest of the answer, so larger files are returned by path or URL.
-DEFAULT_MAX_INLINE_BYTES = 7 * 1024 * 1024
 TASKS = {"depth": "lotus", "3d": "sam3d"}
 
 
@@ -54,10 +51,9 @@ class Unauthorized(Exception):
 class Worker:
     """The loaded pipelines and what the handler needs to run one job."""
 
-    def __init__(self, settings: Settings, pipelines: dict[str, Pipeline],
-                 max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES):
+    def __init__(self, settings: Settings, pipelines: dict[str, Pipeline]):
         self.settings, self.pipelines = settings, pipelines
-        self.max_inline_bytes = max_inline_bytes
+        self.max_inline_bytes = settings.max_inline_bytes
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -66,11 +62,13 @@ class Worker:
         for name, pipeline in pipelines.items():
             log.info("loading %s", name)
             pipeline.load()
-        limit = int(os.environ.get("MAX_INLINE_BYTES", DEFAULT_MAX_INLINE_BYTES))
-        return cls(settings, pipelines, limit)
+        return cls(settings, pipelines)
 
     def handle(self, job: dict) -> dict:
-        job_input = dict(job.get("input") or {})
+        job_input = job.get("input") or {}
+        if not isinstance(job_input, dict):
+            return {"error": "input must be a JSON object", "status": 400}
+        job_input = dict(job_input)
         try:
             self._check_key(job_input.pop("api_key", None))
             return self._run(str(job.get("id", "local")), job_input)
@@ -108,8 +106,6 @@ class Worker:
         return self._answer(job_id, result, "image_base64" if task == "depth" else "model_base64")
 
     def _model_id(self) -> str:
-        from pipelines.lotus import DEFAULT_MODEL_ID
-
         return self.settings.model_id or DEFAULT_MODEL_ID
 
     def _answer(self, job_id: str, result: Result, key: str) -> dict:

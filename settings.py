@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     lotus_api_key: SecretStr | None = None
     # Lets image_url reach private and loopback addresses: local development only.
     allow_private_urls: bool = False
+    # Serverless worker: results whose base64 would pass this are returned by path or URL
+    # (RunPod's payload limits: /run 10 MB, /runsync 20 MB, with room for the rest).
+    max_inline_bytes: int = Field(7 * 1024 * 1024, ge=0)
     max_image_side: int = Field(4096, ge=1)
     url_max_bytes: int = Field(DEFAULT_MAX_CONTENT_LENGTH, ge=1024)
     url_timeout_seconds: float = Field(10, gt=0)

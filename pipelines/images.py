@@ -12,7 +12,6 @@ import binascii
 import io
 import re
 import warnings
-
 from dataclasses import dataclass
 
 import numpy as np

@@ -181,3 +181,8 @@ def test_warmup_loads_and_exits_zero_even_when_loading_fails(env, tmp_path):
     done = subprocess.run([sys.executable, "handler.py", "--warmup"], cwd=ROOT, env=broken,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and "warmup failed" in done.stderr
+
+
+def test_an_input_that_is_not_an_object_is_a_400(worker):
+    assert worker.handle({"id": "x", "input": "just text"}) == {
+        "error": "input must be a JSON object", "status": 400}
