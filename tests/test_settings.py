@@ -61,3 +61,21 @@ def test_atomic_write_leaves_nothing_behind_when_writing_fails(tmp_path):
     assert list(tmp_path.iterdir()) == []
     atomic_write(tmp_path / "result.glb", lambda path: path.write_bytes(b"whole"))
     assert [p.name for p in tmp_path.iterdir()] == ["result.glb"]
+
+
+def test_gunicorns_master_and_a_plain_import_never_load_torch_or_start_the_app():
+    """Models and CUDA belong to the worker process: gunicorn.conf.py (run by the master)
+    must not import torch, and `import app` must not build the app or start a thread."""
+    probe = """
+import runpy, sys, threading
+runpy.run_path("gunicorn.conf.py")
+assert "torch" not in sys.modules, "torch imported in the master"
+import app
+assert "app" not in vars(app), "the app was built at import"
+assert threading.active_count() == 1, threading.enumerate()
+print("ok")
+"""
+    env = {key: value for key, value in os.environ.items() if key != "MAX_CONCURRENT"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
