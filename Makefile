@@ -26,9 +26,10 @@ serve: $(VENV)/.installed $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## bench: server and depth figures on this machine
-bench: $(VENV)/.installed $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity
+## bench: server, load and depth figures on this machine (each makes its own tiny checkpoint)
+bench: $(VENV)/.installed
 	$(PY) bench/server.py
+	$(PY) bench/load.py
 	$(PY) bench/depth.py
 
 clean:

@@ -7,8 +7,6 @@ more poll. Every submission must be accepted (and later complete) or refused wit
 
 from __future__ import annotations
 
-import base64
-import io
 import sys
 import tempfile
 import threading
@@ -17,23 +15,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import requests
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+for folder in (ROOT, ROOT / "tests", ROOT / "scripts"):
+    sys.path.insert(0, str(folder))
 
-
-def photo_b64() -> str:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+from conftest import image_b64, running_server  # noqa: E402
+from make_tiny_checkpoints import make_lotus  # noqa: E402
 
 
 def run_load(url: str, jobs: int = 200, submitters: int = 20, pollers: int = 20,
              timeout: float = 300) -> dict:
-    body = {"image": photo_b64(), "processing_res": 64}
+    body = {"image": image_b64(width=64, height=48), "processing_res": 64}
     accepted: list[str] = []
     codes: Counter = Counter()
     lock = threading.Lock()
@@ -92,12 +86,6 @@ def main() -> None:
     if len(sys.argv) > 1:
         print(run_load(sys.argv[1].rstrip("/")))
         return
-    sys.path.insert(0, str(ROOT / "tests"))
-    sys.path.insert(0, str(ROOT / "scripts"))
-    sys.path.insert(0, str(ROOT))
-    from conftest import running_server
-    from make_tiny_checkpoints import make_lotus
-
     with tempfile.TemporaryDirectory() as folder:
         make_lotus(Path(folder) / "ck")
         with running_server(Path(folder) / "w", Path(folder) / "ck", MAX_QUEUE_SIZE="10",

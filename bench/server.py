@@ -3,18 +3,13 @@
 
     python bench/server.py [--seconds 5] [--clients 16]
 
-Starts the real gunicorn server (tiny Lotus-D, made if missing) on a loopback port.
+Starts the real gunicorn server on a fresh tiny Lotus-D, on a loopback port (the tests' helper).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,50 +17,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import requests
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "tests", ROOT / "scripts"):
+    sys.path.insert(0, str(folder))
 
+from conftest import image_b64, running_server  # noqa: E402
+from make_tiny_checkpoints import make_lotus  # noqa: E402
 from pipelines.base import Result  # noqa: E402
 from queue_manager import JobQueue  # noqa: E402
 
 
-def photo_b64(width: int, height: int) -> str:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def start_server(checkpoints: Path, outputs: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(checkpoints),
-           "OUTPUT_DIR": str(outputs), "PIPELINES": "lotus", "MAX_QUEUE_SIZE": "100"}
-    env.pop("API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                "--access-logfile", "/dev/null"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/health", timeout=2).json()["model_loaded"]:
-                return process, base
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("server did not become ready")
-
-
 def http_submit_latency(base: str, jobs: int = 50) -> list[float]:
     """POST /depth round trips on an idle server (validation, decoding, queueing)."""
-    small = photo_b64(64, 48)
+    small = image_b64(width=64, height=48)
     session, times = requests.Session(), []
     for _ in range(jobs):
         started = time.perf_counter()
@@ -79,7 +45,7 @@ def http_submit_latency(base: str, jobs: int = 50) -> list[float]:
 
 def polls_per_second(base: str, seconds: float, clients: int) -> tuple[float, float, int]:
     """Keep one depth job running (native resolution on a large photo) and poll its status."""
-    big = photo_b64(1600, 1200)
+    big = image_b64(width=1600, height=1200)
     job = requests.post(f"{base}/depth", json={"image": big, "processing_res": 0},
                         timeout=30).json()["job_id"]
     while requests.get(f"{base}/job/{job}", timeout=5).json()["status"] == "queued":
@@ -150,18 +116,12 @@ def main() -> None:
     print(f"idle submit-to-start latency: median {statistics.median(delays) * 1e6:.0f} us, "
           f"p99 {delays[int(len(delays) * 0.99) - 1] * 1e6:.0f} us over {len(delays)} jobs")
 
-    checkpoints = Path(os.environ.get("CHECKPOINTS_DIR", ROOT / "checkpoints"))
-    if not (checkpoints / "lotus-depth-d-v2-0-disparity").is_dir():
-        subprocess.run([sys.executable, str(ROOT / "scripts/make_tiny_checkpoints.py"),
-                        str(checkpoints)], check=True, stdout=subprocess.DEVNULL)
-    with tempfile.TemporaryDirectory() as outputs:
-        process, base = start_server(checkpoints, Path(outputs))
-        try:
-            submits = http_submit_latency(base)
-            rate, p99, running = polls_per_second(base, args.seconds, args.clients)
-        finally:
-            process.terminate()
-            process.wait(30)
+    with tempfile.TemporaryDirectory() as folder:
+        make_lotus(Path(folder) / "ck")
+        with running_server(Path(folder) / "w", Path(folder) / "ck", PIPELINES="lotus",
+                            MAX_QUEUE_SIZE="100") as server:
+            submits = http_submit_latency(server["url"])
+            rate, p99, running = polls_per_second(server["url"], args.seconds, args.clients)
     print(f"idle HTTP submit (POST /depth, 64x48 PNG): median "
           f"{statistics.median(submits) * 1000:.1f} ms over {len(submits)} jobs")
     print(f"status polls with one job running: {rate:.0f} requests/s, p99 {p99:.1f} ms "

@@ -32,10 +32,12 @@ class InvalidImage(InvalidInput):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_side: int = 4096
-    url_max_bytes: int = 100 * 1024 * 1024
-    url_timeout_seconds: float = 10.0
-    allow_private_urls: bool = False
+    """What one request may send; built from the settings (`Settings.image_limits`)."""
+
+    max_side: int
+    url_max_bytes: int
+    url_timeout_seconds: float
+    allow_private_urls: bool
 
 
 class ImageInput(BaseModel):
