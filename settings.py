@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # GPU memory (GiB) assumed when admitting SAM 3D jobs; unset = read from the GPU.
     # For shared or MIG GPUs, and for tests of the admission rules.
     sam3d_vram_gib: float | None = Field(None, ge=0)
+    # SAM3D_COMPILE=1: upstream's compile=True (torch.compile and three warm-up runs at
+    # load): minutes more at start-up for faster jobs.
+    sam3d_compile: bool = False
     # Lotus-D from the Hugging Face cache (HF_HOME) instead of CHECKPOINTS_DIR.
     model_id: str | None = None
     # Optional API key; LOTUS_API_KEY (the serverless plan's name) is read as a fallback.

@@ -21,7 +21,8 @@ def configured_pipelines(settings: "Settings") -> dict[str, Pipeline]:
         ) if present]
     factories = {
         "sam3d": lambda: Sam3DObjects(settings.checkpoints_dir, settings.sam3d_source_dir,
-                                      vram_gib=settings.sam3d_vram_gib),
+                                      vram_gib=settings.sam3d_vram_gib,
+                                      compile=settings.sam3d_compile),
         "lotus": lambda: LotusDepth(settings.checkpoints_dir, settings.model_id),
     }
     return {name: factories[name]() for name in names}

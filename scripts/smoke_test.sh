@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU smoke test, after `docker compose up`: health, then a GLB, a vertex-coloured GLB, a PLY
-# and a depth map from a bundled image, each downloaded and checked.
+# GPU smoke test, after `docker compose up`: waits until the models are loaded, then makes a
+# textured GLB, a vertex-coloured GLB, a PLY and a depth map from a bundled image and checks
+# what a viewer would show: a texture image, a colour per vertex, the 3D Gaussian fields.
 #
-#   scripts/smoke_test.sh [URL]          (default http://localhost:8000; API_KEY if set)
+#   scripts/smoke_test.sh [URL]   (default http://localhost:8000; API_KEY if set;
+#                                  SMOKE_WAIT_SECONDS, default 900, for the models to load)
 # The check_* functions are called through try(), which shellcheck cannot follow.
 # shellcheck disable=SC2317
 set -euo pipefail
@@ -19,7 +21,16 @@ pass() { echo "PASS  $*"; }
 skip() { echo "SKIP  $*"; }
 fail() { echo "FAIL  $*"; failures=$((failures + 1)); }
 
-curl -fsS "$URL/health" -o "$WORK/health.json" || { echo "FAIL  $URL/health unreachable"; exit 1; }
+# Wait for loading to finish: /health answers 503 with "loading" pipelines until then.
+deadline=$((SECONDS + ${SMOKE_WAIT_SECONDS:-900}))
+while :; do
+  curl -sS "$URL/health" -o "$WORK/health.json" 2>/dev/null \
+    || { echo "FAIL  $URL/health unreachable"; exit 1; }
+  grep -q '"loading"' "$WORK/health.json" || break
+  [ "$SECONDS" -lt "$deadline" ] || break
+  echo "      waiting for the models to load..."
+  sleep 10
+done
 if grep -q '"model_loaded": *true' "$WORK/health.json"; then
   pass "health: $(tr -d '\n' < "$WORK/health.json" | cut -c1-200)"
 else
@@ -38,13 +49,30 @@ request() {
   [ "$code" = 200 ]
 }
 
-# check_glb FILE: magic "glTF", version 2, and the header's length equals the file's size
-check_glb() {
-  local magic version length
+# glb_json FILE: the glTF JSON chunk of a GLB whose header is sound (magic "glTF", version 2,
+# the header's length equals the file's size), or nothing
+glb_json() {
+  local magic version length chunk
   magic=$(head -c 4 "$1")
   version=$(od -An -tu4 -j4 -N4 "$1" | tr -d ' ')
   length=$(od -An -tu4 -j8 -N4 "$1" | tr -d ' ')
-  [ "$magic" = glTF ] && [ "$version" = 2 ] && [ "$length" = "$(wc -c < "$1")" ]
+  chunk=$(od -An -tu4 -j12 -N4 "$1" | tr -d ' ')
+  [ "$magic" = glTF ] && [ "$version" = 2 ] && [ "$length" = "$(wc -c < "$1")" ] || return 1
+  head -c "$((20 + chunk))" "$1" | tail -c "$chunk"
+}
+
+# check_textured_glb FILE: a base-colour texture with an embedded image
+check_textured_glb() {
+  local json
+  json=$(glb_json "$1") || return 1
+  grep -q '"baseColorTexture"' <<< "$json" && grep -q '"images"' <<< "$json"
+}
+
+# check_vertex_colour_glb FILE: a colour per vertex (COLOR_0)
+check_vertex_colour_glb() {
+  local json
+  json=$(glb_json "$1") || return 1
+  grep -q '"COLOR_0"' <<< "$json"
 }
 
 # check_ply FILE: a PLY with vertices and the 3D Gaussian splat fields
@@ -70,14 +98,14 @@ try() {
   elif request "$id" "$fields" "$endpoint" && "$check" "$WORK/$id.out"; then
     pass "$id"
   else
-    fail "$id: $(head -c 300 "$WORK/$id.out" | tr -d '\0')"
+    fail "$id: $(head -c 300 "$WORK/$id.out" | tr -cd '[:print:]\n')"
   fi
 }
 
 try textured-glb '"glb_textured":true' '"output_format": "glb", "with_texture": true' \
-  /generate/sync check_glb
+  /generate/sync check_textured_glb
 try vertex-colour-glb '"glb":true' '"output_format": "glb", "with_texture": false' \
-  /generate/sync check_glb
+  /generate/sync check_vertex_colour_glb
 try gaussian-splat-ply '"ply":true' '"output_format": "ply"' /generate/sync check_ply
 try depth-map '"lotus":"ready"' '"processing_res": 768' /depth/sync check_depth
 

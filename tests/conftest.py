@@ -27,6 +27,19 @@ from settings import load_settings  # noqa: E402
 from stand_ins import ScriptedPipeline  # noqa: E402
 
 SAM3D_STAND_IN = Path(__file__).resolve().parent / "sam3d_stand_in"
+# What a real checkpoint's pipeline.yaml says where the stand-in reads it.
+SAM3D_CONFIG = """_target_: sam3d_objects.pipeline.inference_pipeline_pointmap.InferencePipelinePointMap
+decode_formats: [gaussian, mesh]
+ss_inference_steps: 25
+slat_inference_steps: 25
+"""
+
+
+def sam3d_checkpoints(folder: Path) -> Path:
+    """A checkpoints folder whose pipeline.yaml the SAM 3D stand-in loads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pipeline.yaml").write_text(SAM3D_CONFIG)
+    return folder
 
 
 def image_bytes(width=64, height=48, mode="RGB", fmt="PNG", seed=0) -> bytes:
@@ -94,13 +107,13 @@ def running_server(work: Path, checkpoints: Path, **env):
     """The real server as the image starts it (gunicorn -c gunicorn.conf.py) on a loopback
     port, with the tiny Lotus-D and the SAM 3D stand-in. Yields url, log path and folder."""
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER)
-    (work / "checkpoints" / "pipeline.yaml").write_text("_target_: stand-in\n")
+    sam3d_checkpoints(work / "checkpoints")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     environment = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(work / "checkpoints"),
                    "OUTPUT_DIR": str(work / "outputs"), "SAM3D_SOURCE_DIR": str(SAM3D_STAND_IN),
-                   "SAM3D_VRAM_GIB": "24", "U2NET_HOME": str(work / "no-u2net"),
+                   "SAM3D_VRAM_GIB": "40", "U2NET_HOME": str(work / "no-u2net"),
                    "PYTHONUNBUFFERED": "1", **env}
     if "API_KEY" not in env:
         environment.pop("API_KEY", None)

@@ -9,7 +9,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from conftest import SAM3D_STAND_IN, image_b64, image_bytes, wait_until
+from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints, wait_until
 from pipelines.lotus import LotusDepth
 from pipelines.sam3d import Masker, Sam3DObjects
 
@@ -17,21 +17,18 @@ GLB_MAGIC = b"glTF"
 
 
 @pytest.fixture
-def sam3d_checkpoints(tmp_path):
-    folder = tmp_path / "sam3d-checkpoints"
-    folder.mkdir()
-    (folder / "pipeline.yaml").write_text("_target_: stand-in\n")
-    return folder
+def sam3d_folder(tmp_path):
+    return sam3d_checkpoints(tmp_path / "sam3d-checkpoints")
 
 
-def sam3d(checkpoints, vram_gib=24.0):
+def sam3d(checkpoints, vram_gib=40.0):
     return Sam3DObjects(checkpoints, SAM3D_STAND_IN, masker=Masker(None), vram_gib=vram_gib)
 
 
 @pytest.fixture
-def client(make_client, scripted, sam3d_checkpoints):
+def client(make_client, scripted, sam3d_folder):
     """sam3d: the stand-in behind the real wrapper; lotus: the scripted test pipeline."""
-    return make_client({"sam3d": sam3d(sam3d_checkpoints), "lotus": scripted})
+    return make_client({"sam3d": sam3d(sam3d_folder), "lotus": scripted})
 
 
 def poll(client, job_id, timeout=20):
@@ -270,13 +267,14 @@ def test_delete_cancels_queued_and_running_jobs(client, scripted):
     assert client.get(f"/job/{running['job_id']}/download").status_code == 409
 
 
-def test_glb_that_cannot_fit_in_gpu_memory_is_refused_at_once(make_client, sam3d_checkpoints):
-    client = make_client({"sam3d": sam3d(sam3d_checkpoints, vram_gib=16.0)})
-    response = client.post("/generate", json={"image": image_b64(), "output_format": "glb"})
-    assert response.status_code == 507
-    assert "ply" in response.get_json()["error"]
-    assert client.post("/generate", json={"image": image_b64(),
-                                           "output_format": "ply"}).status_code == 202
+def test_a_gpu_too_small_for_sam3d_refuses_at_submit_and_queues_nothing(make_client,
+                                                                         sam3d_folder):
+    client = make_client({"sam3d": sam3d(sam3d_folder, vram_gib=24.0)})
+    for output in ({"output_format": "glb"}, {"output_format": "ply"}):
+        response = client.post("/generate", json={"image": image_b64(), **output})
+        assert response.status_code == 507
+        assert "needs about 30 GiB" in response.get_json()["error"]
+    assert client.get("/queue").get_json()["queued"] == 0
 
 
 # -- API key ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ROOT, SAM3D_STAND_IN, image_b64, wait_until
+from conftest import ROOT, SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until
 from handler import Worker
 from pipelines.lotus import LotusDepth
 from pipelines.sam3d import Masker, Sam3DObjects
@@ -141,10 +141,9 @@ def test_an_unset_lotus_api_key_refuses_every_job(tmp_path, checkpoints, monkeyp
 @pytest.fixture
 def worker(tmp_path, checkpoints, monkeypatch):
     monkeypatch.setenv("LOTUS_API_KEY", KEY)
-    (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "pipeline.yaml").write_text("stand-in\n")
     lotus = LotusDepth(checkpoints)
-    sam3d = Sam3DObjects(tmp_path / "ck", SAM3D_STAND_IN, masker=Masker(None), vram_gib=24.0)
+    sam3d = Sam3DObjects(sam3d_checkpoints(tmp_path / "ck"), SAM3D_STAND_IN,
+                         masker=Masker(None), vram_gib=40.0)
     lotus.load()
     sam3d.load()
     return Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus, "sam3d": sam3d})

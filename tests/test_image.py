@@ -140,3 +140,40 @@ print(json.dumps({{"absent": absent, "health": health}}))
     assert result["absent"] == GPU_ONLY
     assert result["health"]["pipelines"] == {"lotus": "ready"}
     assert result["health"]["model_loaded"] is True
+
+
+def dockerfile_env() -> dict[str, str]:
+    pairs = " ".join(args for kind, args in instructions("Dockerfile") if kind == "ENV")
+    return dict(item.split("=", 1) for item in shlex.split(pairs))
+
+
+def test_the_image_sets_sam3d_up_as_upstreams_setup_doc_says():
+    """doc/setup.md at the pinned commit: its environment, extras in order, the hydra patch;
+    plus what a build without a GPU needs and what upstream's import reads (CONDA_PREFIX)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    manifest = json.loads((ROOT / "tests" / "sam3d_upstream_interface.json").read_text())
+    assert f"SAM3D_COMMIT={manifest['upstream'].split('@')[1]}" in text
+    assert 'micromamba create -y -f "${SAM3D_SOURCE_DIR}/environments/default.yml"' in text
+    extras = re.findall(r"pip install -e '\.\[(\w+)\]'", text)
+    assert extras == ["dev", "p3d", "inference"] and "./patching/hydra" in text
+    env = dockerfile_env()
+    assert env["CONDA_PREFIX"] == "/opt/conda/envs/sam3d-objects"
+    assert env["PATH"].startswith(env["CONDA_PREFIX"] + "/bin:")
+    assert env["FORCE_CUDA"] == "1"
+    arches = env["TORCH_CUDA_ARCH_LIST"].split(";")
+    assert all(re.fullmatch(r"\d+\.\d(\+PTX)?", arch) for arch in arches) and "8.0" in arches
+    assert text.index("TORCH_CUDA_ARCH_LIST") < text.index("pip install -e '.[p3d]'")
+    assert "check_cuda_extensions.py" in text
+
+
+def test_the_build_fails_when_a_cuda_extension_was_not_compiled(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from check_cuda_extensions import missing
+
+    assert len(missing(str(tmp_path))) == 3
+    for path in ("pytorch3d/_C.cpython-311-x86_64-linux-gnu.so",
+                 "gsplat/csrc.cpython-311-x86_64-linux-gnu.so",
+                 "_nvdiffrast_c.cpython-311-x86_64-linux-gnu.so"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).touch()
+    assert missing(str(tmp_path)) == []

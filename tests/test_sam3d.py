@@ -1,7 +1,12 @@
-"""SAM 3D Objects' wrapper, around the stand-in (tests/sam3d_stand_in, same shape as upstream):
-masks, arguments per option, files, progress, memory admission and out-of-memory."""
+"""SAM 3D Objects' wrapper, around the stand-in (tests/sam3d_stand_in, upstream's exact
+signatures and flag semantics): the arguments each output sends, the files it writes, masks,
+progress, memory admission and out-of-memory."""
 
+import importlib
+import json
 import logging
+import os
+import struct
 import sys
 
 import numpy as np
@@ -12,34 +17,37 @@ import trimesh
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import SAM3D_STAND_IN
-from pipelines.base import PipelineError
+from conftest import SAM3D_STAND_IN, sam3d_checkpoints
+from pipelines.base import InvalidInput, PipelineError
 from pipelines.sam3d import (GenerateRequest, Masker, Sam3DObjects, center_mask, find_config,
                              import_inference, servable_outputs)
 from queue_manager import JobQueue, JobState
 
 PLY_3DGS_FIELDS = (["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
                    + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+STAND_IN = "sam3d_objects.model.backbone.tdfy_dit.utils."
 
 
 @pytest.fixture
 def model(tmp_path):
-    (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "pipeline.yaml").write_text("stand-in\n")
-    sam3d = Sam3DObjects(tmp_path / "ck", SAM3D_STAND_IN, masker=Masker(None), vram_gib=24.0)
+    sam3d = Sam3DObjects(sam3d_checkpoints(tmp_path / "ck"), SAM3D_STAND_IN,
+                         masker=Masker(None), vram_gib=40.0)
     sam3d.load()
-    stand_in = sys.modules["inference"]
-    stand_in.CALLS.clear()
-    sys.modules["sam3d_objects.model.backbone.tdfy_dit.utils.postprocessing_utils"].CALLS.clear()
+    for calls in (run_calls(), glb_calls(), render_calls()):
+        calls.clear()
     return sam3d
 
 
-def glb_calls():
-    return sys.modules["sam3d_objects.model.backbone.tdfy_dit.utils.postprocessing_utils"].CALLS
-
-
 def run_calls():
-    return sys.modules["inference"].CALLS
+    return sys.modules["sam3d_objects.pipeline.inference_pipeline"].CALLS
+
+
+def glb_calls():
+    return sys.modules[STAND_IN + "postprocessing_utils"].CALLS
+
+
+def render_calls():
+    return sys.modules[STAND_IN + "render_utils"].CALLS
 
 
 def photo(mode="RGB", size=(40, 30)):
@@ -52,36 +60,52 @@ def photo(mode="RGB", size=(40, 30)):
 
 def generate(model, tmp_path, image=None, **options):
     stages = []
-    result = model.run(GenerateRequest(image="x", **options), image or photo(), tmp_path / "job",
-                       lambda stage, fraction: stages.append(stage))
+    result = model.run(GenerateRequest(image="x", **options), image or photo("RGBA"),
+                       tmp_path / "job", lambda stage, fraction: stages.append(stage))
     return result, stages
 
 
-def test_textured_glb_passes_the_baking_options_and_loads_as_a_textured_mesh(model, tmp_path):
+def glb_json(path):
+    """The glTF JSON chunk of a GLB file, as a viewer reads it."""
+    data = path.read_bytes()
+    length, kind = struct.unpack_from("<I4s", data, 12)
+    assert data[:4] == b"glTF" and kind == b"JSON"
+    return json.loads(data[20:20 + length])
+
+
+def test_textured_glb_bakes_with_gsplat_and_carries_a_texture_image(model, tmp_path):
     result, stages = generate(model, tmp_path, output_format="glb", with_texture=True, seed=7,
                               stage1_steps=12, stage2_steps=8, texture_size=512, simplify=0.5)
     call = run_calls()[-1]
-    assert call["seed"] == 7 and call["mask"] is None and call["stage1_only"] is False
+    assert call["seed"] == 7 and call["stage1_only"] is False
     assert (call["with_mesh_postprocess"], call["with_texture_baking"],
             call["use_vertex_color"]) == (True, True, False)
-    assert (call["stage1_inference_steps"], call["stage2_inference_steps"]) == (12, 8)
-    assert call["decode_formats"] is None
-    assert call["image_shape"] == (30, 40, 4) and call["image_dtype"] == "uint8"
+    assert call["decode_formats"] == ["gaussian", "mesh"]
+    assert (call["ss_steps"], call["slat_steps"]) == (12, 8)
     assert glb_calls()[-1]["texture_size"] == 512 and glb_calls()[-1]["simplify"] == 0.5
+    assert glb_calls()[-1]["rendering_engine"] == "pytorch3d"  # what Inference sets
+    assert render_calls()[-1]["backend"] == "gsplat"
     assert stages == ["segmenting", "sparse structure", "structured latent", "decoding",
                       "texture baking", "export"]
     assert result.media_type == "model/gltf-binary" and result.download_name == "model.glb"
+    gltf = glb_json(result.path)
+    assert gltf["images"] and "baseColorTexture" in gltf["materials"][0]["pbrMetallicRoughness"]
     mesh = trimesh.load(result.path, file_type="glb", force="mesh")
-    assert len(mesh.faces) > 0 and mesh.visual.kind == "texture"
+    assert mesh.visual.kind == "texture" and mesh.visual.material.baseColorTexture.size == (512, 512)
 
 
-def test_vertex_coloured_glb_skips_baking(model, tmp_path):
+def test_vertex_coloured_glb_uses_upstreams_flags_and_has_colour_per_vertex(model, tmp_path):
     result, stages = generate(model, tmp_path, output_format="glb", with_texture=False)
     call = run_calls()[-1]
-    assert (call["with_texture_baking"], call["use_vertex_color"]) == (False, True)
-    assert "texture baking" not in stages and "mesh postprocess" in stages
+    assert (call["with_mesh_postprocess"], call["with_texture_baking"],
+            call["use_vertex_color"]) == (False, False, True)
+    assert call["decode_formats"] == ["mesh"] and not render_calls()
+    assert "texture baking" not in stages and "mesh" in stages
+    gltf = glb_json(result.path)
+    assert "COLOR_0" in gltf["meshes"][0]["primitives"][0]["attributes"]
     mesh = trimesh.load(result.path, file_type="glb", force="mesh")
     assert mesh.visual.kind == "vertex"
+    assert len(np.unique(mesh.visual.vertex_colors, axis=0)) > 1
 
 
 def test_ply_decodes_only_gaussians_and_has_the_3dgs_fields(model, tmp_path):
@@ -92,13 +116,51 @@ def test_ply_decodes_only_gaussians_and_has_the_3dgs_fields(model, tmp_path):
     header = result.path.read_bytes().split(b"end_header", 1)[0].decode().splitlines()
     properties = [line.split()[-1] for line in header if line.startswith("property")]
     assert set(PLY_3DGS_FIELDS) <= set(properties)
+    assert int(header[2].split()[-1]) > 0
     assert result.download_name == "model.ply"
 
 
-def test_an_alpha_channel_that_carries_a_mask_is_used_as_is(model, tmp_path):
+def test_omitted_steps_leave_the_checkpoints_own_defaults(model, tmp_path):
+    generate(model, tmp_path, output_format="ply")
+    call = run_calls()[-1]
+    assert call["stage1_inference_steps"] is None and call["stage2_inference_steps"] is None
+    assert (call["ss_steps"], call["slat_steps"]) == (25, 25)  # from pipeline.yaml
+
+
+def test_the_seed_decides_the_result(model, tmp_path):
+    def ply(seed, name):
+        result, _ = generate(model, tmp_path / name, output_format="ply", seed=seed)
+        return result.path.read_bytes()
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    assert ply(3, "a") == ply(3, "b") != ply(4, "c")
+
+
+def test_a_soft_alpha_is_binarised_before_the_model_sees_it(model, tmp_path):
+    """A faint haze over the background must not make the whole photo the object."""
+    array = np.full((30, 40, 4), 90, dtype=np.uint8)
+    array[..., 3] = 3  # background removal's haze
+    array[10:20, 15:25, 3] = 200
+    array[9, 15:25, 3] = 60  # soft edge
+    generate(model, tmp_path, image=Image.fromarray(array, "RGBA"))
+    call = run_calls()[-1]
+    assert set(np.unique(call["alpha"])) == {0, 255}
+    assert call["object_box"] == (15, 10, 24, 19)
+
+
+def test_an_alpha_channel_that_is_already_a_mask_is_kept(model, tmp_path):
     image = photo("RGBA")
     generate(model, tmp_path, image=image)
     np.testing.assert_array_equal(run_calls()[-1]["alpha"], np.asarray(image)[..., 3])
+
+
+def test_an_alpha_that_marks_no_object_is_a_clear_400(model, tmp_path):
+    array = np.full((30, 40, 4), 90, dtype=np.uint8)
+    array[..., 3] = 0
+    array[5:10, 5:10, 3] = 100  # nothing even half opaque
+    with pytest.raises(InvalidInput, match="no object found: the image's alpha channel"):
+        generate(model, tmp_path, image=Image.fromarray(array, "RGBA"))
+    assert not run_calls()
 
 
 def test_without_alpha_or_rembg_a_centre_mask_is_used_and_logged(model, tmp_path, caplog):
@@ -108,6 +170,25 @@ def test_without_alpha_or_rembg_a_centre_mask_is_used_and_logged(model, tmp_path
     assert "Using center mask (rembg not available)" in caplog.text
     np.testing.assert_array_equal(run_calls()[-1]["alpha"], center_mask(30, 40))
     assert center_mask(30, 40)[15, 20] == 255 and center_mask(30, 40)[0, 0] == 0
+
+
+def test_loading_works_outside_an_activated_conda_env(tmp_path, monkeypatch):
+    """Upstream's inference.py reads CONDA_PREFIX at import (KeyError without it)."""
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
+    monkeypatch.delitem(sys.modules, "inference", raising=False)
+    monkeypatch.syspath_prepend(str(SAM3D_STAND_IN / "notebook"))
+    with pytest.raises(KeyError, match="CONDA_PREFIX"):
+        importlib.import_module("inference")
+    monkeypatch.delitem(sys.modules, "inference", raising=False)
+    import_inference(SAM3D_STAND_IN)
+    assert os.environ["CUDA_HOME"] == sys.prefix
+
+
+def test_sam3d_compile_turns_on_upstreams_compile(tmp_path):
+    sam3d = Sam3DObjects(sam3d_checkpoints(tmp_path), SAM3D_STAND_IN, masker=Masker(None),
+                         vram_gib=40.0, compile=True)
+    sam3d.load()
+    assert sam3d.inference._pipeline.compile_model is True
 
 
 def brightness_onnx(path):
@@ -130,7 +211,10 @@ def test_rembg_segments_when_its_model_is_present(tmp_path, monkeypatch):
     array[16:48, 16:48] = 250
     rgba = masker(Image.fromarray(array))
     assert rgba.shape == (64, 64, 4)
-    assert rgba[32, 32, 3] > 200 and rgba[2, 2, 3] < 50
+    assert rgba[32, 32, 3] == 255 and rgba[2, 2, 3] == 0
+    assert set(np.unique(rgba[..., 3])) == {0, 255}  # rembg's soft mask, binarised
+    with pytest.raises(InvalidInput, match="no object found: background removal"):
+        masker(Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)))
 
 
 def test_rembg_is_never_downloaded(tmp_path, monkeypatch):
@@ -138,29 +222,27 @@ def test_rembg_is_never_downloaded(tmp_path, monkeypatch):
     assert Masker.create().session is None
 
 
-@pytest.mark.parametrize("vram, expected", [
-    (None, {"ply": False, "glb": False, "glb_textured": False}),
-    (16.0, {"ply": True, "glb": False, "glb_textured": False}),
-    (20.0, {"ply": True, "glb": True, "glb_textured": False}),
-    (23.6, {"ply": True, "glb": True, "glb_textured": True}),
-])
-def test_servable_outputs_follow_the_guides_memory_table(vram, expected):
-    assert servable_outputs(vram) == expected
+@pytest.mark.parametrize("vram, servable", [
+    (None, False), (16.0, False), (23.6, False), (24.0, False), (31.4, True), (80.0, True)])
+def test_servable_outputs_follow_upstreams_32_gb(vram, servable):
+    assert servable_outputs(vram) == {"ply": servable, "glb": servable, "glb_textured": servable}
 
 
 def test_a_request_that_cannot_fit_is_refused_before_any_work(model, tmp_path):
-    model.vram_gib = 16.0
-    with pytest.raises(PipelineError, match="glb_textured needs about 22 GiB") as error:
-        model.check(GenerateRequest(image="x", output_format="glb"))
-    assert error.value.status == 507
-    model.check(GenerateRequest(image="x", output_format="ply"))
+    model.vram_gib = 23.6
+    for output in ({"output_format": "ply"}, {"output_format": "glb", "with_texture": False}):
+        with pytest.raises(PipelineError, match="needs about 30 GiB") as error:
+            model.check(GenerateRequest(image="x", **output))
+        assert error.value.status == 507 and "23.6 GiB" in str(error.value)
+    assert not run_calls()
 
 
 def test_out_of_memory_fails_the_job_with_the_guides_advice_and_the_next_runs(model, tmp_path):
     queue = JobQueue({"sam3d": model}, tmp_path / "out")
     queue.start()
     try:
-        sys.modules["inference"].FAIL_WITH = torch.cuda.OutOfMemoryError("CUDA out of memory")
+        sys.modules["sam3d_objects.pipeline.inference_pipeline"].FAIL_WITH = \
+            torch.cuda.OutOfMemoryError("CUDA out of memory")
         failed = queue.submit("sam3d", GenerateRequest(image="x"), photo())
         after = queue.submit("sam3d", GenerateRequest(image="x", output_format="ply"), photo())
         failed = queue.wait(failed.id, 10)
@@ -172,12 +254,11 @@ def test_out_of_memory_fails_the_job_with_the_guides_advice_and_the_next_runs(mo
 
 
 def test_health_lists_what_this_gpu_can_serve(make_client, tmp_path):
-    (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "pipeline.yaml").write_text("stand-in\n")
-    client = make_client({"sam3d": Sam3DObjects(tmp_path / "ck", SAM3D_STAND_IN,
-                                                masker=Masker(None), vram_gib=16.0)})
+    client = make_client({"sam3d": Sam3DObjects(sam3d_checkpoints(tmp_path / "ck"),
+                                                SAM3D_STAND_IN, masker=Masker(None),
+                                                vram_gib=24.0)})
     body = client.get("/health").get_json()
-    assert body["capabilities"]["sam3d"] == {"ply": True, "glb": False, "glb_textured": False}
+    assert body["capabilities"]["sam3d"] == {"ply": False, "glb": False, "glb_textured": False}
 
 
 def test_checkpoints_are_found_in_the_guides_layout_and_upstreams(tmp_path):

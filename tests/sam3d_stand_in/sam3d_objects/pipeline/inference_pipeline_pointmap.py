@@ -1,0 +1,48 @@
+"""Stand-in for `sam3d_objects/pipeline/inference_pipeline_pointmap.py`: `run()` with upstream's
+signature, input assertions (preprocess_image: uint8 H x W x 4), mask crop (the object is the
+box around every non-zero alpha pixel, img_and_mask_transforms.py:357) and output keys (those
+upstream's run returned on the CPU kit, recorded in tests/sam3d_upstream_interface.json)."""
+import numpy as np
+import torch
+
+from sam3d_objects.pipeline import inference_pipeline
+from sam3d_objects.pipeline.inference_pipeline import CALLS, InferencePipeline
+
+
+class InferencePipelinePointMap(InferencePipeline):
+    def run(self, image, mask=None, seed=None, stage1_only=False, with_mesh_postprocess=True,
+            with_texture_baking=True, with_layout_postprocess=True, use_vertex_color=False,
+            stage1_inference_steps=None, stage2_inference_steps=None,
+            use_stage1_distillation=False, use_stage2_distillation=False, pointmap=None,
+            decode_formats=None, estimate_plane=False) -> dict:
+        arguments = {name: value for name, value in locals().items()
+                     if name not in ("self", "image", "mask")}
+        image = self.merge_image_and_mask(image, mask)
+        assert image.ndim == 3
+        assert image.shape[-1] == 4
+        assert image.dtype == np.uint8
+        rows, cols = np.nonzero(image[..., 3])
+        CALLS.append({**arguments, "image_shape": image.shape, "alpha": image[..., 3].copy(),
+                      "object_box": (cols.min(), rows.min(), cols.max(), rows.max())
+                      if len(rows) else (0, 0, 0, 0)})
+        if inference_pipeline.FAIL_WITH is not None:
+            error, inference_pipeline.FAIL_WITH = inference_pipeline.FAIL_WITH, None
+            raise error
+        if seed is not None:
+            torch.manual_seed(seed)
+        ss_return_dict = self.sample_sparse_structure({}, inference_steps=stage1_inference_steps)
+        ss_return_dict.update({"6drotation_normalized": torch.zeros(1, 1, 6),
+                               "shape": torch.zeros(1, 4096, 8),
+                               "translation_scale": torch.ones(1, 1, 1),
+                               "coords_original": ss_return_dict["coords"]})
+        if stage1_only:
+            return ss_return_dict
+        slat = self.sample_slat({}, ss_return_dict["coords"],
+                                inference_steps=stage2_inference_steps)
+        outputs = self.decode_slat(
+            slat, self.decode_formats if decode_formats is None else decode_formats)
+        outputs = self.postprocess_slat_output(outputs, with_mesh_postprocess,
+                                               with_texture_baking, use_vertex_color)
+        height, width = image.shape[:2]
+        return {**ss_return_dict, **outputs, "pointmap": torch.zeros(height, width, 3),
+                "pointmap_colors": torch.zeros(height, width, 3)}
