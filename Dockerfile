@@ -75,8 +75,12 @@ RUN python /tmp/check_cuda_extensions.py
 
 # Our dependencies: only pyproject.toml is copied, so this layer survives code changes.
 WORKDIR /app
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The Lotus-D stack is pinned to the versions CI tests (requirements-serverless.txt): the
+# same diffusers, transformers and hub as the serverless worker; numpy stays kaolin's.
+COPY pyproject.toml requirements-serverless.txt ./
+RUN grep -E '^(diffusers|transformers|huggingface-hub|accelerate|safetensors)==' \
+      requirements-serverless.txt >> /etc/pip-constraints.txt \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

@@ -8,11 +8,13 @@ export CHECKPOINTS_DIR
 .PHONY: serve test bench lint clean
 
 # torch first, pinned: the CPU wheel here; an unpinned torch would pull GBs of CUDA packages.
-$(VENV)/.installed: pyproject.toml
+# Then the project, constrained to the versions the images ship (requirements-serverless.txt),
+# so the tests run diffusers, transformers and the rest exactly as deployed.
+$(VENV)/.installed: pyproject.toml requirements-serverless.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,serverless]'
+	$(PY) -m pip install -q -c requirements-serverless.txt -e '.[test,serverless]'
 	touch $@
 
 $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity: | $(VENV)/.installed

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
 
 
 @lru_cache(maxsize=1)
@@ -21,12 +17,3 @@ def gpu_info() -> dict:
     props = torch.cuda.get_device_properties(0)
     return {"cuda": True,
             "gpu": {"name": props.name, "vram_gb": round(props.total_memory / 1024**3, 1)}}
-
-
-def best_device() -> tuple[str, "torch.dtype"]:
-    """fp16 on CUDA, fp32 on the CPU (CPU kernels for fp16 are slow or missing)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", torch.float16
-    return "cpu", torch.float32

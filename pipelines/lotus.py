@@ -2,14 +2,18 @@
 
 Lotus-D is a one-step regressor built from Stable Diffusion 2: the VAE encodes the photo,
 one UNet call at t=999 (conditioned on an empty prompt and a task embedding) predicts the
-annotation latent, and the VAE decodes it. `LotusDepthPipeline` is that computation,
-diffusers-style (`from_pretrained`, `__call__`); `LotusDepth` serves it on the job queue.
+annotation latent, and the VAE decodes it. `LotusDepthPipeline` is upstream's
+`LotusDPipeline.__call__` plus `infer.py`'s depth step (EnVision-Research/Lotus at b737e12:
+pipeline.py:1016-1164, infer.py:163-210, utils/image_utils.py:68-160), diffusers-style
+(`from_pretrained`, `__call__`); `LotusDepth` serves it on the job queue. Line numbers below
+are upstream's; tests hold the output to a reference that follows those lines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ClassVar, Literal, Sequence
 
@@ -22,7 +26,6 @@ from pydantic import Field, field_validator
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .base import PipelineError, Progress, Result
-from .device import best_device
 from .images import ImageInput
 from .outputs import DEPTH_FORMATS, atomic_write
 
@@ -60,33 +63,45 @@ class DepthRequest(ImageInput):
 
 
 class LotusDepthPipeline:
-    """Photo(s) in, affine-invariant disparity (larger = nearer, in [0, 1]) out."""
+    """Photo(s) in, affine-invariant disparity (larger = nearer, in [0, 1]) out.
+
+    Weights stay in fp32 and CUDA runs under `torch.autocast` (fp16), as upstream's
+    infer.py:118-122,180 does without --half_precision; the CPU runs plain fp32.
+    """
 
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL,
                  text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer):
         self.unet, self.vae = unet.eval(), vae.eval()
-        self.device, self.dtype = unet.device, unet.dtype
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        # The UNet halves the latent once per down block but the last.
-        self.size_multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
-        with torch.inference_mode():
-            ids = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids
-            self.prompt_embeds = text_encoder(ids.to(text_encoder.device))[0].to(self.dtype)
-        task = torch.tensor([[1.0, 0.0]])
-        self.task_emb = torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(
-            self.device, self.dtype)
+        self.device = unet.device
+        # Images smaller than the VAE's downsampling give an empty latent (upstream fails).
+        self.min_side = 2 ** (len(vae.config.block_out_channels) - 1)
+        with torch.inference_mode(), self.autocast():
+            # encode_prompt("") (pipeline.py:1098): Lotus tokenizes without padding
+            # (its padding_type="do_not_pad", pipeline.py:272), then the last hidden state.
+            ids = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            self.prompt_embeds = text_encoder(ids.to(text_encoder.device))[0]
+        task = torch.tensor([[1.0, 0.0]])  # infer.py:189-190
+        self.task_emb = torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "LotusDepthPipeline":
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LotusDepthPipeline":
         path = Path(path)
         check_checkpoint(path)
+        # Explicit fp32: the published weights are fp16, and transformers' default dtype
+        # differs between releases.
+        dtype = torch.float32
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                     torch_dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        _enable_memory_efficient_attention(unet)
         return cls(unet.to(device), vae.to(device), text_encoder.to(device), tokenizer)
+
+    def autocast(self):
+        """infer.py:180: autocast on the model's device; we keep the CPU in fp32 (upstream's
+        CPU autocast is bfloat16, a choice for speed our CPU tests do not need)."""
+        return torch.autocast("cuda") if self.device.type == "cuda" else nullcontext()
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[Image.Image], *, processing_res: int = 768,
@@ -96,29 +111,33 @@ class LotusDepthPipeline:
                  on_stage: Callable[[str, float], None] | None = None) -> np.ndarray:
         """Images of one size -> float32 array (batch, height, width)."""
         stage = on_stage or (lambda name, fraction: None)
-        pixels = torch.stack([_to_tensor(image) for image in images])  # [-1, 1]
+        pixels = _to_tensor(images)
         height, width = pixels.shape[-2:]
-        pixels = resize_longer_side(pixels, processing_res, resample_method)
+        if processing_res > 0:  # pipeline.py:1087-1093
+            pixels = resize_max_res(pixels, processing_res, resample_method)
         proc_h, proc_w = pixels.shape[-2:]
-        pixels = _pad_to_multiple(pixels, self.size_multiple).to(self.device, self.dtype)
+        pixels = _pad_to_min_side(pixels, self.min_side).to(self.device)
 
-        stage("encoding", 0.1)
-        posterior = self.vae.encode(pixels).latent_dist
-        rgb_latent = posterior.sample(generator) if latent == "sample" else posterior.mode()
-        rgb_latent = rgb_latent * self.vae.config.scaling_factor
+        with self.autocast():
+            stage("encoding", 0.1)
+            posterior = self.vae.encode(pixels).latent_dist  # pipeline.py:1108
+            rgb_latent = posterior.sample(generator) if latent == "sample" else posterior.mode()
+            rgb_latent = rgb_latent * self.vae.config.scaling_factor
 
-        stage("predicting", 0.4)
-        batch = rgb_latent.shape[0]
-        prediction = self.unet(
-            rgb_latent, timestep,
-            encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1),
-            class_labels=self.task_emb.expand(batch, -1)).sample
+            stage("predicting", 0.4)
+            batch = rgb_latent.shape[0]
+            prediction = self.unet(  # pipeline.py:1115-1122
+                rgb_latent, torch.tensor(timestep, device=self.device).long(),
+                encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1),
+                class_labels=self.task_emb.expand(batch, -1), return_dict=False)[0]
 
-        stage("decoding", 0.7)
-        decoded = self.vae.decode(prediction / self.vae.config.scaling_factor).sample
-        disparity = ((decoded.float().clamp(-1, 1) + 1) / 2).mean(dim=1, keepdim=True)
-        disparity = disparity[..., :proc_h, :proc_w]
-        if match_input_res and (proc_h, proc_w) != (height, width):
+            stage("decoding", 0.7)
+            decoded = self.vae.decode(prediction / self.vae.config.scaling_factor,
+                                      return_dict=False)[0]
+        # VaeImageProcessor.postprocess(output_type="np"), then infer.py:210's channel mean
+        disparity = (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1, keepdim=True)
+        disparity = disparity[..., :max(proc_h, 1), :max(proc_w, 1)]
+        if match_input_res:  # pipeline.py:1150-1153: always nearest, exact
             disparity = F.interpolate(disparity, size=(height, width), mode="nearest-exact")
         return disparity[:, 0].cpu().numpy().astype(np.float32)
 
@@ -135,41 +154,43 @@ def check_checkpoint(path: Path) -> None:
         raise ValueError(f"{path} holds a {class_name}, not a Lotus-D checkpoint")
 
 
-def resize_longer_side(pixels: torch.Tensor, target: int, method: ResampleMethod) -> torch.Tensor:
-    """Antialiased resize so the longer side equals `target` (0 keeps the size)."""
+# utils/image_utils.py:147-160: upstream's "nearest" is torchvision's NEAREST_EXACT.
+INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+
+
+def resize_max_res(pixels: torch.Tensor, max_edge: int, method: ResampleMethod) -> torch.Tensor:
+    """utils/image_utils.py:68-97: scale by min(max_edge/W, max_edge/H), sizes truncated by
+    int() (up and down), resized as torchvision does for tensors (antialias=True, which
+    nearest ignores; align_corners=False), and not at all when the size is unchanged. A side
+    that truncates to 0 is kept at 1 pixel (upstream fails there)."""
     height, width = pixels.shape[-2:]
-    if target <= 0 or max(height, width) == target:
+    factor = min(max_edge / width, max_edge / height)
+    size = (max(1, int(height * factor)), max(1, int(width * factor)))
+    if size == (height, width):  # torchvision returns the image untouched (functional.py:470)
         return pixels
-    scale = target / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    antialias = method in ("bilinear", "bicubic")
-    return F.interpolate(pixels, size=size, mode=method, antialias=antialias,
-                         **({"align_corners": False} if antialias else {}))
+    mode = INTERPOLATION[method]
+    if mode == "nearest-exact":
+        return F.interpolate(pixels, size=size, mode=mode)
+    return F.interpolate(pixels, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+def _to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """(batch, 3, H, W) in [-1, 1], each image built as infer.py:184-186 builds it (a permuted
+    view of H x W x 3 pixels, then unsqueeze): the memory layout decides which convolution
+    and resize kernels run, and so the last bits of the result."""
+    tensors = [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+               .permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0 for image in images]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def _pad_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Edge-pad right and bottom so every VAE and UNet level divides evenly."""
+def _pad_to_min_side(pixels: torch.Tensor, min_side: int) -> torch.Tensor:
+    """Edge-pad a side shorter than the VAE's downsampling factor (8 for Lotus-D), where
+    upstream's encoder would produce an empty latent and fail; other sizes go as they are."""
     height, width = pixels.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h, pad_w = max(0, min_side - height), max(0, min_side - width)
     if not (pad_h or pad_w):
         return pixels
     return F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
-
-
-def _enable_memory_efficient_attention(unet: UNet2DConditionModel) -> None:
-    """PyTorch SDPA is diffusers' default; xformers only when it is installed and on CUDA."""
-    if unet.device.type != "cuda":
-        return
-    try:
-        unet.enable_xformers_memory_efficient_attention()
-        log.info("xformers attention enabled")
-    except Exception as exc:  # not installed, or no kernel for this GPU
-        log.info("xformers not enabled (%s); using PyTorch SDPA", exc)
 
 
 def resolve_checkpoint(checkpoints_dir: Path, model_id: str | None = None) -> Path:
@@ -205,16 +226,19 @@ class LotusDepth:
         """Every valid depth request fits: nothing to refuse up front."""
 
     def load(self) -> None:
-        device, dtype = best_device()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         path = resolve_checkpoint(self.checkpoints_dir, self.model_id)
-        self.model = LotusDepthPipeline.from_pretrained(path, device=device, dtype=dtype)
+        self.model = LotusDepthPipeline.from_pretrained(path, device=device)
 
     def predict(self, options: DepthRequest, image: Image.Image,
                 progress: Progress | None = None) -> np.ndarray:
         """The raw disparity for one image, at the size the options ask for."""
         if self.model is None:
             raise PipelineError("Lotus-D is not loaded", status=503)
-        generator = torch.Generator("cpu").manual_seed(options.seed)
+        # Upstream samples the posterior from the global generator after seed_all(seed)
+        # (infer.py:105-106, pipeline.py:1108): a fresh generator on the model's device with
+        # the same seed draws the same numbers, so each request equals upstream's first image.
+        generator = torch.Generator(self.model.device).manual_seed(options.seed)
         return self.model([image], processing_res=options.processing_res,
                           match_input_res=not options.output_processing_res,
                           resample_method=options.resample_method, timestep=options.timestep,

@@ -177,3 +177,21 @@ def test_the_build_fails_when_a_cuda_extension_was_not_compiled(tmp_path):
         (tmp_path / path).parent.mkdir(exist_ok=True)
         (tmp_path / path).touch()
     assert missing(str(tmp_path)) == []
+
+
+def pins(path: Path) -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return dict(line.split("==") for line in lines if "==" in line)
+
+
+def test_the_tests_run_the_lotus_stack_the_images_ship():
+    """`make test` installs with requirements-serverless.txt as constraints; the server image
+    constrains the same packages (diffusers, transformers, hub, accelerate, safetensors)."""
+    from importlib.metadata import version
+
+    pinned = pins(ROOT / "requirements-serverless.txt")
+    shipped = ("diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors")
+    for package in shipped:
+        assert version(package) == pinned[package], package
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "|".join(shipped) in dockerfile and "requirements-serverless.txt" in dockerfile

@@ -2,7 +2,6 @@
 
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -10,13 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from conftest import ROOT, image_b64, wait_until
+from lotus_reference import upstream_lotus_d
 from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth, LotusDepthPipeline
 
 
@@ -36,47 +34,64 @@ def options(**kwargs):
     return DepthRequest(image="x", **kwargs)
 
 
-def test_pipeline_equals_a_step_by_step_reference(lotus, checkpoints):
-    """The computation the model card describes, written out with the stock classes."""
+@pytest.fixture(scope="module")
+def parts(checkpoints):
+    """The checkpoint's parts, loaded as upstream's from_pretrained loads them."""
     folder = checkpoints / CHECKPOINT_FOLDER
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    image = photo(128, 96)
-
-    with torch.no_grad():
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-        x = x / 127.5 - 1.0
-        x = F.interpolate(x, size=(48, 64), mode="bilinear", antialias=True)  # longer side 64
-        ids = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids
-        assert ids.shape == (1, 2)
-        prompt = text_encoder(ids)[0]
-        latent = vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(7))
-        latent = latent * vae.config.scaling_factor
-        task = torch.tensor([[math.sin(1), math.sin(0), math.cos(1), math.cos(0)]])
-        annotation = unet(latent, 999, encoder_hidden_states=prompt, class_labels=task).sample
-        decoded = vae.decode(annotation / vae.config.scaling_factor).sample
-        reference = ((decoded.clamp(-1, 1) + 1) / 2).mean(dim=1, keepdim=True)
-        reference = F.interpolate(reference, size=(96, 128), mode="nearest-exact")[0, 0].numpy()
-
-    ours = lotus.predict(options(processing_res=64, seed=7), image)
-    assert ours.shape == (96, 128) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    return (UNet2DConditionModel.from_pretrained(folder / "unet").eval(),
+            AutoencoderKL.from_pretrained(folder / "vae").eval(),
+            CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
+            CLIPTokenizer.from_pretrained(folder / "tokenizer"))
 
 
-@pytest.mark.parametrize("size, processing_res", [
-    ((37, 23), 64), ((30, 80), 64), ((1, 40), 64), ((50, 1), 32), ((45, 33), 0), ((64, 48), 64),
-], ids=["odd", "portrait", "one-pixel-wide", "one-pixel-high", "native", "exact"])
-def test_depth_comes_back_at_the_input_size(lotus, size, processing_res):
-    depth = lotus.predict(options(processing_res=processing_res), photo(*size))
-    assert depth.shape == (size[1], size[0])
-    assert np.isfinite(depth).all() and 0.0 <= depth.min() <= depth.max() <= 1.0
+SIZES = [((37, 23), 64), ((37, 23), 0), ((30, 80), 64), ((128, 72), 64), ((128, 72), 50),
+         ((100, 100), 64), ((64, 48), 64), ((45, 33), 0), ((200, 150), 768), ((41, 9), 0)]
 
 
-def test_output_processing_res_returns_the_model_resolution(lotus):
-    depth = lotus.predict(options(processing_res=64, output_processing_res=True), photo(200, 100))
-    assert depth.shape == (32, 64)
+@pytest.mark.parametrize("size, processing_res", SIZES,
+                         ids=[f"{w}x{h}-at-{r}" for (w, h), r in SIZES])
+@pytest.mark.parametrize("latent", ["mode", "sample"])
+def test_depth_equals_upstream_for_every_size(lotus, parts, size, processing_res, latent):
+    """Sizes that are not multiples of 8 or 64, downscaling, upscaling, native, portrait."""
+    image = photo(*size)
+    reference = upstream_lotus_d(*parts, image, processing_res=processing_res, latent=latent,
+                                 seed=11)
+    ours = lotus.predict(options(processing_res=processing_res, latent=latent, seed=11), image)
+    assert ours.shape == reference.shape == (size[1], size[0]) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("output_processing_res", [False, True])
+def test_resampling_and_output_size_equal_upstream(lotus, parts, method, output_processing_res):
+    """`nearest` is torchvision's NEAREST_EXACT upstream; output_processing_res returns the
+    decoded size (a multiple of 8 below the processing size), as upstream does."""
+    image = photo(129, 77)
+    reference = upstream_lotus_d(*parts, image, processing_res=50, resample_method=method,
+                                 match_input_res=not output_processing_res, latent="mode")
+    ours = lotus.predict(options(processing_res=50, resample_method=method, latent="mode",
+                                 output_processing_res=output_processing_res), image)
+    assert ours.shape == reference.shape
+    assert ours.shape == ((24, 48) if output_processing_res else (77, 129))
+    np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_where_upstream_fails_on_a_sliver_we_answer_at_the_input_size(lotus, parts):
+    """9x200 at 64: the width truncates to 2 pixels and upstream's VAE cannot encode it."""
+    image = photo(9, 200)
+    with pytest.raises(RuntimeError):
+        upstream_lotus_d(*parts, image, processing_res=64, latent="mode")
+    depth = lotus.predict(options(processing_res=64), image)
+    assert depth.shape == (200, 9) and np.isfinite(depth).all()
+
+
+def test_the_tiny_checkpoint_loads_with_no_newly_initialised_weight(checkpoints):
+    folder = checkpoints / CHECKPOINT_FOLDER
+    for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"),
+                      (CLIPTextModel, "text_encoder")):
+        _, info = cls.from_pretrained(folder / part, output_loading_info=True)
+        assert not any(info.get(key) for key in ("missing_keys", "unexpected_keys",
+                                                 "mismatched_keys")), (part, info)
 
 
 @pytest.mark.parametrize("method", ["bilinear", "bicubic", "nearest"])
@@ -195,12 +210,12 @@ def test_model_id_loads_from_the_hugging_face_cache_offline(checkpoints, tmp_pat
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     code = ("from pipelines.lotus import LotusDepth; m = LotusDepth('/nonexistent', "
-            "'someone/lotus-copy'); m.load(); print(m.model.size_multiple)")
+            "'someone/lotus-copy'); m.load(); print(m.model.min_side)")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "16"
+    assert done.stdout.strip() == "8"
     missing = code.replace("someone/lotus-copy", "someone/not-cached")
     done = subprocess.run([sys.executable, "-c", missing], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
