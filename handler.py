@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from pipelines.base import Pipeline, PipelineError, Result, validation_message
+from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
+                            is_out_of_memory, release_memory, validation_message)
 from pipelines.catalog import configured_pipelines
 from pipelines.images import load_image
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
@@ -54,6 +55,7 @@ class Worker:
     def __init__(self, settings: Settings, pipelines: dict[str, Pipeline]):
         self.settings, self.pipelines = settings, pipelines
         self.max_inline_bytes = settings.max_inline_bytes
+        self.baseline_gpu_bytes = gpu_bytes_in_use()  # the loaded models
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -65,6 +67,8 @@ class Worker:
         return cls(settings, pipelines)
 
     def handle(self, job: dict) -> dict:
+        """Always `{"error", "status"}` or the answer: RunPod shows a handler's exception to
+        the caller as a traceback string with no status (runpod-python rp_job.py:286-296)."""
         job_input = job.get("input") or {}
         if not isinstance(job_input, dict):
             return {"error": "input must be a JSON object", "status": 400}
@@ -76,16 +80,34 @@ class Worker:
             return {"error": str(exc), "status": 401}
         except ValidationError as exc:
             return {"error": validation_message(exc), "status": 400}
-        except PipelineError as exc:
-            return {"error": str(exc), "status": exc.status}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
+            failure, broken = describe_failure(exc, self._advice(job_input)), gpu_broken(exc)
+            log.log(logging.ERROR if failure.status >= 500 else logging.INFO,
+                    "job %s failed: %s", job.get("id"), failure)
+        release_memory()  # outside the except block, so the traceback frees the tensors
+        answer: dict[str, Any] = {"error": str(failure), "status": failure.status}
+        if broken or self._gpu_memory_held(failure):
+            # rp_job.py:268-274: the worker is stopped after this job and RunPod starts a
+            # fresh one, instead of failing every job that follows on a poisoned GPU.
+            answer["refresh_worker"] = True
+            answer["error"] += " (this worker is being replaced)"
+        return answer
+
+    def _advice(self, job_input: dict) -> str:
+        pipeline = self.pipelines.get(TASKS.get(job_input.get("task", "depth"), ""))
+        return pipeline.oom_advice if pipeline is not None else ""
+
+    def _gpu_memory_held(self, failure: PipelineError) -> bool:
+        """Out of memory that does not clear: more than 512 MiB above the loaded models."""
+        return failure.status == 507 and gpu_bytes_in_use() > self.baseline_gpu_bytes + 2**29
 
     def _check_key(self, supplied: Any) -> None:
-        expected = os.environ.get("LOTUS_API_KEY", "")
+        expected = os.environ.get("LOTUS_API_KEY", "").strip()
         if not expected:
             raise Unauthorized("Unauthorized: LOTUS_API_KEY is not set on this endpoint, so "
                                "every job is refused")
-        if not isinstance(supplied, str) or not hmac.compare_digest(
-                supplied.encode(), expected.encode()):
+        supplied = supplied.strip() if isinstance(supplied, str) else ""
+        if not hmac.compare_digest(supplied.encode(), expected.encode()):
             raise Unauthorized("Unauthorized")
 
     def _run(self, job_id: str, job_input: dict) -> dict:
@@ -125,6 +147,18 @@ class Worker:
             answer["url"] = upload_file_to_bucket(f"{job_id}{Path(result.path).suffix}",
                                                   str(result.path))
         return answer
+
+
+def gpu_bytes_in_use() -> int:
+    import torch
+
+    return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+
+
+def gpu_broken(exc: BaseException) -> bool:
+    """A CUDA error (illegal access, launch failure, ECC) leaves the context unusable."""
+    return not is_out_of_memory(exc) and ("CUDA error" in str(exc)
+                                          or type(exc).__name__ == "AcceleratorError")
 
 
 _worker: Worker | None = None

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Start the RunPod serverless worker with its venv, caches and outputs on a network volume.
 #
-# The Lotus plan's layout, /workspace/Lotus/{venv,src,cache,models,output_images,logs}, with
-# two corrections: our code lives in the image (a volume mounted at /workspace would hide
-# anything the image put there), and the worker starts as `handler.py` with no flag
-# (`--rp_serve_api` starts the SDK's local test server, not the serverless worker).
+# The Lotus plan's layout, <volume>/Lotus/{venv,src,cache,models,output_images,logs}, on the
+# volume the platform really mounts (src/volume.sh), with three corrections: our code lives in
+# the image (a volume would hide anything the image put under its mount), the worker starts as
+# `handler.py` with no flag (`--rp_serve_api` starts the SDK's local test server), and the venv
+# is built atomically: in a temporary folder, under a lock that lets one worker build while the
+# others wait, moved into place only when complete and marked with the hash of what it holds.
+# A half-built venv is never reused; a changed requirements file rebuilds it.
 #
 # Environment:
-#   WORKSPACE               volume folder (default /workspace/Lotus)
+#   WORKSPACE               volume folder (default /runpod-volume/Lotus or /workspace/Lotus)
 #   PYTHON                  interpreter for the venv (default python3.12)
 #   PREFETCH=1              download MODEL_ID into models/ before starting (src/prefetch.sh)
 #   BOOTSTRAP_SKIP_INSTALL=1  create the venv but install nothing: for tests, or a volume
@@ -17,33 +20,54 @@
 set -euo pipefail
 
 APP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORKSPACE=${WORKSPACE:-/workspace/Lotus}
-VENV=$WORKSPACE/venv
+# shellcheck source=src/volume.sh
+source "$APP_DIR/src/volume.sh"
 PYTHON=${PYTHON:-python3.12}
-
-mkdir -p "$WORKSPACE"/{src,cache,models,output_images,logs}
-export HF_HOME=${HF_HOME:-$WORKSPACE/cache}
-export OUTPUT_DIR=${OUTPUT_DIR:-$WORKSPACE/output_images}
-export CHECKPOINTS_DIR=${CHECKPOINTS_DIR:-$WORKSPACE/models}
+REQUIREMENTS=$APP_DIR/requirements-serverless.txt
+TORCH=(torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128)
 export PIPELINES=${PIPELINES:-lotus}
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "bootstrap: creating $VENV"
-  "$PYTHON" -m venv "$VENV"
+mkdir -p "$WORKSPACE"/{src,cache,models,output_images,logs}
+WANT=$({ echo "${TORCH[*]} skip=${BOOTSTRAP_SKIP_INSTALL:-0}"; cat "$REQUIREMENTS"; } \
+  | sha256sum | cut -d' ' -f1)
+venv_ready() { [ "$(cat "$VENV/.requirements-sha256" 2>/dev/null)" = "$WANT" ]; }
+
+build_venv() {
+  BUILDING=$(mktemp -d "$WORKSPACE/venv.building.XXXXXX")
+  trap 'rm -rf "$BUILDING"' EXIT  # a failed build leaves nothing behind
+  echo "bootstrap: building the venv in $BUILDING"
+  "$PYTHON" -m venv "$BUILDING"
   if [ "${BOOTSTRAP_SKIP_INSTALL:-0}" != 1 ]; then
-    "$VENV/bin/pip" install --upgrade pip
-    "$VENV/bin/pip" install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128
-    "$VENV/bin/pip" install -r "$APP_DIR/requirements-serverless.txt"
+    "$BUILDING/bin/python" -m pip install --upgrade pip
+    "$BUILDING/bin/python" -m pip install "${TORCH[@]}"
+    "$BUILDING/bin/python" -m pip install -r "$REQUIREMENTS"
   fi
-else
+  echo "$WANT" > "$BUILDING/.requirements-sha256"
+  rm -rf "$VENV.old"
+  if [ -e "$VENV" ] || [ -L "$VENV" ]; then mv "$VENV" "$VENV.old"; fi
+  mv "$BUILDING" "$VENV"
+  trap - EXIT
+  rm -rf "$VENV.old"
+  echo "bootstrap: venv ready at $VENV"
+}
+
+if venv_ready; then
   echo "bootstrap: reusing $VENV"
+else
+  exec 9>"$WORKSPACE/.bootstrap.lock"
+  echo "bootstrap: waiting for the venv lock"
+  flock 9
+  if venv_ready; then
+    echo "bootstrap: reusing $VENV (built by another worker)"
+  else
+    build_venv
+  fi
+  flock -u 9
 fi
 
 if [ "${PREFETCH:-0}" = 1 ]; then
-  PATH="$VENV/bin:$PATH" bash "$APP_DIR/src/prefetch.sh"
+  PYTHON="$VENV/bin/python" bash "$APP_DIR/src/prefetch.sh"
 fi
 
 cd "$APP_DIR"
-# Warm-up loads the models once so a broken volume shows in the logs; it never stops the start.
-"$VENV/bin/python" handler.py --warmup || true
 exec "$VENV/bin/python" handler.py "$@"

@@ -3,12 +3,16 @@
 # Run once on a pod with the network volume mounted, or with PREFETCH=1 in bootstrap.sh.
 set -euo pipefail
 
+# shellcheck source=src/volume.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/volume.sh"
 MODEL_ID=${MODEL_ID:-jingheya/lotus-depth-d-v2-0-disparity}
-WORKSPACE=${WORKSPACE:-/workspace/Lotus}
-TARGET=${CHECKPOINTS_DIR:-$WORKSPACE/models}/lotus-depth-d-v2-0-disparity
+TARGET=$CHECKPOINTS_DIR/lotus-depth-d-v2-0-disparity
 
-hf download "$MODEL_ID" --repo-type model --local-dir "$TARGET" \
-  --include "*.json" "*.txt" "*.safetensors"
+"${PYTHON:-python3}" - "$MODEL_ID" "$TARGET" <<'PY'
+import sys
+from huggingface_hub import snapshot_download
+snapshot_download(sys.argv[1], local_dir=sys.argv[2], allow_patterns=["*.json", "*.txt", "*.safetensors"])
+PY
 for part in model_index.json unet vae text_encoder tokenizer; do
   [ -e "$TARGET/$part" ] || { echo "prefetch: $TARGET/$part is missing" >&2; exit 1; }
 done

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import requests
+import torch
 from PIL import Image
 
 from conftest import ROOT, SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until
@@ -185,3 +186,43 @@ def test_warmup_loads_and_exits_zero_even_when_loading_fails(env, tmp_path):
 def test_an_input_that_is_not_an_object_is_a_400(worker):
     assert worker.handle({"id": "x", "input": "just text"}) == {
         "error": "input must be a JSON object", "status": 400}
+
+
+class Failing:
+    """A pipeline that fails the way the GPU does."""
+
+    oom_advice = "Try a smaller processing_res."
+
+    def __init__(self, error):
+        self.error = error
+
+    def check(self, options):
+        pass
+
+    def run(self, *args):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, status, refresh", [
+    (RuntimeError("the model broke"), 500, False),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), 500, True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), 507, False),
+])
+def test_any_failure_is_an_answer_and_a_broken_gpu_asks_for_a_new_worker(
+        tmp_path, monkeypatch, error, status, refresh):
+    monkeypatch.setenv("LOTUS_API_KEY", KEY)
+    worker = Worker(load_settings(output_dir=tmp_path), {"lotus": Failing(error)})
+    answer = worker.handle({"id": "j", "input": {"api_key": KEY, "image_base64": image_b64()}})
+    assert answer["status"] == status and "Traceback" not in answer["error"]
+    assert answer.get("refresh_worker", False) is refresh
+    assert ("smaller processing_res" in answer["error"]) is (status == 507)
+
+
+def test_keys_are_trimmed_alike_and_a_blank_key_refuses_everything(worker, monkeypatch):
+    monkeypatch.setenv("LOTUS_API_KEY", f"  {KEY}\n")
+    job = {"id": "j", "input": {"api_key": f"{KEY} ", "image_base64": image_b64(),
+                                "processing_res": 32}}
+    assert "error" not in worker.handle(job)
+    monkeypatch.setenv("LOTUS_API_KEY", "  \n")
+    answer = worker.handle(job)
+    assert answer["status"] == 401 and "LOTUS_API_KEY is not set" in answer["error"]

@@ -21,37 +21,70 @@ def test_shell_scripts_parse_and_pass_shellcheck(script):
     if shutil.which("shellcheck") is None:
         assert os.environ.get("CI") != "true", "CI must install shellcheck (.ci/run does)"
         pytest.skip("shellcheck is not installed")
-    done = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    done = subprocess.run(["shellcheck", "-x", str(script.relative_to(ROOT))], cwd=ROOT,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
 
-def test_bootstrap_lays_out_the_volume_and_reuses_its_venv(tmp_path, checkpoints):
-    volume = tmp_path / "Lotus"
-    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, volume / "models" / CHECKPOINT_FOLDER)
-    env = {**os.environ, "WORKSPACE": str(volume), "BOOTSTRAP_SKIP_INSTALL": "1",
-           "PYTHON": sys.executable, "LOTUS_API_KEY": "volume-key",
+def bootstrap_env(tmp_path, checkpoints, **extra):
+    """A serverless worker's environment whose volume is a temporary folder."""
+    env = {**os.environ, "BOOTSTRAP_SKIP_INSTALL": "1", "PYTHON": sys.executable,
+           "LOTUS_API_KEY": "volume-key", "SERVERLESS_VOLUME": str(tmp_path / "runpod-volume"),
+           "POD_VOLUME": str(tmp_path / "workspace"),
            # the empty venv sees this environment's packages, as a prepared volume would
-           "PYTHONPATH": sysconfig.get_paths()["purelib"]}
-    for variable in ("OUTPUT_DIR", "CHECKPOINTS_DIR", "HF_HOME", "PIPELINES"):
+           "PYTHONPATH": sysconfig.get_paths()["purelib"], **extra}
+    for variable in ("OUTPUT_DIR", "CHECKPOINTS_DIR", "HF_HOME", "PIPELINES", "WORKSPACE"):
         env.pop(variable, None)
+    return env
+
+
+def bootstrap(env):
     job = json.dumps({"input": {"api_key": "volume-key", "image_base64": image_b64(),
                                 "processing_res": 32}})
+    return subprocess.run(["bash", str(ROOT / "src/bootstrap.sh"), "--test_input", job],
+                          env=env, capture_output=True, text=True, timeout=300)
 
-    def bootstrap():
-        return subprocess.run(["bash", str(ROOT / "src/bootstrap.sh"), "--test_input", job],
-                              env=env, capture_output=True, text=True, timeout=300)
 
-    first = bootstrap()
+def test_bootstrap_uses_the_serverless_volume_and_reuses_its_venv(tmp_path, checkpoints):
+    """Serverless workers see the network volume at /runpod-volume, not /workspace."""
+    volume = tmp_path / "runpod-volume" / "Lotus"
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, volume / "models" / CHECKPOINT_FOLDER)
+    env = bootstrap_env(tmp_path, checkpoints)
+    first = bootstrap(env)
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-3000:]
-    assert "bootstrap: creating" in log and "warmup done" in log
-    assert "completed successfully" in log
+    assert "bootstrap: building the venv" in log and "completed successfully" in log
     for folder in ("venv", "src", "cache", "models", "output_images", "logs"):
         assert (volume / folder).is_dir(), folder
-    assert (volume / "venv" / "bin" / "python").exists()
+    assert (volume / "venv" / ".requirements-sha256").is_file()
     assert list((volume / "output_images").glob("*.png"))
-    second = bootstrap()
+    assert not (tmp_path / "workspace").exists()
+    second = bootstrap(env)
     assert second.returncode == 0 and "bootstrap: reusing" in second.stdout
+
+
+def test_a_pod_uses_workspace(tmp_path, checkpoints):
+    env = bootstrap_env(tmp_path, checkpoints)
+    (tmp_path / "workspace").mkdir()
+    done = subprocess.run(["bash", "-c", f"source {ROOT / 'src/volume.sh'}; "
+                           'echo "$WORKSPACE $HF_HOME $OUTPUT_DIR $VENV"'],
+                          env=env, capture_output=True, text=True)
+    pod = tmp_path / "workspace" / "Lotus"
+    assert done.stdout.split() == [str(pod), str(pod / "cache"), str(pod / "output_images"),
+                                   str(pod / "venv")]
+
+
+def test_a_failed_or_half_built_venv_is_never_reused(tmp_path, checkpoints):
+    volume = tmp_path / "runpod-volume" / "Lotus"
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, volume / "models" / CHECKPOINT_FOLDER)
+    failed = bootstrap(bootstrap_env(tmp_path, checkpoints, PYTHON="false"))
+    assert failed.returncode != 0
+    assert not (volume / "venv").exists() and not list(volume.glob("venv.building.*"))
+    (volume / "venv" / "bin").mkdir(parents=True)  # what an interrupted older bootstrap left
+    (volume / "venv" / "bin" / "python").symlink_to("/bin/false")
+    again = bootstrap(bootstrap_env(tmp_path, checkpoints))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "bootstrap: building the venv" in again.stdout
 
 
 def test_smoke_test_script_passes_against_a_running_server(tmp_path, checkpoints):
