@@ -76,11 +76,12 @@ RUN python /tmp/check_cuda_extensions.py
 # Our dependencies: only pyproject.toml is copied, so this layer survives code changes.
 WORKDIR /app
 # The Lotus-D stack is pinned to the versions CI tests (requirements-serverless.txt): the
-# same diffusers, transformers and hub as the serverless worker; numpy stays kaolin's.
+# same diffusers, transformers and hub as the serverless worker; numpy stays kaolin's. The
+# runpod SDK comes too: this image also starts as a serverless worker (`python handler.py`).
 COPY pyproject.toml requirements-serverless.txt ./
 RUN grep -E '^(diffusers|transformers|huggingface-hub|accelerate|safetensors)==' \
       requirements-serverless.txt >> /etc/pip-constraints.txt \
-    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serverless']))" \
       > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

@@ -1,13 +1,15 @@
 """RunPod serverless worker over the same pipelines as the HTTP server.
 
-    python handler.py                      # serve RunPod's queue
-    python handler.py --warmup             # load the models once and exit 0 (never fatal)
+    python handler.py                      # on RunPod: serve its queue; elsewhere: test_input.json
+    python handler.py --warmup             # the same, after one small depth job in this process
     python handler.py --test_input '{"input": {...}}'   # the SDK's local test mode
     python handler.py --rp_serve_api --rp_api_port 8010 # the SDK's local /run, /runsync
 
 RunPod hands a handler only `{"id", "input"}`, never HTTP headers, so the key travels as
 `input.api_key` and is compared in constant time with `LOTUS_API_KEY`; with that variable
-unset every job is refused. Models load once per worker, before the first job.
+unset every job is refused. Models load once per worker, in the serving process, before the
+first job; one that fails to load is reported in every answer that needs it. Line numbers
+are runpod-python 1.7.7's, the pinned SDK.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import base64
 import hmac
 import logging
 import os
-import sys
+import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
+
+from PIL import Image
 
 from pydantic import Field, ValidationError
 
@@ -34,6 +38,9 @@ from settings import Settings, load_settings
 log = logging.getLogger("handler")
 
 TASKS = {"depth": "lotus", "3d": "sam3d"}
+MAX_BATCH_IMAGES = 16
+BUCKET_SETTINGS = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
+                   "BUCKET_NAME")
 
 
 class DepthJob(DepthRequest):
@@ -52,42 +59,64 @@ class Unauthorized(Exception):
 class Worker:
     """The loaded pipelines and what the handler needs to run one job."""
 
-    def __init__(self, settings: Settings, pipelines: dict[str, Pipeline]):
+    def __init__(self, settings: Settings, pipelines: dict[str, Pipeline],
+                 load_errors: dict[str, str] | None = None):
         self.settings, self.pipelines = settings, pipelines
+        self.load_errors = load_errors or {}
         self.max_inline_bytes = settings.max_inline_bytes
         self.baseline_gpu_bytes = gpu_bytes_in_use()  # the loaded models
+        self.bucket = bucket_name()
 
     @classmethod
     def from_env(cls) -> "Worker":
+        """Load every configured model; one that fails is remembered, not fatal, so the
+        worker answers why instead of crash-looping on a broken volume."""
         settings = load_settings()
-        pipelines = configured_pipelines(settings)
-        for name, pipeline in pipelines.items():
+        pipelines, errors = {}, {}
+        for name, pipeline in configured_pipelines(settings).items():
             log.info("loading %s", name)
-            pipeline.load()
-        return cls(settings, pipelines)
+            try:
+                pipeline.load()
+                pipelines[name] = pipeline
+            except Exception as exc:  # noqa: BLE001 - reported with every job that needs it
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                log.error("%s failed to load: %s", name, errors[name])
+        return cls(settings, pipelines, errors)
+
+    def warm_up(self) -> None:
+        """One small depth job in this process, so the first real one finds warm kernels."""
+        if "lotus" not in self.pipelines:
+            return
+        try:
+            started = time.perf_counter()
+            self.pipelines["lotus"].predict(DepthJob(image="x").without_image(),
+                                            Image.new("RGB", (64, 48), (128, 128, 128)))
+            log.info("warm-up done in %.1f s", time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - never fatal
+            log.error("warm-up failed: %s", exc)
 
     def handle(self, job: dict) -> dict:
-        """Always `{"error", "status"}` or the answer: RunPod shows a handler's exception to
-        the caller as a traceback string with no status (runpod-python rp_job.py:286-296)."""
+        """Always `{"error", "status"}` or the answer, never an exception."""
         job_input = job.get("input") or {}
         if not isinstance(job_input, dict):
             return {"error": "input must be a JSON object", "status": 400}
         job_input = dict(job_input)
         try:
             self._check_key(job_input.pop("api_key", None))
-            return self._run(str(job.get("id", "local")), job_input)
+            return self._run(job, job_input)
         except Unauthorized as exc:
             return {"error": str(exc), "status": 401}
         except ValidationError as exc:
             return {"error": validation_message(exc), "status": 400}
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
+            # (an exception would reach the caller as a traceback string: rp_job.py:210-220)
             failure, broken = describe_failure(exc, self._advice(job_input)), gpu_broken(exc)
             log.log(logging.ERROR if failure.status >= 500 else logging.INFO,
                     "job %s failed: %s", job.get("id"), failure)
         release_memory()  # outside the except block, so the traceback frees the tensors
         answer: dict[str, Any] = {"error": str(failure), "status": failure.status}
         if broken or self._gpu_memory_held(failure):
-            # rp_job.py:268-274: the worker is stopped after this job and RunPod starts a
+            # rp_job.py:193-198: the worker is stopped after this job and RunPod starts a
             # fresh one, instead of failing every job that follows on a poisoned GPU.
             answer["refresh_worker"] = True
             answer["error"] += " (this worker is being replaced)"
@@ -110,43 +139,128 @@ class Worker:
         if not hmac.compare_digest(supplied.encode(), expected.encode()):
             raise Unauthorized("Unauthorized")
 
-    def _run(self, job_id: str, job_input: dict) -> dict:
+    def _run(self, job: dict, job_input: dict) -> dict:
+        job_id = str(job.get("id", "local"))
         task = job_input.get("task", "depth")
         if task not in TASKS:
             raise PipelineError(f"task must be one of {', '.join(TASKS)}", status=400)
-        request = (DepthJob if task == "depth" else ObjectJob).model_validate(job_input)
-        pipeline = self.pipelines.get(TASKS[task])
+        requests = self._requests(DepthJob if task == "depth" else ObjectJob, job_input)
+        name = TASKS[task]
+        if name in self.load_errors:
+            raise PipelineError(f"model {name!r} failed to load on this worker: "
+                                f"{self.load_errors[name]}", status=503)
+        pipeline = self.pipelines.get(name)
         if pipeline is None:
             raise PipelineError(f"task {task!r} is not served by this worker", status=400)
-        if task == "depth" and request.model_id and request.model_id != self._model_id():
+        options = requests[0]
+        if task == "depth" and options.model_id and options.model_id != self._model_id():
             raise PipelineError(f"this worker serves {self._model_id()}; model_id "
-                                f"{request.model_id!r} needs its own endpoint", status=400)
-        pipeline.check(request)
-        image = load_image(request, self.settings.image_limits)
-        result = pipeline.run(request.without_image(), image,
-                              self.settings.output_dir / f"{job_id}", lambda stage, f: None)
-        return self._answer(job_id, result, "image_base64" if task == "depth" else "model_base64")
+                                f"{options.model_id!r} needs its own endpoint", status=400)
+        pipeline.check(options)
+        batch = "images" in job_input
+        images = [self._image(request, f"images[{index}]: " if batch else "")
+                  for index, request in enumerate(requests)]
+        self._expire_old_results()
+        stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
+                 for i in range(len(images))]
+        report = progress_reporter(job)
+        if len(images) > 1 and hasattr(pipeline, "run_many"):
+            results = pipeline.run_many(options.without_image(), images, stems, report)
+        else:
+            results = [pipeline.run(options.without_image(), image, stem, report)
+                       for image, stem in zip(images, stems)]
+        key = "image_base64" if task == "depth" else "model_base64"
+        budget = [self.max_inline_bytes]
+        answers = [self._answer(stem.name, result, key, budget)
+                   for stem, result in zip(stems, results)]
+        return {"results": answers} if batch else answers[0]
+
+    @staticmethod
+    def _requests(model: type, job_input: dict) -> list:
+        """One validated request per image: `images` (a list of base64 strings or http(s)
+        URLs) shares the other options; without it, the single image fields."""
+        sources = job_input.get("images")
+        if sources is None:
+            return [model.model_validate(job_input)]
+        if not isinstance(sources, list) or not 1 <= len(sources) <= MAX_BATCH_IMAGES:
+            raise PipelineError(f"images must be a list of 1 to {MAX_BATCH_IMAGES} base64 "
+                                "strings or URLs", status=400)
+        options = {key: value for key, value in job_input.items() if key != "images"}
+        requests = []
+        for index, source in enumerate(sources):
+            field = "image_url" if isinstance(source, str) and source.startswith(
+                ("http://", "https://")) else "image"
+            try:
+                requests.append(model.model_validate({**options, field: source}))
+            except ValidationError as exc:
+                raise PipelineError(f"images[{index}]: {validation_message(exc)}",
+                                    status=400) from None
+        return requests
+
+    def _image(self, request, where: str) -> Image.Image:
+        try:
+            return load_image(request, self.settings.image_limits)
+        except PipelineError as exc:
+            raise PipelineError(f"{where}{exc}", status=exc.status) from None
+
+    def _expire_old_results(self) -> None:
+        """Result files older than RESULT_TTL_SECONDS go: the volume outlives every worker."""
+        deadline = time.time() - self.settings.result_ttl_seconds
+        folder = self.settings.output_dir
+        for path in folder.iterdir() if folder.is_dir() else ():
+            try:
+                if path.is_file() and path.stat().st_mtime < deadline:
+                    path.unlink()
+            except OSError as exc:  # another worker removed it first, or a permission
+                log.debug("could not expire %s: %s", path.name, exc)
 
     def _model_id(self) -> str:
         return self.settings.model_id or DEFAULT_MODEL_ID
 
-    def _answer(self, job_id: str, result: Result, key: str) -> dict:
-        """The plan's answer: base64 + min/max + file_path, or a path (and URL) when the
-        file would not fit in RunPod's payload limits."""
+    def _answer(self, name: str, result: Result, key: str, budget: list[int]) -> dict:
+        """The plan's answer: base64 + min/max + file_path, or a path (and a URL) when the
+        file would not fit in RunPod's payload limits; `budget` is what the job has left."""
         answer: dict[str, Any] = {**result.info, "file_path": str(result.path),
                                   "media_type": result.media_type}
         size = Path(result.path).stat().st_size
-        if size * 4 / 3 <= self.max_inline_bytes:
+        if size * 4 / 3 <= budget[0]:
+            budget[0] -= size * 4 // 3
             answer[key] = base64.b64encode(Path(result.path).read_bytes()).decode()
             return answer
         answer["message"] = (f"result is {size} bytes, over the inline limit; "
                              "read it from file_path (network volume) or url")
-        if os.environ.get("BUCKET_ENDPOINT_URL"):
+        if self.bucket:
             from runpod.serverless.utils.rp_upload import upload_file_to_bucket
 
-            answer["url"] = upload_file_to_bucket(f"{job_id}{Path(result.path).suffix}",
-                                                  str(result.path))
+            answer["url"] = upload_file_to_bucket(f"{name}{Path(result.path).suffix}",
+                                                  str(result.path), bucket_name=self.bucket)
         return answer
+
+
+def bucket_name() -> str | None:
+    """The bucket large results go to, when every BUCKET_* setting is there; else None, and
+    the start-up log says which are missing. Without a name, the SDK would upload to a
+    bucket named after the month (rp_upload.py:228-229)."""
+    missing = [name for name in BUCKET_SETTINGS if not os.environ.get(name, "").strip()]
+    if not missing:
+        log.info("results over the inline limit are uploaded to bucket %s",
+                 os.environ["BUCKET_NAME"].strip())
+        return os.environ["BUCKET_NAME"].strip()
+    if len(missing) < len(BUCKET_SETTINGS):
+        log.warning("bucket upload is off: %s not set; results over the inline limit are "
+                    "answered by path on the volume", ", ".join(missing))
+    return None
+
+
+def progress_reporter(job: dict) -> Callable[[str, float], None]:
+    """Stages to RunPod's job status (`progress_update`) when running on RunPod, where the
+    SDK has somewhere to send them (worker.py:21); nothing locally."""
+    if not os.environ.get("RUNPOD_WEBHOOK_GET_JOB"):
+        return lambda stage, fraction: None
+    from runpod.serverless import progress_update
+
+    return lambda stage, fraction: progress_update(
+        job, {"stage": stage, "progress": round(fraction, 2)})
 
 
 def gpu_bytes_in_use() -> int:
@@ -171,18 +285,14 @@ def handler(job: dict) -> dict:
 
 def main() -> None:
     global _worker
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--warmup", action="store_true")
-    args, _ = parser.parse_known_args()
-    if args.warmup:
-        try:
-            Worker.from_env()
-            log.info("warmup done: models load")
-        except Exception as exc:  # the plan: a failed warmup must not stop the start
-            log.error("warmup failed: %s", exc)
-        sys.exit(0)
+    args, _ = parser.parse_known_args()  # the SDK reads its own flags (parse_known_args too)
     _worker = Worker.from_env()
+    if args.warmup:
+        _worker.warm_up()
     # The SDK logs whole job inputs (the key among them) at DEBUG: keep it at INFO.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod

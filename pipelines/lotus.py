@@ -233,27 +233,54 @@ class LotusDepth:
     def predict(self, options: DepthRequest, image: Image.Image,
                 progress: Progress | None = None) -> np.ndarray:
         """The raw disparity for one image, at the size the options ask for."""
+        return self.predict_many(options, [image], progress)[0]
+
+    def predict_many(self, options: DepthRequest, images: Sequence[Image.Image],
+                     progress: Progress | None = None) -> list[np.ndarray]:
+        """One raw disparity per image, in order; images of one size go through the model
+        together (with `latent: "sample"` a batch draws its noise at once, so only its
+        first image equals a request of its own)."""
         if self.model is None:
             raise PipelineError("Lotus-D is not loaded", status=503)
-        # Upstream samples the posterior from the global generator after seed_all(seed)
-        # (infer.py:105-106, pipeline.py:1108): a fresh generator on the model's device with
-        # the same seed draws the same numbers, so each request equals upstream's first image.
-        generator = torch.Generator(self.model.device).manual_seed(options.seed)
-        return self.model([image], processing_res=options.processing_res,
-                          match_input_res=not options.output_processing_res,
-                          resample_method=options.resample_method, timestep=options.timestep,
-                          generator=generator, latent=options.latent, on_stage=progress)[0]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(index)
+        disparities: list[np.ndarray] = [np.empty(0)] * len(images)
+        for indices in by_size.values():
+            # Upstream samples the posterior from the global generator after seed_all(seed)
+            # (infer.py:105-106, pipeline.py:1108): a fresh generator on the model's device
+            # with the same seed draws the same numbers, so a request equals upstream's
+            # first image.
+            generator = torch.Generator(self.model.device).manual_seed(options.seed)
+            batch = self.model([images[index] for index in indices],
+                               processing_res=options.processing_res,
+                               match_input_res=not options.output_processing_res,
+                               resample_method=options.resample_method,
+                               timestep=options.timestep, generator=generator,
+                               latent=options.latent, on_stage=progress)
+            for index, disparity in zip(indices, batch):
+                disparities[index] = disparity
+        return disparities
 
     def run(self, options: DepthRequest, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result:
-        disparity = self.predict(options, image, progress)
-        if not np.isfinite(disparity).all():
+        return self.run_many(options, [image], [output_stem], progress)[0]
+
+    def run_many(self, options: DepthRequest, images: Sequence[Image.Image],
+                 output_stems: Sequence[Path], progress: Progress) -> list[Result]:
+        """One result file per image, in order (the serverless worker's `images`)."""
+        disparities = self.predict_many(options, images, progress)
+        if not all(np.isfinite(disparity).all() for disparity in disparities):
             raise PipelineError("the model produced non-finite values", status=500)
         progress("writing", 0.9)
+        return [self._write(options, disparity, stem)
+                for disparity, stem in zip(disparities, output_stems)]
+
+    @staticmethod
+    def _write(options: DepthRequest, disparity: np.ndarray, output_stem: Path) -> Result:
         encode, suffix, media_type, download_name = DEPTH_FORMATS[options.output]
         data = encode(disparity)
         path = atomic_write(Path(f"{output_stem}{suffix}"), lambda tmp: tmp.write_bytes(data))
         info = {"min": float(disparity.min()), "max": float(disparity.max()),
                 "width": int(disparity.shape[1]), "height": int(disparity.shape[0])}
         return Result(path=path, media_type=media_type, download_name=download_name, info=info)
-

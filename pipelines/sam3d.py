@@ -116,7 +116,7 @@ def import_inference(source_dir: Path) -> Callable[..., Any]:
         if path not in sys.path:
             sys.path.insert(0, path)
     # inference.py:5 copies CONDA_PREFIX into CUDA_HOME at import (KeyError without it).
-    # In an activated conda env CONDA_PREFIX is this interpreter's prefix; say so otherwise.
+    # Activating a conda env sets it to the env's prefix, which is this interpreter's.
     os.environ.setdefault("CONDA_PREFIX", sys.prefix)
     from inference import Inference  # type: ignore[import-not-found]
 

@@ -12,7 +12,7 @@
 # Environment:
 #   WORKSPACE               volume folder (default /runpod-volume/Lotus or /workspace/Lotus)
 #   PYTHON                  interpreter for the venv (default python3.12)
-#   PREFETCH=1              download MODEL_ID into models/ before starting (src/prefetch.sh)
+#   PREFETCH=1              download MODEL_ID into models/ when it is not there (src/prefetch.sh)
 #   BOOTSTRAP_SKIP_INSTALL=1  create the venv but install nothing: for tests, or a volume
 #                           whose packages are provided another way (PYTHONPATH)
 #   anything handler.py reads: LOTUS_API_KEY, MODEL_ID, PIPELINES, MAX_INLINE_BYTES, ...
@@ -65,9 +65,10 @@ else
   flock -u 9
 fi
 
-if [ "${PREFETCH:-0}" = 1 ]; then
+if [ "${PREFETCH:-0}" = 1 ] && [ ! -f "$CHECKPOINTS_DIR/lotus-depth-d-v2-0-disparity/model_index.json" ]; then
   PYTHON="$VENV/bin/python" bash "$APP_DIR/src/prefetch.sh"
 fi
 
 cd "$APP_DIR"
-exec "$VENV/bin/python" handler.py "$@"
+# --warmup: one small depth job in the serving process before the first real one.
+exec "$VENV/bin/python" handler.py --warmup "$@"

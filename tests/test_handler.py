@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -173,14 +174,98 @@ def test_results_over_the_payload_limit_come_back_by_path(worker):
     assert os.path.getsize(answer["file_path"]) > 100
 
 
-def test_warmup_loads_and_exits_zero_even_when_loading_fails(env, tmp_path):
-    done = subprocess.run([sys.executable, "handler.py", "--warmup"], cwd=ROOT, env=env,
+def test_warmup_runs_in_the_serving_process_and_a_failed_load_is_answered(env, tmp_path):
+    job = {"api_key": KEY, "image_base64": image_b64(), "processing_res": 32}
+    done = subprocess.run([sys.executable, "handler.py", "--warmup", "--test_input",
+                           json.dumps({"input": job})], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0 and "warmup done" in done.stderr
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "warm-up done" in log and "completed successfully" in log
     broken = {**env, "CHECKPOINTS_DIR": str(tmp_path / "empty")}
-    done = subprocess.run([sys.executable, "handler.py", "--warmup"], cwd=ROOT, env=broken,
+    result, log = local_test(broken, job)
+    assert "model 'lotus' failed to load on this worker" in result
+
+
+def test_plain_python_handler_py_runs_test_input_json(env, tmp_path):
+    """Off RunPod the SDK runs ./test_input.json (rp_local.py:27-32): the repository's own."""
+    shutil.copy(ROOT / "test_input.json", tmp_path / "test_input.json")
+    job = json.loads((ROOT / "test_input.json").read_text())
+    done = subprocess.run([sys.executable, str(ROOT / "handler.py")], cwd=tmp_path,
+                          env={**env, "LOTUS_API_KEY": job["input"]["api_key"],
+                               "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0 and "warmup failed" in done.stderr
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "completed successfully" in done.stdout + done.stderr
+
+
+def test_images_give_one_result_each_in_order_through_the_batch_path(worker, monkeypatch):
+    lotus, calls = worker.pipelines["lotus"], []
+    model = lotus.model
+
+    class Recording:
+        device = model.device
+
+        def __call__(self, images, **options):
+            calls.append(len(images))
+            return model(images, **options)
+
+    monkeypatch.setattr(lotus, "model", Recording())
+    sizes = [(40, 30), (40, 30), (20, 50)]
+    answer = worker.handle({"id": "b", "input": {
+        "api_key": KEY, "processing_res": 32, "latent": "mode",
+        "images": [image_b64(width=w, height=h, seed=i) for i, (w, h) in enumerate(sizes)]}})
+    assert [(r["width"], r["height"]) for r in answer["results"]] == sizes
+    assert sorted(calls) == [1, 2]  # the two 40x30 images went through the model together
+    single = worker.handle({"id": "s", "input": {
+        "api_key": KEY, "processing_res": 32, "latent": "mode",
+        "image_base64": image_b64(width=40, height=30, seed=1)}})
+    assert single["image_base64"] == answer["results"][1]["image_base64"]
+
+
+@pytest.mark.parametrize("images, message", [
+    ([], "images must be a list of 1 to 16"), ("abc", "images must be a list"),
+    (["not base64!"], "images[0]"), ([image_b64(), 7], "images[1]"),
+])
+def test_a_bad_images_list_is_a_400_naming_the_item(worker, images, message):
+    answer = worker.handle({"id": "b", "input": {"api_key": KEY, "images": images}})
+    assert answer["status"] == 400 and message in answer["error"]
+
+
+def test_old_result_files_expire(worker, tmp_path):
+    folder = worker.settings.output_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    stale, fresh = folder / "stale.png", folder / "fresh.png"
+    stale.write_bytes(b"x"), fresh.write_bytes(b"x")
+    os.utime(stale, (1, 1))
+    worker.handle({"id": "t", "input": {"api_key": KEY, "image_base64": image_b64(),
+                                        "processing_res": 32}})
+    assert not stale.exists() and fresh.exists()
+
+
+def test_bucket_upload_needs_every_setting_and_says_what_is_missing(monkeypatch, caplog):
+    from handler import bucket_name
+
+    for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
+                 "BUCKET_NAME"):
+        monkeypatch.setenv(name, "set")
+    assert bucket_name() == "set"
+    monkeypatch.delenv("BUCKET_NAME")
+    assert bucket_name() is None and "BUCKET_NAME not set" in caplog.text
+
+
+def test_stages_go_to_runpod_only_on_runpod(worker, monkeypatch):
+    import runpod.serverless
+
+    sent = []
+    monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, p: sent.append(p))
+    job = {"id": "p", "input": {"api_key": KEY, "image_base64": image_b64(),
+                                "processing_res": 32}}
+    worker.handle(dict(job))
+    assert sent == []
+    monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://api.runpod.ai/v2/x/job-take/$ID")
+    worker.handle(dict(job))
+    assert [update["stage"] for update in sent] == ["encoding", "predicting", "decoding",
+                                                    "writing"]
 
 
 def test_an_input_that_is_not_an_object_is_a_400(worker):

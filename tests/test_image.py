@@ -19,7 +19,7 @@ import yaml
 
 from conftest import ROOT
 
-DOCKERFILES = ["Dockerfile", "Dockerfile.serverless"]
+DOCKERFILES = ["Dockerfile", ".runpod/Dockerfile"]
 GPU_ONLY = ["kaolin", "nvdiffrast", "gsplat", "pytorch3d", "sam3d_objects", "spconv"]
 
 
@@ -78,11 +78,11 @@ def test_the_server_image_starts_what_the_repository_has():
 
 
 def test_the_serverless_image_starts_the_bootstrap_it_copies():
-    steps = dict(instructions("Dockerfile.serverless"))
+    steps = dict(instructions(".runpod/Dockerfile"))
     command = json.loads(steps["CMD"])
     assert command[:1] == ["bash"] and command[1] == "/opt/lotus/src/bootstrap.sh"
     assert steps["WORKDIR"] == "/opt/lotus" and (ROOT / "src/bootstrap.sh").exists()
-    assert steps["FROM"] == "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04"
+    assert steps["FROM"] == "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"  # nothing compiles
 
 
 @pytest.fixture(scope="session")
@@ -195,3 +195,28 @@ def test_the_tests_run_the_lotus_stack_the_images_ship():
         assert version(package) == pinned[package], package
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "|".join(shipped) in dockerfile and "requirements-serverless.txt" in dockerfile
+
+
+def test_the_runpod_hub_files_match_the_worker():
+    """.runpod/tests.json runs test_input.json's job with a key it sets; both files allow only
+    CUDA versions the image's torch (cu128) runs on; every setting offered is one it reads."""
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())
+    tests = json.loads((ROOT / ".runpod/tests.json").read_text())
+    local = json.loads((ROOT / "test_input.json").read_text())["input"]
+    job = tests["tests"][0]["input"]
+    env = {item["key"]: item["value"] for item in tests["config"]["env"]}
+    assert {**job, "api_key": local["api_key"]} == local and env["LOTUS_API_KEY"] == job["api_key"]
+    base = re.search(r"nvidia/cuda:(\d+\.\d+)", (ROOT / ".runpod/Dockerfile").read_text())[1]
+    for versions in (hub["config"]["allowedCudaVersions"], tests["config"]["allowedCudaVersions"]):
+        assert all(tuple(map(int, v.split("."))) >= tuple(map(int, base.split(".")))
+                   for v in versions)
+    read = "".join((ROOT / name).read_text() for name in (
+        "handler.py", "settings.py", "src/bootstrap.sh", "src/volume.sh"))
+    for setting in hub["config"]["env"]:
+        key = setting["key"]
+        assert key in read or key.lower() in read, key
+
+
+def test_the_server_image_can_start_as_a_serverless_worker():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "['optional-dependencies']['serverless']" in text and "handler.py" in text
