@@ -140,8 +140,10 @@ def _parse(model: type[BaseModel]) -> BaseModel:
     raw = request.get_data(cache=False)
     try:
         body = json.loads(raw.decode("utf-8-sig"), strict=False) if raw.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, 4300+ digit numbers
+        raise ApiError(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
@@ -156,12 +158,11 @@ def _submit(endpoint: str) -> JobView:
     _require_ready(pipeline)
     try:
         _registry()[pipeline].check(payload)
-        image = load_image(payload, _settings().image_limits)
+        # The image is fetched and decoded holding a queue slot: a full queue says 503 first.
+        return _queue().submit(pipeline, payload.without_image(),
+                               lambda: load_image(payload, _settings().image_limits))
     except PipelineError as exc:
         raise ApiError(exc.status, str(exc)) from None
-    options = payload.without_image()
-    try:
-        return _queue().submit(pipeline, options, image)
     except QueueFull as exc:
         raise ApiError(503, f"{exc}; retry later") from None
 
@@ -236,7 +237,10 @@ def _result_file(view: JobView) -> Response:
 
 
 def _wait(view: JobView) -> JobView:
-    view = _queue().wait(view.id, _settings().sync_timeout_seconds)
+    try:
+        view = _queue().wait(view.id, _settings().sync_timeout_seconds)
+    except (JobExpired, JobNotFound):  # finished and expired while this request waited
+        raise ApiError(410, "job results have expired", job_id=view.id) from None
     if not view.state.finished:
         raise ApiError(504, f"job did not finish within {_settings().sync_timeout_seconds:g} s; "
                             "keep polling status_url", job_id=view.id,
@@ -250,7 +254,8 @@ def _health() -> tuple[dict, int]:
     workers_alive = queue.workers_alive()
     ready = bool(pipelines) and all(state == "ready" for state in pipelines.values())
     broken = (not pipelines or "failed" in pipelines.values()
-              or workers_alive < queue.max_concurrent)
+              or workers_alive < queue.max_concurrent or not queue.janitor_alive()
+              or not queue.output_writable())
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}
@@ -292,7 +297,10 @@ def _add_routes(app: Flask) -> None:
         view = _wait(_submit("depth"))
         if view.state is not JobState.COMPLETED:
             return _result_file(view)  # the job's error, as JSON
-        data = Path(view.result.path).read_bytes()
+        try:
+            data = Path(view.result.path).read_bytes()
+        except FileNotFoundError:  # expired between the wait and the read
+            raise ApiError(410, "job results have expired", job_id=view.id) from None
         return jsonify(DepthResult(job_id=view.id, image_base64=base64.b64encode(data).decode(),
                                    **view.result.info, file_path=str(view.result.path),
                                    download_url=f"/job/{view.id}/download").model_dump())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
 import secrets
 import threading
@@ -141,6 +142,7 @@ class JobQueue:
         self._workers: list[threading.Thread | None] = [None] * max_concurrent
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
+        self._reserved = 0  # slots held by submissions still fetching or decoding
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -164,10 +166,19 @@ class JobQueue:
     # -- client side ----------------------------------------------------------------
 
     def submit(self, pipeline: str, options: Any, image: Any) -> JobView:
-        job = Job(pipeline=pipeline, options=options, image=image)
+        """Queue a job. `image` may be a callable that makes it (download, decode): it runs
+        outside the lock holding a reserved slot, so a full queue refuses before that work."""
         with self._lock:
-            if len(self._waiting) >= self.max_queue_size:
+            if len(self._waiting) + self._reserved >= self.max_queue_size:
                 raise QueueFull(f"queue is full ({self.max_queue_size} jobs waiting)")
+            self._reserved += 1
+        try:
+            job = Job(pipeline=pipeline, options=options,
+                      image=image() if callable(image) else image)
+        finally:
+            with self._lock:
+                self._reserved -= 1
+        with self._lock:
             self._waiting.append(job)
             self._jobs[job.id] = job
             self._lock.notify()
@@ -176,6 +187,10 @@ class JobQueue:
     def get(self, job_id: str) -> JobView:
         with self._lock:
             return self._view(self._find(job_id))
+
+    def output_writable(self) -> bool:
+        """Whether result files can be written (a full or read-only volume fails jobs)."""
+        return os.access(self.output_dir, os.W_OK | os.X_OK)
 
     def cancel(self, job_id: str) -> JobView:
         """Cancel a waiting job now; ask a running one to stop at its next stage."""
@@ -208,6 +223,9 @@ class JobQueue:
 
     def workers_alive(self) -> int:
         return sum(1 for thread in self._workers if thread is not None and thread.is_alive())
+
+    def janitor_alive(self) -> bool:
+        return self._janitor is not None and self._janitor.is_alive()
 
     # -- internals --------------------------------------------------------------------
 
@@ -252,6 +270,7 @@ class JobQueue:
                 self._running[slot] = None
 
     def _run(self, job: Job) -> None:
+        log.info("job %s started: %s %s", job.id, job.pipeline, _output_of(job.options))
         pipeline = self._pipelines.get(job.pipeline)
         result, failure, cancelled, oom = None, None, False, False
         try:
@@ -278,6 +297,8 @@ class JobQueue:
             else:
                 job.result, job.progress = result, 1.0
                 job._move_to(JobState.COMPLETED)
+            log.info("job %s %s after %.1f s%s", job.id, job.state.value, job.processing_time,
+                     f" ({job.error_status}: {job.error})" if job.error else "")
 
     def _report(self, job: Job, stage: str, fraction: float) -> None:
         with self._lock:
@@ -286,11 +307,15 @@ class JobQueue:
             job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
 
     def _janitor_loop(self) -> None:
+        """Revive dead workers, expire old jobs; a failure is logged, never the end of it."""
         while not self._stopping.wait(self._janitor_interval):
-            with self._lock:
-                self._revive_dead_workers()
-                for job in [j for j in self._jobs.values() if self._is_stale(j)]:
-                    self._expire(job)
+            try:
+                with self._lock:
+                    self._revive_dead_workers()
+                    for job in [j for j in self._jobs.values() if self._is_stale(j)]:
+                        self._expire(job)
+            except Exception:  # noqa: BLE001 - e.g. a file that cannot be deleted
+                log.exception("janitor: cleaning up failed; trying again")
 
     def _revive_dead_workers(self) -> None:
         for slot, thread in enumerate(self._workers):
@@ -310,18 +335,30 @@ class JobQueue:
 
     def _expire(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
-        self._remove_files(job.result)
         self._expired[job.id] = None
+        self._remove_files(job.result)
         while len(self._expired) > _EXPIRED_IDS_KEPT:
             self._expired.popitem(last=False)
 
     @staticmethod
     def _remove_files(result: Any) -> None:
-        if result is not None:
+        if result is None:
+            return
+        try:
             Path(result.path).unlink(missing_ok=True)
+        except OSError as exc:  # a read-only or vanished volume: the janitor tries again
+            log.warning("could not remove result file %s: %s", Path(result.path).name, exc)
 
     def _remove_orphan_files(self) -> None:
         """Jobs live in memory: files from an earlier run can never be downloaded."""
         for path in self.output_dir.iterdir():
             if path.is_file() and JOB_ID_PATTERN.match(path.name.lstrip(".").split(".", 1)[0]):
                 path.unlink(missing_ok=True)
+
+
+def _output_of(options: Any) -> str:
+    """What a job makes, for the log: `glb (textured)`, `ply`, `depth png`."""
+    if hasattr(options, "output_format"):
+        textured = options.output_format == "glb" and getattr(options, "with_texture", False)
+        return options.output_format + (" (textured)" if textured else "")
+    return f"depth {getattr(options, 'output', '')}".strip()

@@ -7,12 +7,15 @@ naming the variable instead of failing on the first request.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.images import ImageLimits
+
+log = logging.getLogger(__name__)
 
 # A 4096x4096 RGB PNG of noise is about 50 MB; base64 adds a third: 100 MiB covers it.
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024
@@ -70,8 +73,14 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", "lotus_api_key", mode="before")
     @classmethod
-    def _blank_is_unset(cls, value):
-        return None if isinstance(value, str) and not value.strip() else value
+    def _trimmed_and_blank_is_unset(cls, value, info: ValidationInfo):
+        """A key pasted with a trailing newline would lock every client out silently."""
+        if not isinstance(value, str):
+            return value
+        if value != value.strip():
+            log.warning("%s has leading or trailing whitespace: it is trimmed",
+                        info.field_name.upper())
+        return value.strip() or None
 
     @property
     def required_api_key(self) -> str | None:

@@ -20,6 +20,11 @@ from .base import InvalidInput
 
 MAX_REDIRECTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)
+# IPv6 ranges that carry or reach IPv4 (or are obsolete site-local space) which Python's
+# is_global does not all refuse: NAT64 (RFC 6052), 6to4 (RFC 3056), IPv4-compatible (RFC
+# 4291 2.5.5.1, deprecated) and site-local (RFC 3879). A gateway may route them inward.
+_TRANSITION_NETWORKS = [ipaddress.ip_network(net) for net in (
+    "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "fec0::/10")]
 Resolver = Callable[[str, int], list[str]]
 
 
@@ -43,21 +48,31 @@ def is_public_address(address: str) -> bool:
     """False for private, loopback, link-local (cloud metadata), reserved, multicast and
     unspecified addresses, looking through IPv4-mapped IPv6."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in network for network in _TRANSITION_NETWORKS):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
 def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool = False,
               resolve: Resolver = resolve_host,
               is_allowed: Callable[[str], bool] = is_public_address) -> bytes:
-    """GET `url` and return its body, or raise UnsafeURL / FetchFailed."""
+    """GET `url` and return its body, or raise UnsafeURL / FetchFailed. `timeout` is one
+    deadline over every hop: connecting, headers, redirects and the body."""
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
-        response = _open_checked(url, timeout, allow_private, resolve, is_allowed)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchFailed("image_url took too long to answer")
+        response = _open_checked(url, remaining, allow_private, resolve, is_allowed)
         try:
             if response.status in _REDIRECTS and response.headers.get("Location"):
-                url = urljoin(url, response.headers["Location"])
+                try:
+                    url = urljoin(url, response.headers["Location"])
+                except ValueError:
+                    raise UnsafeURL("image_url redirected to a malformed URL") from None
                 continue
             if response.status != 200:
                 raise FetchFailed(f"image_url answered HTTP {response.status}")
@@ -68,7 +83,10 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool =
 
 
 def _open_checked(url, timeout, allow_private, resolve, is_allowed):
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1" and the like
+        raise UnsafeURL("image_url is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
         raise UnsafeURL("image_url must be an http or https URL")
     host = parts.hostname
@@ -84,7 +102,7 @@ def _open_checked(url, timeout, allow_private, resolve, is_allowed):
     if not allow_private and not all(is_allowed(address) for address in addresses):
         raise UnsafeURL("image_url points to a private or reserved address")
     pool_kwargs = dict(port=port, retries=False, maxsize=1,
-                       timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout))
+                       timeout=urllib3.Timeout(total=timeout, connect=min(timeout, 5.0)))
     if parts.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(addresses[0], server_hostname=host,
                                            assert_hostname=host, **pool_kwargs)

@@ -171,7 +171,10 @@ def test_bad_input_is_a_400_with_a_clear_json_error(client, body, message):
     assert message in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("data", [b"", b"not json", b"[1, 2]", b'"text"', b"\xff\xfe{"])
+@pytest.mark.parametrize("data", [
+    b"", b"not json", b"[1, 2]", b'"text"', b"\xff\xfe{", b"[" * 100_000 + b"]" * 100_000,
+    b'{"image": "x", "seed": ' + b"9" * 5000 + b"}",
+], ids=["empty", "text", "array", "string", "bad-utf8", "deep-nesting", "5000-digit-number"])
 def test_bodies_that_are_not_json_objects_are_400(client, data):
     response = client.post("/generate", data=data, content_type="application/json")
     assert response.status_code == 400 and "error" in response.get_json()
@@ -250,6 +253,63 @@ def test_expired_results_are_410(make_client, scripted):
     poll(client, job["job_id"])
     wait_until(lambda: client.get(f"/job/{job['job_id']}").status_code == 410, timeout=5)
     assert client.get(f"/job/{job['job_id']}/download").status_code == 410
+
+
+def test_a_sync_request_whose_result_expires_while_it_waits_is_410(client, monkeypatch):
+    from queue_manager import JobExpired
+
+    def expired_meanwhile(job_id, timeout):
+        raise JobExpired(job_id)
+
+    monkeypatch.setattr(client.application.extensions["queue"], "wait", expired_meanwhile)
+    for endpoint in ("/depth/sync", "/generate/sync"):
+        response = client.post(endpoint, json={"image": image_b64()})
+        assert response.status_code == 410 and "expired" in response.get_json()["error"]
+
+
+def test_a_file_that_cannot_be_deleted_does_not_stop_expiry(make_client, scripted,
+                                                           monkeypatch):
+    from pathlib import Path
+
+    client = make_client({"lotus": scripted}, result_ttl_seconds=0.2)
+    queue = client.application.extensions["queue"]
+    first = client.post("/depth", json={"image": image_b64(), "seed": 5}).get_json()["job_id"]
+    poll(client, first)
+    real_unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: (_ for _ in ()).throw(
+        PermissionError("read-only volume")) if first in self.name else real_unlink(
+            self, missing_ok=missing_ok))
+    wait_until(lambda: client.get(f"/job/{first}").status_code == 410, timeout=5)
+    second = client.post("/depth", json={"image": image_b64(), "seed": 6}).get_json()["job_id"]
+    poll(client, second)
+    wait_until(lambda: client.get(f"/job/{second}").status_code == 410, timeout=5)
+    assert queue.janitor_alive()
+
+
+def test_health_is_unhealthy_when_results_cannot_be_written(make_client, scripted, tmp_path):
+    import shutil
+
+    client = make_client({"lotus": scripted}, output_dir=tmp_path / "volume")
+    assert client.get("/health").status_code == 200
+    shutil.rmtree(tmp_path / "volume")
+    (tmp_path / "volume").write_text("the volume is gone")
+    response = client.get("/health")
+    assert response.status_code == 503 and response.get_json()["status"] == "unhealthy"
+
+
+def test_every_job_leaves_one_log_line_when_it_starts_and_one_when_it_ends(client, scripted,
+                                                                          caplog):
+    import logging
+
+    scripted.actions[9] = "fail"
+    with caplog.at_level(logging.INFO, logger="queue_manager"):
+        ok = client.post("/depth", json={"image": image_b64(), "seed": 8}).get_json()["job_id"]
+        bad = client.post("/depth", json={"image": image_b64(), "seed": 9}).get_json()["job_id"]
+        poll(client, ok), poll(client, bad)
+    lines = [record.getMessage() for record in caplog.records if record.name == "queue_manager"]
+    assert any(line.startswith(f"job {ok} started: lotus depth png") for line in lines)
+    assert any(line.startswith(f"job {ok} completed after") for line in lines)
+    assert any(line.startswith(f"job {bad} failed after") and "500" in line for line in lines)
 
 
 def test_delete_cancels_queued_and_running_jobs(client, scripted):

@@ -50,6 +50,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.1)
         elif self.path == "/silent":
             time.sleep(5)
+        elif self.path.startswith("/slow-redirect"):  # each hop answers just inside a timeout
+            time.sleep(0.4)
+            self.send_response(302)
+            self.send_header("Location", "/slow-redirect")
+            self.end_headers()
+        elif self.path == "/bad-location":
+            self.send_response(302)
+            self.send_header("Location", "http://[::1")
+            self.end_headers()
         else:
             self._send(404, b"no")
 
@@ -106,6 +115,9 @@ def no_connections(monkeypatch):
     "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
     "http://[::ffff:a9fe:a9fe]/", "http://0.0.0.0/", "http://224.0.0.1/", "http://100.64.0.1/",
     "http://private.test/photo.png", "http://mixed.test/photo.png",
+    # IPv6 transition and site-local forms of private addresses
+    "http://[64:ff9b::a00:1]/", "http://[2002:a00:1::]/", "http://[::a00:1]/",
+    "http://[fec0::1]/", "http://[64:ff9b:1::a00:1]/",
 ])
 def test_private_loopback_link_local_and_reserved_addresses_are_refused(url, no_connections):
     with pytest.raises(UnsafeURL, match="private or reserved"):
@@ -113,7 +125,8 @@ def test_private_loopback_link_local_and_reserved_addresses_are_refused(url, no_
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://example.com/", "ftp://x/",
-                                 "data:image/png;base64,AAAA", "//example.com/a.png", "http://"])
+                                 "data:image/png;base64,AAAA", "//example.com/a.png", "http://",
+                                 "http://[::1", "http://[zz::1]/"])
 def test_only_http_and_https_urls_with_a_host_are_fetched(url, no_connections):
     with pytest.raises(UnsafeURL):
         fetch_url(url, max_bytes=1000, timeout=1)
@@ -154,6 +167,19 @@ def test_slow_servers_are_cut_off(host):
     assert time.monotonic() - started < 4
 
 
+def test_one_deadline_covers_every_redirect(host):
+    """Each hop answers within the timeout; together they must not outlast it."""
+    started = time.monotonic()
+    with pytest.raises(FetchFailed, match="too long|Timeout"):
+        get(f"http://public.test:{host}/slow-redirect", timeout=1.0)
+    assert time.monotonic() - started < 1.6
+
+
+def test_a_malformed_redirect_location_is_refused(host):
+    with pytest.raises(UnsafeURL, match="malformed"):
+        get(f"http://public.test:{host}/bad-location")
+
+
 def test_http_errors_are_reported(host):
     with pytest.raises(FetchFailed, match="HTTP 404"):
         get(f"http://public.test:{host}/missing")
@@ -170,3 +196,16 @@ def test_the_api_refuses_private_image_urls_with_400(make_client, scripted, host
     response = allowed.post("/depth", json={"image_url": f"http://127.0.0.1:{host}/photo.png"})
     assert response.status_code == 202
     assert client.post("/depth", json={"image": image_b64()}).status_code == 202
+
+
+def test_a_full_queue_refuses_before_fetching(make_client, scripted, host):
+    client = make_client({"lotus": scripted}, max_queue_size=1, allow_private_urls=True)
+    scripted.actions[1] = "block"
+    assert client.post("/depth", json={"image": image_b64(), "seed": 1}).status_code == 202
+    scripted.started.get(timeout=5)
+    assert client.post("/depth", json={"image": image_b64(), "seed": 2}).status_code == 202
+    before = Handler.connections
+    started = time.monotonic()
+    response = client.post("/depth", json={"image_url": f"http://127.0.0.1:{host}/silent"})
+    assert response.status_code == 503 and time.monotonic() - started < 0.5
+    assert Handler.connections == before  # never downloaded

@@ -79,3 +79,13 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_api_keys_are_trimmed_with_a_warning(monkeypatch, caplog):
+    from settings import load_settings
+
+    monkeypatch.setenv("API_KEY", "s3cret\n")
+    monkeypatch.setenv("LOTUS_API_KEY", "   ")
+    settings = load_settings()
+    assert settings.required_api_key == "s3cret" and settings.lotus_api_key is None
+    assert "API_KEY has leading or trailing whitespace" in caplog.text
