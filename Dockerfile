@@ -97,7 +97,7 @@ ENV CHECKPOINTS_DIR=/app/checkpoints \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
     PORT=8000
 
-COPY app.py queue_manager.py settings.py schemas.py handler.py gunicorn.conf.py ./
+COPY app.py queue_manager.py journal.py settings.py schemas.py handler.py gunicorn.conf.py ./
 COPY pipelines/ ./pipelines/
 COPY scripts/ ./scripts/
 

@@ -35,3 +35,12 @@ errorlog = "-"
 loglevel = "info"
 # Query strings never carry keys in this API, but keep them out of the log all the same.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+
+
+def worker_exit(server, worker):
+    """SIGTERM (docker stop, a redeploy): gunicorn's worker stops serving at once, but the
+    job the queue is running gets what is left of the graceful timeout to finish; waiting
+    jobs stay in the journal and run at the next start."""
+    application = getattr(sys.modules.get("app"), "__dict__", {}).get("app")
+    if application is not None:
+        application.extensions["queue"].stop(timeout=graceful_timeout - 5)

@@ -5,8 +5,9 @@ A job moves through one explicit state machine:
     queued -> processing -> completed | failed | cancelled
     queued -> cancelled
 
-Every change goes through `Job._move_to`, under the queue's one lock, so a reader always
-sees a consistent job. The queue knows pipelines only through `pipelines.base.Pipeline`
+Every change goes through `JobQueue._move`, under the queue's one lock, so a reader always
+sees a consistent job, and is written to the journal (journal.py), so a restart resumes
+where the last process stopped. The queue knows pipelines only through `pipelines.base.Pipeline`
 (looked up by name when a job starts) and knows nothing of HTTP.
 """
 
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
+from journal import Journal
+from pipelines.base import (JobCancelled, Pipeline, PipelineError, Result, describe_failure,
                             is_out_of_memory, release_memory)
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Job:
     options: Any
     image: Any
     id: str = field(default_factory=lambda: secrets.token_hex(16))
+    created_at: float = field(default_factory=time.time)
     state: JobState = JobState.QUEUED
     started_at: float | None = None
     finished_at: float | None = None
@@ -143,12 +146,16 @@ class JobQueue:
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
         self._reserved = 0  # slots held by submissions still fetching or decoding
+        self._journal: Journal | None = None
 
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_orphan_files()
+        self._journal = Journal(self.output_dir)
+        with self._lock:
+            self._restore()
+            self._remove_orphan_files()
         for slot in range(self.max_concurrent):
             self._start_worker(slot)
         self._janitor = threading.Thread(target=self._janitor_loop, name="queue-janitor",
@@ -156,12 +163,21 @@ class JobQueue:
         self._janitor.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Take no new job; let running ones finish within `timeout`. Waiting jobs stay in
+        the journal for the next start."""
         self._stopping.set()
         with self._lock:
             self._lock.notify_all()
+        deadline = time.monotonic() + timeout
         for thread in [*self._workers, self._janitor]:
             if thread is not None:
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
+        busy = [thread for thread in self._workers if thread is not None and thread.is_alive()]
+        if busy:
+            log.warning("stopping with %d job(s) still running: they will show as interrupted",
+                        len(busy))
+        elif self._journal is not None:
+            self._journal.close()
 
     # -- client side ----------------------------------------------------------------
 
@@ -175,12 +191,14 @@ class JobQueue:
         try:
             job = Job(pipeline=pipeline, options=options,
                       image=image() if callable(image) else image)
+            self._journal.keep_input(job.id, job.image)  # until it starts: for a restart
         finally:
             with self._lock:
                 self._reserved -= 1
         with self._lock:
             self._waiting.append(job)
             self._jobs[job.id] = job
+            self._journal.record(job)
             self._lock.notify()
             return self._view(job)
 
@@ -200,7 +218,7 @@ class JobQueue:
                 raise NotCancellable(f"job is already {job.state.value}")
             if job.state is JobState.QUEUED:
                 self._waiting.remove(job)
-                job._move_to(JobState.CANCELLED)
+                self._move(job, JobState.CANCELLED)
             else:
                 job.cancel_requested = True
             return self._view(job)
@@ -263,7 +281,7 @@ class JobQueue:
                 if self._stopping.is_set():
                     return
                 job = self._waiting.popleft()
-                job._move_to(JobState.PROCESSING)
+                self._move(job, JobState.PROCESSING)
                 self._running[slot] = job
             self._run(job)
             with self._lock:
@@ -271,7 +289,7 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         log.info("job %s started: %s %s", job.id, job.pipeline, _output_of(job.options))
-        pipeline = self._pipelines.get(job.pipeline)
+        pipeline = self._pipeline_for(job.pipeline)
         result, failure, cancelled, oom = None, None, False, False
         try:
             if pipeline is None:
@@ -289,16 +307,25 @@ class JobQueue:
             release_memory()  # outside the except block: the traceback is gone by now
         with self._lock:
             if cancelled or job.cancel_requested:
-                job._move_to(JobState.CANCELLED)
+                self._move(job, JobState.CANCELLED)
                 self._remove_files(result)
             elif failure is not None:
                 job.error, job.error_status = str(failure), failure.status
-                job._move_to(JobState.FAILED)
+                self._move(job, JobState.FAILED)
             else:
                 job.result, job.progress = result, 1.0
-                job._move_to(JobState.COMPLETED)
+                self._move(job, JobState.COMPLETED)
             log.info("job %s %s after %.1f s%s", job.id, job.state.value, job.processing_time,
                      f" ({job.error_status}: {job.error})" if job.error else "")
+
+    def _pipeline_for(self, name: str) -> Pipeline | None:
+        """The job's pipeline, waiting while models still load: after a restart the journal's
+        waiting jobs are back before the models are."""
+        while (pipeline := self._pipelines.get(name)) is None and not self._stopping.is_set():
+            if not getattr(self._pipelines, "loading", False):
+                break
+            time.sleep(0.1)
+        return pipeline
 
     def _report(self, job: Job, stage: str, fraction: float) -> None:
         with self._lock:
@@ -325,7 +352,7 @@ class JobQueue:
             log.error("worker %d died; restarting it", slot)
             if job is not None and not job.state.finished:
                 job.error, job.error_status = "the worker running this job crashed", 500
-                job._move_to(JobState.FAILED)
+                self._move(job, JobState.FAILED)
             self._running[slot] = None
             self._start_worker(slot)
 
@@ -333,9 +360,18 @@ class JobQueue:
         return (job.state.finished and job.finished_at is not None
                 and time.time() - job.finished_at > self.result_ttl_seconds)
 
+    def _move(self, job: Job, state: JobState) -> None:
+        """Every state change: the job, then the journal (a started job no longer needs its
+        kept image: if the process dies now, the job fails rather than run twice)."""
+        job._move_to(state)
+        self._journal.record(job)
+        if state is not JobState.QUEUED:
+            self._journal.input_path(job.id).unlink(missing_ok=True)
+
     def _expire(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
         self._expired[job.id] = None
+        self._journal.expire(job.id, keep=_EXPIRED_IDS_KEPT)
         self._remove_files(job.result)
         while len(self._expired) > _EXPIRED_IDS_KEPT:
             self._expired.popitem(last=False)
@@ -349,10 +385,59 @@ class JobQueue:
         except OSError as exc:  # a read-only or vanished volume: the janitor tries again
             log.warning("could not remove result file %s: %s", Path(result.path).name, exc)
 
+    def _restore(self) -> None:
+        """The journal's jobs, as the last process left them: finished ones keep their
+        results, queued ones wait again, running ones fail with the reason."""
+        for record in self._journal.records():
+            if record.state == "expired":
+                self._expired[record.id] = None
+                continue
+            job = Job(pipeline=record.pipeline, options=record.options, image=None,
+                      id=record.id, created_at=record.created_at,
+                      state=JobState(record.state), started_at=record.started_at,
+                      finished_at=record.finished_at, error=record.error,
+                      error_status=record.error_status)
+            if record.result is not None:
+                job.result = Result(path=Path(record.result["path"]),
+                                    media_type=record.result["media_type"],
+                                    download_name=record.result["download_name"],
+                                    info=record.result["info"])
+            self._jobs[job.id] = job
+            if job.state is JobState.QUEUED:
+                try:
+                    job.image = self._journal.load_input(job.id)
+                    self._waiting.append(job)
+                    continue
+                except OSError:
+                    job.error = "the server restarted and this job's image was lost"
+            elif job.state is JobState.PROCESSING:
+                job.error = ("interrupted: the server restarted while this job ran (killed, "
+                             "probably out of memory, or stopped); submit it again")
+            else:
+                job.stage, job.progress = job.state.value, float(job.result is not None)
+                job.done.set()
+                continue
+            job.error_status = 500
+            job.state = JobState.PROCESSING  # both end as failed, through the allowed move
+            self._move(job, JobState.FAILED)
+        for job in [j for j in self._jobs.values() if self._is_stale(j)]:
+            self._expire(job)
+        if self._jobs:
+            log.info("journal: %d jobs restored, %d waiting", len(self._jobs),
+                     len(self._waiting))
+
     def _remove_orphan_files(self) -> None:
-        """Jobs live in memory: files from an earlier run can never be downloaded."""
+        """Result files no job owns (a crash between writing and recording), and the kept
+        images of jobs that no longer wait."""
+        owned = {Path(job.result.path).name for job in self._jobs.values()
+                 if job.result is not None}
         for path in self.output_dir.iterdir():
-            if path.is_file() and JOB_ID_PATTERN.match(path.name.lstrip(".").split(".", 1)[0]):
+            if (path.is_file() and path.name not in owned
+                    and JOB_ID_PATTERN.match(path.name.lstrip(".").split(".", 1)[0])):
+                path.unlink(missing_ok=True)
+        waiting = {job.id for job in self._waiting}
+        for path in self._journal.inputs.iterdir():
+            if path.stem not in waiting:
                 path.unlink(missing_ok=True)
 
 

@@ -105,8 +105,10 @@ def scripted():
 @contextlib.contextmanager
 def running_server(work: Path, checkpoints: Path, **env):
     """The real server as the image starts it (gunicorn -c gunicorn.conf.py) on a loopback
-    port, with the tiny Lotus-D and the SAM 3D stand-in. Yields url, log path and folder."""
-    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER)
+    port, with the tiny Lotus-D and the SAM 3D stand-in. Yields url, log path, folder and
+    the gunicorn master (its pid and process)."""
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER,
+                    dirs_exist_ok=True)  # a second start on the same folder is a restart
     sam3d_checkpoints(work / "checkpoints")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,7 +135,8 @@ def running_server(work: Path, checkpoints: Path, **env):
 
         try:
             wait_until(ready, timeout=120, interval=0.2)
-            yield {"url": url, "log": log_path, "work": work}
+            yield {"url": url, "log": log_path, "work": work, "pid": process.pid,
+                   "process": process}
         finally:
             process.terminate()
             process.wait(30)

@@ -8,7 +8,9 @@ import base64
 import functools
 import http.server
 import json
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -157,3 +159,68 @@ def test_fifty_pollers_get_fast_consistent_answers_while_jobs_run(server):
     assert slowest < 2.0, f"slowest poll took {slowest:.2f} s"
     for job_id in jobs:
         assert poll(base, job_id)["status"] == "completed"
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc: no ps needed)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (ValueError, OSError, IndexError):
+            continue
+    return found
+
+
+def loaded(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/health", timeout=2).json()["model_loaded"]
+    except requests.RequestException:  # the new worker is still starting
+        return False
+
+
+def test_a_worker_killed_like_the_oom_killer_does_loses_no_job(tmp_path, checkpoints):
+    """kill -9 of the gunicorn worker mid-queue: after gunicorn starts a new one, every id
+    still answers, finished results download, waiting jobs run, the running one says why."""
+    photo = base64.b64encode(image_bytes(width=640, height=480)).decode()
+    with running_server(tmp_path, checkpoints, MAX_QUEUE_SIZE="20") as started:
+        base = started["url"]
+        first = requests.post(f"{base}/depth", json={"image": photo, "processing_res": 64},
+                              timeout=30).json()["job_id"]
+        assert poll(base, first)["status"] == "completed"
+        ids = [requests.post(f"{base}/depth", json={"image": photo}, timeout=30).json()["job_id"]
+               for _ in range(4)]
+        [worker] = children(started["pid"])
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: children(started["pid"]) not in ([], [worker]), timeout=60)
+        wait_until(lambda: loaded(base), timeout=120, interval=0.2)
+        finished = [poll(base, job_id) for job_id in ids]
+        assert all(job["status"] == "completed" or "interrupted" in job["error"]
+                   for job in finished), finished
+        assert any(job["status"] == "completed" for job in finished)
+        download = requests.get(f"{base}/job/{first}/download", timeout=30)
+        assert download.status_code == 200 and download.content.startswith(b"\x89PNG")
+
+
+def test_sigterm_lets_the_running_job_finish_and_waiting_jobs_run_at_the_next_start(
+        tmp_path, checkpoints):
+    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
+    with running_server(tmp_path, checkpoints) as started:
+        base = started["url"]
+        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 1536},
+                             timeout=30).json()["job_id"]
+        waiting = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
+                                timeout=30).json()["job_id"]
+        wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
+                   == "processing", timeout=30)
+        started["process"].send_signal(signal.SIGTERM)  # docker stop
+        started["process"].wait(60)
+        log = started["log"].read_text()
+    assert "interrupted" not in log
+    with running_server(tmp_path, checkpoints) as again:
+        base = again["url"]
+        assert poll(base, slow)["status"] == "completed"  # finished in the graceful period
+        assert requests.get(f"{base}/job/{slow}/download", timeout=30).status_code == 200
+        assert poll(base, waiting)["status"] == "completed"  # ran at this start

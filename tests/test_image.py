@@ -68,8 +68,8 @@ def test_the_server_image_starts_what_the_repository_has():
     module, attribute = re.search(r'wsgi_app = "(\w+):(\w+)"', config).groups()
     assert (ROOT / f"{module}.py").exists() and attribute == "app"
     copied = " ".join(args for kind, args in instructions("Dockerfile") if kind == "COPY")
-    for needed in ("gunicorn.conf.py", "app.py", "queue_manager.py", "settings.py",
-                   "schemas.py", "pipelines/"):
+    for needed in ("gunicorn.conf.py", "app.py", "queue_manager.py", "journal.py",
+                   "settings.py", "schemas.py", "pipelines/"):
         assert needed in copied, f"the image does not copy {needed}"
     assert "curl" in steps["RUN"] or "curl" in " ".join(
         args for kind, args in instructions("Dockerfile") if kind == "RUN")

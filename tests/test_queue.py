@@ -156,6 +156,11 @@ def test_cancel_a_queued_job_removes_it_from_the_line(make_queue, scripted):
     assert queue.get(first.id).state is JobState.COMPLETED
 
 
+def result_files(queue):
+    """What jobs wrote (the journal keeps its own dot-files beside them)."""
+    return [path for path in queue.output_dir.iterdir() if not path.name.startswith(".")]
+
+
 def test_cancel_a_running_job_stops_it_at_its_next_stage_and_leaves_no_file(make_queue, scripted):
     queue = make_queue()
     scripted.actions[1] = "block"
@@ -165,7 +170,7 @@ def test_cancel_a_running_job_stops_it_at_its_next_stage_and_leaves_no_file(make
     assert view.state is JobState.PROCESSING and view.cancel_requested
     scripted.release.set()
     assert queue.wait(running.id, 10).state is JobState.CANCELLED
-    assert list(queue.output_dir.iterdir()) == []
+    assert result_files(queue) == [] and list((queue.output_dir / ".inputs").iterdir()) == []
 
 
 def test_finished_jobs_cannot_be_cancelled(make_queue):
@@ -233,3 +238,54 @@ def test_status_reads_stay_consistent_under_many_threads(make_queue, scripted):
     assert not errors
     for view in views:
         assert queue.wait(view.id, 10).state is JobState.COMPLETED
+
+
+def test_a_restart_keeps_results_runs_queued_jobs_and_fails_interrupted_ones(tmp_path,
+                                                                             scripted):
+    """What the journal is for: the process dies with one job done, one running, one
+    waiting; the next process on the same folder carries on."""
+    from stand_ins import ScriptedPipeline
+
+    out = tmp_path / "out"
+    first = JobQueue({"lotus": scripted}, out)
+    first.start()
+    done = first.wait(submit(first, 1).id, 10)
+    scripted.actions[2] = "block"
+    running = submit(first, 2)
+    assert scripted.started.get(timeout=5) == 1 and scripted.started.get(timeout=5) == 2
+    waiting = submit(first, 3)
+    first._journal.record = lambda job: None  # the process dies here: nothing more written
+    after = ScriptedPipeline()
+    second = JobQueue({"lotus": after}, out)
+    try:
+        second.start()
+        kept = second.get(done.id)
+        assert kept.state is JobState.COMPLETED and kept.result.path.read_bytes()
+        interrupted = second.get(running.id)
+        assert interrupted.state is JobState.FAILED and "interrupted" in interrupted.error
+        assert second.wait(waiting.id, 10).state is JobState.COMPLETED
+        assert after.started.get(timeout=1) == 3  # the waiting job ran, the interrupted did not
+        with pytest.raises(JobNotFound):
+            second.get("0" * 32)
+    finally:
+        scripted.release.set()
+        first.stop()
+        second.stop()
+
+
+def test_after_a_restart_an_expired_job_is_gone_not_unknown(tmp_path, scripted):
+    out = tmp_path / "out"
+    first = JobQueue({"lotus": scripted}, out, result_ttl_seconds=0.2)
+    first.start()
+    view = first.wait(submit(first, 1).id, 10)
+    first.stop()
+    time.sleep(0.3)
+    for _ in range(2):  # known after this restart, and after the next one too
+        later = JobQueue({"lotus": scripted}, out, result_ttl_seconds=0.2)
+        later.start()
+        try:
+            with pytest.raises(JobExpired):
+                later.get(view.id)
+            assert not view.result.path.exists()
+        finally:
+            later.stop()
