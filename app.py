@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipelines import PipelineRegistry
-from pipelines.base import PipelineError, validation_message
+from pipelines.base import PipelineError, public_message, validation_message
 from pipelines.catalog import configured_pipelines
 from pipelines.device import gpu_info
 from pipelines.images import load_image
@@ -95,7 +95,8 @@ def _registry() -> PipelineRegistry:
 # -- errors and auth ------------------------------------------------------------------
 
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> Response:
-    response = jsonify(ErrorResponse(error=message, **extra).model_dump(exclude_none=True))
+    response = jsonify(ErrorResponse(error=public_message(message),
+                                     **extra).model_dump(exclude_none=True))
     response.status_code = status
     response.headers.update(headers or {})
     return response
@@ -302,7 +303,7 @@ def _add_routes(app: Flask) -> None:
         except FileNotFoundError:  # expired between the wait and the read
             raise ApiError(410, "job results have expired", job_id=view.id) from None
         return jsonify(DepthResult(job_id=view.id, image_base64=base64.b64encode(data).decode(),
-                                   **view.result.info, file_path=str(view.result.path),
+                                   **view.result.info, file_path=view.result.path.name,
                                    download_url=f"/job/{view.id}/download").model_dump())
 
     @app.get("/job/<job_id>")

@@ -28,7 +28,8 @@ from PIL import Image
 from pydantic import Field, ValidationError
 
 from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
-                            is_out_of_memory, release_memory, validation_message)
+                            is_out_of_memory, public_message, release_memory,
+                            validation_message)
 from pipelines.catalog import configured_pipelines
 from pipelines.images import load_image
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
@@ -114,7 +115,8 @@ class Worker:
             log.log(logging.ERROR if failure.status >= 500 else logging.INFO,
                     "job %s failed: %s", job.get("id"), failure)
         release_memory()  # outside the except block, so the traceback frees the tensors
-        answer: dict[str, Any] = {"error": str(failure), "status": failure.status}
+        answer: dict[str, Any] = {"error": public_message(str(failure)),
+                                  "status": failure.status}
         if broken or self._gpu_memory_held(failure):
             # rp_job.py:193-198: the worker is stopped after this job and RunPod starts a
             # fresh one, instead of failing every job that follows on a poisoned GPU.

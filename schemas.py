@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
@@ -78,7 +78,7 @@ class DepthResult(BaseModel):
     max: float
     width: int
     height: int
-    file_path: str
+    file_path: str = Field(description="The file's name inside OUTPUT_DIR")
     download_url: str
 
 

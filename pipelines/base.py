@@ -8,6 +8,7 @@ its result file next to `output_stem` and says what it wrote. Nothing here knows
 from __future__ import annotations
 
 import gc
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
@@ -94,6 +95,17 @@ def describe_failure(exc: BaseException, oom_advice: str = "") -> PipelineError:
     if is_out_of_memory(exc):
         return PipelineError(f"Out of GPU memory. {oom_advice}".strip(), status=507)
     return PipelineError(f"{type(exc).__name__}: {exc}", status=500)
+
+
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+-]+/)+([\w.+-]*)")
+MAX_MESSAGE_CHARS = 500
+
+
+def public_message(text: str) -> str:
+    """An error message fit for a client: server paths cut to their last part (a checkpoint
+    folder's name says enough), at most MAX_MESSAGE_CHARS characters."""
+    text = _SERVER_PATH.sub(r"\1", text)
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -22,6 +22,11 @@ from .base import InvalidInput
 from .fetch import fetch_url
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+# Pillow handles PNG chunks one by one in Python: millions of empty ones cost seconds of
+# CPU for a few MB. Encoders write IDAT chunks of 8 KiB or more, so a 100 MB PNG has about
+# 12,000 chunks; more than this is refused before decoding.
+MAX_PNG_CHUNKS = 20_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
@@ -99,6 +104,8 @@ def open_image(data: bytes, max_side: int = 4096) -> Image.Image:
     from alpha). EXIF orientation is applied; animations keep their first frame.
     """
     max_pixels = max_side * max_side
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_chunk_count(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -123,6 +130,19 @@ def open_image(data: bytes, max_side: int = 4096) -> Image.Image:
     if image.width * image.height > max_pixels:  # defensive: a header that lied
         raise InvalidImage(f"image exceeds {max_side}x{max_side} pixels")
     return _to_rgb_or_rgba(ImageOps.exif_transpose(image))
+
+
+def _check_png_chunk_count(data: bytes) -> None:
+    """Walk the chunk headers (8 bytes each, data skipped) up to MAX_PNG_CHUNKS."""
+    offset, chunks = len(_PNG_SIGNATURE), 0
+    while offset + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"PNG has more than {MAX_PNG_CHUNKS} chunks")
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        if data[offset + 4:offset + 8] == b"IEND":
+            return
+        offset += 12 + length  # length, type, data, CRC
 
 
 def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:

@@ -110,7 +110,7 @@ def test_depth_sync_answers_with_the_plans_json(make_client, checkpoints):
     png = Image.open(io.BytesIO(base64.b64decode(body["image_base64"])))
     assert png.size == (40, 30) and png.mode == "L"
     assert 0.0 <= body["min"] <= body["max"] <= 1.0
-    assert body["file_path"].endswith(".png")
+    assert body["file_path"].endswith(".png") and "/" not in body["file_path"]
     assert client.get(body["download_url"]).data == base64.b64decode(body["image_base64"])
 
 

@@ -40,6 +40,15 @@ def wide_bomb() -> bytes:
     return encoded(Image.new("L", (1, 100_000)), "PNG")
 
 
+def chunk_flood(count: int) -> bytes:
+    """A valid 64x64 PNG with `count` empty private chunks before its pixels: a few MB that
+    Pillow would walk one chunk at a time."""
+    png = image_bytes(width=64, height=64)
+    kind = b"teXt"
+    empty = struct.pack(">I", 0) + kind + struct.pack(">I", zlib.crc32(kind))
+    return png[:33] + empty * count + png[33:]
+
+
 REFUSED = {
     "truncated-png": image_bytes(width=64, height=64)[:300],
     "truncated-jpeg": image_bytes(width=64, height=64, fmt="JPEG")[:400],
@@ -50,6 +59,7 @@ REFUSED = {
     "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
     "random-bytes": np.random.default_rng(1).bytes(2048),
     "pdf": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF",
+    "png-chunk-flood": chunk_flood(300_000),
 }
 
 
@@ -116,3 +126,9 @@ def test_base64_as_users_send_it_decodes(text):
 def test_broken_base64_is_refused(text):
     with pytest.raises(InvalidImage):
         decode_base64(text)
+
+
+def test_a_png_with_ordinary_chunks_still_decodes():
+    assert open_image(chunk_flood(100)).size == (64, 64)
+    with pytest.raises(InvalidImage, match="more than 20000 chunks"):
+        open_image(chunk_flood(20_001))

@@ -193,6 +193,7 @@ def test_a_checkpoint_with_a_missing_part_fails_at_load_and_health_says_so(
     assert health.status_code == 503 and health.get_json()["pipelines"] == {"lotus": "failed"}
     response = client.post("/depth", json={"image": image_b64()})
     assert response.status_code == 503 and "missing: vae" in response.get_json()["error"]
+    assert str(tmp_path) not in response.get_json()["error"]  # no server path in answers
 
 
 def test_a_folder_of_another_model_is_refused(checkpoints, tmp_path):
