@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from pipelines import PipelineRegistry
 from pipelines.base import PipelineError, public_message, validation_message
-from pipelines.catalog import configured_pipelines
+from pipelines.catalog import serving_pipelines
 from pipelines.device import gpu_info
 from pipelines.images import load_image
 from pipelines.lotus import DepthRequest
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *,
     """Build the app, start the queue's workers and load the models in the background."""
     settings = settings or load_settings()
     registry = registry if registry is not None else PipelineRegistry(
-        configured_pipelines(settings))
+        serving_pipelines(settings))
     queue = JobQueue(registry, settings.output_dir, max_queue_size=settings.max_queue_size,
                      max_concurrent=settings.max_concurrent,
                      result_ttl_seconds=settings.result_ttl_seconds)

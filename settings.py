@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # GPU memory (GiB) assumed when admitting SAM 3D jobs; unset = read from the GPU.
     # For shared or MIG GPUs, and for tests of the admission rules.
     sam3d_vram_gib: float | None = Field(None, ge=0)
+    # The models run in a child process of their own (MODEL_PROCESS=0: in the server's);
+    # a job running longer than JOB_TIMEOUT_SECONDS is stopped and the models reload.
+    model_process: bool = True
+    job_timeout_seconds: float = Field(3600, gt=0)
     # SAM3D_COMPILE=1: upstream's compile=True (torch.compile and three warm-up runs at
     # load): minutes more at start-up for faster jobs.
     sam3d_compile: bool = False

@@ -1,4 +1,5 @@
-"""Which pipelines a server runs: `PIPELINES` if set, else every one whose checkpoint is present."""
+"""Which pipelines a server runs: `PIPELINES` if set, else every one whose checkpoint is present,
+and where: in a model process of their own (the HTTP server) or in this one (RunPod's worker)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,14 @@ def configured_pipelines(settings: "Settings") -> dict[str, Pipeline]:
         "lotus": lambda: LotusDepth(settings.checkpoints_dir, settings.model_id),
     }
     return {name: factories[name]() for name in names}
+
+
+def serving_pipelines(settings: "Settings") -> dict[str, Pipeline]:
+    """What the HTTP server runs: the configured pipelines, in a model process of their own
+    (pipelines/process.py) unless MODEL_PROCESS=0."""
+    pipelines = configured_pipelines(settings)
+    if not settings.model_process or not pipelines:
+        return pipelines
+    from .process import remote_pipelines
+
+    return remote_pipelines(settings, pipelines)

@@ -224,3 +224,50 @@ def test_sigterm_lets_the_running_job_finish_and_waiting_jobs_run_at_the_next_st
         assert poll(base, slow)["status"] == "completed"  # finished in the graceful period
         assert requests.get(f"{base}/job/{slow}/download", timeout=30).status_code == 200
         assert poll(base, waiting)["status"] == "completed"  # ran at this start
+
+
+def model_process(worker: int) -> int:
+    """The worker's model process (spawned by multiprocessing; not its resource tracker)."""
+    for pid in children(worker):
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if b"spawn_main" in cmdline.read():
+                return pid
+    raise AssertionError("no model process")
+
+
+def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_path,
+                                                                         checkpoints):
+    """The out-of-memory killer takes the model process, not the HTTP server: the running job
+    fails saying why, the queue keeps its other jobs, and the models come back."""
+    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
+    with running_server(tmp_path, checkpoints) as started:
+        base = started["url"]
+        [worker] = children(started["pid"])
+        models = model_process(worker)
+        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 1536},
+                             timeout=30).json()["job_id"]
+        after = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
+                              timeout=30).json()["job_id"]
+        wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
+                   == "processing", timeout=30)
+        os.kill(models, signal.SIGKILL)
+        failed = poll(base, slow)
+        assert failed["status"] == "failed" and "killed" in failed["error"]
+        assert "out of memory" in failed["error"]
+        assert poll(base, after)["status"] == "completed"  # the queue went on
+        assert children(started["pid"]) == [worker]  # the HTTP process never went away
+        assert model_process(worker) != models
+
+
+def test_a_job_over_job_timeout_seconds_is_stopped_and_the_next_one_runs(tmp_path,
+                                                                         checkpoints):
+    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
+    with running_server(tmp_path, checkpoints, JOB_TIMEOUT_SECONDS="1") as started:
+        base = started["url"]
+        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 2048},
+                             timeout=30).json()["job_id"]
+        quick = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
+                              timeout=30).json()["job_id"]
+        stopped = poll(base, slow)
+        assert stopped["status"] == "failed" and "JOB_TIMEOUT_SECONDS" in stopped["error"]
+        assert poll(base, quick)["status"] == "completed"
