@@ -314,7 +314,7 @@ def _add_routes(app: Flask) -> None:
     def job_cancel(job_id):
         _find(job_id)
         try:
-            view = _queue().cancel(job_id)
+            view = _queue().cancel(job_id, force=request.args.get("force") == "true")
         except NotCancellable as exc:
             raise ApiError(409, str(exc), job_id=job_id) from None
         return jsonify(_job_status(view)), 200 if view.state.finished else 202

@@ -25,8 +25,12 @@ wsgi_app = "app:app"
 bind = f"0.0.0.0:{_settings.port}"
 workers = 1  # the queue and the models live in one process; more would duplicate both
 worker_class = "gthread"
-# Every waiting or running job may hold a /generate/sync thread; keep spares for polling.
-threads = _settings.max_queue_size + _settings.max_concurrent + 16
+# Every waiting or running job may hold a /generate/sync thread; keep spares for polling,
+# and 128 more for slow clients: gthread gives a connection a thread while its headers
+# arrive, so a client dripping them a byte a second holds one. The models run in their own
+# process, so threads here cost little. Past that, put a proxy with header timeouts in front.
+SLOW_CLIENT_THREADS = 128
+threads = _settings.max_queue_size + _settings.max_concurrent + 16 + SLOW_CLIENT_THREADS
 timeout = int(_settings.sync_timeout_seconds) + 60
 graceful_timeout = 30
 keepalive = 5

@@ -210,8 +210,10 @@ class JobQueue:
         """Whether result files can be written (a full or read-only volume fails jobs)."""
         return os.access(self.output_dir, os.W_OK | os.X_OK)
 
-    def cancel(self, job_id: str) -> JobView:
-        """Cancel a waiting job now; ask a running one to stop at its next stage."""
+    def cancel(self, job_id: str, force: bool = False) -> JobView:
+        """Cancel a waiting job now; ask a running one to stop at its next stage, or with
+        `force` at once where its pipeline can abort (the model process restarts)."""
+        abort = None
         with self._lock:
             job = self._find(job_id)
             if job.state.finished:
@@ -221,7 +223,12 @@ class JobQueue:
                 self._move(job, JobState.CANCELLED)
             else:
                 job.cancel_requested = True
-            return self._view(job)
+                abort = getattr(self._pipelines.get(job.pipeline), "abort", None) if force \
+                    else None
+            view = self._view(job)
+        if abort is not None:
+            abort()
+        return view
 
     def wait(self, job_id: str, timeout: float) -> JobView:
         """Block until the job finishes or `timeout` passes; return its view either way."""

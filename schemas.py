@@ -146,7 +146,11 @@ def openapi_document(secured: bool) -> dict:
             "parameters": job_id,
             "get": {"summary": "Job status", "responses": {
                 "200": _json(JobStatus, "Job status"), **_errors(404, 410), **auth}},
-            "delete": {"summary": "Cancel a job", "responses": {
+            "delete": {"summary": "Cancel a job", "parameters": [{
+                "name": "force", "in": "query", "required": False,
+                "schema": {"type": "string", "enum": ["true", "false"]},
+                "description": "true: stop a running job at once (the model process "
+                               "restarts) instead of at its next stage"}], "responses": {
                 "200": _json(JobStatus, "Cancelled"),
                 "202": _json(JobStatus, "Running; stops at its next stage"),
                 **_errors(404, 409, 410), **auth}}},

@@ -90,6 +90,12 @@ class ModelProcess:
             self._process.kill()
             self._process.join(5)
 
+    def abort(self) -> None:
+        """Stop the running job now (a forced cancel): the child is killed and started
+        again; `run` sees it die and fails the job, which the queue marks cancelled."""
+        if self._process is not None:
+            self._process.kill()
+
     def _restart(self, reason: str) -> None:
         log.error("model process: %s; starting it again", reason)
         self.stop()
@@ -168,6 +174,9 @@ class RemotePipeline:
 
     def check(self, options: Any) -> None:
         self._twin.check(options)
+
+    def abort(self) -> None:
+        self._process.abort()
 
     def run(self, options: Any, image: Any, output_stem: Path, progress: Progress) -> Result:
         return self._process.run(self.name, options, image, output_stem, progress)

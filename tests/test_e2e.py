@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -271,3 +272,38 @@ def test_a_job_over_job_timeout_seconds_is_stopped_and_the_next_one_runs(tmp_pat
         stopped = poll(base, slow)
         assert stopped["status"] == "failed" and "JOB_TIMEOUT_SECONDS" in stopped["error"]
         assert poll(base, quick)["status"] == "completed"
+
+
+def test_a_forced_cancel_stops_a_running_job_at_once(tmp_path, checkpoints):
+    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
+    with running_server(tmp_path, checkpoints) as started:
+        base = started["url"]
+        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 2048},
+                             timeout=30).json()["job_id"]
+        wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
+                   == "processing", timeout=30)
+        answer = requests.delete(f"{base}/job/{slow}?force=true", timeout=5)
+        assert answer.status_code == 202
+        assert wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()[
+            "status"] == "cancelled", timeout=2)  # not after the job's own run time
+        after = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
+                              timeout=30).json()["job_id"]
+        assert poll(base, after)["status"] == "completed"
+
+
+def test_sixty_four_clients_dripping_headers_do_not_stall_health(tmp_path, checkpoints):
+    """Slowloris: each connection sends its request line and then a byte a second."""
+    with running_server(tmp_path, checkpoints) as started:
+        port = int(started["url"].rsplit(":", 1)[1])
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]
+        try:
+            for connection in slow:
+                connection.sendall(b"GET /health HTTP/1.1\r\n")
+            for _ in range(3):
+                time.sleep(1)
+                for connection in slow:
+                    connection.sendall(b"X")
+                assert requests.get(f"{started['url']}/health", timeout=1).status_code == 200
+        finally:
+            for connection in slow:
+                connection.close()
