@@ -7,6 +7,7 @@ variable stops the server with one line instead of a worker boot loop.
 
 import logging
 import os
+import re
 import sys
 
 from settings import SettingsError, load_settings
@@ -17,6 +18,23 @@ except SettingsError as exc:
     sys.exit(f"error: {exc}")
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class NoSecrets(logging.Filter):
+    """gunicorn logs a malformed header line whole ("Invalid HTTP Header: 'Authorization
+    Bearer <key>'"): keep the header's name, never its value, and never the API key."""
+
+    _HEADER = re.compile(r"(Invalid HTTP Header: ')([^\s:']*)[^']*(')")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = self._HEADER.sub(r"\1\2 [value not logged]\3", record.getMessage())
+        if _settings.required_api_key:
+            message = message.replace(_settings.required_api_key, "[redacted]")
+        record.msg, record.args = message, ()
+        return True
+
+
+logging.getLogger("gunicorn.error").addFilter(NoSecrets())
 
 # Set before the worker imports torch: fewer out-of-memory errors from fragmentation.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -307,3 +307,16 @@ def test_sixty_four_clients_dripping_headers_do_not_stall_health(tmp_path, check
         finally:
             for connection in slow:
                 connection.close()
+
+
+def test_a_malformed_header_line_carrying_the_key_never_reaches_the_log(tmp_path, checkpoints):
+    key = "k3y-that-must-not-be-logged"
+    with running_server(tmp_path, checkpoints, API_KEY=key) as started:
+        port = int(started["url"].rsplit(":", 1)[1])
+        for line in (f"Authorization Bearer {key}", f"X-API-Key {key}"):  # no colon
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.sendall(f"GET /queue HTTP/1.1\r\nHost: x\r\n{line}\r\n\r\n".encode())
+                assert connection.recv(100).startswith(b"HTTP/1.1 400")
+        time.sleep(0.5)
+        log = started["log"].read_text()
+    assert "Invalid HTTP Header" in log and key not in log
