@@ -138,7 +138,7 @@ def _bearer_token(header: str) -> str:
 def _parse(model: type[BaseModel]) -> BaseModel:
     """JSON body -> validated model. Control characters inside strings are allowed: the
     guide's Git Bash recipe puts a raw newline inside the base64 string."""
-    raw = request.get_data(cache=False)
+    raw = _body()
     try:
         body = json.loads(raw.decode("utf-8-sig"), strict=False) if raw.strip() else None
     except RecursionError:
@@ -151,6 +151,18 @@ def _parse(model: type[BaseModel]) -> BaseModel:
         return model.model_validate(body)
     except ValidationError as exc:
         raise ApiError(400, validation_message(exc)) from None
+
+
+def _body() -> bytes:
+    """The request body. A chunked one (no Content-Length) is read here up to one byte past
+    MAX_CONTENT_LENGTH: werkzeug would cut it at the limit without a word."""
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # over the limit: werkzeug's own 413
+    limit = _settings().max_content_length
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    return raw
 
 
 def _submit(endpoint: str) -> JobView:

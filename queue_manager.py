@@ -221,6 +221,7 @@ class JobQueue:
             if job.state is JobState.QUEUED:
                 self._waiting.remove(job)
                 self._move(job, JobState.CANCELLED)
+                log.info("job %s cancelled while waiting", job.id)
             else:
                 job.cancel_requested = True
                 abort = getattr(self._pipelines.get(job.pipeline), "abort", None) if force \

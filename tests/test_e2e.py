@@ -320,3 +320,23 @@ def test_a_malformed_header_line_carrying_the_key_never_reaches_the_log(tmp_path
         time.sleep(0.5)
         log = started["log"].read_text()
     assert "Invalid HTTP Header" in log and key not in log
+
+
+def chunked_post(port: int, body: bytes) -> bytes:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
+                      for i in range(0, len(body), 1000))
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(b"POST /depth HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                           b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                           + chunks + b"0\r\n\r\n")
+        return connection.recv(300)
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut_and_processed(tmp_path, checkpoints):
+    small = json.dumps({"image": base64.b64encode(image_bytes(width=8, height=8)).decode()})
+    big = json.dumps({"image": base64.b64encode(image_bytes(width=64, height=48)).decode()})
+    with running_server(tmp_path, checkpoints, MAX_CONTENT_LENGTH="2048") as started:
+        port = int(started["url"].rsplit(":", 1)[1])
+        assert len(small) < 2048 < len(big)
+        assert chunked_post(port, small.encode()).startswith(b"HTTP/1.1 202")
+        assert chunked_post(port, big.encode()).startswith(b"HTTP/1.1 413")
