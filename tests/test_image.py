@@ -220,3 +220,28 @@ def test_the_runpod_hub_files_match_the_worker():
 def test_the_server_image_can_start_as_a_serverless_worker():
     text = (ROOT / "Dockerfile").read_text()
     assert "['optional-dependencies']['serverless']" in text and "handler.py" in text
+
+
+def test_the_worker_requirements_pin_everything_they_pull_in():
+    """requirements-serverless.txt is the worker's whole venv but torch: every pinned package
+    is installed here at its pin (CI installs with the file as constraints), and every one
+    of its requirements is pinned too."""
+    from importlib.metadata import distribution
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned = {canonicalize_name(name): version
+              for name, version in pins(ROOT / "requirements-serverless.txt").items()}
+    from_torch_index = {"torch", "setuptools", "triton"}  # with torch, from PyTorch's index
+    unpinned = set()
+    for name, version in pinned.items():
+        dist = distribution(name)
+        assert dist.version == version, name
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            needed = canonicalize_name(requirement.name)
+            if needed not in pinned and needed not in from_torch_index \
+                    and not needed.startswith("nvidia-"):
+                unpinned.add(f"{needed} (for {name})")
+    assert not unpinned
