@@ -205,17 +205,23 @@ def test_a_worker_killed_like_the_oom_killer_does_loses_no_job(tmp_path, checkpo
         assert download.status_code == 200 and download.content.startswith(b"\x89PNG")
 
 
+def slow_then_quick(base: str, slow_res: int) -> tuple[str, str]:
+    """Two depth jobs: a slow one (a small photo processed at `slow_res`), running when this
+    returns, and a quick one waiting behind it."""
+    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
+    slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": slow_res},
+                         timeout=30).json()["job_id"]
+    quick = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
+                          timeout=30).json()["job_id"]
+    wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
+               == "processing", timeout=30)
+    return slow, quick
+
+
 def test_sigterm_lets_the_running_job_finish_and_waiting_jobs_run_at_the_next_start(
         tmp_path, checkpoints):
-    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
     with running_server(tmp_path, checkpoints) as started:
-        base = started["url"]
-        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 1536},
-                             timeout=30).json()["job_id"]
-        waiting = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
-                                timeout=30).json()["job_id"]
-        wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
-                   == "processing", timeout=30)
+        slow, waiting = slow_then_quick(started["url"], 1536)
         started["process"].send_signal(signal.SIGTERM)  # docker stop
         started["process"].wait(60)
         log = started["log"].read_text()
@@ -240,17 +246,11 @@ def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_pa
                                                                          checkpoints):
     """The out-of-memory killer takes the model process, not the HTTP server: the running job
     fails saying why, the queue keeps its other jobs, and the models come back."""
-    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
     with running_server(tmp_path, checkpoints) as started:
         base = started["url"]
         [worker] = children(started["pid"])
         models = model_process(worker)
-        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 1536},
-                             timeout=30).json()["job_id"]
-        after = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
-                              timeout=30).json()["job_id"]
-        wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
-                   == "processing", timeout=30)
+        slow, after = slow_then_quick(base, 1536)
         os.kill(models, signal.SIGKILL)
         failed = poll(base, slow)
         assert failed["status"] == "failed" and "killed" in failed["error"]
@@ -262,32 +262,22 @@ def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_pa
 
 def test_a_job_over_job_timeout_seconds_is_stopped_and_the_next_one_runs(tmp_path,
                                                                          checkpoints):
-    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
-    with running_server(tmp_path, checkpoints, JOB_TIMEOUT_SECONDS="1") as started:
+    with running_server(tmp_path, checkpoints, JOB_TIMEOUT_SECONDS="3") as started:
         base = started["url"]
-        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 2048},
-                             timeout=30).json()["job_id"]
-        quick = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
-                              timeout=30).json()["job_id"]
+        slow, quick = slow_then_quick(base, 4096)  # tens of seconds on a CPU
         stopped = poll(base, slow)
         assert stopped["status"] == "failed" and "JOB_TIMEOUT_SECONDS" in stopped["error"]
         assert poll(base, quick)["status"] == "completed"
 
 
 def test_a_forced_cancel_stops_a_running_job_at_once(tmp_path, checkpoints):
-    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
     with running_server(tmp_path, checkpoints) as started:
         base = started["url"]
-        slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": 2048},
-                             timeout=30).json()["job_id"]
-        wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
-                   == "processing", timeout=30)
+        slow, after = slow_then_quick(base, 2048)
         answer = requests.delete(f"{base}/job/{slow}?force=true", timeout=5)
         assert answer.status_code == 202
         assert wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()[
             "status"] == "cancelled", timeout=2)  # not after the job's own run time
-        after = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
-                              timeout=30).json()["job_id"]
         assert poll(base, after)["status"] == "completed"
 
 
