@@ -172,9 +172,10 @@ class Worker:
             results = [pipeline.run(options.without_image(), image, stem, report)
                        for image, stem in zip(images, stems)]
         key = "image_base64" if task == "depth" else "model_base64"
-        budget = [self.max_inline_bytes]
-        answers = [self._answer(stem.name, result, key, budget)
-                   for stem, result in zip(stems, results)]
+        answers, inline_left = [], self.max_inline_bytes
+        for stem, result in zip(stems, results):
+            answers.append(self._answer(stem.name, result, key, inline_left))
+            inline_left -= len(answers[-1].get(key, ""))
         return {"results": answers} if batch else answers[0]
 
     @staticmethod
@@ -219,14 +220,13 @@ class Worker:
     def _model_id(self) -> str:
         return self.settings.model_id or DEFAULT_MODEL_ID
 
-    def _answer(self, name: str, result: Result, key: str, budget: list[int]) -> dict:
+    def _answer(self, name: str, result: Result, key: str, inline_left: int) -> dict:
         """The plan's answer: base64 + min/max + file_path, or a path (and a URL) when the
-        file would not fit in RunPod's payload limits; `budget` is what the job has left."""
+        file would not fit in what is left of RunPod's payload limits for this job."""
         answer: dict[str, Any] = {**result.info, "file_path": str(result.path),
                                   "media_type": result.media_type}
         size = Path(result.path).stat().st_size
-        if size * 4 / 3 <= budget[0]:
-            budget[0] -= size * 4 // 3
+        if size * 4 / 3 <= inline_left:
             answer[key] = base64.b64encode(Path(result.path).read_bytes()).decode()
             return answer
         answer["message"] = (f"result is {size} bytes, over the inline limit; "

@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image
 
+from pipelines.base import Result
+
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".jobs.sqlite3"
@@ -38,7 +40,7 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
-    result: dict | None
+    result: Result | None
     error: str | None
     error_status: int | None
 
@@ -96,8 +98,8 @@ class Journal:
                 records.append(JobRecord(
                     id=row[0], pipeline=row[1], options=_options(row[2], row[3]),
                     state=row[4], created_at=row[5], started_at=row[6], finished_at=row[7],
-                    result=json.loads(row[8]) if row[8] else None, error=row[9],
-                    error_status=row[10]))
+                    result=_result(row[8]) if row[8] else None,
+                    error=row[9], error_status=row[10]))
             except (ValueError, TypeError, ImportError, AttributeError) as exc:
                 log.warning("journal: skipping job %s: %s", row[0], exc)
         return records
@@ -119,6 +121,11 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _result(data: str) -> Result:
+    fields = json.loads(data)
+    return Result(**{**fields, "path": Path(fields["path"])})
 
 
 def _options(class_path: str, data: str) -> Any:

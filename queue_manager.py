@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from journal import Journal
-from pipelines.base import (JobCancelled, Pipeline, PipelineError, Result, describe_failure,
+from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
                             is_out_of_memory, release_memory)
 
 log = logging.getLogger(__name__)
@@ -403,13 +403,8 @@ class JobQueue:
             job = Job(pipeline=record.pipeline, options=record.options, image=None,
                       id=record.id, created_at=record.created_at,
                       state=JobState(record.state), started_at=record.started_at,
-                      finished_at=record.finished_at, error=record.error,
-                      error_status=record.error_status)
-            if record.result is not None:
-                job.result = Result(path=Path(record.result["path"]),
-                                    media_type=record.result["media_type"],
-                                    download_name=record.result["download_name"],
-                                    info=record.result["info"])
+                      finished_at=record.finished_at, result=record.result,
+                      error=record.error, error_status=record.error_status)
             self._jobs[job.id] = job
             if job.state is JobState.QUEUED:
                 try:
