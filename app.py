@@ -25,7 +25,6 @@ from pipelines import PipelineRegistry
 from pipelines.base import PipelineError, public_message, validation_message
 from pipelines.catalog import serving_pipelines
 from pipelines.device import gpu_info
-from pipelines.images import load_image
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
@@ -172,8 +171,7 @@ def _submit(endpoint: str) -> JobView:
     try:
         _registry()[pipeline].check(payload)
         # The image is fetched and decoded holding a queue slot: a full queue says 503 first.
-        return _queue().submit(pipeline, payload.without_image(),
-                               lambda: load_image(payload, _settings().image_limits))
+        return _queue().submit(pipeline, lambda: payload.load(_settings().image_limits))
     except PipelineError as exc:
         raise ApiError(exc.status, str(exc)) from None
     except QueueFull as exc:

@@ -31,7 +31,6 @@ from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
                             is_out_of_memory, public_message, release_memory,
                             validation_message)
 from pipelines.catalog import configured_pipelines
-from pipelines.images import load_image
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
 from pipelines.sam3d import GenerateRequest
 from settings import Settings, load_settings
@@ -160,17 +159,18 @@ class Worker:
                                 f"{options.model_id!r} needs its own endpoint", status=400)
         pipeline.check(options)
         batch = "images" in job_input
-        images = [self._image(request, f"images[{index}]: " if batch else "")
+        loaded = [self._load(request, f"images[{index}]: " if batch else "")
                   for index, request in enumerate(requests)]
+        images = [image for _, image in loaded]
         self._expire_old_results()
         stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
                  for i in range(len(images))]
         report = progress_reporter(job)
         if len(images) > 1 and hasattr(pipeline, "run_many"):
-            results = pipeline.run_many(options.without_image(), images, stems, report)
+            results = pipeline.run_many(loaded[0][0], images, stems, report)
         else:
-            results = [pipeline.run(options.without_image(), image, stem, report)
-                       for image, stem in zip(images, stems)]
+            results = [pipeline.run(job_options, image, stem, report)
+                       for (job_options, image), stem in zip(loaded, stems)]
         key = "image_base64" if task == "depth" else "model_base64"
         answers, inline_left = [], self.max_inline_bytes
         for stem, result in zip(stems, results):
@@ -200,9 +200,9 @@ class Worker:
                                     status=400) from None
         return requests
 
-    def _image(self, request, where: str) -> Image.Image:
+    def _load(self, request, where: str) -> tuple[Any, Image.Image]:
         try:
-            return load_image(request, self.settings.image_limits)
+            return request.load(self.settings.image_limits)
         except PipelineError as exc:
             raise PipelineError(f"{where}{exc}", status=exc.status) from None
 

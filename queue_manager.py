@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from journal import Journal
 from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
@@ -181,16 +181,18 @@ class JobQueue:
 
     # -- client side ----------------------------------------------------------------
 
-    def submit(self, pipeline: str, options: Any, image: Any) -> JobView:
-        """Queue a job. `image` may be a callable that makes it (download, decode): it runs
-        outside the lock holding a reserved slot, so a full queue refuses before that work."""
+    def submit(self, pipeline: str, inputs: tuple[Any, Any] | Callable[[], tuple[Any, Any]]
+               ) -> JobView:
+        """Queue a job of `(options, image)`. `inputs` may be a callable that makes them
+        (download, decode, check masks): it runs outside the lock holding a reserved slot,
+        so a full queue refuses before that work."""
         with self._lock:
             if len(self._waiting) + self._reserved >= self.max_queue_size:
                 raise QueueFull(f"queue is full ({self.max_queue_size} jobs waiting)")
             self._reserved += 1
         try:
-            job = Job(pipeline=pipeline, options=options,
-                      image=image() if callable(image) else image)
+            options, image = inputs() if callable(inputs) else inputs
+            job = Job(pipeline=pipeline, options=options, image=image)
             self._journal.keep_input(job.id, job.image)  # until it starts: for a restart
         finally:
             with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     # SAM3D_COMPILE=1: upstream's compile=True (torch.compile and three warm-up runs at
     # load): minutes more at start-up for faster jobs.
     sam3d_compile: bool = False
+    # SAM3D_OFFLOAD: low-memory mode, only the running stage's sub-models on the GPU (auto:
+    # on when the GPU is smaller than the whole model needs). DEPLOY.md, "Smaller GPUs".
+    sam3d_offload: Literal["auto", "on", "off"] = "auto"
     # Lotus-D from the Hugging Face cache (HF_HOME) instead of CHECKPOINTS_DIR.
     model_id: str | None = None
     # Optional API key; LOTUS_API_KEY (the serverless plan's name) is read as a fallback.

@@ -169,7 +169,7 @@ def submit_to_start_latency(jobs: int = 200) -> list[float]:
         photo = Image.new("RGB", (8, 8))
         for index in range(jobs):
             submitted = time.perf_counter()
-            view = queue.submit("bench", DepthRequest(image="x", seed=index), photo)
+            view = queue.submit("bench", (DepthRequest(image="x", seed=index), photo))
             queue.wait(view.id, 10)
             delays.append(pipeline.started[index] - submitted)
         queue.stop()

@@ -23,7 +23,8 @@ def configured_pipelines(settings: "Settings") -> dict[str, Pipeline]:
     factories = {
         "sam3d": lambda: Sam3DObjects(settings.checkpoints_dir, settings.sam3d_source_dir,
                                       vram_gib=settings.sam3d_vram_gib,
-                                      compile=settings.sam3d_compile),
+                                      compile=settings.sam3d_compile,
+                                      offload=settings.sam3d_offload),
         "lotus": lambda: LotusDepth(settings.checkpoints_dir, settings.model_id),
     }
     return {name: factories[name]() for name in names}

@@ -68,6 +68,11 @@ class ImageInput(BaseModel):
         """The options alone: the image is decoded once and kept beside them."""
         return self.model_copy(update={"image": None, "image_base64": None, "image_url": None})
 
+    def load(self, limits: "ImageLimits") -> tuple["ImageInput", Image.Image]:
+        """What a job keeps: the options without the image, and the image decoded (or
+        downloaded) within `limits`. Requests with more inputs (masks) extend it."""
+        return self.without_image(), load_image(self, limits)
+
 
 def load_image(source: ImageInput, limits: ImageLimits) -> Image.Image:
     """Decode or download the request's image, within `limits`."""

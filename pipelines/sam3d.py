@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
-import numpy as np
+import trimesh
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import InvalidInput, PipelineError, Progress, Result
+from .base import PipelineError, Progress, Result
 from .device import gpu_info
-from .images import ImageInput
+from .images import ImageInput, ImageLimits
+from .masks import Masker, decode_mask, encode_mask, read_client_mask, with_mask
+from .mesh_files import MESH_FORMATS
+from .offload import StageOffload, loading_to_cpu
 from .outputs import atomic_write
+from .scene import Pose, place_mesh
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,15 @@ CONFIG_NAME = "pipeline.yaml"
 # 14/20/24 GB table is not upstream's. 32 GB cards report 31-32 GiB, hence 30. Set
 # SAM3D_VRAM_GIB to override what the GPU reports.
 MEMORY_NEEDED_GIB = {"ply": 30.0, "glb": 30.0, "glb_textured": 30.0}
-# Below this alpha a pixel is background. Upstream crops to every non-zero mask pixel
-# (img_and_mask_transforms.py:357) and its own API takes boolean masks (inference.py:94-99),
-# so a soft mask's faint haze would make the whole photo the object.
-MASK_THRESHOLD = 128
+# The same in low-memory mode (pipelines/offload.py): one stage's sub-models at a time, so
+# that PLY and vertex-colour GLB fit 16 GB cards (they report 15-16 GiB) and textured GLB,
+# whose baking renders 100 views at 1024 px, 24 GB cards. An estimate from the sub-models'
+# sizes (DEPLOY.md, "Smaller GPUs"); bench/sam3d_memory.py measures it on a real GPU.
+MEMORY_NEEDED_GIB_OFFLOAD = {"ply": 14.0, "glb": 14.0, "glb_textured": 22.0}
+# Objects one job may reconstruct into one scene: each is a full run of the model
+# (about a minute on a large GPU), and the job holds every object's result until the end.
+MAX_OBJECTS = 8
+OFFLOAD_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ OUTPUT_PLANS = {
 }
 # SAM 3D's pipeline methods, in call order, and the stage each one starts.
 STAGE_METHODS = {
+    "compute_pointmap": ("point map", 0.1),
     "sample_sparse_structure": ("sparse structure", 0.15),
     "sample_slat": ("structured latent", 0.45),
     "decode_slat": ("decoding", 0.7),
@@ -76,10 +86,18 @@ class GenerateRequest(ImageInput):
     """Options of an image-to-3D job (`POST /generate`)."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    output_format: Literal["glb", "ply"] = Field(
-        "glb", description="glb: mesh; ply: Gaussian splat")
-    with_texture: bool = Field(True, description="Bake a texture (GLB only); false gives "
-                               "vertex colours, faster and lighter")
+    output_format: Literal["glb", "ply", "obj", "stl", "usdz"] = Field(
+        "glb", description="glb: mesh; ply: Gaussian splat; obj: a zip of the mesh, its "
+        "material and texture; stl: the mesh alone; usdz: for AR Quick Look")
+    with_texture: bool = Field(True, description="Bake a texture (glb, obj, usdz); false "
+                               "gives vertex colours, faster and lighter")
+    mask: str | None = Field(None, description="Base64 image the photo's size: non-zero "
+                             "pixels are the object (default: background removal)")
+    mask_url: str | None = Field(None, description="http(s) URL of such a mask")
+    masks: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_OBJECTS,
+        description=f"Up to {MAX_OBJECTS} base64 masks, one per object: one file with every "
+        "object placed by its predicted pose")
     stage1_steps: int | None = Field(None, ge=1, le=100, description="Sparse-structure "
                                      "diffusion steps (model default when omitted)")
     stage2_steps: int | None = Field(None, ge=1, le=100, description="Structured-latent "
@@ -90,11 +108,35 @@ class GenerateRequest(ImageInput):
                             "removed (textured GLB only: the vertex-colour GLB is upstream's "
                             "mesh as decoded)")
 
+    @model_validator(mode="after")
+    def _one_mask_source(self):
+        if sum(source is not None for source in (self.mask, self.mask_url, self.masks)) > 1:
+            raise ValueError("send at most one of 'mask', 'mask_url' or 'masks'")
+        return self
+
     @property
     def memory_class(self) -> str:
         if self.output_format == "ply":
             return "ply"
+        if self.output_format == "stl":  # no colour to bake
+            return "glb"
         return "glb_textured" if self.with_texture else "glb"
+
+    def load(self, limits: ImageLimits) -> tuple["GenerateRequest", Image.Image]:
+        """The image, and the masks checked against it (size, content) at submission and
+        kept in the options as 1-bit PNGs, so a bad mask is a 400, not a failed job."""
+        options, image = super().load(limits)
+        if self.masks is not None:
+            sources = [(mask, False, f"masks[{index}]") for index, mask in enumerate(self.masks)]
+        elif self.mask is not None or self.mask_url is not None:
+            sources = [(self.mask_url or self.mask, self.mask_url is not None,
+                        "mask_url" if self.mask_url is not None else "mask")]
+        else:
+            return options, image
+        masks = [encode_mask(read_client_mask(source, image.size, where, is_url=is_url,
+                                              limits=limits))
+                 for source, is_url, where in sources]
+        return options.model_copy(update={"mask": None, "mask_url": None, "masks": masks}), image
 
 
 def find_config(checkpoints_dir: Path) -> Path:
@@ -121,6 +163,13 @@ def import_inference(source_dir: Path) -> Callable[..., Any]:
     from inference import Inference  # type: ignore[import-not-found]
 
     return Inference
+
+
+def import_make_scene() -> Callable[..., Any]:
+    """Upstream's `make_scene` (notebook/inference.py:255), after `import_inference`."""
+    from inference import make_scene  # type: ignore[import-not-found]
+
+    return make_scene
 
 
 def import_to_glb() -> Callable[..., Any]:
@@ -155,83 +204,42 @@ def bake_with_gsplat() -> None:
     render_utils.render_frames = render_frames_with_gsplat
 
 
-class Masker:
-    """Which pixels are the object: the image's own alpha, else rembg, else a centre box."""
 
-    def __init__(self, session: Any = None):
-        self.session = session
-
-    @classmethod
-    def create(cls) -> "Masker":
-        """One rembg session for the server's life, from `U2NET_HOME/u2net.onnx` (baked into
-        the image; rembg's own default folder otherwise): rembg is never let download."""
-        model_path = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")) / "u2net.onnx"
-        if not model_path.is_file():
-            log.warning("rembg model %s not found", model_path)
-            return cls(None)
-        try:
-            import rembg
-
-            return cls(rembg.new_session("u2net_custom", model_path=str(model_path)))
-        except Exception as exc:  # not installed, or a broken model file
-            log.warning("rembg unavailable (%s)", exc)
-            return cls(None)
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGBA uint8 with a 0/255 mask in alpha, as SAM 3D Objects reads it."""
-        rgb = np.asarray(image.convert("RGB"))
-        if image.mode == "RGBA":
-            alpha = np.asarray(image.getchannel("A"))
-            if alpha.min() < 255 and alpha.max() > 0:
-                return np.dstack([rgb, binarise(alpha, "the image's alpha channel")])
-        if self.session is not None:
-            import rembg
-
-            mask = rembg.remove(image.convert("RGB"), session=self.session, only_mask=True)
-            return np.dstack([rgb, binarise(np.asarray(mask.convert("L")),
-                                            "background removal")])
-        log.info("Using center mask (rembg not available)")
-        return np.dstack([rgb, center_mask(*rgb.shape[:2])])
+def offload_wanted(mode: str, vram_gib: float | None) -> bool:
+    """`SAM3D_OFFLOAD`: on, off, or auto (on when the GPU is smaller than the whole model
+    needs, MEMORY_NEEDED_GIB)."""
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"SAM3D_OFFLOAD must be one of {', '.join(OFFLOAD_MODES)}")
+    if mode == "auto":
+        return vram_gib is not None and vram_gib < max(MEMORY_NEEDED_GIB.values())
+    return mode == "on"
 
 
-def binarise(mask: np.ndarray, source: str) -> np.ndarray:
-    """0/255 at MASK_THRESHOLD; an empty mask is the client's problem, not the model's."""
-    binary = np.where(mask >= MASK_THRESHOLD, 255, 0).astype(np.uint8)
-    if not binary.any():
-        raise InvalidInput(f"no object found: {source} leaves no pixel at least half opaque; "
-                           "send a PNG whose alpha channel marks the object")
-    return binary
-
-
-def center_mask(height: int, width: int, fraction: float = 0.8) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=np.uint8)
-    dy, dx = round(height * (1 - fraction) / 2), round(width * (1 - fraction) / 2)
-    mask[dy:height - dy or height, dx:width - dx or width] = 255
-    return mask
-
-
-def servable_outputs(vram_gib: float | None) -> dict[str, bool]:
+def servable_outputs(vram_gib: float | None, offload: bool = False) -> dict[str, bool]:
     """Which outputs fit in this GPU's memory (none without a GPU)."""
-    return {kind: vram_gib is not None and vram_gib >= need
-            for kind, need in MEMORY_NEEDED_GIB.items()}
+    needed = MEMORY_NEEDED_GIB_OFFLOAD if offload else MEMORY_NEEDED_GIB
+    return {kind: vram_gib is not None and vram_gib >= need for kind, need in needed.items()}
 
 
 class Sam3DObjects:
-    """The queue's view of SAM 3D Objects: one job = one image -> one GLB or PLY file."""
+    """The queue's view of SAM 3D Objects: one job = one image and its masks -> one file."""
 
     name: ClassVar[str] = "sam3d"
     options_model: ClassVar[type] = GenerateRequest
     oom_advice: ClassVar[str] = ('Try output_format "ply", or "with_texture": false, '
-                                 "or a GPU with more memory.")
+                                 "or SAM3D_OFFLOAD=on, or a GPU with more memory.")
 
     def __init__(self, checkpoints_dir: Path, source_dir: Path, *,
                  masker: Masker | None = None, vram_gib: float | None = None,
-                 compile: bool = False):
+                 compile: bool = False, offload: str = "auto"):
         self.checkpoints_dir, self.source_dir = Path(checkpoints_dir), Path(source_dir)
         self._to_glb: Callable[..., Any] | None = None
+        self._make_scene: Callable[..., Any] | None = None
         self.masker = masker
         self.vram_gib = vram_gib
         self.compile = compile
+        self.offload_mode = offload
+        self.offload: StageOffload | None = None
         self.inference: Any = None
         self._local = threading.local()  # the running job's options and progress, per worker
 
@@ -244,8 +252,14 @@ class Sam3DObjects:
         return True
 
     @property
+    def low_memory(self) -> bool:
+        """Whether the low-memory mode is (or will be, once loaded) on: SAM3D_OFFLOAD and
+        the GPU's size decide, so an unloaded copy answers as the loaded model does."""
+        return offload_wanted(self.offload_mode, self.vram_gib)
+
+    @property
     def capabilities(self) -> dict[str, bool]:
-        return servable_outputs(self.vram_gib)
+        return servable_outputs(self.vram_gib, self.low_memory)
 
     def load(self) -> None:
         config = find_config(self.checkpoints_dir)
@@ -253,79 +267,127 @@ class Sam3DObjects:
             gpu = gpu_info()["gpu"]
             self.vram_gib = gpu["vram_gb"] if gpu else None
         inference_cls = import_inference(self.source_dir)
+        self._make_scene = import_make_scene()
         self._to_glb = import_to_glb()
         bake_with_gsplat()
         if self.masker is None:
             self.masker = Masker.create()
-        # compile=True: torch.compile plus three warm-up runs at load (inference_pipeline.py:198)
-        self.inference = inference_cls(str(config), compile=self.compile)
+        offload = self.low_memory
+        if offload and self.compile:
+            # compile's warm-up runs (inference_pipeline.py:198) need every sub-model in place
+            log.warning("SAM3D_COMPILE is ignored in low-memory mode (SAM3D_OFFLOAD)")
+        compile = self.compile and not offload
+        if offload:
+            from sam3d_objects.pipeline.inference_pipeline import InferencePipeline
+
+            with loading_to_cpu(InferencePipeline):
+                self.inference = inference_cls(str(config), compile=compile)
+            self.offload = StageOffload(self.inference._pipeline)
+            self.offload.park_all()
+        else:
+            # compile=True: torch.compile plus three warm-up runs at load (inference_pipeline.py:198)
+            self.inference = inference_cls(str(config), compile=compile)
         self._hook_stages(self.inference._pipeline)
-        log.info("SAM 3D Objects loaded from %s; servable outputs: %s", config, self.capabilities)
+        log.info("SAM 3D Objects loaded from %s (low-memory mode %s); servable outputs: %s",
+                 config.name, "on" if offload else "off", self.capabilities)
 
     def check(self, options: GenerateRequest) -> None:
         """Refuse at once what cannot fit, instead of minutes of work and an OOM."""
-        need = MEMORY_NEEDED_GIB[options.memory_class]
+        needed = MEMORY_NEEDED_GIB_OFFLOAD if self.low_memory else MEMORY_NEEDED_GIB
         if not self.capabilities[options.memory_class]:
             have = f"{self.vram_gib:g} GiB" if self.vram_gib else "no GPU"
-            raise PipelineError(f"{options.memory_class} needs about {need:g} GiB of GPU memory "
-                                f"and this server has {have}. {self.oom_advice}", status=507)
+            raise PipelineError(f"{options.memory_class} needs about "
+                                f"{needed[options.memory_class]:g} GiB of GPU memory and this "
+                                f"server has {have}. {self.oom_advice}", status=507)
 
     def run(self, options: GenerateRequest, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result:
         if self.inference is None:
             raise PipelineError("SAM 3D Objects is not loaded", status=503)
         self.check(options)
-        progress("segmenting", 0.05)
-        rgba = self.masker(image)
+        if options.masks:
+            objects = [with_mask(image, decode_mask(mask)) for mask in options.masks]
+        else:
+            progress("segmenting", 0.05)
+            objects = [self.masker(image)]
+        outputs = []
+        for index, rgba in enumerate(objects):
+            report = progress if len(objects) == 1 else object_progress(progress, index,
+                                                                         len(objects))
+            outputs.append(self._reconstruct(rgba, options, report, scene=len(objects) > 1))
+        progress("export", 0.95)
+        if self.offload is not None:
+            self.offload.park_all()
+        return self._write(options, outputs, output_stem)
+
+    def _reconstruct(self, rgba, options: GenerateRequest, progress: Progress,
+                     scene: bool) -> dict:
+        """One object through upstream's `run()` (inference_pipeline_pointmap.py:316-420)."""
         plan = OUTPUT_PLANS[options.memory_class]
         self._local.options, self._local.progress = options, progress
         try:
-            # Layout post-optimisation only refines the object's pose in the scene, which a
-            # single-object file does not carry; it renders through CUDA code.
-            output = self.inference._pipeline.run(
+            # Layout post-optimisation refines an object's pose from its mesh; a scene uses
+            # the poses, as upstream's own Inference.__call__ does (inference.py:113). It
+            # renders through CUDA code and upstream logs and skips it if it fails
+            # (pointmap.py:396-413). A single object's file is object-centred: no need.
+            return self.inference._pipeline.run(
                 rgba, None, options.seed, stage1_only=False,
                 with_mesh_postprocess=plan.with_mesh_postprocess,
                 with_texture_baking=plan.with_texture_baking,
-                with_layout_postprocess=False,
+                with_layout_postprocess=scene and "mesh" in plan.decode_formats,
                 use_vertex_color=plan.use_vertex_color,
                 stage1_inference_steps=options.stage1_steps,
                 stage2_inference_steps=options.stage2_steps,
                 decode_formats=list(plan.decode_formats))
         finally:
             self._local.options = self._local.progress = None
-        progress("export", 0.95)
-        return self._write(options.output_format, output, output_stem)
 
-    def _write(self, output_format: str, output: dict, output_stem: Path) -> Result:
-        if output_format == "ply":
-            gaussians = output.get("gaussian") or [None]
-            gaussian = gaussians[0]
-            if gaussian is None:
+    def _write(self, options: GenerateRequest, outputs: list[dict], output_stem: Path) -> Result:
+        """One file for every object: as decoded for one, placed by its pose for several."""
+        poses = [Pose.of(output) for output in outputs]
+        if options.output_format == "ply":
+            gaussians = [(output.get("gaussian") or [None])[0] for output in outputs]
+            if any(gaussian is None for gaussian in gaussians):
                 raise PipelineError("SAM 3D Objects returned no Gaussian splat")
+            counts = [{"gaussians": len(gaussian.get_xyz)} for gaussian in gaussians]
+            scene = gaussians[0] if len(outputs) == 1 else self._make_scene(*outputs)
             path = Path(f"{output_stem}.ply")
-            atomic_write(path, lambda tmp: gaussian.save_ply(str(tmp)))
-            return Result(path, "application/octet-stream", "model.ply")
-        mesh = output.get("glb")
-        if mesh is None:
+            atomic_write(path, lambda tmp: scene.save_ply(str(tmp)))
+            return Result(path, "application/octet-stream", "model.ply",
+                          objects_info(poses, counts))
+        meshes = [output.get("glb") for output in outputs]
+        if any(mesh is None for mesh in meshes):
             raise PipelineError("SAM 3D Objects returned no mesh")
-        path = Path(f"{output_stem}.glb")
-        atomic_write(path, lambda tmp: tmp.write_bytes(mesh.export(file_type="glb")))
-        return Result(path, "model/gltf-binary", "model.glb")
+        if len(meshes) > 1:
+            meshes = [place_mesh(mesh, pose) for mesh, pose in zip(meshes, poses)]
+        counts = [{"vertices": len(mesh.vertices), "faces": len(mesh.faces)} for mesh in meshes]
+        suffix, media_type, download_name, write = MESH_FORMATS[options.output_format]
+        scene = trimesh.Scene()
+        for index, mesh in enumerate(meshes):
+            scene.add_geometry(mesh, geom_name=f"object_{index}")
+        path = Path(f"{output_stem}{suffix}")
+        atomic_write(path, lambda tmp: write(scene, tmp))
+        return Result(path, media_type, download_name, objects_info(poses, counts))
 
-    # -- progress and per-job GLB options, hooked into the loaded pipeline --------------
+    # -- progress, offloading and per-job GLB options, hooked into the loaded pipeline ----
 
     def _hook_stages(self, pipeline: Any) -> None:
         for method_name, (stage, fraction) in STAGE_METHODS.items():
-            setattr(pipeline, method_name,
-                    self._reporting(getattr(pipeline, method_name), stage, fraction))
-        pipeline.postprocess_slat_output = self._postprocess
+            setattr(pipeline, method_name, self._staged(getattr(pipeline, method_name),
+                                                        method_name, stage, fraction))
+        pipeline.postprocess_slat_output = self._staged(
+            self._postprocess, "postprocess_slat_output", None, None)
 
-    def _reporting(self, method: Callable, stage: str, fraction: float) -> Callable:
+    def _staged(self, method: Callable, method_name: str, stage: str | None,
+                fraction: float | None) -> Callable:
+        """`method` reporting its stage and, in low-memory mode, bringing its sub-models."""
         @functools.wraps(method)
         def wrapper(*args, **kwargs):
             report = getattr(self._local, "progress", None)
-            if report is not None:
+            if report is not None and stage is not None:
                 report(stage, fraction)
+            if self.offload is not None:
+                self.offload.enter(method_name, args, kwargs)
             return method(*args, **kwargs)
         return wrapper
 
@@ -348,3 +410,17 @@ class Sam3DObjects:
         if gaussian is not None:
             outputs["gs"] = gaussian
         return outputs
+
+
+def object_progress(progress: Progress, index: int, count: int) -> Progress:
+    """One object's stages as part of the whole job: "object 2 of 3: structured latent"."""
+    def report(stage: str, fraction: float) -> None:
+        progress(f"object {index + 1} of {count}: {stage}", (index + fraction) / count)
+    return report
+
+
+def objects_info(poses: list[Pose], counts: list[dict[str, int]]) -> dict[str, Any]:
+    """What a finished job's status says: each object's pose and size, and the totals."""
+    totals = {key: sum(count[key] for count in counts) for key in counts[0]}
+    return {**totals, "objects": [{**pose.as_dict(), **count}
+                                  for pose, count in zip(poses, counts)]}

@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints, wait_until
 from pipelines.lotus import LotusDepth
-from pipelines.sam3d import Masker, Sam3DObjects
+from pipelines.masks import Masker
+from pipelines.sam3d import Sam3DObjects
 
 GLB_MAGIC = b"glTF"
 

@@ -18,7 +18,8 @@ from PIL import Image
 from conftest import ROOT, SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until
 from handler import Worker
 from pipelines.lotus import LotusDepth
-from pipelines.sam3d import Masker, Sam3DObjects
+from pipelines.masks import Masker
+from pipelines.sam3d import Sam3DObjects
 from settings import load_settings
 
 KEY = "worker-key-0123456789"

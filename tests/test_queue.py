@@ -37,7 +37,7 @@ def make_queue(tmp_path, scripted):
 
 
 def submit(queue, seed):
-    return queue.submit("lotus", options(seed), IMAGE)
+    return queue.submit("lotus", (options(seed), IMAGE))
 
 
 def test_job_runs_to_completion_and_writes_its_file(make_queue):

@@ -19,8 +19,9 @@ from PIL import Image
 
 from conftest import SAM3D_STAND_IN, sam3d_checkpoints
 from pipelines.base import InvalidInput, PipelineError
-from pipelines.sam3d import (GenerateRequest, Masker, Sam3DObjects, center_mask, find_config,
-                             import_inference, servable_outputs)
+from pipelines.masks import Masker, center_mask
+from pipelines.sam3d import (GenerateRequest, Sam3DObjects, find_config, import_inference,
+                             servable_outputs)
 from queue_manager import JobQueue, JobState
 
 PLY_3DGS_FIELDS = (["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
@@ -85,7 +86,7 @@ def test_textured_glb_bakes_with_gsplat_and_carries_a_texture_image(model, tmp_p
     assert glb_calls()[-1]["texture_size"] == 512 and glb_calls()[-1]["simplify"] == 0.5
     assert glb_calls()[-1]["rendering_engine"] == "pytorch3d"  # what Inference sets
     assert render_calls()[-1]["backend"] == "gsplat"
-    assert stages == ["segmenting", "sparse structure", "structured latent", "decoding",
+    assert stages == ["segmenting", "point map", "sparse structure", "structured latent", "decoding",
                       "texture baking", "export"]
     assert result.media_type == "model/gltf-binary" and result.download_name == "model.glb"
     gltf = glb_json(result.path)
@@ -228,12 +229,31 @@ def test_servable_outputs_follow_upstreams_32_gb(vram, servable):
     assert servable_outputs(vram) == {"ply": servable, "glb": servable, "glb_textured": servable}
 
 
+@pytest.mark.parametrize("vram, servable", [
+    (None, (False, False, False)), (12.0, (False, False, False)), (15.6, (True, True, False)),
+    (23.6, (True, True, True))])
+def test_low_memory_mode_serves_16_gb_cards_ply_and_24_gb_cards_everything(vram, servable):
+    assert tuple(servable_outputs(vram, offload=True).values()) == servable
+
+
+@pytest.mark.parametrize("mode, vram, on", [
+    ("auto", 23.6, True), ("auto", 80.0, False), ("auto", None, False), ("on", 80.0, True),
+    ("off", 16.0, False)])
+def test_sam3d_offload_auto_is_on_below_what_the_whole_model_needs(tmp_path, mode, vram, on):
+    sam3d = Sam3DObjects(tmp_path, SAM3D_STAND_IN, vram_gib=vram, offload=mode)
+    assert sam3d.low_memory is on
+
+
 def test_a_request_that_cannot_fit_is_refused_before_any_work(model, tmp_path):
-    model.vram_gib = 23.6
+    model.vram_gib, model.offload_mode = 23.6, "off"
     for output in ({"output_format": "ply"}, {"output_format": "glb", "with_texture": False}):
         with pytest.raises(PipelineError, match="needs about 30 GiB") as error:
             model.check(GenerateRequest(image="x", **output))
         assert error.value.status == 507 and "23.6 GiB" in str(error.value)
+    model.vram_gib, model.offload_mode = 15.6, "auto"
+    model.check(GenerateRequest(image="x", output_format="ply"))
+    with pytest.raises(PipelineError, match="needs about 22 GiB") as error:
+        model.check(GenerateRequest(image="x", output_format="usdz"))
     assert not run_calls()
 
 
@@ -243,8 +263,8 @@ def test_out_of_memory_fails_the_job_with_the_guides_advice_and_the_next_runs(mo
     try:
         sys.modules["sam3d_objects.pipeline.inference_pipeline"].FAIL_WITH = \
             torch.cuda.OutOfMemoryError("CUDA out of memory")
-        failed = queue.submit("sam3d", GenerateRequest(image="x"), photo())
-        after = queue.submit("sam3d", GenerateRequest(image="x", output_format="ply"), photo())
+        failed = queue.submit("sam3d", (GenerateRequest(image="x"), photo()))
+        after = queue.submit("sam3d", (GenerateRequest(image="x", output_format="ply"), photo()))
         failed = queue.wait(failed.id, 10)
         assert failed.state is JobState.FAILED and failed.error_status == 507
         assert '"ply"' in failed.error and "with_texture" in failed.error
@@ -256,7 +276,7 @@ def test_out_of_memory_fails_the_job_with_the_guides_advice_and_the_next_runs(mo
 def test_health_lists_what_this_gpu_can_serve(make_client, tmp_path):
     client = make_client({"sam3d": Sam3DObjects(sam3d_checkpoints(tmp_path / "ck"),
                                                 SAM3D_STAND_IN, masker=Masker(None),
-                                                vram_gib=24.0)})
+                                                vram_gib=24.0, offload="off")})
     body = client.get("/health").get_json()
     assert body["capabilities"]["sam3d"] == {"ply": False, "glb": False, "glb_textured": False}
 

@@ -69,12 +69,13 @@ def test_the_manifest_is_what_the_real_source_says():
 @needs_real_tree
 @pytest.mark.skipif(not (KIT / "run_wrapper.py").is_file(), reason="no sam3d-cpu kit")
 def test_the_wrapper_runs_through_the_real_upstream_code_on_cpu():
-    """PLY and vertex-colour GLB end to end; textured GLB up to the CUDA-only steps."""
+    """PLY and vertex-colour GLB end to end; textured GLB up to the CUDA-only steps; scenes
+    placed as upstream places objects; the low-memory mode on the real sub-models."""
     work = Path(os.environ.get("SAM3D_CPU_WORK", "/tmp/sam3d-cpu"))
     if not (work / ".done" / "complete").is_file():
         pytest.skip(f"the sam3d-cpu kit is not set up in {work} (SAM3D_CPU_WORK)")
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "sam3d_kit_check.py")],
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, timeout=900,
                           env={**os.environ, "SAM3D_CPU_KIT": str(KIT)})
     lines = [line for line in done.stdout.splitlines() if line.startswith(("[", "summary"))]
     report = "\n".join(lines) + done.stderr[-2000:]
@@ -83,3 +84,5 @@ def test_the_wrapper_runs_through_the_real_upstream_code_on_cpu():
     assert any(line.startswith("[glb_vertex_colour] OK") and "COLOR_0" in line
                for line in lines), report
     assert any("backend=['gsplat']" in line for line in lines), report
+    for check in ("[scene_ply placed] OK", "[scene_glb placed] OK", "[low-memory mode] OK"):
+        assert any(line.startswith(check) for line in lines), report

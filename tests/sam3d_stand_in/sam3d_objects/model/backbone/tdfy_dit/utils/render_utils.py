@@ -16,7 +16,7 @@ def render_frames(sample, extrinsics, intrinsics, options={}, colors_overwrite=N
     if backend == "inria" and importlib.util.find_spec("diff_gaussian_rasterization") is None:
         raise NameError("name 'GaussianRasterizationSettings' is not defined")
     resolution = options.get("resolution", 512)
-    color = (np.clip(sample.colors.mean(0).numpy(), 0, 1) * 255).astype(np.uint8)
+    color = (np.clip(sample._features_dc.mean(0).numpy(), 0, 1) * 255).astype(np.uint8)
     frame = np.broadcast_to(color, (resolution, resolution, 3))  # no memory for 100 x 1024^2
     return {"color": [frame for _ in extrinsics], "depth": [None for _ in extrinsics]}
 
