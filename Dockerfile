@@ -3,6 +3,13 @@
 # system, SAM 3D Objects at a pinned commit in upstream's own conda environment, our
 # dependencies (pyproject.toml), the weights (checkpoints/), then our code.
 # Builds without a GPU: every CUDA extension is compiled here for the architectures below.
+
+# The web page's JavaScript, from the npm packages locked in web/package-lock.json.
+FROM node:20-bookworm-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM nvidia/cuda:12.1.1-cudnn8-devel-ubuntu22.04
 
 # CONDA_PREFIX: upstream's notebook/inference.py:5 copies it into CUDA_HOME at import, so
@@ -100,6 +107,10 @@ ENV CHECKPOINTS_DIR=/app/checkpoints \
 COPY app.py queue_manager.py journal.py settings.py schemas.py handler.py gunicorn.conf.py ./
 COPY pipelines/ ./pipelines/
 COPY scripts/ ./scripts/
+COPY web/static/ ./web/static/
+COPY --from=web /web/node_modules/@google/model-viewer/dist/ ./web/node_modules/@google/model-viewer/dist/
+COPY --from=web /web/node_modules/three/build/ ./web/node_modules/three/build/
+COPY --from=web /web/node_modules/@mkkellogg/gaussian-splats-3d/build/ ./web/node_modules/@mkkellogg/gaussian-splats-3d/build/
 
 RUN useradd --create-home --uid 1000 app \
     && mkdir -p /app/outputs \

@@ -17,15 +17,21 @@ $(VENV)/.installed: pyproject.toml requirements-serverless.txt
 	$(PY) -m pip install -q -c requirements-serverless.txt -e '.[test,serverless]'
 	touch $@
 
+# The web page's JavaScript (model-viewer, three, gaussian-splats-3d) from npm, as locked.
+# Without npm the page still works, without its 3D viewers.
+web/node_modules/.package-lock.json: web/package-lock.json
+	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund; \
+	else echo "npm not found: the web page will have no 3D viewers (install Node.js 18+)"; fi
+
 $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity: | $(VENV)/.installed
 	$(PY) scripts/make_tiny_checkpoints.py $(CHECKPOINTS_DIR)
 
 ## serve: the development server on http://localhost:$${PORT:-8000} (tiny Lotus-D if no real one)
-serve: $(VENV)/.installed $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity
+serve: $(VENV)/.installed $(CHECKPOINTS_DIR)/lotus-depth-d-v2-0-disparity web/node_modules/.package-lock.json
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 ## test: the whole suite (unit, HTTP, end-to-end with gunicorn and curl)
-test: $(VENV)/.installed
+test: $(VENV)/.installed web/node_modules/.package-lock.json
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## bench: server, load and depth figures on this machine (each makes its own tiny checkpoint)
@@ -35,4 +41,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/depth.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache web/node_modules artifacts

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from flask import Flask, Response, current_app, jsonify, request, send_file
@@ -41,7 +42,19 @@ ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
     "depth": ("lotus", DepthRequest),
 }
 RETRY_AFTER_SECONDS = "10"
-OPEN_PATHS = {"/health"}
+EVENTS_POLL_SECONDS = 0.25
+EVENTS_KEEPALIVE_SECONDS = 15.0
+OPEN_PATHS = {"/health", "/"}
+OPEN_PREFIXES = ("/static/", "/vendor/")  # the web page: public, the API behind it is not
+WEB = Path(__file__).resolve().parent / "web"
+# The page's JavaScript, from the npm packages pinned in web/package-lock.json (`npm ci`
+# in web/): served here, never from a CDN, so an offline pod shows the page too.
+VENDOR_FILES = {
+    "model-viewer.min.js": "@google/model-viewer/dist/model-viewer.min.js",
+    "three.module.min.js": "three/build/three.module.min.js",
+    "three.core.min.js": "three/build/three.core.min.js",
+    "gaussian-splats-3d.module.js": "@mkkellogg/gaussian-splats-3d/build/gaussian-splats-3d.module.js",
+}
 
 
 class ApiError(Exception):
@@ -67,7 +80,7 @@ def create_app(settings: Settings | None = None, *,
     if settings.required_api_key is None:
         log.warning("API_KEY is not set: every endpoint is open to anyone who can reach it")
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=WEB / "static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     app.extensions.update(settings=settings, registry=registry, queue=queue)
@@ -118,7 +131,7 @@ def _unexpected_error(exc: Exception) -> Response:
 
 def _check_api_key() -> None:
     expected = _settings().required_api_key
-    if expected is None or request.path in OPEN_PATHS:
+    if expected is None or request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
         return
     supplied = (_bearer_token(request.headers.get("Authorization", ""))
                 or request.headers.get("X-API-Key") or request.headers.get("lotus-api-key") or "")
@@ -270,9 +283,36 @@ def _health() -> tuple[dict, int]:
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}
+    notices = {name: pipeline.notice for name, pipeline in registry.items()
+               if getattr(pipeline, "notice", None)}
     body = Health(status=status, model_loaded=ready, **gpu_info(), queue=queue.stats(),
-                  pipelines=pipelines, capabilities=capabilities, workers_alive=workers_alive)
+                  pipelines=pipelines, capabilities=capabilities, workers_alive=workers_alive,
+                  notices=notices)
     return body.model_dump(), 503 if broken else 200
+
+
+def _events(queue: JobQueue, job_id: str):
+    """Server-sent events: the job's status (as GET /job/<id> gives it) each time its state,
+    position, stage or progress changes, until it finishes; a comment line every
+    EVENTS_KEEPALIVE_SECONDS keeps proxies from closing a quiet stream."""
+    last, quiet = None, 0.0
+    while True:
+        try:
+            view = queue.get(job_id)
+        except (JobNotFound, JobExpired):
+            return
+        status = _job_status(view)
+        changed = {key: value for key, value in status.items() if key != "processing_time"}
+        if changed != last:
+            yield f"data: {json.dumps(status)}\n\n"
+            last, quiet = changed, 0.0
+        elif quiet >= EVENTS_KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            quiet = 0.0
+        if view.state.finished:
+            return
+        time.sleep(EVENTS_POLL_SECONDS)
+        quiet += EVENTS_POLL_SECONDS
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -282,6 +322,19 @@ def _add_routes(app: Flask) -> None:
     def health():
         body, status = _health()
         return jsonify(body), status
+
+    @app.get("/")
+    def web_page():
+        return send_file(WEB / "static" / "index.html", max_age=0)
+
+    @app.get("/vendor/<name>")
+    def vendor(name):
+        if name not in VENDOR_FILES:
+            raise ApiError(404, "no such file")
+        path = WEB / "node_modules" / VENDOR_FILES[name]
+        if not path.is_file():
+            raise ApiError(404, f"{name} is not installed: run `npm ci` in web/")
+        return send_file(path, mimetype="text/javascript", max_age=3600)
 
     @app.get("/openapi.json")
     def openapi():
@@ -328,6 +381,12 @@ def _add_routes(app: Flask) -> None:
         except NotCancellable as exc:
             raise ApiError(409, str(exc), job_id=job_id) from None
         return jsonify(_job_status(view)), 200 if view.state.finished else 202
+
+    @app.get("/job/<job_id>/events")
+    def job_events(job_id):
+        _find(job_id)  # 404 or 410 before the stream starts
+        return Response(_events(_queue(), job_id), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/job/<job_id>/download")
     def job_download(job_id):

@@ -44,6 +44,8 @@ class Health(BaseModel):
     pipelines: dict[str, Literal["loading", "ready", "failed"]]
     capabilities: dict[str, dict[str, bool]]
     workers_alive: int
+    notices: dict[str, str] = Field(default_factory=dict, description="What to know before "
+                                    "trusting a model's results, e.g. test weights")
 
 
 class JobAccepted(BaseModel):
@@ -52,6 +54,18 @@ class JobAccepted(BaseModel):
     position: int
     status_url: str
     message: str
+
+
+class ObjectResult(BaseModel):
+    """One reconstructed object: its pose in the photo's camera frame (PyTorch3D's: +X left,
+    +Y up, +Z forward) and its size in the file."""
+
+    rotation: list[float] = Field(description="Quaternion w, x, y, z")
+    translation: list[float]
+    scale: list[float]
+    vertices: int | None = Field(None, description="Mesh vertices (mesh formats)")
+    faces: int | None = Field(None, description="Mesh triangles (mesh formats)")
+    gaussians: int | None = Field(None, description="Gaussians (ply)")
 
 
 class JobStatus(BaseModel):
@@ -69,6 +83,11 @@ class JobStatus(BaseModel):
     error: str | None = None
     stage: str
     progress: float
+    objects: list[ObjectResult] | None = Field(
+        None, description="A completed 3D job: each object, in the order of its mask")
+    vertices: int | None = None
+    faces: int | None = None
+    gaussians: int | None = None
 
 
 class DepthResult(BaseModel):
@@ -83,7 +102,8 @@ class DepthResult(BaseModel):
 
 
 FILE_TYPES = {"model/gltf-binary": "GLB mesh", "application/octet-stream": "PLY or NPY",
-              "image/png": "PNG"}
+              "application/zip": "OBJ with its material and texture", "model/stl": "STL mesh",
+              "model/vnd.usdz+zip": "USDZ", "image/png": "PNG"}
 
 
 def _json(model: type[BaseModel], description: str) -> dict:
@@ -138,7 +158,7 @@ def openapi_document(secured: bool) -> dict:
                            "responses": {"200": _json(QueueStats, "Queue statistics"), **auth}}},
         "/generate": submit(GenerateRequest, "Queue an image-to-3D job"),
         "/generate/sync": submit_sync(GenerateRequest, "Image to 3D, answered with the file",
-                                      _file("The GLB or PLY file")),
+                                      _file("The GLB, PLY, OBJ zip, STL or USDZ file")),
         "/depth": submit(DepthRequest, "Queue a depth job"),
         "/depth/sync": submit_sync(DepthRequest, "Depth, answered as JSON",
                                    _json(DepthResult, "The depth map and its range")),
@@ -154,6 +174,12 @@ def openapi_document(secured: bool) -> dict:
                 "200": _json(JobStatus, "Cancelled"),
                 "202": _json(JobStatus, "Running; stops at its next stage"),
                 **_errors(404, 409, 410), **auth}}},
+        "/job/{job_id}/events": {"parameters": job_id, "get": {
+            "summary": "The job's status as server-sent events until it finishes",
+            "responses": {"200": {"description": "One `data:` line per change, each a "
+                                                 "JobStatus as JSON", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}},
+                **_errors(404, 410), **auth}}},
         "/job/{job_id}/download": {"parameters": job_id, "get": {
             "summary": "The result file", "responses": {
                 "200": _file("The result file"), **_errors(404, 409, 410, 500, 503, 507),

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "jingheya/lotus-depth-d-v2-0-disparity"
 CHECKPOINT_FOLDER = "lotus-depth-d-v2-0-disparity"
+# In a checkpoint folder written by scripts/make_tiny_checkpoints.py: random test weights.
+TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
 PIPELINE_CLASS_NAMES = ("DirectRegressionPipeline", "LotusDPipeline")
 REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer")
 ResampleMethod = Literal["bilinear", "bicubic", "nearest"]
@@ -222,11 +224,23 @@ class LotusDepth:
     def checkpoint_present(checkpoints_dir: Path, model_id: str | None = None) -> bool:
         return bool(model_id) or (Path(checkpoints_dir) / CHECKPOINT_FOLDER).is_dir()
 
+    @property
+    def notice(self) -> str | None:
+        """What a user must know before trusting a result (health, log, web page)."""
+        if self.model_id or not (self.checkpoints_dir / CHECKPOINT_FOLDER /
+                                 TEST_CHECKPOINT_MARKER).is_file():
+            return None
+        return ("Lotus-D runs the tiny random test checkpoint (scripts/make_tiny_checkpoints.py): "
+                f"its depth maps are noise. Put the real {CHECKPOINT_FOLDER} checkpoint in "
+                "CHECKPOINTS_DIR for real depth maps.")
+
     def check(self, options: DepthRequest) -> None:
         """Every valid depth request fits: nothing to refuse up front."""
 
     def load(self) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.notice:
+            log.warning(self.notice)
         path = resolve_checkpoint(self.checkpoints_dir, self.model_id)
         self.model = LotusDepthPipeline.from_pretrained(path, device=device)
 

@@ -172,6 +172,10 @@ class RemotePipeline:
     def capabilities(self) -> dict:
         return self._twin.capabilities
 
+    @property
+    def notice(self) -> str | None:
+        return getattr(self._twin, "notice", None)
+
     def check(self, options: Any) -> None:
         self._twin.check(options)
 

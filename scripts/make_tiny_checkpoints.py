@@ -21,7 +21,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from tokenizers.pre_tokenizers import ByteLevel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipelines.lotus import CHECKPOINT_FOLDER  # noqa: E402
+from pipelines.lotus import CHECKPOINT_FOLDER, TEST_CHECKPOINT_MARKER  # noqa: E402
 
 HIDDEN = 32  # text width = UNet cross-attention width
 
@@ -85,6 +85,11 @@ def make_lotus(root: Path, seed: int = 0) -> Path:
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }, indent=2))
+    # how the server knows, and says (/health, its log, the web page), that depth maps from
+    # this checkpoint are noise
+    (out / TEST_CHECKPOINT_MARKER).write_text(
+        "Random weights written by scripts/make_tiny_checkpoints.py for tests and development.\n"
+        "Replace this folder with the real jingheya/lotus-depth-d-v2-0-disparity checkpoint.\n")
     return out
 
 

@@ -26,9 +26,13 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/health", "/queue", "/generate", "/generate/sync",
                                       "/depth", "/depth/sync", "/job/{job_id}",
-                                      "/job/{job_id}/download", "/openapi.json"}
+                                      "/job/{job_id}/download", "/job/{job_id}/events",
+                                      "/openapi.json"}
     generate = document["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert generate["output_format"]["enum"] == ["glb", "ply"]
+    assert generate["output_format"]["enum"] == ["glb", "ply", "obj", "stl", "usdz"]
+    assert {"mask", "mask_url", "masks"} <= set(generate)
+    status = document["components"]["schemas"]["JobStatus"]["properties"]
+    assert "objects" in status
     assert generate["seed"]["default"] == 42 and generate["with_texture"]["default"] is True
     depth = document["components"]["schemas"]["DepthRequest"]["properties"]
     assert depth["processing_res"]["default"] == 768

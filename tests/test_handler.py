@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import requests
 import torch
+import trimesh
 from PIL import Image
 
 from conftest import ROOT, SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until
@@ -165,6 +167,31 @@ def test_a_3d_task_returns_the_model_file(worker):
         "api_key": KEY, "task": "3d", "image_base64": image_b64(), "output_format": "glb"}})
     assert base64.b64decode(answer["model_base64"])[:4] == b"glTF"
     assert answer["media_type"] == "model/gltf-binary"
+
+
+def mask_b64(left, right, width=64, height=48):
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, left:right] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_3d_task_takes_masks_and_answers_a_placed_scene_in_any_format(worker, tmp_path):
+    answer = worker.handle({"id": "scene", "input": {
+        "api_key": KEY, "task": "3d", "image_base64": image_b64(), "output_format": "stl",
+        "masks": [mask_b64(0, 20), mask_b64(40, 64)]}})
+    assert answer["media_type"] == "model/stl" and len(answer["objects"]) == 2
+    assert all(len(obj["rotation"]) == 4 and obj["faces"] > 0 for obj in answer["objects"])
+    mesh = trimesh.load(io.BytesIO(base64.b64decode(answer["model_base64"])), file_type="stl")
+    assert len(mesh.faces) == answer["faces"]
+
+
+def test_a_3d_task_with_a_bad_mask_is_a_400(worker):
+    answer = worker.handle({"id": "bad", "input": {
+        "api_key": KEY, "task": "3d", "image_base64": image_b64(),
+        "mask": mask_b64(0, 0)}})
+    assert answer["status"] == 400 and "mask is empty" in answer["error"]
 
 
 def test_results_over_the_payload_limit_come_back_by_path(worker):
