@@ -91,12 +91,13 @@ def assert_no_console_errors(browser):
     assert not errors, errors
 
 
-def test_the_page_asks_for_the_key_and_says_the_depth_weights_are_for_tests(page):
+def test_the_page_asks_for_the_key_and_says_the_depth_weights_are_for_tests(page, server):
     from selenium.webdriver.common.by import By
 
     assert page.find_element(By.ID, "key-box").is_displayed()  # the server has an API key
     notice = page.find_element(By.ID, "notices")
     assert notice.is_displayed() and "tiny random test checkpoint" in notice.text
+    assert "tiny random test checkpoint" in server["log"].read_text()  # and the start-up log
 
 
 def test_a_depth_map_is_shown_with_its_range(page):
