@@ -22,10 +22,14 @@ from flask import Flask, Response, current_app, jsonify, request, send_file
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
+from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from metrics import Metrics
 from pipelines import PipelineRegistry
 from pipelines.base import PipelineError, public_message, validation_message
 from pipelines.catalog import serving_pipelines
 from pipelines.device import gpu_info
+from pipelines.fetch import check_url
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
@@ -33,6 +37,7 @@ from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
 from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
                      openapi_document)
 from settings import Settings, SettingsError, load_settings
+from webhooks import WebhookSender
 
 log = logging.getLogger("server")
 
@@ -44,7 +49,7 @@ ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
 RETRY_AFTER_SECONDS = "10"
 EVENTS_POLL_SECONDS = 0.25
 EVENTS_KEEPALIVE_SECONDS = 15.0
-OPEN_PATHS = {"/health", "/"}
+OPEN_PATHS = {"/health", "/livez", "/readyz", "/"}
 OPEN_PREFIXES = ("/static/", "/vendor/")  # the web page: public, the API behind it is not
 WEB = Path(__file__).resolve().parent / "web"
 # The page's JavaScript, from the npm packages pinned in web/package-lock.json (`npm ci`
@@ -69,9 +74,15 @@ def create_app(settings: Settings | None = None, *,
     settings = settings or load_settings()
     registry = registry if registry is not None else PipelineRegistry(
         serving_pipelines(settings))
+    metrics = Metrics()
+    observers = [metrics.observe]
+    if settings.webhook_secret is not None:
+        observers.append(WebhookSender(settings.webhook_secret.get_secret_value(), _job_status,
+                                       allow_private=settings.allow_private_urls).observe)
     queue = JobQueue(registry, settings.output_dir, max_queue_size=settings.max_queue_size,
                      max_concurrent=settings.max_concurrent,
-                     result_ttl_seconds=settings.result_ttl_seconds)
+                     result_ttl_seconds=settings.result_ttl_seconds, observers=observers)
+    metrics.watch(queue.stats, lambda: dict(registry.load_seconds))
     queue.start()
     registry.load_in_background()
     if not registry.status():
@@ -83,8 +94,10 @@ def create_app(settings: Settings | None = None, *,
     app = Flask(__name__, static_folder=WEB / "static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
-    app.extensions.update(settings=settings, registry=registry, queue=queue)
+    app.extensions.update(settings=settings, registry=registry, queue=queue, metrics=metrics,
+                          idempotency=IdempotencyKeys(settings.result_ttl_seconds))
     app.before_request(_check_api_key)
+    app.after_request(_count_request)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -140,6 +153,12 @@ def _check_api_key() -> None:
                             "or 'X-API-Key: <key>'")
 
 
+def _count_request(response: Response) -> Response:
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    current_app.extensions["metrics"].request(request.method, route, response.status_code)
+    return response
+
+
 def _bearer_token(header: str) -> str:
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
@@ -147,10 +166,9 @@ def _bearer_token(header: str) -> str:
 
 # -- request parsing ----------------------------------------------------------------
 
-def _parse(model: type[BaseModel]) -> BaseModel:
+def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
     """JSON body -> validated model. Control characters inside strings are allowed: the
     guide's Git Bash recipe puts a raw newline inside the base64 string."""
-    raw = _body()
     try:
         body = json.loads(raw.decode("utf-8-sig"), strict=False) if raw.strip() else None
     except RecursionError:
@@ -177,18 +195,41 @@ def _body() -> bytes:
     return raw
 
 
-def _submit(endpoint: str) -> JobView:
+def _submit(endpoint: str) -> tuple[JobView, bool]:
+    """Validate and queue a job; the job, and whether it is one an Idempotency-Key found."""
     pipeline, model = ENDPOINTS[endpoint]
-    payload = _parse(model)
+    raw = _body()
+    payload = _parse(model, raw)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     _require_ready(pipeline)
-    try:
+
+    def submit() -> JobView:
         _registry()[pipeline].check(payload)
+        if payload.webhook is not None:
+            _check_webhook(payload.webhook)
         # The image is fetched and decoded holding a queue slot: a full queue says 503 first.
         return _queue().submit(pipeline, lambda: payload.load(_settings().image_limits))
+
+    try:
+        if key is None:
+            return submit(), False
+        keys: IdempotencyKeys = current_app.extensions["idempotency"]
+        return keys.submit(key, keys.fingerprint(endpoint, raw), submit, _find)
     except PipelineError as exc:
         raise ApiError(exc.status, str(exc)) from None
     except QueueFull as exc:
         raise ApiError(503, f"{exc}; retry later") from None
+    except KeyReused as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def _check_webhook(url: str) -> None:
+    if _settings().webhook_secret is None:
+        raise ApiError(400, "webhook: this server has no WEBHOOK_SECRET to sign webhooks with, "
+                            "so it sends none; poll the job or follow /job/<id>/events")
+    check_url(url, "webhook", _settings().allow_private_urls)
 
 
 def _require_ready(pipeline: str) -> None:
@@ -214,14 +255,18 @@ def _find(job_id: str) -> JobView:
 
 # -- response shaping -----------------------------------------------------------------
 
-def _accepted(view: JobView) -> Response:
+def _accepted(submitted: tuple[JobView, bool]) -> Response:
+    """202 with the new job; 200 with the job an Idempotency-Key found."""
+    view, replayed = submitted
     response = jsonify(JobAccepted(
         job_id=view.id, status=view.state.value, position=view.position,
         status_url=f"/job/{view.id}",
         message=f"Job queued at position {view.position}. Poll status_url for updates.",
     ).model_dump())
-    response.status_code = 202
+    response.status_code = 200 if replayed else 202
     response.headers["Location"] = f"/job/{view.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
@@ -272,20 +317,47 @@ def _wait(view: JobView) -> JobView:
     return view
 
 
+def _problems() -> dict[str, list[str]]:
+    """What stops this server from serving, by the `state` it puts /health in."""
+    registry, queue = _registry(), _queue()
+    pipelines = registry.status()
+    unhealthy = []
+    if queue.workers_alive() < queue.max_concurrent:
+        unhealthy.append("a queue worker is dead")
+    if not queue.janitor_alive():
+        unhealthy.append("the queue's janitor is dead")
+    if not queue.output_writable():
+        unhealthy.append("OUTPUT_DIR is not writable")
+    setup_failed = [f"model {name!r} failed to load" for name, state in pipelines.items()
+                    if state == "failed"] or ([] if pipelines else ["no model to serve"])
+    starting = [f"model {name!r} is loading" for name, state in pipelines.items()
+                if state == "loading"]
+    return {"unhealthy": unhealthy, "setup_failed": setup_failed, "starting": starting}
+
+
+def _state(problems: dict[str, list[str]]) -> str:
+    """Cog's states, plus unhealthy: the first kind of problem found, else ready or busy."""
+    for state in ("unhealthy", "setup_failed", "starting"):
+        if problems[state]:
+            return state
+    stats = _queue().stats()
+    return "busy" if stats["processing"] or stats["queued"] else "ready"
+
+
 def _health() -> tuple[dict, int]:
     registry, queue = _registry(), _queue()
     pipelines = registry.status()
     workers_alive = queue.workers_alive()
     ready = bool(pipelines) and all(state == "ready" for state in pipelines.values())
-    broken = (not pipelines or "failed" in pipelines.values()
-              or workers_alive < queue.max_concurrent or not queue.janitor_alive()
-              or not queue.output_writable())
+    state = _state(_problems())
+    broken = state in ("unhealthy", "setup_failed")
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}
     notices = {name: pipeline.notice for name, pipeline in registry.items()
                if getattr(pipeline, "notice", None)}
-    body = Health(status=status, model_loaded=ready, **gpu_info(), queue=queue.stats(),
+    body = Health(status=status, state=state, model_loaded=ready, **gpu_info(),
+                  queue=queue.stats(),
                   pipelines=pipelines, capabilities=capabilities, workers_alive=workers_alive,
                   notices=notices)
     return body.model_dump(), 503 if broken else 200
@@ -323,6 +395,22 @@ def _add_routes(app: Flask) -> None:
         body, status = _health()
         return jsonify(body), status
 
+    @app.get("/livez")
+    def livez():
+        return jsonify(alive=True)
+
+    @app.get("/readyz")
+    def readyz():
+        problems = _problems()
+        state = _state(problems)
+        reasons = [reason for kind in problems.values() for reason in kind]
+        return jsonify(ready=not reasons, state=state, reasons=reasons), 503 if reasons else 200
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(current_app.extensions["metrics"].exposition(),
+                        mimetype=METRICS_CONTENT_TYPE)
+
     @app.get("/")
     def web_page():
         return send_file(WEB / "static" / "index.html", max_age=0)
@@ -350,7 +438,7 @@ def _add_routes(app: Flask) -> None:
 
     @app.post("/generate/sync")
     def generate_sync():
-        return _result_file(_wait(_submit("generate")))
+        return _result_file(_wait(_submit("generate")[0]))
 
     @app.post("/depth")
     def depth():
@@ -358,7 +446,7 @@ def _add_routes(app: Flask) -> None:
 
     @app.post("/depth/sync")
     def depth_sync():
-        view = _wait(_submit("depth"))
+        view = _wait(_submit("depth")[0])
         if view.state is not JobState.COMPLETED:
             return _result_file(view)  # the job's error, as JSON
         try:

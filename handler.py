@@ -145,6 +145,9 @@ class Worker:
         task = job_input.get("task", "depth")
         if task not in TASKS:
             raise PipelineError(f"task must be one of {', '.join(TASKS)}", status=400)
+        if "webhook" in job_input or "webhook_events" in job_input:
+            raise PipelineError("webhook: give it to RunPod (the `webhook` beside `input` in "
+                                "/run); this worker does not call webhooks", status=400)
         requests = self._requests(DepthJob if task == "depth" else ObjectJob, job_input)
         name = TASKS[task]
         if name in self.load_errors:

@@ -23,11 +23,12 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from journal import Journal
 from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
                             is_out_of_memory, release_memory)
+from pipelines.device import with_gpu_peak
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class JobView:
     error: str | None
     error_status: int | None
     cancel_requested: bool
+    options: Any = None
+    output: str = ""  # what the job makes: `glb (textured)`, `ply`, `depth png`
+    waited: float | None = None  # seconds between submission and start
+
+
+Observer = Callable[[JobView], None]
+"""Told of every job's submission, state change and stage change, under the queue's lock:
+it must be quick and must not block (metrics, webhooks)."""
 
 
 class JobQueue:
@@ -130,8 +139,10 @@ class JobQueue:
 
     def __init__(self, pipelines: Mapping[str, Pipeline], output_dir: Path, *,
                  max_queue_size: int = 10, max_concurrent: int = 1,
-                 result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5):
+                 result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5,
+                 observers: Sequence[Observer] = ()):
         self._pipelines = pipelines
+        self._observers = list(observers)
         self.output_dir = Path(output_dir)
         self.max_queue_size = max_queue_size
         self.max_concurrent = max_concurrent
@@ -201,6 +212,7 @@ class JobQueue:
             self._waiting.append(job)
             self._jobs[job.id] = job
             self._journal.record(job)
+            self._notify(job)
             self._lock.notify()
             return self._view(job)
 
@@ -275,7 +287,21 @@ class JobQueue:
                        queue_length=running + len(self._waiting), stage=job.stage,
                        progress=round(job.progress, 4), processing_time=job.processing_time,
                        result=job.result, error=job.error, error_status=job.error_status,
-                       cancel_requested=job.cancel_requested)
+                       cancel_requested=job.cancel_requested, options=job.options,
+                       output=_output_of(job.options),
+                       waited=None if job.started_at is None else round(
+                           job.started_at - job.created_at, 3))
+
+    def _notify(self, job: Job) -> None:
+        """Tell the observers (under the lock); one that fails is logged, never the job."""
+        if not self._observers:
+            return
+        view = self._view(job)
+        for observer in self._observers:
+            try:
+                observer(view)
+            except Exception:  # noqa: BLE001
+                log.exception("queue observer %r failed", observer)
 
     def _start_worker(self, slot: int) -> None:
         thread = threading.Thread(target=self._work, args=(slot,), name=f"queue-worker-{slot}",
@@ -304,8 +330,9 @@ class JobQueue:
         try:
             if pipeline is None:
                 raise PipelineError(f"pipeline {job.pipeline!r} is not loaded", status=503)
-            result = pipeline.run(job.options, job.image, self.output_dir / job.id,
-                                  lambda stage, fraction: self._report(job, stage, fraction))
+            result = with_gpu_peak(lambda: pipeline.run(
+                job.options, job.image, self.output_dir / job.id,
+                lambda stage, fraction: self._report(job, stage, fraction)))
         except JobCancelled:
             cancelled = True
         except Exception as exc:  # a pipeline's failure fails its job, never the worker
@@ -341,7 +368,10 @@ class JobQueue:
         with self._lock:
             if job.cancel_requested:
                 raise JobCancelled()
+            changed = stage != job.stage
             job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
+            if changed:
+                self._notify(job)
 
     def _janitor_loop(self) -> None:
         """Revive dead workers, expire old jobs; a failure is logged, never the end of it."""
@@ -375,6 +405,7 @@ class JobQueue:
         kept image: if the process dies now, the job fails rather than run twice)."""
         job._move_to(state)
         self._journal.record(job)
+        self._notify(job)
         if state is not JobState.QUEUED:
             self._journal.input_path(job.id).unlink(missing_ok=True)
 
@@ -449,6 +480,7 @@ class JobQueue:
 def _output_of(options: Any) -> str:
     """What a job makes, for the log: `glb (textured)`, `ply`, `depth png`."""
     if hasattr(options, "output_format"):
-        textured = options.output_format == "glb" and getattr(options, "with_texture", False)
+        textured = options.output_format in ("glb", "obj", "usdz") and getattr(
+            options, "with_texture", False)
         return options.output_format + (" (textured)" if textured else "")
     return f"depth {getattr(options, 'output', '')}".strip()

@@ -37,6 +37,10 @@ class GPU(BaseModel):
 
 class Health(BaseModel):
     status: Literal["healthy", "loading", "unhealthy"]
+    state: Literal["starting", "ready", "busy", "setup_failed", "unhealthy"] = Field(
+        description="starting: models loading; ready: idle; busy: jobs running or waiting; "
+                    "setup_failed: a model failed to load; unhealthy: a worker is dead or "
+                    "OUTPUT_DIR is not writable")
     model_loaded: bool
     cuda: bool
     gpu: GPU | None
@@ -46,6 +50,12 @@ class Health(BaseModel):
     workers_alive: int
     notices: dict[str, str] = Field(default_factory=dict, description="What to know before "
                                     "trusting a model's results, e.g. test weights")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    state: str
+    reasons: list[str]
 
 
 class JobAccepted(BaseModel):
@@ -114,7 +124,8 @@ def _json(model: type[BaseModel], description: str) -> dict:
 def _errors(*codes: int) -> dict:
     meanings = {400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown job",
                 409: "Job not finished, or already finished", 410: "Results expired",
-                413: "Request body too large", 500: "The job failed",
+                413: "Request body too large", 422: "Idempotency-Key used for another request",
+                500: "The job failed",
                 503: "Queue full or model not loaded (see Retry-After)",
                 504: "Sync wait timed out; keep polling status_url",
                 507: "Does not fit in GPU memory"}
@@ -127,8 +138,8 @@ def _file(description: str) -> dict:
 
 
 def openapi_document(secured: bool) -> dict:
-    models = [ErrorResponse, QueueStats, GPU, Health, JobAccepted, JobStatus, DepthResult,
-              GenerateRequest, DepthRequest]
+    models = [ErrorResponse, QueueStats, GPU, Health, Readiness, JobAccepted, JobStatus,
+              DepthResult, GenerateRequest, DepthRequest]
     schemas: dict = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -142,18 +153,39 @@ def openapi_document(secured: bool) -> dict:
         return {"required": True, "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
 
+    idempotency = [{"name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "The same key and body within the result TTL answer the "
+                                   "first job (200, Idempotent-Replayed: true); another body "
+                                   "with the key is a 422"}]
+
     def submit(model, summary):
-        return {"post": {"summary": summary, "requestBody": body(model), "responses": {
-            "202": _json(JobAccepted, "Queued"), **submit_errors, **auth}}}
+        return {"post": {"summary": summary, "parameters": idempotency,
+                         "requestBody": body(model), "responses": {
+                             "202": _json(JobAccepted, "Queued"),
+                             "200": _json(JobAccepted, "The job this Idempotency-Key made"),
+                             **submit_errors, **_errors(422), **auth}}}
 
     def submit_sync(model, summary, ok):
-        return {"post": {"summary": summary, "requestBody": body(model), "responses": {
-            "200": ok, **submit_errors, **_errors(409, 500, 504), **auth}}}
+        return {"post": {"summary": summary, "parameters": idempotency,
+                         "requestBody": body(model), "responses": {
+                             "200": ok, **submit_errors, **_errors(409, 422, 500, 504),
+                             **auth}}}
 
     paths = {
         "/health": {"get": {"summary": "Liveness, models and queue", "security": [],
                             "responses": {"200": _json(Health, "Healthy or loading"),
                                           "503": _json(Health, "A model failed to load")}}},
+        "/livez": {"get": {"summary": "The process answers", "security": [], "responses": {
+            "200": {"description": "Alive", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"alive": {"type": "boolean"}}}}}}}}},
+        "/readyz": {"get": {"summary": "Models ready, workers alive, output folder writable",
+                            "security": [], "responses": {
+                                "200": _json(Readiness, "Ready"),
+                                "503": _json(Readiness, "Not ready, and why")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "Prometheus text format", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}, **auth}}},
         "/queue": {"get": {"summary": "Queue statistics",
                            "responses": {"200": _json(QueueStats, "Queue statistics"), **auth}}},
         "/generate": submit(GenerateRequest, "Queue an image-to-3D job"),

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Optional API key; LOTUS_API_KEY (the serverless plan's name) is read as a fallback.
     api_key: SecretStr | None = None
     lotus_api_key: SecretStr | None = None
+    # Signs webhooks (Standard Webhooks: whsec_ + base64); without it `webhook` is refused.
+    webhook_secret: SecretStr | None = None
     # Lets image_url reach private and loopback addresses: local development only.
     allow_private_urls: bool = False
     # Serverless worker: results whose base64 would pass this are returned by path or URL
@@ -79,7 +81,16 @@ class Settings(BaseSettings):
                              f"known: {', '.join(KNOWN_PIPELINES)}")
         return value
 
-    @field_validator("api_key", "lotus_api_key", mode="before")
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        from webhooks import valid_secret
+
+        if value is not None:
+            valid_secret(value.get_secret_value())
+        return value
+
+    @field_validator("api_key", "lotus_api_key", "webhook_secret", mode="before")
     @classmethod
     def _trimmed_and_blank_is_unset(cls, value, info: ValidationInfo):
         """A key pasted with a trailing newline would lock every client out silently."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Iterator
 
@@ -23,6 +24,7 @@ class PipelineRegistry(Mapping):
         self._pending = dict(pipelines)
         self._ready: dict[str, Pipeline] = {}
         self._errors: dict[str, str] = {}
+        self.load_seconds: dict[str, float] = {}  # of each pipeline that loaded
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -35,6 +37,7 @@ class PipelineRegistry(Mapping):
     def _load_all(self) -> None:
         for name, pipeline in list(self._pending.items()):
             log.info("loading pipeline %s", name)
+            started = time.perf_counter()
             try:
                 pipeline.load()
             except Exception as exc:  # one broken checkpoint must not take the server down
@@ -45,6 +48,7 @@ class PipelineRegistry(Mapping):
                 continue
             log.info("pipeline %s ready", name)
             with self._lock:
+                self.load_seconds[name] = round(time.perf_counter() - started, 3)
                 self._ready[name] = pipeline
                 del self._pending[name]
 

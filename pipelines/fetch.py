@@ -82,25 +82,39 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool =
     raise FetchFailed(f"image_url redirected more than {MAX_REDIRECTS} times")
 
 
-def _open_checked(url, timeout, allow_private, resolve, is_allowed):
+def check_url(url: str, what: str, allow_private: bool = False,
+              resolve: Resolver = resolve_host,
+              is_allowed: Callable[[str], bool] = is_public_address):
+    """Refuse, before any connection, a URL that is not http(s) or whose host resolves to a
+    private or reserved address. Returns its parts, port and checked addresses."""
     try:
         parts = urlsplit(url)
     except ValueError:  # "http://[::1" and the like
-        raise UnsafeURL("image_url is not a valid URL") from None
+        raise UnsafeURL(f"{what} is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
-        raise UnsafeURL("image_url must be an http or https URL")
+        raise UnsafeURL(f"{what} must be an http or https URL")
     host = parts.hostname
     if not host:
-        raise UnsafeURL("image_url has no host")
+        raise UnsafeURL(f"{what} has no host")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UnsafeURL("image_url has an invalid port") from None
-    addresses = resolve(host, port)
+        raise UnsafeURL(f"{what} has an invalid port") from None
+    try:
+        addresses = resolve(host, port)
+    except FetchFailed:
+        raise FetchFailed(f"{what} host {host!r} could not be resolved") from None
     if not addresses:
-        raise FetchFailed(f"image_url host {host!r} could not be resolved")
+        raise FetchFailed(f"{what} host {host!r} could not be resolved")
     if not allow_private and not all(is_allowed(address) for address in addresses):
-        raise UnsafeURL("image_url points to a private or reserved address")
+        raise UnsafeURL(f"{what} points to a private or reserved address")
+    return parts, port, addresses
+
+
+def _open_checked(url, timeout, allow_private, resolve, is_allowed, *, what="image_url",
+                  method="GET", body=None, headers=None):
+    parts, port, addresses = check_url(url, what, allow_private, resolve, is_allowed)
+    host = parts.hostname
     pool_kwargs = dict(port=port, retries=False, maxsize=1,
                        timeout=urllib3.Timeout(total=timeout, connect=min(timeout, 5.0)))
     if parts.scheme == "https":
@@ -110,12 +124,24 @@ def _open_checked(url, timeout, allow_private, resolve, is_allowed):
         pool = urllib3.HTTPConnectionPool(addresses[0], **pool_kwargs)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        return pool.urlopen("GET", path, redirect=False, preload_content=False,
+        return pool.urlopen(method, path, body=body, redirect=False, preload_content=False,
                             headers={"Host": parts.netloc.rsplit("@", 1)[-1],
                                      "User-Agent": "sam3d-objects-server",
-                                     "Accept": "image/*"})
+                                     **(headers or {"Accept": "image/*"})})
     except urllib3.exceptions.HTTPError as exc:
-        raise FetchFailed(f"image_url could not be fetched: {type(exc).__name__}") from None
+        raise FetchFailed(f"{what} could not be reached: {type(exc).__name__}") from None
+
+
+def post_checked(url: str, body: bytes, headers: dict[str, str], *, what: str,
+                 timeout: float, allow_private: bool = False,
+                 resolve: Resolver = resolve_host) -> int:
+    """POST `body` to `url` under the same address rules as `fetch_url` (checked again at
+    each call: DNS may have changed), no redirect followed; the HTTP status."""
+    response = _open_checked(url, timeout, allow_private, resolve, is_public_address,
+                             what=what, method="POST", body=body, headers=headers)
+    response.drain_conn()
+    response.release_conn()
+    return response.status
 
 
 def _read_capped(response, max_bytes: int, deadline: float) -> bytes:

@@ -13,6 +13,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -56,6 +57,12 @@ class ImageInput(BaseModel):
     image_base64: str | None = Field(None, description="Same as image (the serverless plan's name)")
     image_url: str | None = Field(None, description="http(s) URL of the image; private and "
                                   "loopback addresses are refused")
+    webhook: str | None = Field(None, max_length=2048, description="http(s) URL the server "
+                                "POSTs the job's status to, signed (Standard Webhooks); "
+                                "https advised. HTTP server only")
+    webhook_events: list[Literal["start", "completed", "failed", "cancelled"]] | None = Field(
+        None, min_length=1, description="When to call `webhook` (default: completed, failed, "
+        "cancelled)")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import JobCancelled, Pipeline, PipelineError, Progress, Result
+from .device import with_gpu_peak
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -235,7 +236,8 @@ def _serve(conn, cancel, settings: "Settings", names: list[str]) -> None:
             return  # the parent is gone
         failure = None
         try:
-            conn.send(("done", pipelines[name].run(options, image, Path(stem), progress)))
+            conn.send(("done", with_gpu_peak(
+                lambda: pipelines[name].run(options, image, Path(stem), progress))))
         except JobCancelled:
             conn.send(("cancelled",))
         except Exception as exc:  # noqa: BLE001 - a job's failure, sent to the parent

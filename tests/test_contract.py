@@ -24,7 +24,8 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     document = requests.get(f"{server['url']}/openapi.json",
                             headers={"X-API-Key": KEY}).json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/health", "/queue", "/generate", "/generate/sync",
+    assert set(document["paths"]) == {"/health", "/livez", "/readyz", "/metrics", "/queue",
+                                      "/generate", "/generate/sync",
                                       "/depth", "/depth/sync", "/job/{job_id}",
                                       "/job/{job_id}/download", "/job/{job_id}/events",
                                       "/openapi.json"}

@@ -1,0 +1,241 @@
+"""Operating the server: Prometheus metrics, liveness and readiness, health states, webhooks
+(verified with the Standard Webhooks library, as a receiver would), the event stream and
+Idempotency-Key."""
+
+import base64
+import http.server
+import json
+import queue
+import threading
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook
+
+import webhooks
+from conftest import image_b64, wait_until
+from stand_ins import ScriptedPipeline
+
+KEY = "ops-key"
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture
+def client(make_client, scripted):
+    return make_client({"lotus": scripted}, api_key=KEY, webhook_secret=SECRET,
+                       allow_private_urls=True)
+
+
+def finished(client, job_id):
+    return wait_until(lambda: (lambda body: body if body["status"] in (
+        "completed", "failed", "cancelled") else None)(
+        client.get(f"/job/{job_id}", headers=AUTH).get_json()), timeout=20)
+
+
+def submit(client, seed=1, headers=None, **body):
+    return client.post("/depth", json={"image": image_b64(), "seed": seed, **body},
+                       headers={**AUTH, **(headers or {})})
+
+
+def scrape(client) -> dict:
+    """{(name, frozenset(labels)): value} of every sample /metrics gives."""
+    text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+def test_metrics_are_behind_the_key_in_prometheus_format(client):
+    assert client.get("/metrics").status_code == 401
+    response = client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    assert "# TYPE sam3d_jobs_total counter" in response.get_data(as_text=True)
+
+
+def test_metrics_count_jobs_stages_waits_requests_and_model_loads(client, scripted):
+    scripted.actions[2] = "fail"
+    done = finished(client, submit(client, seed=1).get_json()["job_id"])
+    failed = finished(client, submit(client, seed=2).get_json()["job_id"])
+    assert (done["status"], failed["status"]) == ("completed", "failed")
+    client.get("/job/" + "0" * 32, headers=AUTH)  # a 404
+    samples = scrape(client)
+    lotus_png = {("pipeline", "lotus"), ("output", "depth png")}
+    assert samples[("sam3d_jobs_total", frozenset(lotus_png | {("state", "completed")}))] == 1
+    assert samples[("sam3d_jobs_total", frozenset(lotus_png | {("state", "failed")}))] == 1
+    assert samples[("sam3d_job_duration_seconds_count", frozenset(lotus_png))] == 1
+    assert samples[("sam3d_stage_duration_seconds_count",
+                    frozenset({("pipeline", "lotus"), ("stage", "working")}))] == 2
+    assert samples[("sam3d_queue_wait_seconds_count", frozenset({("pipeline", "lotus")}))] == 2
+    assert samples[("sam3d_http_requests_total", frozenset(
+        {("method", "GET"), ("route", "/job/<job_id>"), ("status", "404")}))] == 1
+    assert samples[("sam3d_http_requests_total", frozenset(
+        {("method", "POST"), ("route", "/depth"), ("status", "202")}))] == 2
+    assert samples[("sam3d_queue_waiting_jobs", frozenset())] == 0
+    assert ("sam3d_model_load_seconds", frozenset({("pipeline", "lotus")})) in samples
+
+
+def test_the_queue_gauges_show_running_and_waiting_jobs(client, scripted):
+    scripted.actions[1] = "block"
+    submit(client, seed=1)
+    assert scripted.started.get(timeout=10) == 1
+    submit(client, seed=2)
+    samples = scrape(client)
+    assert samples[("sam3d_queue_running_jobs", frozenset())] == 1
+    assert samples[("sam3d_queue_waiting_jobs", frozenset())] == 1
+    scripted.release.set()
+
+
+# -- health, liveness, readiness ------------------------------------------------------
+
+def test_livez_and_readyz_are_open_and_health_names_the_state(client, scripted):
+    assert client.get("/livez").get_json() == {"alive": True}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["state"] == "ready"
+    assert client.get("/health").get_json()["state"] == "ready"
+    scripted.actions[1] = "block"
+    submit(client, seed=1)
+    scripted.started.get(timeout=10)
+    assert client.get("/health").get_json()["state"] == "busy"
+    assert client.get("/readyz").status_code == 200  # busy is ready: it queues
+    scripted.release.set()
+
+
+def test_a_model_that_failed_to_load_is_setup_failed(make_client):
+    broken = ScriptedPipeline()
+    broken.load = lambda: (_ for _ in ()).throw(OSError("checkpoint is corrupt"))
+    client = make_client({"lotus": broken})
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["state"] == "setup_failed"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["reasons"] == [
+        "model 'lotus' failed to load"]
+
+
+def test_models_still_loading_are_starting(make_client):
+    slow = ScriptedPipeline()
+    loading = threading.Event()
+    slow.load = lambda: loading.wait(10)
+    client = make_client({"lotus": slow}, wait=False)
+    assert client.get("/health").get_json()["state"] == "starting"
+    assert client.get("/readyz").status_code == 503
+    loading.set()
+    wait_until(lambda: client.get("/readyz").status_code == 200)
+
+
+def test_an_unwritable_output_folder_is_unhealthy(client, monkeypatch):
+    monkeypatch.setattr(client.application.extensions["queue"], "output_writable",
+                        lambda: False)  # a full or read-only volume (root writes anywhere)
+    assert client.get("/health").get_json()["state"] == "unhealthy"
+    assert "OUTPUT_DIR is not writable" in client.get("/readyz").get_json()["reasons"]
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on loopback: answers each POST with the next scripted status."""
+    received, answers = queue.Queue(), []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.put((dict(self.headers), body.decode()))
+            self.send_response(answers.pop(0) if answers else 204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook?token=t0ken", received, answers
+    server.shutdown()
+
+
+def test_a_webhook_gets_the_signed_final_status(client, receiver):
+    url, received, _ = receiver
+    job_id = submit(client, webhook=url).get_json()["job_id"]
+    headers, body = received.get(timeout=10)
+    payload = Webhook(SECRET).verify(body, headers)  # raises unless the signature is right
+    assert payload["type"] == "job.completed"
+    assert payload["data"]["job_id"] == job_id and payload["data"]["status"] == "completed"
+    assert headers["webhook-id"] == f"msg_{job_id}_completed"
+
+
+def test_webhook_events_can_ask_for_the_start_too(client, receiver):
+    url, received, _ = receiver
+    submit(client, webhook=url, webhook_events=["start", "completed"])
+    first, second = (json.loads(received.get(timeout=10)[1])["type"] for _ in range(2))
+    assert (first, second) == ("job.start", "job.completed")
+
+
+def test_a_failed_delivery_is_retried_with_the_same_id(client, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "RETRY_DELAYS", (0.2, 0.2))
+    url, received, answers = receiver
+    answers.extend([500, 502])
+    submit(client, webhook=url)
+    ids = [received.get(timeout=30)[0]["webhook-id"] for _ in range(3)]
+    assert len(set(ids)) == 1
+
+
+@pytest.mark.parametrize("overrides, url, message", [
+    ({"webhook_secret": SECRET}, "http://127.0.0.1:9/hook",
+     "webhook points to a private or reserved address"),
+    ({"webhook_secret": SECRET}, "ftp://example.com/hook", "webhook must be an http or https"),
+    ({}, "https://example.com/hook", "no WEBHOOK_SECRET"),
+])
+def test_a_webhook_that_cannot_be_called_is_a_400(make_client, scripted, overrides, url,
+                                                  message):
+    client = make_client({"lotus": scripted}, **overrides)
+    response = client.post("/depth", json={"image": image_b64(), "webhook": url})
+    assert response.status_code == 400 and message in response.get_json()["error"]
+    assert client.get("/queue").get_json()["queued"] == 0
+
+
+def test_a_webhook_secret_that_is_not_standard_webhooks_stops_the_start():
+    from settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        load_settings(webhook_secret="not base64 !")
+
+
+# -- events -----------------------------------------------------------------------------
+
+def test_the_event_stream_follows_the_job_to_its_end(client):
+    job_id = submit(client).get_json()["job_id"]
+    response = client.get(f"/job/{job_id}/events", headers=AUTH)
+    assert response.mimetype == "text/event-stream"
+    events = [json.loads(line[5:]) for line in response.get_data(as_text=True).splitlines()
+              if line.startswith("data:")]
+    assert events[-1]["status"] == "completed" and events[-1]["download_url"]
+    assert all(event["job_id"] == job_id for event in events)
+    assert client.get("/job/" + "0" * 32 + "/events", headers=AUTH).status_code == 404
+
+
+# -- Idempotency-Key --------------------------------------------------------------------
+
+def test_the_same_key_and_body_give_the_same_job(client):
+    body = {"image": image_b64(), "seed": 5}
+    headers = {**AUTH, "Idempotency-Key": "order-17"}
+    first = client.post("/depth", json=body, headers=headers)
+    again = client.post("/depth", json=body, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert first.get_json()["job_id"] == again.get_json()["job_id"]
+    other = client.post("/depth", json=body, headers={**AUTH, "Idempotency-Key": "order-18"})
+    assert other.get_json()["job_id"] != first.get_json()["job_id"]
+
+
+def test_the_same_key_with_another_body_is_a_422(client):
+    headers = {**AUTH, "Idempotency-Key": "order-17"}
+    client.post("/depth", json={"image": image_b64(), "seed": 5}, headers=headers)
+    response = client.post("/depth", json={"image": image_b64(), "seed": 6}, headers=headers)
+    assert response.status_code == 422 and "different request" in response.get_json()["error"]
+    assert client.get("/queue", headers=AUTH).get_json()["queued"] <= 1
+
+
+def test_a_key_too_long_is_a_400(client):
+    response = submit(client, headers={"Idempotency-Key": "k" * 256})
+    assert response.status_code == 400 and "Idempotency-Key" in response.get_json()["error"]
