@@ -7,6 +7,8 @@ naming the variable instead of failing on the first request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from pathlib import Path
 from typing import Literal
@@ -84,10 +86,16 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        from webhooks import valid_secret
-
-        if value is not None:
-            valid_secret(value.get_secret_value())
+        """Standard Webhooks' form: `whsec_` + base64 of 24 to 64 random bytes."""
+        if value is None:
+            return value
+        text = value.get_secret_value().removeprefix("whsec_")
+        try:
+            key = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be whsec_ followed by base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("must decode to 24 to 64 bytes")
         return value
 
     @field_validator("api_key", "lotus_api_key", "webhook_secret", mode="before")

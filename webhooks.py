@@ -33,17 +33,6 @@ RETRY_DELAYS = (5, 15, 60, 180, 540)
 TIMEOUT_SECONDS = 10.0
 
 
-def valid_secret(secret: str) -> str:
-    """WEBHOOK_SECRET as Standard Webhooks has it (`whsec_` + base64 of 24 to 64 bytes)."""
-    try:
-        key = Webhook(secret)._whsecret  # the library's own parsing
-    except Exception:  # noqa: BLE001 - binascii.Error, EmptyWebhookSecretError, ...
-        raise ValueError("WEBHOOK_SECRET must be whsec_ followed by base64") from None
-    if not 24 <= len(key) <= 64:
-        raise ValueError("WEBHOOK_SECRET must decode to 24 to 64 bytes")
-    return secret
-
-
 class WebhookSender:
     def __init__(self, secret: str, describe: Callable[[JobView], dict], *,
                  allow_private: bool = False, delays: tuple[float, ...] | None = None,

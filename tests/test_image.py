@@ -68,8 +68,11 @@ def test_the_server_image_starts_what_the_repository_has():
     module, attribute = re.search(r'wsgi_app = "(\w+):(\w+)"', config).groups()
     assert (ROOT / f"{module}.py").exists() and attribute == "app"
     copied = " ".join(args for kind, args in instructions("Dockerfile") if kind == "COPY")
-    for needed in ("gunicorn.conf.py", "app.py", "queue_manager.py", "journal.py",
-                   "settings.py", "schemas.py", "pipelines/"):
+    declared = re.search(r"py-modules = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(),
+                         re.DOTALL)[1]  # every top-level module the project is made of
+    modules = re.findall(r'"(\w+)"', declared)
+    for needed in ("gunicorn.conf.py", "pipelines/", "web/static/",
+                   *(f"{module}.py" for module in modules)):
         assert needed in copied, f"the image does not copy {needed}"
     assert "curl" in steps["RUN"] or "curl" in " ".join(
         args for kind, args in instructions("Dockerfile") if kind == "RUN")

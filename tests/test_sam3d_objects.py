@@ -3,8 +3,10 @@ masks, several objects placed in one scene, OBJ / STL / USDZ files, poses and si
 status, and the low-memory mode. Each file is read back with the library of its format."""
 
 import base64
+import http.server
 import io
 import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -90,6 +92,32 @@ def test_the_clients_mask_is_the_object_the_model_sees(client, mode):
     expected = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
     expected[5:25, 10:30] = 255
     np.testing.assert_array_equal(alpha, expected)  # not the centre box of Masker(None)
+
+
+def test_a_mask_url_is_fetched_like_image_url(make_client, model):
+    mask = base64.b64decode(box_mask(8, 8, 40, 40))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(mask)))
+            self.end_headers()
+            self.wfile.write(mask)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = make_client({"sam3d": model}, allow_private_urls=True)
+        download(client, output_format="ply",
+                 mask_url=f"http://127.0.0.1:{server.server_port}/mask.png")
+    finally:
+        server.shutdown()
+    alpha = run_calls()[-1]["alpha"]
+    assert alpha[8:40, 8:40].all() and alpha.sum() == 32 * 32 * 255
 
 
 @pytest.mark.parametrize("body, message", [
