@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU smoke test, after `docker compose up`: waits until the models are loaded, then makes a
-# textured GLB, a vertex-coloured GLB, a PLY and a depth map from a bundled image and checks
-# what a viewer would show: a texture image, a colour per vertex, the 3D Gaussian fields.
+# textured GLB, a vertex-coloured GLB, a PLY, a USDZ, a two-object scene (from two bundled
+# masks) and a depth map from a bundled image and checks what a viewer would show: a
+# texture image, a colour per vertex, the 3D Gaussian fields, a USD package, two nodes.
 #
 #   scripts/smoke_test.sh [URL]   (default http://localhost:8000; API_KEY if set;
 #                                  SMOKE_WAIT_SECONDS, default 900, for the models to load)
@@ -87,6 +88,16 @@ check_ply() {
 
 check_depth() { grep -q '"image_base64"' "$1" && grep -q '"max"' "$1"; }
 
+# check_usdz FILE: a USDZ package (a zip whose first file is the USD layer)
+check_usdz() { [ "$(head -c 2 "$1")" = PK ] && head -c 200 "$1" | grep -aq '\.usdc'; }
+
+# check_scene FILE: a GLB with one node per mask (object_0, object_1)
+check_scene() {
+  local json
+  json=$(glb_json "$1") || return 1
+  grep -q '"object_0"' <<< "$json" && grep -q '"object_1"' <<< "$json"
+}
+
 health=$(tr -d ' \n' < "$WORK/health.json")
 [[ $health == *'"sam3d":"ready"'* ]] || fail "SAM 3D Objects is not loaded: $health"
 
@@ -107,6 +118,11 @@ try textured-glb '"glb_textured":true' '"output_format": "glb", "with_texture": 
 try vertex-colour-glb '"glb":true' '"output_format": "glb", "with_texture": false' \
   /generate/sync check_vertex_colour_glb
 try gaussian-splat-ply '"ply":true' '"output_format": "ply"' /generate/sync check_ply
+try usdz '"glb":true' '"output_format": "usdz", "with_texture": false' /generate/sync check_usdz
+masks=$(printf '"%s", "%s"' "$(base64 -w 0 "$HERE/smoke_mask_left.png")" \
+  "$(base64 -w 0 "$HERE/smoke_mask_right.png")")
+try two-object-scene '"glb":true' "\"output_format\": \"glb\", \"with_texture\": false, \"masks\": [$masks]" \
+  /generate/sync check_scene
 try depth-map '"lotus":"ready"' '"processing_res": 768' /depth/sync check_depth
 
 echo "$failures failed"

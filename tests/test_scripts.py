@@ -93,7 +93,10 @@ def test_smoke_test_script_passes_against_a_running_server(tmp_path, checkpoints
         done = subprocess.run(["bash", str(ROOT / "scripts/smoke_test.sh"), server["url"]],
                               capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("PASS") == 5 and "0 failed" in done.stdout
+    assert done.stdout.count("PASS") == 7 and "0 failed" in done.stdout
+    for check in ("textured-glb", "vertex-colour-glb", "gaussian-splat-ply", "usdz",
+                  "two-object-scene", "depth-map"):
+        assert f"PASS  {check}\n" in done.stdout
 
 
 def test_smoke_test_script_fails_when_the_server_is_down():
