@@ -239,3 +239,20 @@ def test_the_same_key_with_another_body_is_a_422(client):
 def test_a_key_too_long_is_a_400(client):
     response = submit(client, headers={"Idempotency-Key": "k" * 256})
     assert response.status_code == 400 and "Idempotency-Key" in response.get_json()["error"]
+
+
+def test_a_jobs_gpu_peak_reaches_its_status_and_the_metrics(client, monkeypatch):
+    """On a GPU the runner measures each job's peak (pipelines/device.py); here CUDA is
+    stood in for by its two calls."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**30)
+    status = finished(client, submit(client).get_json()["job_id"])
+    assert status["gpu_peak_bytes"] == 3 * 2**30
+    samples = scrape(client)
+    assert samples[("sam3d_job_gpu_peak_bytes_count", frozenset(
+        {("pipeline", "lotus"), ("output", "depth png")}))] == 1
+    assert samples[("sam3d_job_gpu_peak_bytes_bucket", frozenset(
+        {("pipeline", "lotus"), ("output", "depth png"), ("le", "4.294967296e+09")}))] == 1

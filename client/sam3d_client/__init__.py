@@ -84,8 +84,10 @@ class Client:
                 if status.get("status") in FINISHED:
                     return self.status(job_id)
         except ServerError as exc:
-            if exc.status != 404:
+            if exc.status != 404:  # 404: a server without the stream; poll instead
                 raise
+        except requests.RequestException:  # the stream broke off: poll from here
+            pass
         while True:
             status = self.status(job_id)
             on_update(status)
@@ -95,7 +97,9 @@ class Client:
 
     def _events(self, job_id: str) -> Iterator[dict]:
         """GET /job/<id>/events (text/event-stream): one JSON status per `data:` line."""
-        response = self.request("GET", f"/job/{job_id}/events", stream=True, timeout=None)
+        # the server sends a keep-alive line every 15 s: a minute of silence is a dead stream
+        response = self.request("GET", f"/job/{job_id}/events", stream=True,
+                                timeout=(self.timeout, 60))
         with response:
             for line in response.iter_lines(decode_unicode=True):
                 if line and line.startswith("data:"):
