@@ -63,9 +63,12 @@ VENDOR_FILES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra):
+    def __init__(self, status: int, message: str, *, retry_after: bool = False, **extra):
+        """`retry_after`: a 503 that will pass (queue full, model loading) says when to
+        retry; one that will not (the model is not served here) says nothing of the kind."""
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
+        self.retry_after = retry_after
 
 
 def create_app(settings: Settings | None = None, *,
@@ -128,7 +131,7 @@ def _error(status: int, message: str, headers: dict | None = None, **extra) -> R
 
 
 def _api_error(exc: ApiError) -> Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.retry_after else None
     return _error(exc.status, exc.message, headers, **exc.extra)
 
 
@@ -220,7 +223,7 @@ def _submit(endpoint: str) -> tuple[JobView, bool]:
     except PipelineError as exc:
         raise ApiError(exc.status, str(exc)) from None
     except QueueFull as exc:
-        raise ApiError(503, f"{exc}; retry later") from None
+        raise ApiError(503, f"{exc}; retry later", retry_after=True) from None
     except KeyReused as exc:
         raise ApiError(422, str(exc)) from None
 
@@ -237,7 +240,8 @@ def _require_ready(pipeline: str) -> None:
     if status == "ready":
         return
     if status == "loading":
-        raise ApiError(503, f"model {pipeline!r} is still loading; retry shortly")
+        raise ApiError(503, f"model {pipeline!r} is still loading; retry shortly",
+                       retry_after=True)
     if status == "failed":
         raise ApiError(503, f"model {pipeline!r} failed to load: {_registry().error(pipeline)}")
     raise ApiError(503, f"model {pipeline!r} is not loaded on this server "

@@ -217,6 +217,7 @@ def test_a_pipeline_that_is_not_loaded_is_503(make_client, scripted):
     client = make_client({"lotus": scripted})
     response = client.post("/generate", json={"image": image_b64()})
     assert response.status_code == 503 and "not loaded" in response.get_json()["error"]
+    assert "Retry-After" not in response.headers  # retrying would not help: it never loads
 
 
 def test_failed_jobs_show_the_error_and_the_download_says_why(client, scripted):

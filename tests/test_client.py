@@ -113,17 +113,18 @@ def test_every_error_exits_non_zero_with_the_servers_message(client_venv, server
                             cwd=tmp_path)
     assert bad_mask.returncode == 1 and "mask is empty" in bad_mask.stderr
     assert not (tmp_path / "model.glb").exists()
+    not_served = sam3d_client(client_venv, server, "generate", photo, "--format", "ply",
+                              "--seed", 2**33)  # a 400 from the server, at once
+    assert not_served.returncode == 1 and "seed" in not_served.stderr
     nowhere = subprocess.run([client_venv / "bin" / "sam3d-client", "--url",
                               "http://127.0.0.1:9", "health"], capture_output=True, text=True)
     assert nowhere.returncode == 2 and "cannot reach" in nowhere.stderr
 
 
-def test_a_full_queue_is_retried_after_its_retry_after(monkeypatch):
-    """503 twice, then accepted: the client waits Retry-After between tries."""
-    from sam3d_client import Client
-
-    answers = [(503, {"Retry-After": "1"}), (503, {"Retry-After": "1"}), (202, {})]
-    seen = []
+@pytest.fixture
+def stub():
+    """A server answering POSTs with scripted (status, headers); the statuses it gave."""
+    answers, seen = [], []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
@@ -134,18 +135,37 @@ def test_a_full_queue_is_retried_after_its_retry_after(monkeypatch):
             for name, value in {**headers, "Content-Type": "application/json"}.items():
                 self.send_header(name, value)
             self.end_headers()
-            body = {"error": "queue is full"} if status == 503 else {"job_id": "x"}
+            body = {"error": "no room"} if status == 503 else {"job_id": "x"}
             self.wfile.write(json.dumps(body).encode())
 
         def log_message(self, *args):
             pass
 
-    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", answers, seen
+    server.shutdown()
+
+
+def test_a_full_queue_is_retried_after_its_retry_after(stub, monkeypatch):
+    """503 twice, then accepted: the client waits Retry-After between tries."""
+    from sam3d_client import Client
+
+    url, answers, seen = stub
+    answers += [(503, {"Retry-After": "1"}), (503, {"Retry-After": "1"}), (202, {})]
     sleeps = []
     monkeypatch.setattr("sam3d_client.time.sleep", sleeps.append)
-    try:
-        job = Client(f"http://127.0.0.1:{stub.server_port}").submit("depth", {"image": "x"})
-    finally:
-        stub.shutdown()
-    assert job == {"job_id": "x"} and seen == [503, 503, 202] and sleeps == [1.0, 1.0]
+    assert Client(url).submit("depth", {"image": "x"}) == {"job_id": "x"}
+    assert seen == [503, 503, 202] and sleeps == [1.0, 1.0]
+
+
+def test_a_503_without_retry_after_is_an_answer_not_a_wait(stub, monkeypatch):
+    """The model is not served there: waiting would not help."""
+    from sam3d_client import Client, ServerError
+
+    url, answers, seen = stub
+    answers += [(503, {}), (202, {})]
+    monkeypatch.setattr("sam3d_client.time.sleep", pytest.fail)
+    with pytest.raises(ServerError, match="503: no room"):
+        Client(url).submit("generate", {"image": "x"})
+    assert seen == [503]

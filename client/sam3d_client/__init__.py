@@ -45,7 +45,8 @@ class Client:
         self.retries, self.timeout, self.poll_seconds = retries, timeout, poll_seconds
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        """One call; a 503 (queue full, model loading) is retried after its Retry-After."""
+        """One call; a 503 with a Retry-After (queue full, model loading) is retried after
+        it. A 503 without one (the model is not served there) is an answer, not a wait."""
         timeout = kwargs.pop("timeout", self.timeout)
         for attempt in range(self.retries + 1):
             try:
@@ -53,7 +54,8 @@ class Client:
                                                 **kwargs)
             except requests.RequestException as exc:
                 raise ServerError(f"cannot reach {self.url}: {exc}") from None
-            if response.status_code == 503 and attempt < self.retries:
+            if (response.status_code == 503 and "Retry-After" in response.headers
+                    and attempt < self.retries):
                 time.sleep(retry_after(response))
                 continue
             if response.status_code >= 400:
@@ -119,8 +121,8 @@ class Client:
 
 def retry_after(response: requests.Response) -> float:
     try:
-        return min(max(float(response.headers.get("Retry-After", 10)), 0.5), 300)
-    except ValueError:
+        return min(max(float(response.headers["Retry-After"]), 0.5), 300)
+    except ValueError:  # an HTTP date: not what this server sends
         return 10.0
 
 
