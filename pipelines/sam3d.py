@@ -127,15 +127,16 @@ class GenerateRequest(ImageInput):
         kept in the options as 1-bit PNGs, so a bad mask is a 400, not a failed job."""
         options, image = super().load(limits)
         if self.masks is not None:
-            sources = [(mask, False, f"masks[{index}]") for index, mask in enumerate(self.masks)]
-        elif self.mask is not None or self.mask_url is not None:
-            sources = [(self.mask_url or self.mask, self.mask_url is not None,
-                        "mask_url" if self.mask_url is not None else "mask")]
+            sources = [(f"masks[{index}]", mask, False) for index, mask in enumerate(self.masks)]
+        elif self.mask_url is not None:
+            sources = [("mask_url", self.mask_url, True)]
+        elif self.mask is not None:
+            sources = [("mask", self.mask, False)]
         else:
             return options, image
         masks = [encode_mask(read_client_mask(source, image.size, where, is_url=is_url,
                                               limits=limits))
-                 for source, is_url, where in sources]
+                 for where, source, is_url in sources]
         return options.model_copy(update={"mask": None, "mask_url": None, "masks": masks}), image
 
 
@@ -202,7 +203,6 @@ def bake_with_gsplat() -> None:
 
     render_frames_with_gsplat.defaults_to_gsplat = True
     render_utils.render_frames = render_frames_with_gsplat
-
 
 
 def offload_wanted(mode: str, vram_gib: float | None) -> bool:
