@@ -1,11 +1,13 @@
 import base64
 import contextlib
+import http.server
 import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,3 +142,22 @@ def running_server(work: Path, checkpoints: Path, **env):
         finally:
             process.terminate()
             process.wait(30)
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test server's handler: subclasses add do_GET / do_POST; nothing is logged."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type[QuietHandler]):
+    """A loopback HTTP server with `handler`, in a thread: yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,11 +1,9 @@
 """`sam3d-client` against the real server (tiny Lotus-D, SAM 3D stand-in), installed on its own
 in a venv without torch, as a user on any machine would install it."""
 
-import http.server
 import json
 import os
 import subprocess
-import threading
 import venv
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from conftest import ROOT, image_bytes, running_server
+from conftest import ROOT, QuietHandler, image_bytes, local_http_server, running_server
 
 KEY = "client-test-key"
 
@@ -126,7 +124,7 @@ def stub():
     """A server answering POSTs with scripted (status, headers); the statuses it gave."""
     answers, seen = [], []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
             self.rfile.read(int(self.headers["Content-Length"]))
             status, headers = answers.pop(0)
@@ -138,13 +136,8 @@ def stub():
             body = {"error": "no room"} if status == 503 else {"job_id": "x"}
             self.wfile.write(json.dumps(body).encode())
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", answers, seen
-    server.shutdown()
+    with local_http_server(Handler) as url:
+        yield url, answers, seen
 
 
 def test_a_full_queue_is_retried_after_its_retry_after(stub, monkeypatch):

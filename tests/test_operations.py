@@ -3,7 +3,6 @@
 Idempotency-Key."""
 
 import base64
-import http.server
 import json
 import queue
 import threading
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 import webhooks
-from conftest import image_b64, wait_until
+from conftest import QuietHandler, image_b64, local_http_server, wait_until
 from stand_ins import ScriptedPipeline
 
 KEY = "ops-key"
@@ -138,20 +137,15 @@ def receiver():
     """A webhook receiver on loopback: answers each POST with the next scripted status."""
     received, answers = queue.Queue(), []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.put((dict(self.headers), body.decode()))
             self.send_response(answers.pop(0) if answers else 204)
             self.end_headers()
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook?token=t0ken", received, answers
-    server.shutdown()
+    with local_http_server(Handler) as url:
+        yield f"{url}/hook?token=t0ken", received, answers
 
 
 def test_a_webhook_gets_the_signed_final_status(client, receiver):

@@ -3,10 +3,8 @@ masks, several objects placed in one scene, OBJ / STL / USDZ files, poses and si
 status, and the low-memory mode. Each file is read back with the library of its format."""
 
 import base64
-import http.server
 import io
 import sys
-import threading
 import zipfile
 
 import numpy as np
@@ -15,7 +13,8 @@ import torch
 import trimesh
 from PIL import Image
 
-from conftest import SAM3D_STAND_IN, sam3d_checkpoints, wait_until
+from conftest import (SAM3D_STAND_IN, QuietHandler, local_http_server, sam3d_checkpoints,
+                      wait_until)
 from pipelines.masks import Masker
 from pipelines.offload import StageOffload
 from pipelines.sam3d import MAX_OBJECTS, GenerateRequest, Sam3DObjects
@@ -97,7 +96,7 @@ def test_the_clients_mask_is_the_object_the_model_sees(client, mode):
 def test_a_mask_url_is_fetched_like_image_url(make_client, model):
     mask = base64.b64decode(box_mask(8, 8, 40, 40))
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -105,17 +104,9 @@ def test_a_mask_url_is_fetched_like_image_url(make_client, model):
             self.end_headers()
             self.wfile.write(mask)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with local_http_server(Handler) as url:
         client = make_client({"sam3d": model}, allow_private_urls=True)
-        download(client, output_format="ply",
-                 mask_url=f"http://127.0.0.1:{server.server_port}/mask.png")
-    finally:
-        server.shutdown()
+        download(client, output_format="ply", mask_url=f"{url}/mask.png")
     alpha = run_calls()[-1]["alpha"]
     assert alpha[8:40, 8:40].all() and alpha.sum() == 32 * 32 * 255
 
