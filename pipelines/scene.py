@@ -73,7 +73,3 @@ def place_mesh(mesh: trimesh.Trimesh, pose: Pose) -> trimesh.Trimesh:
     placed.apply_transform(to_gltf @ pose.local_to_camera() @ undo_y_up)
     return placed
 
-
-def mesh_counts(meshes: list[trimesh.Trimesh]) -> dict[str, int]:
-    return {"vertices": sum(len(mesh.vertices) for mesh in meshes),
-            "faces": sum(len(mesh.faces) for mesh in meshes)}
