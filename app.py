@@ -27,17 +27,18 @@ from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Metrics
 from pipelines import PipelineRegistry
 from pipelines.base import PipelineError, public_message, validation_message
-from pipelines.catalog import serving_pipelines
 from pipelines.device import gpu_info
 from pipelines.fetch import check_url
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
-                           NotCancellable, QueueFull)
+                           NotCancellable, QueueFull, StorageUnavailable)
 from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
                      openapi_document)
 from settings import Settings, SettingsError, load_settings
+from storage import OutputDirInUse
 from webhooks import WebhookSender
+from workers.pool import serving_pipelines
 
 log = logging.getLogger("server")
 
@@ -75,16 +76,21 @@ def create_app(settings: Settings | None = None, *,
                registry: PipelineRegistry | None = None) -> Flask:
     """Build the app, start the queue's workers and load the models in the background."""
     settings = settings or load_settings()
-    registry = registry if registry is not None else PipelineRegistry(
-        serving_pipelines(settings))
+    workers: dict = {}
+    if registry is None:
+        pipelines, workers = serving_pipelines(settings)
+        registry = PipelineRegistry(pipelines)
     metrics = Metrics()
     observers = [metrics.observe]
     if settings.webhook_secret is not None:
         observers.append(WebhookSender(settings.webhook_secret.get_secret_value(), _job_status,
                                        allow_private=settings.allow_private_urls).observe)
-    queue = JobQueue(registry, settings.output_dir, max_queue_size=settings.max_queue_size,
+    queue = JobQueue(registry, settings.output_dir, workers=workers,
+                     max_queue_size=settings.max_queue_size,
                      max_concurrent=settings.max_concurrent,
-                     result_ttl_seconds=settings.result_ttl_seconds, observers=observers)
+                     batch_limit=settings.depth_batch or 1,
+                     result_ttl_seconds=settings.result_ttl_seconds,
+                     min_free_bytes=settings.min_free_disk_mb * 2**20, observers=observers)
     metrics.watch(queue.stats, lambda: dict(registry.load_seconds))
     queue.start()
     registry.load_in_background()
@@ -98,6 +104,8 @@ def create_app(settings: Settings | None = None, *,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     app.extensions.update(settings=settings, registry=registry, queue=queue, metrics=metrics,
+                          devices=sorted({w.device for ws in workers.values() for w in ws},
+                                         key=lambda d: (d.kind, d.index)),
                           idempotency=IdempotencyKeys(settings.result_ttl_seconds))
     app.before_request(_check_api_key)
     app.after_request(_count_request)
@@ -224,6 +232,9 @@ def _submit(endpoint: str) -> tuple[JobView, bool]:
         raise ApiError(exc.status, str(exc)) from None
     except QueueFull as exc:
         raise ApiError(503, f"{exc}; retry later", retry_after=True) from None
+    except StorageUnavailable as exc:
+        raise ApiError(507, f"{exc}; the server takes jobs again once it has room",
+                       retry_after=True) from None
     except KeyReused as exc:
         raise ApiError(422, str(exc)) from None
 
@@ -326,16 +337,22 @@ def _problems() -> dict[str, list[str]]:
     registry, queue = _registry(), _queue()
     pipelines = registry.status()
     unhealthy = []
-    if queue.workers_alive() < queue.max_concurrent:
+    if queue.workers_alive() < queue.workers_expected():
         unhealthy.append("a queue worker is dead")
     if not queue.janitor_alive():
         unhealthy.append("the queue's janitor is dead")
-    if not queue.output_writable():
-        unhealthy.append("OUTPUT_DIR is not writable")
+    if (problem := queue.output_problem()) is not None:
+        unhealthy.append(problem)
     setup_failed = [f"model {name!r} failed to load" for name, state in pipelines.items()
                     if state == "failed"] or ([] if pipelines else ["no model to serve"])
     starting = [f"model {name!r} is loading" for name, state in pipelines.items()
                 if state == "loading"]
+    workers = queue.workers()
+    for name in [name for name, state in pipelines.items() if state == "ready"]:
+        own = [worker for worker in workers if worker["pipeline"] == name]
+        if own and not any(worker["state"] in ("ready", "busy") for worker in own):
+            starting.append(f"model {name!r} has no worker up: "
+                            f"{own[0]['reason'] or own[0]['state']}")
     return {"unhealthy": unhealthy, "setup_failed": setup_failed, "starting": starting}
 
 
@@ -352,19 +369,34 @@ def _health() -> tuple[dict, int]:
     registry, queue = _registry(), _queue()
     pipelines = registry.status()
     workers_alive = queue.workers_alive()
-    ready = bool(pipelines) and all(state == "ready" for state in pipelines.values())
     state = _state(_problems())
+    ready = bool(pipelines) and all(s == "ready" for s in pipelines.values()) and \
+        state in ("ready", "busy")
     broken = state in ("unhealthy", "setup_failed")
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}
     notices = {name: pipeline.notice for name, pipeline in registry.items()
                if getattr(pipeline, "notice", None)}
-    body = Health(status=status, state=state, model_loaded=ready, **gpu_info(),
-                  queue=queue.stats(),
-                  pipelines=pipelines, capabilities=capabilities, workers_alive=workers_alive,
-                  notices=notices)
+    if queue.journal_notice:
+        notices["journal"] = queue.journal_notice
+    if (problem := queue.output_problem()) is not None:
+        notices["storage"] = problem
+    body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
+                  queue=queue.stats(), pipelines=pipelines, capabilities=capabilities,
+                  workers_alive=workers_alive, workers=queue.workers(), notices=notices)
     return body.model_dump(), 503 if broken else 200
+
+
+def _gpus() -> dict:
+    """The GPUs the model workers run on, as the probe found them (this process never
+    initialises CUDA); in-process pipelines (MODEL_PROCESS=0) ask torch here."""
+    devices = current_app.extensions["devices"]
+    if not devices:
+        return gpu_info()
+    gpus = [{"name": d.name, "vram_gb": d.memory_gib or 0.0} for d in devices
+            if d.kind == "cuda"]
+    return {"cuda": bool(gpus), "gpu": gpus[0] if gpus else None, "gpus": gpus}
 
 
 def _events(queue: JobQueue, job_id: str):
@@ -493,7 +525,11 @@ def __getattr__(name: str):
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"error: {exc}")
-    globals()["app"] = application = create_app(settings)
+    try:
+        globals()["app"] = application = create_app(settings)
+    except OutputDirInUse as exc:
+        log.error("%s", exc)
+        sys.exit(3)  # gunicorn's "worker failed to boot": the master stops, not respawns
     return application
 
 
@@ -501,9 +537,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
-    except SettingsError as exc:
+        application = create_app(settings)
+    except (SettingsError, OutputDirInUse) as exc:
         sys.exit(f"error: {exc}")
-    create_app(settings).run(host="0.0.0.0", port=settings.port, threaded=True)
+    application.run(host="0.0.0.0", port=settings.port, threaded=True)
 
 
 if __name__ == "__main__":

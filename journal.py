@@ -3,7 +3,13 @@
 The queue keeps its jobs in memory and writes each state change here, so a restart (the
 worker killed for memory, SIGTERM, the container restarted on the same volume) loses
 nothing: finished results stay downloadable, queued jobs run, interrupted jobs fail with a
-reason. A queued job's image waits beside the journal as a PNG until the job starts.
+reason. A queued job's image waits beside the journal until the job starts.
+
+Durability: WAL with `synchronous=FULL` (every commit is on disk before the client hears of
+it) and a checkpoint after every commit (`wal_autocheckpoint=1`), so the main file holds
+every committed row and a lost, truncated or garbage `-wal` file costs nothing already
+answered. A journal that fails `PRAGMA quick_check` or is not a database at all is moved
+aside and said loudly (`damaged`); the queue then trusts the files on disk over the journal.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from PIL import Image
 
@@ -27,6 +34,12 @@ JOURNAL_NAME = ".jobs.sqlite3"
 INPUTS_FOLDER = ".inputs"
 # Options are rebuilt from their class; only our own request models may be named.
 _OPTIONS_MODULES = ("pipelines.",)
+KNOWN_STATES = ("queued", "processing", "completed", "failed", "cancelled", "expired")
+
+
+class JournalWriteError(OSError):
+    """A change could not be written (disk full, read-only volume); the queue keeps it in
+    memory and writes it again once it can."""
 
 
 @dataclass(frozen=True)
@@ -53,70 +66,131 @@ class Journal:
         self.inputs = Path(output_dir) / INPUTS_FOLDER
         self.inputs.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        # WAL with synchronous=NORMAL survives a killed process (the failure it is for);
-        # only a power loss can drop the last transactions. Saves an fsync per change.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("""CREATE TABLE IF NOT EXISTS jobs (
-            id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, options_class TEXT NOT NULL,
-            options TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
-            started_at REAL, finished_at REAL, result TEXT, error TEXT, error_status INTEGER)""")
+        self.damaged: str | None = None  # why the journal found was not trusted
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            self.damaged = f"the job journal was unreadable ({exc}) and was moved aside"
+            self._move_aside()
+            self._db = self._open()
+        if self.damaged:
+            log.error("journal: %s; result files on disk are kept and served", self.damaged)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA wal_autocheckpoint=1")
+            self.fresh = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'"
+                                    ).fetchone()[0] == 0
+            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
+                id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, options_class TEXT NOT NULL,
+                options TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+                started_at REAL, finished_at REAL, result TEXT, error TEXT,
+                error_status INTEGER)""")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, finished_at)")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                source.rename(source.with_name(f"{source.name}.damaged-{stamp}"))
+
+    @property
+    def trusted(self) -> bool:
+        """Whether a file that no row names can be taken for left over: only when the
+        journal was found whole and already held jobs."""
+        return self.damaged is None and not self.fresh
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(sql, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise JournalWriteError(f"the job journal could not be written: {exc}") from None
 
     def record(self, job) -> None:
-        """Write `job` (a queue_manager.Job) as it is now."""
-        options_class = f"{type(job.options).__module__}:{type(job.options).__qualname__}"
+        """Write `job` (a queue_manager.Job) as it is now; JournalWriteError if it cannot."""
+        options = job.options
+        options_class = ("" if options is None else
+                         f"{type(options).__module__}:{type(options).__qualname__}")
         result = None if job.result is None else json.dumps({
             "path": str(job.result.path), "media_type": job.result.media_type,
             "download_name": job.result.download_name, "info": job.result.info})
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.pipeline, options_class, job.options.model_dump_json(),
-                 job.state.value, job.created_at, job.started_at, job.finished_at, result,
-                 job.error, job.error_status))
+        self._write("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(
+            job.id, job.pipeline, options_class,
+            "null" if options is None else options.model_dump_json(), job.state.value,
+            job.created_at, job.started_at, job.finished_at, result, job.error,
+            job.error_status)])
 
-    def expire(self, job_id: str, keep: int) -> None:
-        """The job's files are gone; its id stays known (410, not 404) among the last
-        `keep` expired ones."""
-        with self._lock:
-            self._db.execute("UPDATE jobs SET state = 'expired', result = NULL WHERE id = ?",
-                             (job_id,))
-            self._db.execute("""DELETE FROM jobs WHERE state = 'expired' AND id NOT IN (
-                SELECT id FROM jobs WHERE state = 'expired' ORDER BY finished_at DESC
-                LIMIT ?)""", (keep,))
-        self.input_path(job_id).unlink(missing_ok=True)
+    def expire(self, job_ids: list[str], keep: int) -> None:
+        """These jobs' files are gone; their ids stay known (410, not 404) among the last
+        `keep` expired ones. One transaction, on the state index."""
+        self._write("UPDATE jobs SET state = 'expired', result = NULL WHERE id = ?",
+                    [(job_id,) for job_id in job_ids])
+        self._write("""DELETE FROM jobs WHERE state = 'expired' AND finished_at < (
+            SELECT finished_at FROM jobs WHERE state = 'expired'
+            ORDER BY finished_at DESC LIMIT 1 OFFSET ?)""", [(keep - 1,)])
 
-    def records(self) -> list[JobRecord]:
-        """Every job, oldest first, with its options rebuilt (state "expired" for the ids
-        whose results are gone)."""
+    def records(self) -> tuple[list[JobRecord], list[str]]:
+        """Every job that is not expired, oldest first, with its options rebuilt; and the
+        expired ids. A row that cannot be read is skipped with a log line."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
+            expired = [row[0] for row in self._db.execute(
+                "SELECT id FROM jobs WHERE state = 'expired' ORDER BY finished_at")]
+            rows = self._db.execute("SELECT * FROM jobs WHERE state != 'expired' "
+                                    "ORDER BY created_at").fetchall()
         records = []
         for row in rows:
-            try:  # one unreadable row (an older release's options) must not stop start-up
+            try:  # one unreadable row (an older or newer release's) must not stop start-up
+                if row[4] not in KNOWN_STATES:
+                    raise ValueError(f"unknown state {row[4]!r}")
                 records.append(JobRecord(
                     id=row[0], pipeline=row[1], options=_options(row[2], row[3]),
                     state=row[4], created_at=row[5], started_at=row[6], finished_at=row[7],
                     result=_result(row[8]) if row[8] else None,
                     error=row[9], error_status=row[10]))
-            except (ValueError, TypeError, ImportError, AttributeError) as exc:
+            except (ValueError, TypeError, KeyError, ImportError, AttributeError) as exc:
                 log.warning("journal: skipping job %s: %s", row[0], exc)
-        return records
+        return records, expired
 
     # -- a queued job's image --------------------------------------------------------------
 
     def input_path(self, job_id: str) -> Path:
-        return self.inputs / f"{job_id}.png"
+        return self.inputs / job_id
 
-    def keep_input(self, job_id: str, image: Image.Image) -> None:
-        """Lossless and quick (compress_level=1): it only has to last until the job starts."""
-        image.save(self.input_path(job_id), format="PNG", compress_level=1)
+    def keep_input(self, job_id: str, image: "Image.Image | bytes") -> None:
+        """The image's bytes as they came in when the caller has them (nothing to encode,
+        decoded again exactly), else a quick lossless PNG; only until the job starts."""
+        path = self.input_path(job_id)
+        try:
+            if isinstance(image, bytes):
+                path.write_bytes(image)
+            else:
+                image.save(path, format="PNG", compress_level=1)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
-    def load_input(self, job_id: str) -> Image.Image:
-        with Image.open(self.input_path(job_id)) as image:
-            image.load()
-            return image
+    def load_input(self, job_id: str) -> "Image.Image":
+        from pipelines.images import open_image
+
+        return open_image(self.input_path(job_id).read_bytes(), max_side=2**16)
 
     def close(self) -> None:
         with self._lock:
@@ -131,6 +205,8 @@ def _result(data: str) -> Result:
 def _options(class_path: str, data: str) -> Any:
     """The job's options as submitted. They were validated then, without the image they
     carried, which the model's own validator would now ask for: rebuilt, not re-checked."""
+    if not class_path:
+        return None  # a job recovered from its result file
     module_name, _, name = class_path.partition(":")
     if not module_name.startswith(_OPTIONS_MODULES):
         raise ValueError(f"journal names options class {class_path!r}, not one of ours")

@@ -1,39 +1,45 @@
-"""Jobs, their life cycle, the bounded queue, the worker threads, result files and expiry.
+"""Jobs, their life cycle and the bounded queue, drained by one thread per model worker.
 
 A job moves through one explicit state machine:
 
     queued -> processing -> completed | failed | cancelled
     queued -> cancelled
+    processing -> queued     (only when its worker was gone before it ran: retried once)
 
 Every change goes through `JobQueue._move`, under the queue's one lock, so a reader always
 sees a consistent job, and is written to the journal (journal.py), so a restart resumes
-where the last process stopped. The queue knows pipelines only through `pipelines.base.Pipeline`
-(looked up by name when a job starts) and knows nothing of HTTP.
+where the last process stopped. Each pipeline has a lane (workers/lanes.py) of its own; a
+job is "processing" only while a worker runs it. The queue knows pipelines only through
+`pipelines.base.Pipeline` and its workers through their `run`, and knows nothing of HTTP.
+What happens at start-up and in the background (restoring, expiry) is in housekeeping.py.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
-import os
 import re
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
-from journal import Journal
-from pipelines.base import (JobCancelled, Pipeline, PipelineError, describe_failure,
-                            is_out_of_memory, release_memory)
-from pipelines.device import with_gpu_peak
+import housekeeping
+from journal import Journal, JournalWriteError
+from pipelines.base import JobCancelled, Pipeline, PipelineError, Result, public_message
+from storage import OutputDirLock, is_disk_error, storage_problem
+from workers.in_process import InProcessWorker
+from workers.lanes import Lane
+from workers.model_process import WorkerLost
 
 log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # 128 random bits
-_EXPIRED_IDS_KEPT = 100_000
+MIN_FREE_BYTES = 64 * 2**20  # below this OUTPUT_DIR counts as full: no job could finish
 
 
 class JobState(str, enum.Enum):
@@ -50,12 +56,17 @@ class JobState(str, enum.Enum):
 
 _ALLOWED_MOVES = {
     JobState.QUEUED: {JobState.PROCESSING, JobState.CANCELLED},
-    JobState.PROCESSING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED},
+    JobState.PROCESSING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED,
+                          JobState.QUEUED},
 }
 
 
 class QueueFull(Exception):
     """More than MAX_QUEUE_SIZE jobs would be waiting."""
+
+
+class StorageUnavailable(Exception):
+    """OUTPUT_DIR is full or read-only: nothing could be kept or written (507)."""
 
 
 class JobNotFound(KeyError):
@@ -86,6 +97,10 @@ class Job:
     error: str | None = None
     error_status: int | None = None
     cancel_requested: bool = False
+    batch_key: Hashable | None = None  # jobs with equal keys may share a forward pass
+    time_limit: float | None = None  # the pipeline's estimate of the most it may take
+    retried: bool = False
+    worker: Any = None  # the worker running it
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _move_to(self, state: JobState) -> None:
@@ -95,6 +110,8 @@ class Job:
         if state is JobState.PROCESSING:
             self.started_at = time.time()
             self.stage = "starting"
+        if state is JobState.QUEUED:  # handed back: it never ran
+            self.started_at, self.worker, self.stage, self.progress = None, None, "queued", 0.0
         if state.finished:
             self.finished_at = time.time()
             self.stage = state.value
@@ -127,6 +144,7 @@ class JobView:
     options: Any = None
     output: str = ""  # what the job makes: `glb (textured)`, `ply`, `depth png`
     waited: float | None = None  # seconds between submission and start
+    worker: str | None = None  # the worker running it: `lotus@cuda:1`
 
 
 Observer = Callable[[JobView], None]
@@ -135,40 +153,60 @@ it must be quick and must not block (metrics, webhooks)."""
 
 
 class JobQueue:
-    """A bounded FIFO of jobs drained by exactly `max_concurrent` worker threads."""
+    """A bounded FIFO of jobs, one lane per pipeline, each drained by its workers.
+
+    `workers` gives each pipeline's model workers (workers/pool.py); a pipeline without
+    any runs in this process on `max_concurrent` slots (MODEL_PROCESS=0 and the tests),
+    batching up to `batch_limit` jobs where the pipeline has a batch path.
+    """
 
     def __init__(self, pipelines: Mapping[str, Pipeline], output_dir: Path, *,
-                 max_queue_size: int = 10, max_concurrent: int = 1,
+                 workers: Mapping[str, Sequence[Any]] | None = None,
+                 max_queue_size: int = 10, max_concurrent: int = 1, batch_limit: int = 1,
                  result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5,
-                 observers: Sequence[Observer] = ()):
+                 min_free_bytes: int = MIN_FREE_BYTES, observers: Sequence[Observer] = ()):
         self._pipelines = pipelines
+        self._worker_map = dict(workers or {})
         self._observers = list(observers)
         self.output_dir = Path(output_dir)
         self.max_queue_size = max_queue_size
         self.max_concurrent = max_concurrent
+        self.batch_limit = batch_limit
         self.result_ttl_seconds = result_ttl_seconds
+        self.min_free_bytes = min_free_bytes
         self._janitor_interval = janitor_interval
         self._lock = threading.Condition()
-        self._waiting: deque[Job] = deque()
-        self._running: list[Job | None] = [None] * max_concurrent
+        self._lanes: dict[str, Lane] = {}
+        self._dispatchers: dict[tuple[str, int], threading.Thread] = {}
         self._jobs: dict[str, Job] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
-        self._workers: list[threading.Thread | None] = [None] * max_concurrent
+        self._finished: list[tuple[float, str]] = []  # heap of (finished_at, id): expiry order
+        self._unsaved: dict[str, Job] = {}  # changes the journal could not take yet
         self._stopping = threading.Event()
+        self._started = False
         self._janitor: threading.Thread | None = None
         self._reserved = 0  # slots held by submissions still fetching or decoding
+        self._dir_lock = OutputDirLock(self.output_dir)
         self._journal: Journal | None = None
+        self.storage_problem: str | None = None  # why results cannot be written now
 
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
+        """Lock OUTPUT_DIR (OutputDirInUse if another server has it), restore the journal's
+        jobs, start the workers' threads and the janitor."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._dir_lock.acquire()
         self._journal = Journal(self.output_dir)
+        served = getattr(self._pipelines, "status", lambda: self._pipelines)()
         with self._lock:
-            self._restore()
-            self._remove_orphan_files()
-        for slot in range(self.max_concurrent):
-            self._start_worker(slot)
+            for name in sorted({*self._worker_map, *served}):
+                self._lane(name)
+            housekeeping.restore(self, self._journal)
+            self._started = True
+            for lane in self._lanes.values():
+                self._start_dispatchers(lane)
+        housekeeping.expire_due(self, self._journal)  # what expired while it was down
         self._janitor = threading.Thread(target=self._janitor_loop, name="queue-janitor",
                                          daemon=True)
         self._janitor.start()
@@ -180,15 +218,16 @@ class JobQueue:
         with self._lock:
             self._lock.notify_all()
         deadline = time.monotonic() + timeout
-        for thread in [*self._workers, self._janitor]:
+        for thread in [*self._dispatchers.values(), self._janitor]:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        busy = [thread for thread in self._workers if thread is not None and thread.is_alive()]
+        busy = [t for t in self._dispatchers.values() if t.is_alive()]
         if busy:
             log.warning("stopping with %d job(s) still running: they will show as interrupted",
                         len(busy))
         elif self._journal is not None:
             self._journal.close()
+            self._dir_lock.release()
 
     # -- client side ----------------------------------------------------------------
 
@@ -196,53 +235,67 @@ class JobQueue:
                ) -> JobView:
         """Queue a job of `(options, image)`. `inputs` may be a callable that makes them
         (download, decode, check masks): it runs outside the lock holding a reserved slot,
-        so a full queue refuses before that work."""
+        so a full queue (or disk) refuses before that work."""
         with self._lock:
-            if len(self._waiting) + self._reserved >= self.max_queue_size:
+            if (problem := self.output_problem()) is not None:
+                raise StorageUnavailable(problem)
+            if self.waiting() + self._reserved >= self.max_queue_size:
                 raise QueueFull(f"queue is full ({self.max_queue_size} jobs waiting)")
             self._reserved += 1
         try:
             options, image = inputs() if callable(inputs) else inputs
             job = Job(pipeline=pipeline, options=options, image=image)
-            self._journal.keep_input(job.id, job.image)  # until it starts: for a restart
+            twin = self._pipelines.get(pipeline)
+            if hasattr(twin, "batch_key"):
+                job.batch_key = twin.batch_key(options, image)
+            if hasattr(twin, "time_limit"):
+                job.time_limit = twin.time_limit(options, image)
+            try:
+                self._journal.keep_input(job.id, job.image)  # until it starts: for a restart
+            except OSError as exc:
+                raise self._storage_failed(exc) from None
         finally:
             with self._lock:
                 self._reserved -= 1
         with self._lock:
-            self._waiting.append(job)
+            try:
+                self._journal.record(job)
+            except JournalWriteError as exc:
+                self._journal.input_path(job.id).unlink(missing_ok=True)
+                raise self._storage_failed(exc) from None
             self._jobs[job.id] = job
-            self._journal.record(job)
+            self._lane(pipeline).waiting.append(job)
             self._notify(job)
-            self._lock.notify()
+            self._lock.notify_all()
             return self._view(job)
 
     def get(self, job_id: str) -> JobView:
         with self._lock:
             return self._view(self._find(job_id))
 
-    def output_writable(self) -> bool:
-        """Whether result files can be written (a full or read-only volume fails jobs)."""
-        return os.access(self.output_dir, os.W_OK | os.X_OK)
+    def output_problem(self) -> str | None:
+        """Why results cannot be written now (a full or read-only volume), looked at now:
+        what the last write met, else what the disk says."""
+        return self.storage_problem or storage_problem(self.output_dir, self.min_free_bytes)
 
     def cancel(self, job_id: str, force: bool = False) -> JobView:
         """Cancel a waiting job now; ask a running one to stop at its next stage, or with
-        `force` at once where its pipeline can abort (the model process restarts)."""
-        abort = None
+        `force` at once where its worker can abort (a model process restarts)."""
+        worker = None
         with self._lock:
             job = self._find(job_id)
             if job.state.finished:
                 raise NotCancellable(f"job is already {job.state.value}")
             if job.state is JobState.QUEUED:
-                self._waiting.remove(job)
+                self._lanes[job.pipeline].waiting.remove(job)
                 self._move(job, JobState.CANCELLED)
                 log.info("job %s cancelled while waiting", job.id)
             else:
                 job.cancel_requested = True
-                abort = getattr(self._pipelines.get(job.pipeline), "abort", None) if force \
-                    else None
+                worker = job.worker if force else None
             view = self._view(job)
-        if abort is not None:
-            abort()
+        if worker is not None:
+            worker.abort()
         return view
 
     def wait(self, job_id: str, timeout: float) -> JobView:
@@ -252,20 +305,158 @@ class JobQueue:
         job.done.wait(timeout)
         return self.get(job_id)
 
-    def stats(self) -> dict[str, int]:
+    def waiting(self) -> int:
+        return sum(len(lane.waiting) for lane in self._lanes.values())
+
+    def stats(self) -> dict:
+        """The guide's counts over every lane, and each lane's own."""
         with self._lock:
             return {
-                "queued": len(self._waiting),
-                "processing": sum(job is not None for job in self._running),
+                "queued": self.waiting(),
+                "processing": sum(len(lane.running) for lane in self._lanes.values()),
                 "max_queue_size": self.max_queue_size,
                 "max_concurrent": self.max_concurrent,
+                "lanes": {name: lane.stats() for name, lane in sorted(self._lanes.items())},
             }
 
+    def workers(self) -> list[dict]:
+        """Every worker: pipeline, device, state, its jobs."""
+        with self._lock:
+            lanes = list(self._lanes.values())
+        return [worker.describe() for lane in lanes for worker in lane.workers]
+
     def workers_alive(self) -> int:
-        return sum(1 for thread in self._workers if thread is not None and thread.is_alive())
+        """Threads feeding the workers that are running (one per worker)."""
+        return sum(thread.is_alive() for thread in self._dispatchers.values())
+
+    def workers_expected(self) -> int:
+        return len(self._dispatchers)
 
     def janitor_alive(self) -> bool:
         return self._janitor is not None and self._janitor.is_alive()
+
+    @property
+    def journal_notice(self) -> str | None:
+        return self._journal.damaged if self._journal is not None else None
+
+    # -- lanes and their workers ---------------------------------------------------------
+
+    def _lane(self, name: str) -> Lane:
+        """`name`'s lane, made on first use (a restored job may name any pipeline)."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            workers = self._worker_map.get(name) or [
+                InProcessWorker(name, lambda: self._pipelines.get(name),
+                                lambda: getattr(self._pipelines, "loading", False),
+                                self.batch_limit, slot)
+                for slot in range(self.max_concurrent)]
+            for worker in workers:
+                worker.on_change = self._wake
+            lane = self._lanes[name] = Lane(name, workers)
+            if self._started:
+                self._start_dispatchers(lane)
+        return lane
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def _start_dispatchers(self, lane: Lane) -> None:
+        for index, worker in enumerate(lane.workers):
+            thread = threading.Thread(target=self._dispatch, args=(lane, worker),
+                                      name=f"queue-worker-{lane.name}-{index}", daemon=True)
+            self._dispatchers[(lane.name, index)] = thread
+            thread.start()
+
+    def _dispatch(self, lane: Lane, worker) -> None:
+        """One worker's thread: take the lane's next job(s) when the worker is ready and
+        the disk can take results, run them, settle each."""
+        while True:
+            with self._lock:
+                jobs = self._next_jobs(lane, worker)
+                if jobs is None:
+                    return
+            self._execute(lane, worker, jobs)
+
+    def _next_jobs(self, lane: Lane, worker) -> list[Job] | None:
+        while not self._stopping.is_set():
+            if lane.waiting and self.storage_problem is None:
+                if worker.state == "ready":
+                    jobs = lane.take(worker.batch_limit)
+                    for job in jobs:
+                        job.worker = worker
+                        self._move(job, JobState.PROCESSING)
+                    return jobs
+                if lane.all_failed():  # nothing will ever run them: say why
+                    job = lane.take(1)[0]
+                    self._move(job, JobState.PROCESSING)
+                    self._settle(lane, job, PipelineError(
+                        f"model {lane.name!r} is not loaded: {worker.reason}", status=503))
+                    continue
+            self._lock.wait(0.25)  # worker states change without telling (in-process)
+        return None
+
+    def _execute(self, lane: Lane, worker, jobs: list[Job]) -> None:
+        for job in jobs:
+            log.info("job %s started: %s %s on %s%s", job.id, lane.name, _output_of(job.options),
+                     worker.label, f" (batch of {len(jobs)})" if len(jobs) > 1 else "")
+        items = [(job.options, job.image, self.output_dir / job.id) for job in jobs]
+        limits = [job.time_limit for job in jobs if job.time_limit]
+        try:
+            outcomes = worker.run(items, lambda stage, fraction: self._report(jobs, stage, fraction),
+                                  [job.id for job in jobs], sum(limits) if limits else None)
+        except (JobCancelled, WorkerLost, PipelineError) as exc:
+            outcomes = [exc] * len(jobs)
+        with self._lock:
+            for job, outcome in reversed(list(zip(jobs, outcomes))):  # put back in order
+                self._settle(lane, job, outcome)
+            self._lock.notify_all()
+
+    def _settle(self, lane: Lane, job: Job, outcome: Any) -> None:
+        """A job's outcome into its state; under the lock."""
+        if job.state.finished:  # cancelled at a stage of its batch
+            lane.finished(job)
+            if isinstance(outcome, Result):
+                self._remove_files(outcome)
+            return
+        if isinstance(outcome, WorkerLost) and not job.cancel_requested and not job.retried:
+            job.retried = True
+            lane.put_back([job])
+            self._move(job, JobState.QUEUED)
+            log.warning("job %s goes back to the head of its lane: %s", job.id, outcome)
+            return
+        lane.finished(job)
+        if isinstance(outcome, (JobCancelled, WorkerLost)) and job.cancel_requested or (
+                job.cancel_requested and isinstance(outcome, Result)):
+            self._move(job, JobState.CANCELLED)
+            self._remove_files(outcome if isinstance(outcome, Result) else None)
+        elif isinstance(outcome, Result):
+            job.result, job.progress = outcome, 1.0
+            self._move(job, JobState.COMPLETED)
+        else:
+            status = outcome.status if isinstance(outcome, PipelineError) else 500
+            job.error, job.error_status = public_message(str(outcome)), status
+            self._move(job, JobState.FAILED)
+        log.info("job %s %s after %.1f s%s", job.id, job.state.value, job.processing_time or 0,
+                 f" ({job.error_status}: {job.error})" if job.error else "")
+
+    def _report(self, jobs: list[Job], stage: str, fraction: float) -> None:
+        """A stage of a running batch: each job's progress; a job cancelled meanwhile ends
+        now; JobCancelled stops the pipeline once no job of the batch is left."""
+        with self._lock:
+            for job in jobs:
+                if job.state.finished:
+                    continue
+                if job.cancel_requested:
+                    self._lanes[job.pipeline].finished(job)
+                    self._move(job, JobState.CANCELLED)
+                    continue
+                changed = stage != job.stage
+                job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
+                if changed:
+                    self._notify(job)
+            if all(job.state.finished for job in jobs):
+                raise JobCancelled()
 
     # -- internals --------------------------------------------------------------------
 
@@ -274,23 +465,24 @@ class JobQueue:
             raise JobNotFound(job_id)
         job = self._jobs.get(job_id)
         if job is not None and self._is_stale(job):
-            self._expire(job)
-            job = None
+            raise JobExpired(job_id)  # its files go with the janitor's next sweep
         if job is None:
             raise JobExpired(job_id) if job_id in self._expired else JobNotFound(job_id)
         return job
 
     def _view(self, job: Job) -> JobView:
-        running = sum(j is not None for j in self._running)
-        position = running + self._waiting.index(job) if job.state is JobState.QUEUED else 0
-        return JobView(id=job.id, pipeline=job.pipeline, state=job.state, position=position,
-                       queue_length=running + len(self._waiting), stage=job.stage,
+        lane = self._lanes.get(job.pipeline)
+        queued = job.state is JobState.QUEUED and lane is not None
+        return JobView(id=job.id, pipeline=job.pipeline, state=job.state,
+                       position=lane.position(job) if queued else 0,
+                       queue_length=lane.length if lane is not None else 0, stage=job.stage,
                        progress=round(job.progress, 4), processing_time=job.processing_time,
                        result=job.result, error=job.error, error_status=job.error_status,
                        cancel_requested=job.cancel_requested, options=job.options,
                        output=_output_of(job.options),
                        waited=None if job.started_at is None else round(
-                           job.started_at - job.created_at, 3))
+                           job.started_at - job.created_at, 3),
+                       worker=getattr(job.worker, "label", None))
 
     def _notify(self, job: Job) -> None:
         """Tell the observers (under the lock); one that fails is logged, never the job."""
@@ -303,119 +495,70 @@ class JobQueue:
             except Exception:  # noqa: BLE001
                 log.exception("queue observer %r failed", observer)
 
-    def _start_worker(self, slot: int) -> None:
-        thread = threading.Thread(target=self._work, args=(slot,), name=f"queue-worker-{slot}",
-                                  daemon=True)
-        self._workers[slot] = thread
-        thread.start()
-
-    def _work(self, slot: int) -> None:
-        while True:
-            with self._lock:
-                while not self._waiting and not self._stopping.is_set():
-                    self._lock.wait()
-                if self._stopping.is_set():
-                    return
-                job = self._waiting.popleft()
-                self._move(job, JobState.PROCESSING)
-                self._running[slot] = job
-            self._run(job)
-            with self._lock:
-                self._running[slot] = None
-
-    def _run(self, job: Job) -> None:
-        log.info("job %s started: %s %s", job.id, job.pipeline, _output_of(job.options))
-        pipeline = self._pipeline_for(job.pipeline)
-        result, failure, cancelled, oom = None, None, False, False
-        try:
-            if pipeline is None:
-                raise PipelineError(f"pipeline {job.pipeline!r} is not loaded", status=503)
-            result = with_gpu_peak(lambda: pipeline.run(
-                job.options, job.image, self.output_dir / job.id,
-                lambda stage, fraction: self._report(job, stage, fraction)))
-        except JobCancelled:
-            cancelled = True
-        except Exception as exc:  # a pipeline's failure fails its job, never the worker
-            oom = is_out_of_memory(exc)
-            failure = describe_failure(exc, getattr(pipeline, "oom_advice", ""))
-            if failure.status >= 500 and not oom:
-                log.exception("job %s failed", job.id)
-        if oom:
-            release_memory()  # outside the except block: the traceback is gone by now
-        with self._lock:
-            if cancelled or job.cancel_requested:
-                self._move(job, JobState.CANCELLED)
-                self._remove_files(result)
-            elif failure is not None:
-                job.error, job.error_status = str(failure), failure.status
-                self._move(job, JobState.FAILED)
-            else:
-                job.result, job.progress = result, 1.0
-                self._move(job, JobState.COMPLETED)
-            log.info("job %s %s after %.1f s%s", job.id, job.state.value, job.processing_time,
-                     f" ({job.error_status}: {job.error})" if job.error else "")
-
-    def _pipeline_for(self, name: str) -> Pipeline | None:
-        """The job's pipeline, waiting while models still load: after a restart the journal's
-        waiting jobs are back before the models are."""
-        while (pipeline := self._pipelines.get(name)) is None and not self._stopping.is_set():
-            if not getattr(self._pipelines, "loading", False):
-                break
-            time.sleep(0.1)
-        return pipeline
-
-    def _report(self, job: Job, stage: str, fraction: float) -> None:
-        with self._lock:
-            if job.cancel_requested:
-                raise JobCancelled()
-            changed = stage != job.stage
-            job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
-            if changed:
-                self._notify(job)
-
-    def _janitor_loop(self) -> None:
-        """Revive dead workers, expire old jobs; a failure is logged, never the end of it."""
-        while not self._stopping.wait(self._janitor_interval):
-            try:
-                with self._lock:
-                    self._revive_dead_workers()
-                    for job in [j for j in self._jobs.values() if self._is_stale(j)]:
-                        self._expire(job)
-            except Exception:  # noqa: BLE001 - e.g. a file that cannot be deleted
-                log.exception("janitor: cleaning up failed; trying again")
-
-    def _revive_dead_workers(self) -> None:
-        for slot, thread in enumerate(self._workers):
-            if thread is None or thread.is_alive() or self._stopping.is_set():
-                continue
-            job = self._running[slot]
-            log.error("worker %d died; restarting it", slot)
-            if job is not None and not job.state.finished:
-                job.error, job.error_status = "the worker running this job crashed", 500
-                self._move(job, JobState.FAILED)
-            self._running[slot] = None
-            self._start_worker(slot)
-
-    def _is_stale(self, job: Job) -> bool:
-        return (job.state.finished and job.finished_at is not None
-                and time.time() - job.finished_at > self.result_ttl_seconds)
-
     def _move(self, job: Job, state: JobState) -> None:
         """Every state change: the job, then the journal (a started job no longer needs its
-        kept image: if the process dies now, the job fails rather than run twice)."""
+        kept image: if the process dies now, the job fails rather than run twice). A
+        journal that cannot be written keeps the change for the janitor to write later."""
         job._move_to(state)
-        self._journal.record(job)
+        if state.finished:
+            heapq.heappush(self._finished, (job.finished_at, job.id))
+        self._save(job)
         self._notify(job)
         if state is not JobState.QUEUED:
             self._journal.input_path(job.id).unlink(missing_ok=True)
 
-    def _expire(self, job: Job) -> None:
-        self._jobs.pop(job.id, None)
-        self._expired[job.id] = None
-        self._journal.expire(job.id, keep=_EXPIRED_IDS_KEPT)
-        self._remove_files(job.result)
-        while len(self._expired) > _EXPIRED_IDS_KEPT:
-            self._expired.popitem(last=False)
+    def _save(self, job: Job) -> None:
+        try:
+            self._journal.record(job)
+        except JournalWriteError as exc:
+            self._unsaved[job.id] = job
+            self._storage_failed(exc)
+        else:
+            self._unsaved.pop(job.id, None)
+
+    def _storage_failed(self, exc: OSError) -> StorageUnavailable:
+        """A write failed: if for lack of space or a read-only volume, the queue stops
+        taking work until the janitor finds OUTPUT_DIR writable again."""
+        reason = storage_problem(self.output_dir, self.min_free_bytes)
+        if reason is None:
+            reason = ("OUTPUT_DIR could not be written: "
+                      f"{'disk full or read-only' if is_disk_error(exc) else exc}")
+        if self.storage_problem is None:
+            log.error("%s; new jobs are refused and waiting ones wait", reason)
+        self.storage_problem = reason
+        return StorageUnavailable(reason)
+
+    def _janitor_loop(self) -> None:
+        """Revive dead worker threads, check the disk, write what the journal missed,
+        expire old jobs; a failure is logged, never the end of it."""
+        while not self._stopping.wait(self._janitor_interval):
+            try:
+                with self._lock:
+                    self._revive_dead_dispatchers()
+                housekeeping.check_storage(self)
+                housekeeping.expire_due(self, self._journal)
+            except Exception:  # noqa: BLE001 - e.g. a file that cannot be deleted
+                log.exception("janitor: cleaning up failed; trying again")
+
+    def _revive_dead_dispatchers(self) -> None:
+        for (name, index), thread in list(self._dispatchers.items()):
+            if thread.is_alive() or self._stopping.is_set():
+                continue
+            lane = self._lanes[name]
+            worker = lane.workers[index]
+            log.error("worker %s died; restarting it", getattr(worker, "label", name))
+            for job in [job for job in lane.running if job.worker is worker]:
+                lane.finished(job)
+                job.error, job.error_status = "the worker running this job crashed", 500
+                self._move(job, JobState.FAILED)
+            thread = threading.Thread(target=self._dispatch, args=(lane, worker),
+                                      name=thread.name, daemon=True)
+            self._dispatchers[(name, index)] = thread
+            thread.start()
+
+    def _is_stale(self, job: Job) -> bool:
+        return (job.state.finished and job.finished_at is not None
+                and time.time() - job.finished_at > self.result_ttl_seconds)
 
     @staticmethod
     def _remove_files(result: Any) -> None:
@@ -426,56 +569,6 @@ class JobQueue:
         except OSError as exc:  # a read-only or vanished volume: the janitor tries again
             log.warning("could not remove result file %s: %s", Path(result.path).name, exc)
 
-    def _restore(self) -> None:
-        """The journal's jobs, as the last process left them: finished ones keep their
-        results, queued ones wait again, running ones fail with the reason."""
-        for record in self._journal.records():
-            if record.state == "expired":
-                self._expired[record.id] = None
-                continue
-            job = Job(pipeline=record.pipeline, options=record.options, image=None,
-                      id=record.id, created_at=record.created_at,
-                      state=JobState(record.state), started_at=record.started_at,
-                      finished_at=record.finished_at, result=record.result,
-                      error=record.error, error_status=record.error_status)
-            self._jobs[job.id] = job
-            if job.state is JobState.QUEUED:
-                try:
-                    job.image = self._journal.load_input(job.id)
-                    self._waiting.append(job)
-                    continue
-                except OSError:
-                    job.error = "the server restarted and this job's image was lost"
-            elif job.state is JobState.PROCESSING:
-                job.error = ("interrupted: the server restarted while this job ran (killed, "
-                             "probably out of memory, or stopped); submit it again")
-            else:
-                job.stage, job.progress = job.state.value, float(job.result is not None)
-                job.done.set()
-                continue
-            job.error_status = 500
-            job.state = JobState.PROCESSING  # both end as failed, through the allowed move
-            self._move(job, JobState.FAILED)
-        for job in [j for j in self._jobs.values() if self._is_stale(j)]:
-            self._expire(job)
-        if self._jobs:
-            log.info("journal: %d jobs restored, %d waiting", len(self._jobs),
-                     len(self._waiting))
-
-    def _remove_orphan_files(self) -> None:
-        """Result files no job owns (a crash between writing and recording), and the kept
-        images of jobs that no longer wait."""
-        owned = {Path(job.result.path).name for job in self._jobs.values()
-                 if job.result is not None}
-        for path in self.output_dir.iterdir():
-            if (path.is_file() and path.name not in owned
-                    and JOB_ID_PATTERN.match(path.name.lstrip(".").split(".", 1)[0])):
-                path.unlink(missing_ok=True)
-        waiting = {job.id for job in self._waiting}
-        for path in self._journal.inputs.iterdir():
-            if path.stem not in waiting:
-                path.unlink(missing_ok=True)
-
 
 def _output_of(options: Any) -> str:
     """What a job makes, for the log: `glb (textured)`, `ply`, `depth png`."""
@@ -483,4 +576,6 @@ def _output_of(options: Any) -> str:
         textured = options.output_format in ("glb", "obj", "usdz") and getattr(
             options, "with_texture", False)
         return options.output_format + (" (textured)" if textured else "")
+    if options is None:
+        return "recovered"
     return f"depth {getattr(options, 'output', '')}".strip()

@@ -23,11 +23,32 @@ class ErrorResponse(BaseModel):
     status_url: str | None = None
 
 
-class QueueStats(BaseModel):
+class LaneStats(BaseModel):
     queued: int
     processing: int
+    workers: int
+    ready_workers: int
+
+
+class QueueStats(BaseModel):
+    queued: int = Field(description="Jobs waiting, every lane together")
+    processing: int = Field(description="Jobs a model worker is running now")
     max_queue_size: int
-    max_concurrent: int
+    max_concurrent: int = Field(description="Jobs each lane runs at once on each device")
+    lanes: dict[str, LaneStats] = Field(default_factory=dict, description="Each pipeline's "
+                                        "lane: its own line of jobs and workers")
+
+
+class WorkerStatus(BaseModel):
+    pipeline: str
+    device: str = Field(description="cuda:N (N among the GPUs the server sees), cpu:N, or "
+                        "in-process")
+    state: Literal["starting", "loading", "ready", "busy", "restarting", "failed"]
+    jobs: list[str] = Field(description="The ids of the jobs it is running")
+    restarts: int
+    reason: str | None = None
+    pid: int | None = None
+    gpu_memory_gib: float | None = Field(None, description="GPU memory its loaded model takes")
 
 
 class GPU(BaseModel):
@@ -43,11 +64,13 @@ class Health(BaseModel):
                     "OUTPUT_DIR is not writable")
     model_loaded: bool
     cuda: bool
-    gpu: GPU | None
+    gpu: GPU | None = Field(description="The first GPU (the guide's field)")
+    gpus: list[GPU] = Field(default_factory=list, description="Every GPU workers run on")
     queue: QueueStats
     pipelines: dict[str, Literal["loading", "ready", "failed"]]
     capabilities: dict[str, dict[str, bool]]
     workers_alive: int
+    workers: list[WorkerStatus] = Field(default_factory=list)
     notices: dict[str, str] = Field(default_factory=dict, description="What to know before "
                                     "trusting a model's results, e.g. test weights")
 

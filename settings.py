@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     # a job running longer than JOB_TIMEOUT_SECONDS is stopped and the models reload.
     model_process: bool = True
     job_timeout_seconds: float = Field(3600, gt=0)
+    # The devices model workers run on: "" = every visible GPU (CUDA_VISIBLE_DEVICES
+    # honoured), else indices such as "0,2"; "cpu" entries add CPU workers (no GPU: one).
+    gpus: str = Field("", pattern=r"^\s*((\d+|cpu)\s*(,\s*(\d+|cpu)\s*)*)?$")
+    # Depth jobs a Lotus-D worker runs as one forward pass (unset: 4 on a GPU, 1 on CPU).
+    depth_batch: int | None = Field(None, ge=1, le=64)
+    # Below this much free space in OUTPUT_DIR no job is started or accepted (507).
+    min_free_disk_mb: int = Field(64, ge=0)
     # SAM3D_COMPILE=1: upstream's compile=True (torch.compile and three warm-up runs at
     # load): minutes more at start-up for faster jobs.
     sam3d_compile: bool = False

@@ -1,5 +1,5 @@
-"""Which pipelines a server runs: `PIPELINES` if set, else every one whose checkpoint is present,
-and where: in a model process of their own (the HTTP server) or in this one (RunPod's worker)."""
+"""Which pipelines a server runs: `PIPELINES` if set, else every one whose checkpoint is present.
+The HTTP server runs them in model workers (workers/pool.py), RunPod's worker in its own process."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from settings import Settings
 
 
-def configured_pipelines(settings: "Settings") -> dict[str, Pipeline]:
-    names = settings.pipeline_names
+def configured_pipelines(settings: "Settings", names: list[str] | None = None
+                         ) -> dict[str, Pipeline]:
+    """The pipelines to serve, unloaded; `names` picks some of them (a model worker's one)."""
+    names = names or settings.pipeline_names
     if not names:
         names = [name for name, present in (
             ("sam3d", Sam3DObjects.checkpoint_present(settings.checkpoints_dir)),
@@ -28,14 +30,3 @@ def configured_pipelines(settings: "Settings") -> dict[str, Pipeline]:
         "lotus": lambda: LotusDepth(settings.checkpoints_dir, settings.model_id),
     }
     return {name: factories[name]() for name in names}
-
-
-def serving_pipelines(settings: "Settings") -> dict[str, Pipeline]:
-    """What the HTTP server runs: the configured pipelines, in a model process of their own
-    (pipelines/process.py) unless MODEL_PROCESS=0."""
-    pipelines = configured_pipelines(settings)
-    if not settings.model_process or not pipelines:
-        return pipelines
-    from .process import remote_pipelines
-
-    return remote_pipelines(settings, pipelines)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from .base import Result
+from typing import Callable
 
 
 @lru_cache(maxsize=1)
@@ -24,15 +21,16 @@ def gpu_info() -> dict:
             "gpu": {"name": props.name, "vram_gb": round(props.total_memory / 1024**3, 1)}}
 
 
-def with_gpu_peak(run: Callable[[], "Result"]) -> "Result":
-    """`run()`, and where this process uses a GPU, the peak memory the job allocated in its
-    result's info (`gpu_peak_bytes`: the job status and /metrics show it). A process that
-    never touched CUDA (the server's, when a model process runs the models) adds nothing."""
+def with_gpu_peak(run: Callable[[], list]) -> list:
+    """`run()` (a list of job outcomes), and where this process uses a GPU, the peak memory
+    the jobs allocated in each result's info (`gpu_peak_bytes`: the job status and /metrics
+    show it; a batch shares one figure). A process that never touched CUDA adds nothing."""
     import torch
 
     if not torch.cuda.is_initialized():
         return run()
     torch.cuda.reset_peak_memory_stats()
-    result = run()
-    return dataclasses.replace(result, info={**result.info,
-                                             "gpu_peak_bytes": torch.cuda.max_memory_allocated()})
+    outcomes = run()
+    peak = torch.cuda.max_memory_allocated()
+    return [dataclasses.replace(outcome, info={**outcome.info, "gpu_peak_bytes": peak})
+            if hasattr(outcome, "info") else outcome for outcome in outcomes]

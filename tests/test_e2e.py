@@ -233,13 +233,10 @@ def test_sigterm_lets_the_running_job_finish_and_waiting_jobs_run_at_the_next_st
         assert poll(base, waiting)["status"] == "completed"  # ran at this start
 
 
-def model_process(worker: int) -> int:
-    """The worker's model process (spawned by multiprocessing; not its resource tracker)."""
-    for pid in children(worker):
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if b"spawn_main" in cmdline.read():
-                return pid
-    raise AssertionError("no model process")
+def model_process(base: str, pipeline: str = "lotus") -> int:
+    """The pid of `pipeline`'s model worker, as /health lists it."""
+    workers = requests.get(f"{base}/health", timeout=5).json()["workers"]
+    return next(worker["pid"] for worker in workers if worker["pipeline"] == pipeline)
 
 
 def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_path,
@@ -249,7 +246,7 @@ def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_pa
     with running_server(tmp_path, checkpoints) as started:
         base = started["url"]
         [worker] = children(started["pid"])
-        models = model_process(worker)
+        models = model_process(base)
         slow, after = slow_then_quick(base, 1536)
         os.kill(models, signal.SIGKILL)
         failed = poll(base, slow)
@@ -257,7 +254,7 @@ def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_pa
         assert "out of memory" in failed["error"]
         assert poll(base, after)["status"] == "completed"  # the queue went on
         assert children(started["pid"]) == [worker]  # the HTTP process never went away
-        assert model_process(worker) != models
+        assert model_process(base) != models
 
 
 def test_a_job_over_job_timeout_seconds_is_stopped_and_the_next_one_runs(tmp_path,

@@ -123,11 +123,15 @@ def test_models_still_loading_are_starting(make_client):
     wait_until(lambda: client.get("/readyz").status_code == 200)
 
 
-def test_an_unwritable_output_folder_is_unhealthy(client, monkeypatch):
-    monkeypatch.setattr(client.application.extensions["queue"], "output_writable",
-                        lambda: False)  # a full or read-only volume (root writes anywhere)
+def test_a_full_output_folder_is_unhealthy_and_refuses_jobs(make_client, scripted):
+    """More free space asked for than any disk here has: the volume counts as full."""
+    client = make_client({"lotus": scripted}, min_free_disk_mb=2**40)
     assert client.get("/health").get_json()["state"] == "unhealthy"
-    assert "OUTPUT_DIR is not writable" in client.get("/readyz").get_json()["reasons"]
+    reasons = client.get("/readyz").get_json()["reasons"]
+    assert any(reason.startswith("OUTPUT_DIR is full") for reason in reasons)
+    response = client.post("/depth", json={"image": image_b64()})
+    assert response.status_code == 507 and "OUTPUT_DIR is full" in response.get_json()["error"]
+    assert response.headers["Retry-After"]
 
 
 # -- webhooks ---------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def test_positions_count_every_job_ahead_including_the_running_one(make_queue, s
     assert queue.get(first.id).position == 0
     assert queue.get(third.id).queue_length == 3
     assert queue.stats() == {"queued": 2, "processing": 1, "max_queue_size": 10,
-                             "max_concurrent": 1}
+                             "max_concurrent": 1, "lanes": {"lotus": {
+                                 "queued": 2, "processing": 1, "workers": 1,
+                                 "ready_workers": 1}}}
     scripted.release.set()
     assert queue.wait(third.id, 10).state is JobState.COMPLETED
     assert [queue.get(v.id).position for v in (first, second, third)] == [0, 0, 0]
@@ -203,9 +205,12 @@ def test_job_ids_are_long_and_random(make_queue):
     assert len(ids) == 10 and all(len(job_id) == 32 for job_id in ids)
 
 
-def test_files_of_an_earlier_run_are_removed_at_start(tmp_path, scripted):
+def test_a_journal_that_knew_its_jobs_removes_files_no_job_owns(tmp_path, scripted):
     out = tmp_path / "out"
-    out.mkdir()
+    first = JobQueue({"lotus": scripted}, out)
+    first.start()
+    kept = first.wait(submit(first, 1).id, 10)
+    first.stop()
     orphan, temp, other = (out / ("a" * 32 + ".glb"), out / (".%s.png.x.tmp" % ("b" * 32)),
                            out / "keep.txt")
     for path in (orphan, temp, other):
@@ -214,6 +219,24 @@ def test_files_of_an_earlier_run_are_removed_at_start(tmp_path, scripted):
     queue.start()
     queue.stop()
     assert not orphan.exists() and not temp.exists() and other.exists()
+    assert kept.result.path.exists()
+
+
+def test_without_a_journal_result_files_come_back_as_completed_jobs(tmp_path, scripted):
+    """A lost or emptied journal must never cost a user a result they were told was done."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lost, temp = out / ("a" * 32 + ".glb"), out / (".%s.png.x.tmp" % ("b" * 32))
+    lost.write_bytes(b"glTF...")
+    temp.write_text("half")
+    queue = JobQueue({"lotus": scripted}, out)
+    queue.start()
+    try:
+        view = queue.get("a" * 32)
+        assert view.state is JobState.COMPLETED and view.result.path.read_bytes() == b"glTF..."
+        assert view.result.media_type == "model/gltf-binary" and not temp.exists()
+    finally:
+        queue.stop()
 
 
 def test_status_reads_stay_consistent_under_many_threads(make_queue, scripted):
@@ -255,6 +278,7 @@ def test_a_restart_keeps_results_runs_queued_jobs_and_fails_interrupted_ones(tmp
     assert scripted.started.get(timeout=5) == 1 and scripted.started.get(timeout=5) == 2
     waiting = submit(first, 3)
     first._journal.record = lambda job: None  # the process dies here: nothing more written
+    first._dir_lock.release()  # and the kernel drops its lock on OUTPUT_DIR
     after = ScriptedPipeline()
     second = JobQueue({"lotus": after}, out)
     try:

@@ -1,0 +1,154 @@
+"""Nothing a user was told is done may vanish: the journal after kill -9 and damage, rows it
+cannot read, two servers on one folder, and expiry in batches."""
+
+import logging
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import housekeeping
+from conftest import wait_until
+from journal import JOURNAL_NAME
+from pipelines.lotus import DepthRequest
+from queue_manager import JobExpired, JobQueue, JobState
+from stand_ins import ScriptedPipeline
+from storage import OutputDirInUse
+
+CRASH = Path(__file__).with_name("crash_queue.py")
+
+
+def crashed_server(out: Path, jobs: int = 3) -> tuple[list[tuple[str, str]], str]:
+    """A queue process that finished `jobs` jobs, left one running and one waiting, and
+    was killed with SIGKILL: the finished (id, file name) pairs and the waiting id."""
+    done = subprocess.run([sys.executable, str(CRASH), str(out), str(jobs)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    return [tuple(line) for line in lines if line[0] != "waiting"], lines[-1][1]
+
+
+def damage_wal_lost(out):
+    (out / f"{JOURNAL_NAME}-wal").unlink()
+    (out / f"{JOURNAL_NAME}-shm").unlink(missing_ok=True)
+
+
+def damage_wal_truncated(out):
+    wal = out / f"{JOURNAL_NAME}-wal"
+    wal.write_bytes(wal.read_bytes()[:100])
+
+
+def damage_wal_garbage(out):
+    wal = out / f"{JOURNAL_NAME}-wal"
+    wal.write_bytes(b"\xde\xad\xbe\xef" * (wal.stat().st_size // 4))
+
+
+def damage_main_zeroed(out):
+    for name in (JOURNAL_NAME, f"{JOURNAL_NAME}-wal", f"{JOURNAL_NAME}-shm"):
+        (out / name).write_bytes(b"")
+
+
+def damage_main_garbage(out):
+    (out / JOURNAL_NAME).write_bytes(b"this is not a database" * 500)
+    (out / f"{JOURNAL_NAME}-wal").unlink()
+
+
+@pytest.mark.parametrize("damage", [damage_wal_lost, damage_wal_truncated, damage_wal_garbage,
+                                    damage_main_zeroed, damage_main_garbage])
+def test_after_kill_9_and_a_damaged_journal_every_finished_result_stays(tmp_path, damage):
+    out = tmp_path / "out"
+    finished, _ = crashed_server(out)
+    damage(out)
+    queue = JobQueue({"lotus": ScriptedPipeline()}, out)
+    queue.start()
+    try:
+        for job_id, name in finished:
+            view = queue.get(job_id)
+            assert view.state is JobState.COMPLETED, (damage.__name__, view)
+            assert view.result.path.name == name and view.result.path.read_bytes()
+        assert (queue.journal_notice is not None) == (damage is damage_main_garbage)
+        later = queue.submit("lotus", (DepthRequest(image="x"), Image.new("RGB", (8, 8))))
+        assert queue.wait(later.id, 10).state is JobState.COMPLETED  # and it goes on
+    finally:
+        queue.stop()
+
+
+def test_after_kill_9_the_waiting_job_runs_and_the_running_one_says_why(tmp_path):
+    out = tmp_path / "out"
+    _, waiting = crashed_server(out)
+    pipeline = ScriptedPipeline()
+    queue = JobQueue({"lotus": pipeline}, out)
+    queue.start()
+    try:
+        assert queue.wait(waiting, 10).state is JobState.COMPLETED
+        assert pipeline.started.get(timeout=1) == 100  # the waiting one, not the interrupted
+        interrupted = [job for job in queue._jobs.values() if job.state is JobState.FAILED]
+        assert len(interrupted) == 1 and "interrupted" in interrupted[0].error
+    finally:
+        queue.stop()
+
+
+def test_a_damaged_journal_is_said_in_health(tmp_path, make_client, scripted):
+    out = tmp_path / "outputs"
+    crashed_server(out)
+    damage_main_garbage(out)
+    body = make_client({"lotus": scripted}, output_dir=out).get("/health").get_json()
+    assert "moved aside" in body["notices"]["journal"]
+    assert list(out.glob(f"{JOURNAL_NAME}.damaged-*"))  # kept for a person to look at
+
+
+def test_a_row_the_server_cannot_read_is_skipped_not_fatal(tmp_path, caplog):
+    out = tmp_path / "out"
+    finished, _ = crashed_server(out)
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        db.execute("UPDATE jobs SET state = 'archived' WHERE id = ?", (finished[0][0],))
+        db.execute("UPDATE jobs SET options = '{not json' WHERE id = ?", (finished[1][0],))
+    queue = JobQueue({"lotus": ScriptedPipeline()}, out)
+    with caplog.at_level(logging.WARNING):
+        queue.start()
+    try:
+        assert "unknown state 'archived'" in caplog.text
+        assert queue.get(finished[2][0]).state is JobState.COMPLETED
+        later = queue.submit("lotus", (DepthRequest(image="x"), Image.new("RGB", (8, 8))))
+        assert queue.wait(later.id, 10).state is JobState.COMPLETED
+    finally:
+        queue.stop()
+
+
+def test_a_second_server_on_the_same_output_dir_refuses_to_start(tmp_path, monkeypatch):
+    monkeypatch.setattr("storage.LOCK_WAIT_SECONDS", 0.2)
+    first = JobQueue({"lotus": ScriptedPipeline()}, tmp_path / "out")
+    first.start()
+    try:
+        second = JobQueue({"lotus": ScriptedPipeline()}, tmp_path / "out")
+        with pytest.raises(OutputDirInUse, match="in use by another server"):
+            second.start()
+    finally:
+        first.stop()
+    again = JobQueue({"lotus": ScriptedPipeline()}, tmp_path / "out")
+    again.start()  # the first one's lock went with it
+    again.stop()
+
+
+def test_expiry_runs_in_batches_and_keeps_the_newest_expired_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(housekeeping, "EXPIRE_BATCH", 7)
+    monkeypatch.setattr(housekeeping, "EXPIRED_IDS_KEPT", 20)
+    queue = JobQueue({"lotus": ScriptedPipeline()}, tmp_path / "out", result_ttl_seconds=0.5,
+                     janitor_interval=0.05, max_queue_size=100)
+    queue.start()
+    try:
+        views = [queue.submit("lotus", (DepthRequest(image="x", seed=seed),
+                                        Image.new("RGB", (8, 8)))) for seed in range(30)]
+        views = [queue.wait(view.id, 10) for view in views]
+        wait_until(lambda: not queue._jobs, timeout=10)
+        assert not any(view.result.path.exists() for view in views)
+        for view in views[-20:]:
+            with pytest.raises(JobExpired):
+                queue.get(view.id)
+        with sqlite3.connect(tmp_path / "out" / JOURNAL_NAME) as db:
+            assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 20
+    finally:
+        queue.stop()

@@ -1,0 +1,89 @@
+"""Running a job, or a batch of jobs, on a loaded pipeline; and a worker that does it in
+this process (MODEL_PROCESS=0, the tests' scripted pipelines).
+
+`run_items` is the one place a pipeline is called: the model process runs it in its child,
+the in-process worker here. A failure becomes the job's error, never the caller's crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipelines.base import (JobCancelled, Pipeline, PipelineError, Progress, Result,
+                            describe_failure, is_out_of_memory, release_memory)
+from pipelines.device import with_gpu_peak
+
+log = logging.getLogger(__name__)
+
+Item = tuple[Any, Any, Path]  # (options, image, output stem) of one job
+Outcome = Result | PipelineError
+
+
+def run_items(pipeline: Pipeline, items: Sequence[Item], progress: Progress) -> list[Outcome]:
+    """One outcome per item, in order. Several items go through the pipeline's batch path
+    as one forward pass; JobCancelled (the whole batch cancelled) propagates."""
+    oom = False
+    try:
+        if len(items) == 1:
+            options, image, stem = items[0]
+            outcomes = with_gpu_peak(lambda: [pipeline.run(options, image, stem, progress)])
+        else:
+            outcomes = with_gpu_peak(lambda: list(pipeline.run_batch(items, progress)))
+    except JobCancelled:
+        raise
+    except Exception as exc:  # a pipeline's failure fails its jobs, never the worker
+        oom = is_out_of_memory(exc)
+        failure = describe_failure(exc, pipeline.oom_advice)
+        if failure.status >= 500 and not oom:
+            log.exception("%s failed", pipeline.name)
+        outcomes = [failure] * len(items)
+    if oom:
+        release_memory()  # outside the except block: the traceback no longer pins tensors
+    return outcomes
+
+
+class InProcessWorker:
+    """A worker slot that calls the pipeline in this process; ready once it is loaded."""
+
+    def __init__(self, name: str, lookup: Callable[[], Pipeline | None],
+                 loading: Callable[[], bool], batch_limit: int = 1, slot: int = 0):
+        self.pipeline_name, self.slot = name, slot
+        self.label = f"{name}#{slot}"
+        self.batch_limit = batch_limit
+        self._lookup, self._loading = lookup, loading
+        self.jobs: list[str] = []
+        self.on_change: Callable[[], None] = lambda: None
+
+    @property
+    def state(self) -> str:
+        if self.jobs:
+            return "busy"
+        if self._lookup() is not None:
+            return "ready"
+        return "loading" if self._loading() else "failed"
+
+    @property
+    def reason(self) -> str | None:
+        return f"pipeline {self.pipeline_name!r} is not loaded" if self.state == "failed" else None
+
+    def run(self, items: Sequence[Item], progress: Progress, job_ids: list[str],
+            time_limit: float | None = None) -> list[Outcome]:
+        pipeline = self._lookup()
+        if pipeline is None:
+            raise PipelineError(f"pipeline {self.pipeline_name!r} is not loaded", status=503)
+        self.jobs = list(job_ids)
+        try:
+            return run_items(pipeline, items, progress)
+        finally:
+            self.jobs = []
+
+    def abort(self) -> None:
+        abort = getattr(self._lookup(), "abort", None)
+        if abort is not None:
+            abort()
+
+    def describe(self) -> dict:
+        return {"pipeline": self.pipeline_name, "device": "in-process", "state": self.state,
+                "jobs": list(self.jobs), "restarts": 0, "reason": self.reason}

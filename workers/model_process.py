@@ -1,0 +1,279 @@
+"""A model worker: one child process that loads one pipeline on one device and runs one job
+(or one batch of depth jobs) at a time, as Replicate's Cog runs its predictor apart from
+its HTTP server.
+
+A supervisor thread owns the child's life: it starts it, waits for its load report, then
+watches it while idle as well as busy, so a child that dies between jobs is noticed at once
+and started again (a crash loop backs off, and /health says so) instead of failing the next
+job. Only the job running when a child dies fails, with how it died; a job that found the
+child already gone is handed back to be retried. A job over its time limit, or one
+cancelled with `force`, kills the child, which is then started again at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from pipelines.base import JobCancelled, PipelineError, Progress, Result
+
+from .devices import Device, pin
+from .in_process import Item, Outcome
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.2
+BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 16, 30)  # before each restart after an unplanned death
+STABLE_SECONDS = 60.0  # up this long after loading: the next death starts the backoff over
+
+
+class WorkerLost(Exception):
+    """The child was gone before the job ran, or was killed for another job's sake: the
+    job itself did nothing wrong and may be retried."""
+
+
+class ModelWorker:
+    """One child process: one pipeline, one device."""
+
+    def __init__(self, settings: "Settings", pipeline: str, device: Device, slot: int = 0,
+                 batch_limit: int = 1):
+        self.settings, self.pipeline_name, self.device = settings, pipeline, device
+        self.slot, self.batch_limit = slot, batch_limit
+        self.label = f"{pipeline}@{device.label}" + (f"#{slot}" if slot else "")
+        self.state, self.reason = "starting", None
+        self.jobs: list[str] = []
+        self.restarts = 0
+        self.details: dict = {}
+        self.on_change: Callable[[], None] = lambda: None
+        self.loaded = threading.Event()  # the first load has ended, well or not
+        self._context = multiprocessing.get_context("spawn")  # no CUDA state is inherited
+        self._pipe_lock = threading.Lock()  # one job at a time on the pipe
+        self._stopping = threading.Event()
+        self._planned_kill = False  # a forced cancel or a timeout: restart at once
+        self._process = self._conn = self._cancel = None
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        threading.Thread(target=self._supervise, name=f"supervise-{self.label}",
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+
+    def _set(self, state: str, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+        self.on_change()
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._spawn()
+            loaded_at = time.monotonic()
+            error = self._await_load()
+            if error is not None:
+                self._set("failed", error)
+                self.loaded.set()
+                log.error("model worker %s failed to load: %s", self.label, error)
+                return
+            if self._process.exitcode is None:  # loaded: serve until the child ends
+                self._set("ready")
+                self.loaded.set()
+                self._process.join()
+            if self._stopping.is_set():
+                return
+            with self._pipe_lock:  # a running job sees the end first and answers for it
+                planned, self._planned_kill = self._planned_kill, False
+            failures = 0 if time.monotonic() - loaded_at > STABLE_SECONDS else failures
+            delay = 0.0 if planned else BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
+            failures += not planned
+            self.restarts += 1
+            how = "was stopped" if planned else _how_it_ended(self._process.exitcode)
+            self._set("restarting", f"the model process {how}; restart {self.restarts} in "
+                                    f"{delay:g} s")
+            (log.info if planned else log.error)("model worker %s: %s", self.label, self.reason)
+            self._stopping.wait(delay)
+
+    def _spawn(self) -> None:
+        parent, child = self._context.Pipe()
+        self._cancel = self._context.Event()
+        self._process = self._context.Process(
+            target=_serve, args=(child, self._cancel, self.settings, self.pipeline_name,
+                                 self.device), name=f"model-{self.label}", daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self._set("loading")
+
+    def _await_load(self) -> str | None:
+        """The child's load report: None once loaded (or if it died, which the supervisor
+        then sees), else the load error, which no restart would mend."""
+        while not self._conn.poll(_POLL_SECONDS):
+            if not self._process.is_alive() and not self._conn.poll(0):
+                self._process.join()
+                return None
+        try:
+            _, error, self.details = self._conn.recv()
+        except (EOFError, OSError):
+            self._process.join()
+            return None
+        return error
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def run(self, items: Sequence[Item], progress: Progress, job_ids: list[str],
+            time_limit: float | None = None) -> list[Outcome]:
+        """Run the items in the child; raises WorkerLost, JobCancelled or PipelineError
+        for the whole batch, or returns one outcome per item."""
+        limit = min(self.settings.job_timeout_seconds, time_limit or float("inf"))
+        with self._pipe_lock:
+            if self.state != "ready" or not self._process.is_alive():
+                raise WorkerLost(f"model worker {self.label} is {self.state}")
+            self.jobs = list(job_ids)
+            self._set("busy")
+            try:
+                return self._exchange(items, progress, time.monotonic() + limit, limit)
+            finally:
+                self.jobs = []
+                if self.state == "busy":  # else the supervisor has said what happened
+                    alive = self._process.is_alive() and not self._planned_kill
+                    self._set("ready" if alive else "restarting")
+
+    def _exchange(self, items, progress, deadline: float, limit: float) -> list[Outcome]:
+        self._cancel.clear()
+        try:
+            self._conn.send(("run", list(items)))
+        except (BrokenPipeError, OSError):
+            raise WorkerLost(f"model worker {self.label} was gone") from None
+        started = False
+        while True:
+            message = self._next_message(deadline, started, limit)
+            kind = message[0]
+            if kind == "started":
+                started = True
+            elif kind == "progress":
+                try:
+                    progress(message[1], message[2])
+                except JobCancelled:
+                    self._cancel.set()  # the child stops at its next stage
+            elif kind == "done":
+                return [outcome if isinstance(outcome, Result) else PipelineError(*outcome)
+                        for outcome in message[1]]
+            elif kind == "cancelled":
+                raise JobCancelled()
+            else:  # "failed": the whole batch
+                raise PipelineError(message[1], status=message[2])
+
+    def _next_message(self, deadline: float, started: bool, limit: float) -> tuple:
+        while not self._conn.poll(_POLL_SECONDS):
+            if not self._process.is_alive():
+                self._lost(started)
+            if time.monotonic() > deadline:
+                self._kill()
+                raise PipelineError(f"the job ran longer than its time limit ({limit:g} s, "
+                                    "JOB_TIMEOUT_SECONDS or the job's own estimate) and was "
+                                    "stopped; the model is reloading", status=504)
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._lost(started)
+
+    def _lost(self, started: bool) -> None:
+        self._process.join(5)  # reaped, so its exit code is known
+        if not started or self._planned_kill:
+            raise WorkerLost(f"model worker {self.label} ended before the job ran")
+        raise PipelineError(f"the model process {_how_it_ended(self._process.exitcode)} "
+                            "while running this job; it is restarting", status=500)
+
+    def _kill(self) -> None:
+        self._planned_kill = True
+        self._process.kill()
+
+    def abort(self) -> None:
+        """A forced cancel: the child is killed and started again at once."""
+        if self._process is not None and self._process.is_alive():
+            self._kill()
+
+    def describe(self) -> dict:
+        return {"pipeline": self.pipeline_name, "device": self.device.label,
+                "state": self.state, "jobs": list(self.jobs), "restarts": self.restarts,
+                "reason": self.reason, "pid": self._process.pid if self._process else None,
+                **{key: value for key, value in self.details.items()
+                   if key in ("gpu_memory_gib",)}}
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code == -signal.SIGKILL:
+        return "was killed (SIGKILL), probably out of memory"
+    return f"exited (code {code})"
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the server's worker dies (kill -9 included), so an
+    orphan never keeps the GPU memory the next worker's models need (prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pipe's end still stops it when idle
+        pass
+
+
+def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> None:
+    """The child: pin, load, report, then run jobs until the parent goes away."""
+    pin(device)  # before anything imports torch
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s %(name)s [{name}@{device.label}]: "
+                               "%(message)s")
+    from pipelines.catalog import configured_pipelines
+
+    from .in_process import run_items
+
+    pipeline = configured_pipelines(settings, [name])[name]
+    try:
+        pipeline.load()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("loaded", f"{type(exc).__name__}: {exc}", {}))
+        return
+    conn.send(("loaded", None, _load_details(pipeline)))
+
+    def progress(stage: str, fraction: float) -> None:
+        if cancel.is_set():
+            raise JobCancelled()
+        conn.send(("progress", stage, fraction))
+
+    while True:
+        try:
+            _, items = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        conn.send(("started",))
+        try:
+            outcomes = run_items(pipeline, [(o, i, Path(s)) for o, i, s in items], progress)
+        except JobCancelled:
+            conn.send(("cancelled",))
+            continue
+        conn.send(("done", [outcome if isinstance(outcome, Result) else
+                            (str(outcome), outcome.status) for outcome in outcomes]))
+
+
+def _load_details(pipeline: Any) -> dict:
+    """What the parent shows of a loaded worker: the admission memory of SAM 3D and the GPU
+    memory the weights take."""
+    import torch
+
+    details = {"vram_gib": pipeline.vram_gib} if hasattr(pipeline, "vram_gib") else {}
+    if torch.cuda.is_available():
+        details["gpu_memory_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    return details

@@ -1,0 +1,85 @@
+"""Which model workers a server starts, and the stand-in the queue and the API see for
+each pipeline they run.
+
+One worker per device and MAX_CONCURRENT slot for each pipeline: SAM 3D Objects and
+Lotus-D on every device (Lotus-D needs a few GB beside SAM 3D's admission figures), so a
+pod with four GPUs runs four 3D jobs at once and a depth map never waits for a 3D one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pipelines.base import Pipeline, Progress, Result
+from pipelines.catalog import configured_pipelines
+
+from .devices import Device, discover
+from .model_process import ModelWorker
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Depth jobs per forward pass when DEPTH_BATCH is not set (bench/depth.py measures them).
+DEFAULT_DEPTH_BATCH = {"cuda": 4, "cpu": 1}
+
+
+class RemotePipeline:
+    """One pipeline as the parent sees it: `check`, `capabilities` and `notice` answered by
+    an unloaded twin; ready once any of its workers has loaded."""
+
+    def __init__(self, twin: Pipeline, workers: list[ModelWorker]):
+        self._twin, self.workers = twin, workers
+        self.name, self.options_model = twin.name, twin.options_model
+        self.oom_advice = twin.oom_advice
+
+    def load(self) -> None:
+        for worker in self.workers:
+            worker.loaded.wait()
+        loaded = [w for w in self.workers if w.state != "failed"]
+        if not loaded:
+            raise RuntimeError(self.workers[0].reason)
+        sizes = [w.details["vram_gib"] for w in loaded if w.details.get("vram_gib")]
+        if sizes and hasattr(self._twin, "vram_gib"):
+            self._twin.vram_gib = max(sizes)  # a job is refused only if no GPU could fit it
+
+    def __getattr__(self, name: str) -> Any:
+        """What needs no model (capabilities, notice, batch_key, time_limit) comes from
+        the twin."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._twin, name)
+
+    def check(self, options: Any) -> None:
+        self._twin.check(options)
+
+    def run(self, options: Any, image: Any, output_stem: "Path", progress: Progress) -> Result:
+        raise RuntimeError("remote pipelines run through their workers' lanes")
+
+
+def depth_batch(settings: "Settings", device: Device) -> int:
+    return settings.depth_batch or DEFAULT_DEPTH_BATCH[device.kind]
+
+
+def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[str, list]]:
+    """What the HTTP server runs: the configured pipelines and, unless MODEL_PROCESS=0,
+    their model workers (started here, loading in the background)."""
+    twins = configured_pipelines(settings)
+    if not settings.model_process or not twins:
+        return twins, {}
+    devices = discover(settings.gpus)
+    log.info("model workers on %s", ", ".join(
+        f"{d.label} ({d.name}{f', {d.memory_gib} GiB' if d.memory_gib else ''})"
+        for d in devices))
+    workers: dict[str, list[ModelWorker]] = {}
+    for name in twins:
+        workers[name] = [ModelWorker(settings, name, device, slot,
+                                     depth_batch(settings, device) if name == "lotus" else 1)
+                         for device in devices for slot in range(settings.max_concurrent)]
+        for worker in workers[name]:
+            worker.start()
+    return {name: RemotePipeline(twin, workers[name]) for name, twin in twins.items()}, workers
