@@ -105,9 +105,16 @@ def test_compose_file_matches_the_compose_schema_and_the_guide(compose_schema):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     jsonschema.validate(compose, compose_schema)
     service = compose["services"]["sam3d-objects"]
-    assert service["image"] == "sam3d-objects:latest" and service["ports"] == ["8000:8000"]
+    assert service["image"] == "sam3d-objects:latest"
+    assert service["ports"] == ["${PORT:-8000}:${PORT:-8000}"]
     assert {"PORT", "MAX_CONCURRENT", "MAX_QUEUE_SIZE", "API_KEY",
             "RESULT_TTL_SECONDS"} <= set(service["environment"])
+    # what compose passes when .env does not set it: the image's own value, or blank (the
+    # server's default; tests/test_settings.py checks every setting is listed)
+    image = dockerfile_env()
+    for name, value in service["environment"].items():
+        default = value.removeprefix(f"${{{name}:-").removesuffix("}")
+        assert default == image.get(name, ""), f"{name} would override the image's {image.get(name)}"
     device = service["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1
     assert service["healthcheck"]["start_period"] and service["restart"]
