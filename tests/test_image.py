@@ -255,3 +255,23 @@ def test_the_worker_requirements_pin_everything_they_pull_in():
                     and not needed.startswith("nvidia-"):
                 unpinned.add(f"{needed} (for {name})")
     assert not unpinned
+
+
+def test_the_server_image_refuses_to_bake_in_test_weights(checkpoints, tmp_path):
+    """The step after `COPY checkpoints/`, run here on the tiny checkpoint and on none."""
+    steps = instructions("Dockerfile")
+    copy = steps.index(("COPY", "checkpoints/ /app/checkpoints/"))
+    check = next(args for kind, args in steps[copy:] if kind == "RUN" and "checkpoints.py" in args)
+
+    def build_step(checkpoints_dir, allow):
+        command = (check.replace("/tmp/checkpoints.py", str(ROOT / "pipelines/checkpoints.py"))
+                   .replace("/app/checkpoints", str(checkpoints_dir))
+                   .replace("${ALLOW_TEST_WEIGHTS}", allow).replace("python ", f"{sys.executable} "))
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                              text=True)
+
+    refused = build_step(checkpoints, "0")
+    assert refused.returncode != 0 and "TEST weights" in refused.stderr
+    allowed = build_step(checkpoints, "1")
+    assert allowed.returncode == 0 and "WARNING" in allowed.stdout
+    assert build_step(tmp_path, "0").returncode == 0  # no Lotus-D: nothing to refuse

@@ -103,3 +103,55 @@ def test_smoke_test_script_fails_when_the_server_is_down():
     done = subprocess.run(["bash", str(ROOT / "scripts/smoke_test.sh"), "http://127.0.0.1:9"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "FAIL" in done.stdout
+
+
+FAKE_HF = '''#!{python}
+"""`hf download` as the script calls it: real-shaped Lotus-D files, an empty MoGe cache."""
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["HF_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if "--local-dir" in args:
+    folder = Path(args[args.index("--local-dir") + 1])
+    for part in ("unet", "vae", "text_encoder", "tokenizer"):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+    (folder / "unet" / "config.json").write_text(json.dumps(
+        {{"_class_name": "UNet2DConditionModel", "block_out_channels": [320, 640, 1280, 1280]}}))
+    (folder / "model_index.json").write_text(json.dumps({{"_class_name": "LotusDPipeline"}}))
+else:
+    (Path(os.environ["HF_HOME"]) / "hub").mkdir(parents=True, exist_ok=True)
+'''
+
+
+def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, checkpoints):
+    """`make serve` left the tiny Lotus-D in checkpoints/; the download puts the real one in
+    its place, with none of the tiny one's files (its note, its scheduler) left behind."""
+    from pipelines.lotus import LotusDepth
+
+    bin_dir, dest = tmp_path / "bin", tmp_path / "checkpoints"
+    bin_dir.mkdir()
+    (bin_dir / "hf").write_text(FAKE_HF.format(python=sys.executable))
+    (bin_dir / "hf").chmod(0o755)
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, dest / CHECKPOINT_FOLDER)
+    for done in ("pipeline.yaml", "ss_generator.ckpt", "slat_generator.ckpt", "ss_decoder.ckpt",
+                 "slat_decoder_gs.ckpt", "slat_decoder_gs_4.ckpt", "slat_decoder_mesh.ckpt",
+                 "u2net/u2net.onnx", "torch/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth",
+                 "torch/hub/facebookresearch_dinov2_main/hubconf.py"):
+        (dest / done).parent.mkdir(parents=True, exist_ok=True)
+        (dest / done).touch()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "HF_LOG": str(tmp_path / "hf.log")}
+    env.pop("HF_TOKEN", None)
+    assert LotusDepth(dest).notice  # before: the tiny one, reported as noise
+    done = subprocess.run(["bash", str(ROOT / "scripts/download_checkpoints.sh"), str(dest)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "holds the tiny test weights: replacing" in done.stdout
+    assert "MISSING" not in done.stdout and "TEST " not in done.stdout
+    lotus = dest / CHECKPOINT_FOLDER
+    assert not list(lotus.glob("TINY*")) and not (lotus / "scheduler").exists()
+    assert LotusDepth(dest).notice is None
+    again = subprocess.run(["bash", str(ROOT / "scripts/download_checkpoints.sh"), str(dest)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "replacing" not in again.stdout
