@@ -225,3 +225,15 @@ def test_prefetch_downloads_where_the_worker_reads(tmp_path, checkpoints, model_
     else:
         assert call["local_dir"] == str(volume / "models" / CHECKPOINT_FOLDER)
         assert (volume / "models" / CHECKPOINT_FOLDER / "model_index.json").is_file()
+
+
+def test_one_prefetch_default_everywhere():
+    """bootstrap.sh, the RunPod Hub's form and DEPLOY.md's table say the same."""
+    import re
+
+    bootstrap = re.findall(r"\$\{PREFETCH:-(\d)\}", (ROOT / "src/bootstrap.sh").read_text())
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())["config"]["env"]
+    offered = next(item["input"]["default"] for item in hub if item["key"] == "PREFETCH")
+    documented = re.findall(r"^\| `PREFETCH` \| (\d) \|", (ROOT / "DEPLOY.md").read_text(),
+                            re.MULTILINE)
+    assert bootstrap and set(bootstrap) == {offered} == set(documented) == {"1"}
