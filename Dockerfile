@@ -71,7 +71,7 @@ RUN PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com https://download.pytorch.or
 # Later installs are constrained to the numpy that SAM 3D Objects and kaolin installed, so
 # rembg (and our own dependencies) resolve to releases that work with it.
 ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
-RUN pip install ninja \
+RUN pip install ninja==1.11.1.4 \
     && pip install --no-build-isolation "git+https://github.com/NVlabs/nvdiffrast.git@${NVDIFFRAST_COMMIT}" \
     && pip freeze | grep -i '^numpy==' > /etc/pip-constraints.txt \
     && pip install -c /etc/pip-constraints.txt "rembg[gpu]==2.0.61"

@@ -31,8 +31,8 @@ def hadolint() -> str:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_dockerfiles_lint_without_errors(dockerfile):
-    done = subprocess.run([hadolint(), "--failure-threshold", "error", dockerfile], cwd=ROOT,
+def test_dockerfiles_lint_without_warnings(dockerfile):
+    done = subprocess.run([hadolint(), "--failure-threshold", "warning", dockerfile], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
