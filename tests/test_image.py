@@ -275,3 +275,28 @@ def test_the_server_image_refuses_to_bake_in_test_weights(checkpoints, tmp_path)
     allowed = build_step(checkpoints, "1")
     assert allowed.returncode == 0 and "WARNING" in allowed.stdout
     assert build_step(tmp_path, "0").returncode == 0  # no Lotus-D: nothing to refuse
+
+
+def test_the_extension_check_says_plainly_when_torch_has_no_kernels_for_the_gpu():
+    """torch 2.5.1+cu121's list (the image's) on an A100, an H100 and a Blackwell card."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from check_cuda_extensions import runs_on, torch_gpu_problem
+
+    cu121 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+    assert runs_on((8, 0), cu121) and runs_on((8, 9), cu121) and runs_on((9, 0), cu121)
+    assert not runs_on((12, 0), cu121) and not runs_on((10, 0), cu121)
+    assert runs_on((12, 0), cu121 + ["compute_90"])  # PTX: the driver compiles it
+    assert runs_on((12, 0), ["sm_90", "sm_100", "sm_120"]) and not runs_on((8, 6), ["sm_90"])
+
+    def stand_in(capability, available=True):
+        cuda = SimpleNamespace(is_available=lambda: available, get_arch_list=lambda: cu121,
+                               get_device_capability=lambda index: capability,
+                               get_device_name=lambda index: "NVIDIA GeForce RTX 5090")
+        return SimpleNamespace(__version__="2.5.1+cu121", cuda=cuda)
+
+    problem = torch_gpu_problem(stand_in((12, 0)))
+    assert "has no kernels for this GPU" in problem and "sm_120" in problem and "sm_90" in problem
+    assert torch_gpu_problem(stand_in((8, 6))) is None
+    assert torch_gpu_problem(stand_in((12, 0), available=False)) is None  # the build: no GPU
