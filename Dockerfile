@@ -71,7 +71,7 @@ RUN PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com https://download.pytorch.or
 # Later installs are constrained to the numpy that SAM 3D Objects and kaolin installed, so
 # rembg (and our own dependencies) resolve to releases that work with it.
 ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
-RUN pip install ninja \
+RUN pip install ninja==1.11.1.4 \
     && pip install --no-build-isolation "git+https://github.com/NVlabs/nvdiffrast.git@${NVDIFFRAST_COMMIT}" \
     && pip freeze | grep -i '^numpy==' > /etc/pip-constraints.txt \
     && pip install -c /etc/pip-constraints.txt "rembg[gpu]==2.0.61"
@@ -94,7 +94,13 @@ RUN grep -E '^(diffusers|transformers|huggingface-hub|accelerate|safetensors)=='
 
 # The weights, read offline: SAM 3D Objects (pipeline.yaml, *.ckpt), Lotus-D, MoGe (Hugging
 # Face cache), DINOv2 (torch hub) and u2net (rembg). scripts/download_checkpoints.sh fills it.
+# The build stops if Lotus-D there is the tiny random one `make serve` writes (its depth maps
+# are noise), decided from its UNet's config; --build-arg ALLOW_TEST_WEIGHTS=1 builds anyway.
+COPY pipelines/checkpoints.py /tmp/
 COPY checkpoints/ /app/checkpoints/
+ARG ALLOW_TEST_WEIGHTS=0
+RUN python /tmp/checkpoints.py /app/checkpoints \
+    || { [ "${ALLOW_TEST_WEIGHTS}" = 1 ] && echo "WARNING: this image serves TEST weights for Lotus-D"; }
 ENV CHECKPOINTS_DIR=/app/checkpoints \
     OUTPUT_DIR=/app/outputs \
     HF_HOME=/app/checkpoints/hf-cache \

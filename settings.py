@@ -30,7 +30,9 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    # A blank variable means the default: docker-compose.yml passes every setting through,
+    # blank when neither .env nor the shell sets it (.env.example lists them all).
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
 
     port: int = Field(8000, ge=1, le=65535)
     max_concurrent: int = Field(1, ge=1, le=64)

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "jingheya/lotus-depth-d-v2-0-disparity"
 CHECKPOINT_FOLDER = "lotus-depth-d-v2-0-disparity"
-# In a checkpoint folder written by scripts/make_tiny_checkpoints.py: random test weights.
+# A note for people in the folder scripts/make_tiny_checkpoints.py writes. The server does
+# not read it (it would outlive the test weights when real ones are copied over): whether
+# weights are test ones is decided from the UNet's config (pipelines/checkpoints.py).
 TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
 PIPELINE_CLASS_NAMES = ("DirectRegressionPipeline", "LotusDPipeline")
 REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer")
@@ -227,8 +229,9 @@ class LotusDepth:
     @property
     def notice(self) -> str | None:
         """What a user must know before trusting a result (health, log, web page)."""
-        if self.model_id or not (self.checkpoints_dir / CHECKPOINT_FOLDER /
-                                 TEST_CHECKPOINT_MARKER).is_file():
+        from .checkpoints import is_test_checkpoint
+
+        if self.model_id or not is_test_checkpoint(self.checkpoints_dir / CHECKPOINT_FOLDER):
             return None
         return ("Lotus-D runs the tiny random test checkpoint (scripts/make_tiny_checkpoints.py): "
                 f"its depth maps are noise. Put the real {CHECKPOINT_FOLDER} checkpoint in "

@@ -5,10 +5,14 @@
 #
 # Before: accept Meta's license at https://huggingface.co/facebook/sam-3d-objects and create
 # a read token at https://huggingface.co/settings/tokens. Needs `hf` (pip install
-# 'huggingface-hub[cli]<1.0') and, for DINOv2, python with torch.
+# 'huggingface-hub[cli]<1.0') and, for DINOv2, python with torch (the CPU build will do).
+# Steps already done are skipped; a tiny test Lotus-D (`make serve` writes one) is replaced.
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PYTHON=${PYTHON:-python3}
 DEST=${1:-checkpoints}
+LOTUS=$DEST/lotus-depth-d-v2-0-disparity
 LOTUS_MODEL_ID=${LOTUS_MODEL_ID:-jingheya/lotus-depth-d-v2-0-disparity}
 MOGE_MODEL_ID=${MOGE_MODEL_ID:-Ruicheng/moge-vitl}
 DINOV2_MODEL=${DINOV2_MODEL:-dinov2_vitl14_reg}
@@ -29,15 +33,25 @@ if [ ! -f "$DEST/pipeline.yaml" ]; then
 fi
 
 echo "== Lotus-D ($LOTUS_MODEL_ID)"
+# the same check the image build runs (pipelines/checkpoints.py: the UNet's config)
+if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" >/dev/null 2>&1; then
+  echo "$LOTUS holds the tiny test weights: replacing the whole folder"
+  rm -rf "$LOTUS"
+fi
 hf download "$LOTUS_MODEL_ID" --repo-type model \
-  --local-dir "$DEST/lotus-depth-d-v2-0-disparity" --include "*.json" "*.txt" "*.safetensors"
+  --local-dir "$LOTUS" --include "*.json" "*.txt" "*.safetensors"
 
 echo "== MoGe ($MOGE_MODEL_ID) into the Hugging Face cache the image reads offline"
 HF_HOME="$DEST/hf-cache" hf download "$MOGE_MODEL_ID" --repo-type model
 
 echo "== DINOv2 ($DINOV2_MODEL) into the torch hub cache"
-TORCH_HOME="$DEST/torch" python -c \
-  "import sys, torch; torch.hub.load('facebookresearch/dinov2', sys.argv[1])" "$DINOV2_MODEL"
+if compgen -G "$DEST/torch/hub/checkpoints/${DINOV2_MODEL}*_pretrain.pth" >/dev/null \
+    && [ -f "$DEST/torch/hub/facebookresearch_dinov2_main/hubconf.py" ]; then
+  echo "already there"
+else
+  TORCH_HOME="$DEST/torch" "$PYTHON" -c \
+    "import sys, torch; torch.hub.load('facebookresearch/dinov2', sys.argv[1])" "$DINOV2_MODEL"
+fi
 
 echo "== u2net for rembg"
 mkdir -p "$DEST/u2net"
@@ -57,5 +71,9 @@ for path in pipeline.yaml ss_generator.ckpt slat_generator.ckpt ss_decoder.ckpt 
     missing=1
   fi
 done
+if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" >/dev/null 2>&1; then
+  echo "TEST     lotus-depth-d-v2-0-disparity holds test weights, not Lotus-D's"
+  missing=1
+fi
 du -sh "$DEST"
 exit "$missing"

@@ -85,8 +85,8 @@ def make_lotus(root: Path, seed: int = 0) -> Path:
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }, indent=2))
-    # how the server knows, and says (/health, its log, the web page), that depth maps from
-    # this checkpoint are noise
+    # for people who open the folder; the server tells test weights from the UNet's config
+    # (pipelines/checkpoints.py) and says so (/health, its log, the web page)
     (out / TEST_CHECKPOINT_MARKER).write_text(
         "Random weights written by scripts/make_tiny_checkpoints.py for tests and development.\n"
         "Replace this folder with the real jingheya/lotus-depth-d-v2-0-disparity checkpoint.\n")

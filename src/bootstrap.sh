@@ -7,12 +7,14 @@
 # `handler.py` with no flag (`--rp_serve_api` starts the SDK's local test server), and the venv
 # is built atomically: in a temporary folder, under a lock that lets one worker build while the
 # others wait, moved into place only when complete and marked with the hash of what it holds.
-# A half-built venv is never reused; a changed requirements file rebuilds it.
+# A half-built venv is never reused; a changed requirements file rebuilds it. Console scripts
+# name their interpreter by path, so the paths in the venv are rewritten to where it is moved.
 #
 # Environment:
 #   WORKSPACE               volume folder (default /runpod-volume/Lotus or /workspace/Lotus)
 #   PYTHON                  interpreter for the venv (default python3.12)
-#   PREFETCH=1              download MODEL_ID into models/ when it is not there (src/prefetch.sh)
+#   PREFETCH                1 (default): download Lotus-D where the worker reads it when it is
+#                           not there (src/prefetch.sh: models/, or MODEL_ID's HF cache); 0: never
 #   BOOTSTRAP_SKIP_INSTALL=1  create the venv but install nothing: for tests, or a volume
 #                           whose packages are provided another way (PYTHONPATH)
 #   anything handler.py reads: LOTUS_API_KEY, MODEL_ID, PIPELINES, MAX_INLINE_BYTES, ...
@@ -28,7 +30,8 @@ TORCH=(torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128)
 export PIPELINES=${PIPELINES:-lotus}
 
 mkdir -p "$WORKSPACE"/{src,cache,models,output_images,logs}
-WANT=$({ echo "${TORCH[*]} skip=${BOOTSTRAP_SKIP_INSTALL:-0}"; cat "$REQUIREMENTS"; } \
+# relocated: venvs built before their paths were rewritten are rebuilt once
+WANT=$({ echo "${TORCH[*]} skip=${BOOTSTRAP_SKIP_INSTALL:-0} relocated"; cat "$REQUIREMENTS"; } \
   | sha256sum | cut -d' ' -f1)
 venv_ready() { [ "$(cat "$VENV/.requirements-sha256" 2>/dev/null)" = "$WANT" ]; }
 
@@ -36,12 +39,17 @@ build_venv() {
   BUILDING=$(mktemp -d "$WORKSPACE/venv.building.XXXXXX")
   trap 'rm -rf "$BUILDING"' EXIT  # a failed build leaves nothing behind
   echo "bootstrap: building the venv in $BUILDING"
-  "$PYTHON" -m venv "$BUILDING"
+  "$PYTHON" -m venv --prompt venv "$BUILDING"
   if [ "${BOOTSTRAP_SKIP_INSTALL:-0}" != 1 ]; then
     "$BUILDING/bin/python" -m pip install --upgrade pip
     "$BUILDING/bin/python" -m pip install "${TORCH[@]}"
     "$BUILDING/bin/python" -m pip install -r "$REQUIREMENTS"
   fi
+  # pip, hf and the rest start with #!$BUILDING/bin/python: point them at the final place
+  { grep -rlIF "$BUILDING" "$BUILDING/bin" "$BUILDING/pyvenv.cfg" || true; } \
+    | while IFS= read -r file; do
+      sed -i "s|$BUILDING|$VENV|g" "$file"
+    done
   echo "$WANT" > "$BUILDING/.requirements-sha256"
   rm -rf "$VENV.old"
   if [ -e "$VENV" ] || [ -L "$VENV" ]; then mv "$VENV" "$VENV.old"; fi
@@ -65,8 +73,9 @@ else
   flock -u 9
 fi
 
-if [ "${PREFETCH:-0}" = 1 ] && [ ! -f "$CHECKPOINTS_DIR/lotus-depth-d-v2-0-disparity/model_index.json" ]; then
-  PYTHON="$VENV/bin/python" bash "$APP_DIR/src/prefetch.sh"
+if [ "${PREFETCH:-1}" = 1 ] && { [ -n "${MODEL_ID:-}" ] \
+    || [ ! -f "$CHECKPOINTS_DIR/lotus-depth-d-v2-0-disparity/model_index.json" ]; }; then
+  bash "$APP_DIR/src/prefetch.sh"
 fi
 
 cd "$APP_DIR"

@@ -31,8 +31,8 @@ def hadolint() -> str:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_dockerfiles_lint_without_errors(dockerfile):
-    done = subprocess.run([hadolint(), "--failure-threshold", "error", dockerfile], cwd=ROOT,
+def test_dockerfiles_lint_without_warnings(dockerfile):
+    done = subprocess.run([hadolint(), "--failure-threshold", "warning", dockerfile], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
@@ -105,9 +105,16 @@ def test_compose_file_matches_the_compose_schema_and_the_guide(compose_schema):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     jsonschema.validate(compose, compose_schema)
     service = compose["services"]["sam3d-objects"]
-    assert service["image"] == "sam3d-objects:latest" and service["ports"] == ["8000:8000"]
+    assert service["image"] == "sam3d-objects:latest"
+    assert service["ports"] == ["${PORT:-8000}:${PORT:-8000}"]
     assert {"PORT", "MAX_CONCURRENT", "MAX_QUEUE_SIZE", "API_KEY",
             "RESULT_TTL_SECONDS"} <= set(service["environment"])
+    # what compose passes when .env does not set it: the image's own value, or blank (the
+    # server's default; tests/test_settings.py checks every setting is listed)
+    image = dockerfile_env()
+    for name, value in service["environment"].items():
+        default = value.removeprefix(f"${{{name}:-").removesuffix("}")
+        assert default == image.get(name, ""), f"{name} would override the image's {image.get(name)}"
     device = service["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1
     assert service["healthcheck"]["start_period"] and service["restart"]
@@ -248,3 +255,48 @@ def test_the_worker_requirements_pin_everything_they_pull_in():
                     and not needed.startswith("nvidia-"):
                 unpinned.add(f"{needed} (for {name})")
     assert not unpinned
+
+
+def test_the_server_image_refuses_to_bake_in_test_weights(checkpoints, tmp_path):
+    """The step after `COPY checkpoints/`, run here on the tiny checkpoint and on none."""
+    steps = instructions("Dockerfile")
+    copy = steps.index(("COPY", "checkpoints/ /app/checkpoints/"))
+    check = next(args for kind, args in steps[copy:] if kind == "RUN" and "checkpoints.py" in args)
+
+    def build_step(checkpoints_dir, allow):
+        command = (check.replace("/tmp/checkpoints.py", str(ROOT / "pipelines/checkpoints.py"))
+                   .replace("/app/checkpoints", str(checkpoints_dir))
+                   .replace("${ALLOW_TEST_WEIGHTS}", allow).replace("python ", f"{sys.executable} "))
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                              text=True)
+
+    refused = build_step(checkpoints, "0")
+    assert refused.returncode != 0 and "TEST weights" in refused.stderr
+    allowed = build_step(checkpoints, "1")
+    assert allowed.returncode == 0 and "WARNING" in allowed.stdout
+    assert build_step(tmp_path, "0").returncode == 0  # no Lotus-D: nothing to refuse
+
+
+def test_the_extension_check_says_plainly_when_torch_has_no_kernels_for_the_gpu():
+    """torch 2.5.1+cu121's list (the image's) on an A100, an H100 and a Blackwell card."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from check_cuda_extensions import runs_on, torch_gpu_problem
+
+    cu121 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+    assert runs_on((8, 0), cu121) and runs_on((8, 9), cu121) and runs_on((9, 0), cu121)
+    assert not runs_on((12, 0), cu121) and not runs_on((10, 0), cu121)
+    assert runs_on((12, 0), cu121 + ["compute_90"])  # PTX: the driver compiles it
+    assert runs_on((12, 0), ["sm_90", "sm_100", "sm_120"]) and not runs_on((8, 6), ["sm_90"])
+
+    def stand_in(capability, available=True):
+        cuda = SimpleNamespace(is_available=lambda: available, get_arch_list=lambda: cu121,
+                               get_device_capability=lambda index: capability,
+                               get_device_name=lambda index: "NVIDIA GeForce RTX 5090")
+        return SimpleNamespace(__version__="2.5.1+cu121", cuda=cuda)
+
+    problem = torch_gpu_problem(stand_in((12, 0)))
+    assert "has no kernels for this GPU" in problem and "sm_120" in problem and "sm_90" in problem
+    assert torch_gpu_problem(stand_in((8, 6))) is None
+    assert torch_gpu_problem(stand_in((12, 0), available=False)) is None  # the build: no GPU

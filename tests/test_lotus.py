@@ -204,6 +204,41 @@ def test_a_folder_of_another_model_is_refused(checkpoints, tmp_path):
         LotusDepthPipeline.from_pretrained(other)
 
 
+# unet/config.json of Stable Diffusion 2's UNet, as in jingheya/lotus-depth-d-v2-0-disparity
+SD2_UNET_CONFIG = {"_class_name": "UNet2DConditionModel", "sample_size": 96, "in_channels": 4,
+                   "out_channels": 4, "block_out_channels": [320, 640, 1280, 1280],
+                   "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
+                   "use_linear_projection": True, "class_embed_type": "projection",
+                   "projection_class_embeddings_input_dim": 4}
+
+
+def checkpoint_check(checkpoints_dir):
+    return subprocess.run([sys.executable, str(ROOT / "pipelines/checkpoints.py"),
+                           str(checkpoints_dir)], capture_output=True, text=True)
+
+
+def test_the_tiny_checkpoint_is_reported_as_test_weights(checkpoints):
+    from pipelines.checkpoints import LOTUS_FOLDER
+
+    assert LOTUS_FOLDER == CHECKPOINT_FOLDER
+    notice = LotusDepth(checkpoints).notice
+    assert notice and "tiny random test checkpoint" in notice and "noise" in notice
+    done = checkpoint_check(checkpoints)  # what the Dockerfile runs after copying the weights
+    assert done.returncode == 1 and "TEST weights" in done.stderr
+
+
+def test_real_weights_copied_over_a_test_folder_are_not_called_noise(checkpoints, tmp_path):
+    """The tiny folder's note file stays behind; the UNet's config says the weights are real."""
+    folder = tmp_path / CHECKPOINT_FOLDER
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, folder)
+    assert list(folder.glob("TINY*"))  # the note a marker-based check was fooled by
+    (folder / "unet" / "config.json").write_text(json.dumps(SD2_UNET_CONFIG))
+    assert LotusDepth(tmp_path).notice is None
+    done = checkpoint_check(tmp_path)
+    assert done.returncode == 0 and "real weights" in done.stdout
+    assert checkpoint_check(tmp_path / "empty").returncode == 0  # no Lotus-D at all is fine
+
+
 def test_model_id_loads_from_the_hugging_face_cache_offline(checkpoints, tmp_path):
     """MODEL_ID through HF_HOME with HF_HUB_OFFLINE=1: read from the cache, never fetched."""
     repo = tmp_path / "hf" / "hub" / "models--someone--lotus-copy"

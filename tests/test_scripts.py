@@ -57,6 +57,13 @@ def test_bootstrap_uses_the_serverless_volume_and_reuses_its_venv(tmp_path, chec
     for folder in ("venv", "src", "cache", "models", "output_images", "logs"):
         assert (volume / folder).is_dir(), folder
     assert (volume / "venv" / ".requirements-sha256").is_file()
+    # built elsewhere and moved: its console scripts must name the venv where it is now
+    pip = volume / "venv" / "bin" / "pip"
+    assert pip.read_text().startswith(f"#!{volume / 'venv' / 'bin' / 'python'}")  # python3.x
+    assert subprocess.run([str(pip), "--version"], env=env, capture_output=True).returncode == 0
+    assert "venv.building" not in subprocess.run(
+        ["grep", "-rI", "venv.building", str(volume / "venv" / "bin")],
+        capture_output=True, text=True).stdout
     assert list((volume / "output_images").glob("*.png"))
     assert not (tmp_path / "workspace").exists()
     second = bootstrap(env)
@@ -103,3 +110,130 @@ def test_smoke_test_script_fails_when_the_server_is_down():
     done = subprocess.run(["bash", str(ROOT / "scripts/smoke_test.sh"), "http://127.0.0.1:9"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "FAIL" in done.stdout
+
+
+FAKE_HF = '''#!{python}
+"""`hf download` as the script calls it: real-shaped Lotus-D files, an empty MoGe cache."""
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["HF_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if "--local-dir" in args:
+    folder = Path(args[args.index("--local-dir") + 1])
+    for part in ("unet", "vae", "text_encoder", "tokenizer"):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+    (folder / "unet" / "config.json").write_text(json.dumps(
+        {{"_class_name": "UNet2DConditionModel", "block_out_channels": [320, 640, 1280, 1280]}}))
+    (folder / "model_index.json").write_text(json.dumps({{"_class_name": "LotusDPipeline"}}))
+else:
+    (Path(os.environ["HF_HOME"]) / "hub").mkdir(parents=True, exist_ok=True)
+'''
+
+
+def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, checkpoints):
+    """`make serve` left the tiny Lotus-D in checkpoints/; the download puts the real one in
+    its place, with none of the tiny one's files (its note, its scheduler) left behind."""
+    from pipelines.lotus import LotusDepth
+
+    bin_dir, dest = tmp_path / "bin", tmp_path / "checkpoints"
+    bin_dir.mkdir()
+    (bin_dir / "hf").write_text(FAKE_HF.format(python=sys.executable))
+    (bin_dir / "hf").chmod(0o755)
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, dest / CHECKPOINT_FOLDER)
+    for done in ("pipeline.yaml", "ss_generator.ckpt", "slat_generator.ckpt", "ss_decoder.ckpt",
+                 "slat_decoder_gs.ckpt", "slat_decoder_gs_4.ckpt", "slat_decoder_mesh.ckpt",
+                 "u2net/u2net.onnx", "torch/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth",
+                 "torch/hub/facebookresearch_dinov2_main/hubconf.py"):
+        (dest / done).parent.mkdir(parents=True, exist_ok=True)
+        (dest / done).touch()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "HF_LOG": str(tmp_path / "hf.log")}
+    env.pop("HF_TOKEN", None)
+    assert LotusDepth(dest).notice  # before: the tiny one, reported as noise
+    done = subprocess.run(["bash", str(ROOT / "scripts/download_checkpoints.sh"), str(dest)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "holds the tiny test weights: replacing" in done.stdout
+    assert "MISSING" not in done.stdout and "TEST " not in done.stdout
+    lotus = dest / CHECKPOINT_FOLDER
+    assert not list(lotus.glob("TINY*")) and not (lotus / "scheduler").exists()
+    assert LotusDepth(dest).notice is None
+    again = subprocess.run(["bash", str(ROOT / "scripts/download_checkpoints.sh"), str(dest)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "replacing" not in again.stdout
+
+
+FAKE_HUB = """
+import json, os
+from pathlib import Path
+
+def snapshot_download(repo_id, local_dir=None, allow_patterns=None, **rest):
+    folder = Path(local_dir or Path(os.environ["HF_HOME"], "hub", "models--" + repo_id.replace("/", "--"), "snapshots", "0"))
+    for part in ("unet", "vae", "text_encoder", "tokenizer"):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text("{}")
+    with open(os.environ["HUB_LOG"], "w") as log:
+        json.dump({"repo_id": repo_id, "local_dir": local_dir, "allow_patterns": allow_patterns,
+                   "rest": rest, "HF_HOME": os.environ.get("HF_HOME")}, log)
+    return str(folder)
+"""
+
+
+def what_the_worker_downloads(model_id, checkpoints_dir):
+    """resolve_checkpoint's own call to snapshot_download, caught."""
+    import huggingface_hub
+    from pipelines.lotus import resolve_checkpoint
+
+    calls = []
+    real = huggingface_hub.snapshot_download
+    huggingface_hub.snapshot_download = lambda *args, **kwargs: calls.append((args, kwargs)) or "x"
+    try:
+        resolve_checkpoint(checkpoints_dir, model_id)
+    finally:
+        huggingface_hub.snapshot_download = real
+    (repo_id,), kwargs = calls[0]
+    return repo_id, kwargs
+
+
+@pytest.mark.parametrize("model_id", ["someone/lotus-copy", None], ids=["MODEL_ID", "default"])
+def test_prefetch_downloads_where_the_worker_reads(tmp_path, checkpoints, model_id):
+    """With MODEL_ID, into the volume's Hugging Face cache (the worker reads MODEL_ID from
+    there); without it, into models/. With the worker's venv python, not the image's."""
+    fake = tmp_path / "fake"
+    (fake / "huggingface_hub").mkdir(parents=True)
+    (fake / "huggingface_hub" / "__init__.py").write_text(FAKE_HUB)
+    volume = tmp_path / "runpod-volume" / "Lotus"
+    (volume / "venv" / "bin").mkdir(parents=True)  # the worker's venv, as bootstrap builds it
+    (volume / "venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (volume / "venv" / "bin" / "python").chmod(0o755)
+    env = {**bootstrap_env(tmp_path, checkpoints), "PYTHONPATH": str(fake),
+           "HUB_LOG": str(tmp_path / "hub.json"), "PYTHON": "/nonexistent/python3.12"}
+    env.pop("MODEL_ID", None)
+    if model_id:
+        env["MODEL_ID"] = model_id
+    done = subprocess.run(["bash", str(ROOT / "src/prefetch.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    call = json.loads((tmp_path / "hub.json").read_text())
+    assert call["HF_HOME"] == str(volume / "cache")
+    if model_id:
+        repo_id, kwargs = what_the_worker_downloads(model_id, volume / "models")
+        assert (call["repo_id"], call["local_dir"]) == (repo_id, None)
+        assert call["allow_patterns"] == kwargs["allow_patterns"] and not kwargs.get("local_dir")
+        assert not (volume / "models" / CHECKPOINT_FOLDER).exists()
+    else:
+        assert call["local_dir"] == str(volume / "models" / CHECKPOINT_FOLDER)
+        assert (volume / "models" / CHECKPOINT_FOLDER / "model_index.json").is_file()
+
+
+def test_one_prefetch_default_everywhere():
+    """bootstrap.sh, the RunPod Hub's form and DEPLOY.md's table say the same."""
+    import re
+
+    bootstrap = re.findall(r"\$\{PREFETCH:-(\d)\}", (ROOT / "src/bootstrap.sh").read_text())
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())["config"]["env"]
+    offered = next(item["input"]["default"] for item in hub if item["key"] == "PREFETCH")
+    documented = re.findall(r"^\| `PREFETCH` \| (\d) \|", (ROOT / "DEPLOY.md").read_text(),
+                            re.MULTILINE)
+    assert bootstrap and set(bootstrap) == {offered} == set(documented) == {"1"}

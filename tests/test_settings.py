@@ -2,14 +2,16 @@
 
 import logging
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import ROOT
 from pipelines.outputs import atomic_write
-from settings import SettingsError, load_settings
+from settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_are_the_guides(monkeypatch):
@@ -89,3 +91,57 @@ def test_api_keys_are_trimmed_with_a_warning(monkeypatch, caplog):
     settings = load_settings()
     assert settings.required_api_key == "s3cret" and settings.lotus_api_key is None
     assert "API_KEY has leading or trailing whitespace" in caplog.text
+
+
+# Settings other branches are adding now (lanes and GPUs, depth batches): documented ahead.
+PENDING = {"GPUS", "DEPTH_BATCH"}
+
+
+def documented() -> dict[str, str]:
+    """.env.example's `# NAME=default` lines."""
+    text = (ROOT / ".env.example").read_text()
+    return dict(re.findall(r"^# ?([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE))
+
+
+def compose_environment() -> dict[str, str]:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return compose["services"]["sam3d-objects"]["environment"]
+
+
+@pytest.mark.parametrize("where", [".env.example", "docker-compose.yml"])
+def test_every_setting_can_be_set_through_compose_and_is_documented(where):
+    """A setting added to settings.py but not to .env.example and the compose file fails."""
+    names = {name.upper() for name in Settings.model_fields}
+    listed = set(documented() if where == ".env.example" else compose_environment())
+    assert not names - listed, f"{where} lacks {sorted(names - listed)}"
+    assert not listed - names - PENDING, f"{where} names unknown {sorted(listed - names)}"
+
+
+def test_compose_passes_each_variable_under_its_own_name():
+    for name, value in compose_environment().items():
+        assert re.fullmatch(rf"\$\{{{name}:-[^}}]*\}}", value), f"{name}: {value}"
+
+
+def test_the_documented_defaults_are_the_servers(monkeypatch):
+    for name in {*documented(), *(field.upper() for field in Settings.model_fields)}:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in documented().items():
+        field = name.lower()
+        if field not in Settings.model_fields:
+            continue  # PENDING
+        default = Settings.model_fields[field].default
+        if value == "":
+            assert default in (None, ""), f"{name} defaults to {default!r}, documented blank"
+            continue
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert getattr(load_settings(), field) == default, f"{name}={value}"
+
+
+def test_a_blank_variable_means_the_default(monkeypatch):
+    """What compose passes for a setting neither .env nor the shell sets."""
+    for name in ("PORT", "SAM3D_VRAM_GIB", "MODEL_PROCESS", "API_KEY", "SAM3D_OFFLOAD"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert (settings.port, settings.sam3d_vram_gib, settings.model_process) == (8000, None, True)
+    assert settings.required_api_key is None and settings.sam3d_offload == "auto"

@@ -1,0 +1,41 @@
+"""DEPLOY.md says what the code does: the /health example, and what each card size serves."""
+
+import json
+import re
+
+from conftest import ROOT
+from pipelines.sam3d import MEMORY_NEEDED_GIB, MEMORY_NEEDED_GIB_OFFLOAD, offload_wanted, \
+    servable_outputs
+from schemas import Health
+
+DEPLOY = (ROOT / "DEPLOY.md").read_text()
+
+
+def test_the_health_example_is_what_the_server_answers():
+    example = re.search(r"### Health check\n.*?```json\n(.*?)```", DEPLOY, re.DOTALL)[1]
+    body = json.loads(example)
+    assert list(body) == list(Health.model_fields)
+    Health.model_validate(body)
+
+
+def test_each_card_size_serves_what_the_requirements_say():
+    """Requirements' table, through the admission code (`auto` mode) at the GiB cards report."""
+    def served(vram_gib):
+        return servable_outputs(vram_gib, offload_wanted("auto", vram_gib))
+
+    assert all(served(39.6).values()) and not offload_wanted("auto", 39.6)  # 40 GB A100
+    assert all(served(22.5).values()) and offload_wanted("auto", 22.5)  # 24 GB L4, A10
+    assert served(15.6) == {"ply": True, "glb": True, "glb_textured": False}  # 16 GB
+    assert not any(served(13.5).values())
+    assert "| 16 GB (15-16 GiB reported) | in the low-memory mode | PLY, vertex-colour GLB" in DEPLOY
+
+
+def test_the_admission_figures_in_deploy_are_the_codes():
+    smaller = DEPLOY[DEPLOY.index("### Smaller GPUs"):]
+    assert f"| PLY, GLB with vertex colours | {MEMORY_NEEDED_GIB_OFFLOAD['glb']:g} GiB |" in smaller
+    assert f"| GLB, OBJ, USDZ textured | {MEMORY_NEEDED_GIB_OFFLOAD['glb_textured']:g} GiB |" in smaller
+    assert MEMORY_NEEDED_GIB_OFFLOAD["ply"] == MEMORY_NEEDED_GIB_OFFLOAD["glb"]
+    whole = DEPLOY[DEPLOY.index("## GPU memory requirements"):DEPLOY.index("### Smaller GPUs")]
+    for need in MEMORY_NEEDED_GIB.values():
+        assert f"| {need:g} GiB |" in whole
+    assert f"textured GLB, OBJ, USDZ from {MEMORY_NEEDED_GIB_OFFLOAD['glb_textured']:g} GiB" in DEPLOY
