@@ -110,9 +110,10 @@ ENV CHECKPOINTS_DIR=/app/checkpoints \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
     PORT=8000
 
-COPY app.py queue_manager.py journal.py settings.py schemas.py handler.py metrics.py \
-     webhooks.py idempotency.py gunicorn.conf.py ./
+COPY app.py queue_manager.py journal.py housekeeping.py storage.py settings.py schemas.py \
+     handler.py metrics.py webhooks.py idempotency.py gunicorn.conf.py ./
 COPY pipelines/ ./pipelines/
+COPY workers/ ./workers/
 COPY scripts/ ./scripts/
 COPY web/static/ ./web/static/
 COPY --from=web /web/node_modules/@google/model-viewer/dist/ ./web/node_modules/@google/model-viewer/dist/

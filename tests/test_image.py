@@ -71,8 +71,10 @@ def test_the_server_image_starts_what_the_repository_has():
     declared = re.search(r"py-modules = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(),
                          re.DOTALL)[1]  # every top-level module the project is made of
     modules = re.findall(r'"(\w+)"', declared)
-    for needed in ("gunicorn.conf.py", "pipelines/", "web/static/",
-                   *(f"{module}.py" for module in modules)):
+    packages = re.findall(r'"(\w+)"', re.search(r"^packages = \[(.*?)\]", (
+        ROOT / "pyproject.toml").read_text(), re.MULTILINE)[1])
+    for needed in ("gunicorn.conf.py", "web/static/", *(f"{module}.py" for module in modules),
+                   *(f"{package}/" for package in packages if package != "sam3d_client")):
         assert needed in copied, f"the image does not copy {needed}"
     assert "curl" in steps["RUN"] or "curl" in " ".join(
         args for kind, args in instructions("Dockerfile") if kind == "RUN")

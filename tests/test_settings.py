@@ -93,10 +93,6 @@ def test_api_keys_are_trimmed_with_a_warning(monkeypatch, caplog):
     assert "API_KEY has leading or trailing whitespace" in caplog.text
 
 
-# Settings other branches are adding now (lanes and GPUs, depth batches): documented ahead.
-PENDING = {"GPUS", "DEPTH_BATCH"}
-
-
 def documented() -> dict[str, str]:
     """.env.example's `# NAME=default` lines."""
     text = (ROOT / ".env.example").read_text()
@@ -114,7 +110,7 @@ def test_every_setting_can_be_set_through_compose_and_is_documented(where):
     names = {name.upper() for name in Settings.model_fields}
     listed = set(documented() if where == ".env.example" else compose_environment())
     assert not names - listed, f"{where} lacks {sorted(names - listed)}"
-    assert not listed - names - PENDING, f"{where} names unknown {sorted(listed - names)}"
+    assert not listed - names, f"{where} names unknown {sorted(listed - names)}"
 
 
 def test_compose_passes_each_variable_under_its_own_name():
@@ -127,8 +123,6 @@ def test_the_documented_defaults_are_the_servers(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in documented().items():
         field = name.lower()
-        if field not in Settings.model_fields:
-            continue  # PENDING
         default = Settings.model_fields[field].default
         if value == "":
             assert default in (None, ""), f"{name} defaults to {default!r}, documented blank"
