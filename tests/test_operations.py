@@ -195,6 +195,19 @@ def test_a_webhook_secret_that_is_not_standard_webhooks_stops_the_start():
         load_settings(webhook_secret="not base64 !")
 
 
+def test_a_failed_jobs_status_names_no_server_path(client, scripted, monkeypatch):
+    """A result file that cannot be written (read-only disk) fails the job; its status says
+    why without the temporary file's full path."""
+    def read_only_disk(options, image, output_stem, progress):
+        raise PermissionError(13, "Permission denied", f"{output_stem}.png.tmp-1234")
+
+    monkeypatch.setattr(scripted, "run", read_only_disk)
+    job_id = submit(client).get_json()["job_id"]
+    status = finished(client, job_id)
+    assert status["status"] == "failed" and "Permission denied" in status["error"]
+    assert f"{job_id}.png.tmp-1234" in status["error"] and "/" not in status["error"]
+
+
 # -- events -----------------------------------------------------------------------------
 
 def test_the_event_stream_follows_the_job_to_its_end(client):
