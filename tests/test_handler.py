@@ -117,6 +117,8 @@ ERRORS = [
     ({"api_key": KEY, "image_base64": "AAAA", "colour": "red"}, 400, "colour"),
     ({"api_key": KEY, "image_base64": "AAAA", "processing_res": "big"}, 400, "processing_res"),
     ({"api_key": KEY, "image_base64": "AAAA", "task": "video"}, 400, "task"),
+    ({"api_key": KEY, "image_base64": image_b64(), "processing_res": 4096}, 400,
+     "processing_res 4096 would upscale"),
     ({"api_key": KEY, "image_base64": "AAAA", "task": "3d"}, 400, "not served"),
     ({"api_key": KEY, "image_url": "http://169.254.169.254/latest/meta-data/"}, 400,
      "private or reserved"),
