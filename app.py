@@ -298,7 +298,8 @@ def _job_status(view: JobView) -> dict:
         fields.update(download_url=f"/job/{view.id}/download",
                       processing_time=view.processing_time, **view.result.info)
     elif view.state is JobState.FAILED:
-        fields.update(error=view.error, processing_time=view.processing_time)
+        fields.update(error=public_message(view.error),
+                      processing_time=view.processing_time)
     else:
         fields.update(message="Job was cancelled")
     return JobStatus(job_id=view.id, status=view.state.value, position=view.position,

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import hmac
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -39,6 +41,11 @@ log = logging.getLogger("handler")
 
 TASKS = {"depth": "lotus", "3d": "sam3d"}
 MAX_BATCH_IMAGES = 16
+# A job id becomes a file name. RunPod's (`sync-<uuid>`, `<uuid>-u1`) and the SDK's local
+# ones (`test-<uuid>`, rp_fastapi.py:306,317; `local_test`, rp_local.py:40) fit this; the SDK
+# hands on whatever id the job-take API or --test_input gave, unchecked (rp_job.py:110-117,
+# rp_local.py:40).
+SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 BUCKET_SETTINGS = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
                    "BUCKET_NAME")
 
@@ -124,7 +131,7 @@ class Worker:
         return answer
 
     def _advice(self, job_input: dict) -> str:
-        pipeline = self.pipelines.get(TASKS.get(job_input.get("task", "depth"), ""))
+        pipeline = self.pipelines.get(task_pipeline(job_input) or "")
         return pipeline.oom_advice if pipeline is not None else ""
 
     def _gpu_memory_held(self, failure: PipelineError) -> bool:
@@ -141,15 +148,15 @@ class Worker:
             raise Unauthorized("Unauthorized")
 
     def _run(self, job: dict, job_input: dict) -> dict:
-        job_id = str(job.get("id", "local"))
-        task = job_input.get("task", "depth")
-        if task not in TASKS:
+        job_id = safe_job_id(job.get("id", "local"))
+        name = task_pipeline(job_input)
+        if name is None:
             raise PipelineError(f"task must be one of {', '.join(TASKS)}", status=400)
+        task = job_input.get("task", "depth")
         if "webhook" in job_input or "webhook_events" in job_input:
             raise PipelineError("webhook: give it to RunPod (the `webhook` beside `input` in "
                                 "/run); this worker does not call webhooks", status=400)
         requests = self._requests(DepthJob if task == "depth" else ObjectJob, job_input)
-        name = TASKS[task]
         if name in self.load_errors:
             raise PipelineError(f"model {name!r} failed to load on this worker: "
                                 f"{self.load_errors[name]}", status=503)
@@ -240,6 +247,21 @@ class Worker:
             answer["url"] = upload_file_to_bucket(f"{name}{Path(result.path).suffix}",
                                                   str(result.path), bucket_name=self.bucket)
         return answer
+
+
+def task_pipeline(job_input: dict) -> str | None:
+    """The pipeline a job's `task` names; None for any other value (a typo, a list)."""
+    task = job_input.get("task", "depth")
+    return TASKS.get(task) if isinstance(task, str) else None
+
+
+def safe_job_id(job_id: Any) -> str:
+    """The id as a file name: itself when made of letters, digits, `-` and `_`, else a name
+    derived from it, so no id (`../x`, `a/b`) puts a result outside OUTPUT_DIR."""
+    text = str(job_id)
+    if SAFE_JOB_ID.fullmatch(text):
+        return text
+    return "job-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def bucket_name() -> str | None:

@@ -4,13 +4,15 @@
     python bench/depth.py                                     # tiny checkpoint, ours only
     python bench/depth.py --upstream ../Lotus                 # and upstream's pipeline.py
     python bench/depth.py --arch sd2 --upstream ../Lotus      # SD 2 sizes, random weights
+    python bench/depth.py --arch sd2 --res 256 --batches 1,2,4,8   # batched forward passes
 
 `--upstream` is a checkout of EnVision-Research/Lotus (its pipeline.py imports torchvision
 and tensorboard; without them, or without the path, upstream's row is skipped). `--arch sd2`
 builds the real architecture (UNet 865M, VAE 84M, CLIP-H text 340M) with random weights.
 CPU: fp32. CUDA: fp32 weights under torch.autocast, as upstream's infer.py runs. Prints
 images/s, peak memory, the ratio ours/upstream (must not be below 1) and the largest
-difference between the two outputs.
+difference between the two outputs. `--batches` prints instead images/s for each batch size
+(one forward pass over that many images) beside batch 1's, to choose DEPTH_BATCH.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--res", type=int, default=768)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batches", help="comma-separated batch sizes, e.g. 1,2,4,8")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,8 +131,12 @@ def main() -> None:
     parts = tuple(part.to(device).eval() if hasattr(part, "to") else part for part in parts)
     ours = LotusDepthPipeline(*parts)
     upstream, reason = upstream_runner(args.upstream, parts, device)
-    images = [Image.fromarray(np.random.default_rng(0).integers(
-        0, 256, (args.res * 3 // 4, args.res, 3), dtype=np.uint8))] * args.batch
+    photo = Image.fromarray(np.random.default_rng(0).integers(
+        0, 256, (args.res * 3 // 4, args.res, 3), dtype=np.uint8))
+    if args.batches:
+        batch_table(ours, photo, [int(size) for size in args.batches.split(",")], args, device)
+        return
+    images = [photo] * args.batch
     print(f"Lotus-D {args.arch}, {device} ({'autocast fp16' if device == 'cuda' else 'fp32'}), "
           f"batch {args.batch} of {args.res}x{args.res * 3 // 4} px, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, median of {args.runs}")
@@ -146,6 +153,22 @@ def main() -> None:
           f"peak {peak_memory_mb(device):.0f} MiB (process peak so far on CPU)")
     print(f"  ours/upstream speed {up_s / ours_s:.2f}x; largest output difference "
           f"{float(np.abs(ours_out - up_out).max()):.2e}")
+
+
+def batch_table(ours: LotusDepthPipeline, photo: Image.Image, sizes: list[int], args,
+                device: str) -> None:
+    """Images/s of one forward pass over each batch size, against the first size's."""
+    print(f"Lotus-D {args.arch}, {device}, {args.res}x{args.res * 3 // 4} px, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} CPU threads, median of {args.runs}")
+    print("  batch  images/s  ms/pass  vs first  peak MiB")
+    baseline = None
+    for size in sizes:
+        seconds, _ = timed(lambda: ours([photo] * size, processing_res=args.res), args.runs,
+                           device)
+        rate = size / seconds
+        baseline = baseline or rate
+        print(f"  {size:5d}  {rate:8.2f}  {seconds * 1000:7.0f}  {rate / baseline:7.2f}x  "
+              f"{peak_memory_mb(device):8.0f}", flush=True)
 
 
 @contextlib.contextmanager

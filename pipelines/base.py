@@ -57,6 +57,9 @@ class Pipeline(Protocol):
     def check(self, options: BaseModel) -> None:
         """Raise PipelineError for a request this server can never serve (checked at submit)."""
 
+    def time_limit(self, options: BaseModel, image: Image.Image) -> float | None:
+        """Seconds after which this job is surely stuck (the queue caps JOB_TIMEOUT_SECONDS
+        with it), or None for no estimate; needs no loaded model."""
 
     def run(self, options: BaseModel, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result: ...

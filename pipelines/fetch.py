@@ -3,7 +3,9 @@
 Each hop's host is resolved once; every address it resolves to must be public, and the
 connection then goes to that checked address (TLS still verifies the name), so a DNS
 answer cannot change between check and use. Redirects are followed by hand, each hop
-checked again; the body is streamed under a byte cap and an overall deadline.
+checked again; the body is streamed under a byte cap. One deadline covers every byte of
+a fetch (connecting, TLS, headers, redirects, body: pipelines/deadline.py), so a server
+that drips its answer cannot hold a request past it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
+from . import deadline as deadline_pools
 from .base import InvalidInput
 
 MAX_REDIRECTS = 3
@@ -63,10 +66,7 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool =
     deadline over every hop: connecting, headers, redirects and the body."""
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise FetchFailed("image_url took too long to answer")
-        response = _open_checked(url, remaining, allow_private, resolve, is_allowed)
+        response = _open_checked(url, deadline, allow_private, resolve, is_allowed)
         try:
             if response.status in _REDIRECTS and response.headers.get("Location"):
                 try:
@@ -76,7 +76,7 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool =
                 continue
             if response.status != 200:
                 raise FetchFailed(f"image_url answered HTTP {response.status}")
-            return _read_capped(response, max_bytes, deadline)
+            return _read_capped(response, max_bytes)
         finally:
             response.release_conn()
     raise FetchFailed(f"image_url redirected more than {MAX_REDIRECTS} times")
@@ -111,23 +111,26 @@ def check_url(url: str, what: str, allow_private: bool = False,
     return parts, port, addresses
 
 
-def _open_checked(url, timeout, allow_private, resolve, is_allowed, *, what="image_url",
+def _open_checked(url, deadline, allow_private, resolve, is_allowed, *, what="image_url",
                   method="GET", body=None, headers=None):
+    """The response to one request, its headers read by `deadline` (time.monotonic)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise FetchFailed(f"{what} took too long to answer")
     parts, port, addresses = check_url(url, what, allow_private, resolve, is_allowed)
     host = parts.hostname
-    pool_kwargs = dict(port=port, retries=False, maxsize=1,
-                       timeout=urllib3.Timeout(total=timeout, connect=min(timeout, 5.0)))
-    if parts.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(addresses[0], server_hostname=host,
-                                           assert_hostname=host, **pool_kwargs)
-    else:
-        pool = urllib3.HTTPConnectionPool(addresses[0], **pool_kwargs)
+    tls = dict(server_hostname=host, assert_hostname=host) if parts.scheme == "https" else {}
+    pool = deadline_pools.pool(parts.scheme, addresses[0], deadline, port=port, retries=False,
+                               maxsize=1, timeout=urllib3.Timeout(connect=min(remaining, 5.0)),
+                               **tls)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         return pool.urlopen(method, path, body=body, redirect=False, preload_content=False,
                             headers={"Host": parts.netloc.rsplit("@", 1)[-1],
                                      "User-Agent": "sam3d-objects-server",
                                      **(headers or {"Accept": "image/*"})})
+    except urllib3.exceptions.TimeoutError:
+        raise FetchFailed(f"{what} took too long to answer") from None
     except urllib3.exceptions.HTTPError as exc:
         raise FetchFailed(f"{what} could not be reached: {type(exc).__name__}") from None
 
@@ -137,27 +140,27 @@ def post_checked(url: str, body: bytes, headers: dict[str, str], *, what: str,
                  resolve: Resolver = resolve_host) -> int:
     """POST `body` to `url` under the same address rules as `fetch_url` (checked again at
     each call: DNS may have changed), no redirect followed; the HTTP status."""
-    response = _open_checked(url, timeout, allow_private, resolve, is_public_address,
-                             what=what, method="POST", body=body, headers=headers)
-    response.drain_conn()
+    response = _open_checked(url, time.monotonic() + timeout, allow_private, resolve,
+                             is_public_address, what=what, method="POST", body=body,
+                             headers=headers)
+    response.drain_conn()  # within the same deadline; a receiver still dripping is cut off
     response.release_conn()
     return response.status
 
 
-def _read_capped(response, max_bytes: int, deadline: float) -> bytes:
+def _read_capped(response, max_bytes: int) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise FetchFailed(f"image_url body is larger than {max_bytes} bytes")
     chunks, size = [], 0
     try:
-        # read1 returns what one read gave, so a server that drips bytes meets the deadline.
         while chunk := response.read1(64 * 1024):
             size += len(chunk)
             if size > max_bytes:
                 raise FetchFailed(f"image_url body is larger than {max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise FetchFailed("image_url took too long to download")
             chunks.append(chunk)
+    except urllib3.exceptions.TimeoutError:
+        raise FetchFailed("image_url took too long to download") from None
     except urllib3.exceptions.HTTPError as exc:
         raise FetchFailed(f"image_url download failed: {type(exc).__name__}") from None
     return b"".join(chunks)

@@ -15,7 +15,7 @@ import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, ClassVar, Hashable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from PIL import Image
 from pydantic import Field, field_validator
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .base import PipelineError, Progress, Result
-from .images import ImageInput
+from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
+from .images import ImageInput, ImageLimits
 from .outputs import DEPTH_FORMATS, atomic_write
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,24 @@ TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
 PIPELINE_CLASS_NAMES = ("DirectRegressionPipeline", "LotusDPipeline")
 REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer")
 ResampleMethod = Literal["bilinear", "bicubic", "nearest"]
+# Upscaling is refused beyond max(FREE_PROCESSING_RES, MAX_UPSCALE x the photo's longer
+# side): a 64x48 photo at 4096 would cost a 64x upscale and up to an hour of CPU for
+# nothing the photo holds; the default 768 stays open to every photo.
+FREE_PROCESSING_RES = 768
+MAX_UPSCALE = 2
+# The options that change the model's computation: jobs equal in these and in image size
+# share one forward pass. Seed (one generator per job) and output format do not.
+BATCH_OPTIONS = ("processing_res", "output_processing_res", "resample_method", "timestep",
+                 "latent")
+# LotusDepth.time_limit's cost model. Seconds per processing megapixel of one job: CPU
+# measured with bench/depth.py --arch sd2 (38 s for 256x192 on 2 threads, fp32); CUDA
+# assumed for a T4-class card under autocast (an H200 is about ten times faster). Above
+# ATTENTION_MEGAPIXELS the UNet's self-attention, quadratic in the latent's pixels,
+# outweighs the rest (SD2 at 96x72 latent tokens: about a quarter of the work).
+SECONDS_PER_MEGAPIXEL = {"cpu": 800.0, "cuda": 4.0}
+ATTENTION_MEGAPIXELS = 1.5
+SLACK = 5  # a job this many times over its estimate is stuck, not slow
+WARM_UP_SECONDS = 120  # first-call kernel selection, a cold page cache
 
 
 class DepthRequest(ImageInput):
@@ -64,6 +82,24 @@ class DepthRequest(ImageInput):
             raise ValueError("this checkpoint predicts affine-invariant disparity; "
                              "metric or relative depth is not available")
         return value
+
+    def load(self, limits: ImageLimits) -> tuple["DepthRequest", Image.Image]:
+        """The image, with processing_res checked against it at submission, so a request
+        that would upscale far beyond the photo is a 400, never a queued job."""
+        options, image = super().load(limits)
+        limit = max_processing_res(image.size)
+        if options.processing_res > limit:
+            raise InvalidInput(
+                f"processing_res {options.processing_res} would upscale this "
+                f"{image.width}x{image.height} image far beyond its pixels; at most "
+                f"max({FREE_PROCESSING_RES}, {MAX_UPSCALE} x its longer side) = {limit} "
+                "is served (0 = its native size)")
+        return options, image
+
+
+def max_processing_res(size: tuple[int, int]) -> int:
+    """The largest processing_res served for a photo of `size` (width, height)."""
+    return max(FREE_PROCESSING_RES, MAX_UPSCALE * max(size))
 
 
 class LotusDepthPipeline:
@@ -110,10 +146,15 @@ class LotusDepthPipeline:
     @torch.inference_mode()
     def __call__(self, images: Sequence[Image.Image], *, processing_res: int = 768,
                  match_input_res: bool = True, resample_method: ResampleMethod = "bilinear",
-                 timestep: int = 999, generator: torch.Generator | None = None,
+                 timestep: int = 999,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  latent: Literal["sample", "mode"] = "sample",
                  on_stage: Callable[[str, float], None] | None = None) -> np.ndarray:
-        """Images of one size -> float32 array (batch, height, width)."""
+        """Images of one size -> float32 array (batch, height, width). `generator` may be a
+        list, one per image: each image's posterior sample then comes from its own
+        (diffusers' randn_tensor draws one batch item per generator, utils/torch_utils.py:
+        69-79, called by DiagonalGaussianDistribution.sample, models/autoencoders/vae.py:
+        793-802, diffusers 0.32.2)."""
         stage = on_stage or (lambda name, fraction: None)
         pixels = _to_tensor(images)
         height, width = pixels.shape[-2:]
@@ -168,14 +209,19 @@ def resize_max_res(pixels: torch.Tensor, max_edge: int, method: ResampleMethod) 
     nearest ignores; align_corners=False), and not at all when the size is unchanged. A side
     that truncates to 0 is kept at 1 pixel (upstream fails there)."""
     height, width = pixels.shape[-2:]
-    factor = min(max_edge / width, max_edge / height)
-    size = (max(1, int(height * factor)), max(1, int(width * factor)))
+    size = resized_size(height, width, max_edge)
     if size == (height, width):  # torchvision returns the image untouched (functional.py:470)
         return pixels
     mode = INTERPOLATION[method]
     if mode == "nearest-exact":
         return F.interpolate(pixels, size=size, mode=mode)
     return F.interpolate(pixels, size=size, mode=mode, align_corners=False, antialias=True)
+
+
+def resized_size(height: int, width: int, max_edge: int) -> tuple[int, int]:
+    """(height, width) scaled by min(max_edge/W, max_edge/H), truncated, at least 1 pixel."""
+    factor = min(max_edge / width, max_edge / height)
+    return max(1, int(height * factor)), max(1, int(width * factor))
 
 
 def _to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -238,7 +284,8 @@ class LotusDepth:
                 "CHECKPOINTS_DIR for real depth maps.")
 
     def check(self, options: DepthRequest) -> None:
-        """Every valid depth request fits: nothing to refuse up front."""
+        """Nothing to refuse before the image is known (DepthRequest.load checks
+        processing_res against it)."""
 
     def load(self) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -247,51 +294,88 @@ class LotusDepth:
         path = resolve_checkpoint(self.checkpoints_dir, self.model_id)
         self.model = LotusDepthPipeline.from_pretrained(path, device=device)
 
+    @staticmethod
+    def time_limit(options: DepthRequest, image: Image.Image) -> float | None:
+        """Seconds after which this job is surely stuck, for the queue to cap
+        JOB_TIMEOUT_SECONDS: SECONDS_PER_MEGAPIXEL of the processing size, the UNet's
+        self-attention growing with its square, times SLACK, plus warm-up. Needs no model."""
+        width, height = image.size
+        if options.processing_res > 0:
+            height, width = resized_size(height, width, options.processing_res)
+        megapixels = width * height / 1e6
+        rate = SECONDS_PER_MEGAPIXEL["cuda" if torch.cuda.is_available() else "cpu"]
+        work = rate * megapixels * (1 + megapixels / ATTENTION_MEGAPIXELS)
+        return WARM_UP_SECONDS + SLACK * work
+
+    @staticmethod
+    def batch_key(options: DepthRequest, image: Image.Image) -> Hashable:
+        """Jobs with equal keys may share one forward pass (`run_batch`): the image size and
+        every option that changes the computation. Needs no model."""
+        return (image.size, *(getattr(options, name) for name in BATCH_OPTIONS))
+
     def predict(self, options: DepthRequest, image: Image.Image,
                 progress: Progress | None = None) -> np.ndarray:
         """The raw disparity for one image, at the size the options ask for."""
-        return self.predict_many(options, [image], progress)[0]
+        return self._predict([(options, image)], progress)[0]
 
-    def predict_many(self, options: DepthRequest, images: Sequence[Image.Image],
-                     progress: Progress | None = None) -> list[np.ndarray]:
-        """One raw disparity per image, in order; images of one size go through the model
-        together (with `latent: "sample"` a batch draws its noise at once, so only its
-        first image equals a request of its own)."""
+    def run(self, options: DepthRequest, image: Image.Image, output_stem: Path,
+            progress: Progress) -> Result:
+        return _raised(self.run_batch([(options, image, output_stem)], progress))[0]
+
+    def run_many(self, options: DepthRequest, images: Sequence[Image.Image],
+                 output_stems: Sequence[Path], progress: Progress) -> list[Result]:
+        """One result file per image, in order (the serverless worker's `images`); each
+        image equals a request of its own with these options."""
+        return _raised(self.run_batch([(options, image, stem) for image, stem
+                                       in zip(images, output_stems)], progress))
+
+    def run_batch(self, jobs: Sequence[tuple[DepthRequest, Image.Image, Path]],
+                  progress: Progress) -> list[Result | PipelineError]:
+        """Each job's result, in order: one forward pass per batch key (one for jobs of
+        equal keys), each job with its own seed, output format and file. A job whose output
+        is not finite or cannot be written gets a PipelineError in its place; the others
+        complete. A failing forward pass (out of memory) raises for the whole batch."""
+        disparities = self._predict([(options, image) for options, image, _ in jobs], progress)
+        progress("writing", 0.9)
+        return [self._finish(options, disparity, stem)
+                for (options, _, stem), disparity in zip(jobs, disparities)]
+
+    def _predict(self, jobs: Sequence[tuple[DepthRequest, Image.Image]],
+                 progress: Progress | None) -> list[np.ndarray]:
+        """One raw disparity per (options, image), in order; one forward pass per key."""
         if self.model is None:
             raise PipelineError("Lotus-D is not loaded", status=503)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            by_size.setdefault(image.size, []).append(index)
-        disparities: list[np.ndarray] = [np.empty(0)] * len(images)
-        for indices in by_size.values():
+        groups: dict[Hashable, list[int]] = {}
+        for index, (options, image) in enumerate(jobs):
+            groups.setdefault(self.batch_key(options, image), []).append(index)
+        disparities: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        for indices in groups.values():
+            options = jobs[indices[0]][0]
             # Upstream samples the posterior from the global generator after seed_all(seed)
             # (infer.py:105-106, pipeline.py:1108): a fresh generator on the model's device
-            # with the same seed draws the same numbers, so a request equals upstream's
-            # first image.
-            generator = torch.Generator(self.model.device).manual_seed(options.seed)
-            batch = self.model([images[index] for index in indices],
+            # with the same seed draws the same numbers, one per job, so each job equals
+            # upstream's run of its image alone.
+            generators = [torch.Generator(self.model.device).manual_seed(jobs[i][0].seed)
+                          for i in indices]
+            batch = self.model([jobs[i][1] for i in indices],
                                processing_res=options.processing_res,
                                match_input_res=not options.output_processing_res,
                                resample_method=options.resample_method,
-                               timestep=options.timestep, generator=generator,
+                               timestep=options.timestep, generator=generators,
                                latent=options.latent, on_stage=progress)
             for index, disparity in zip(indices, batch):
                 disparities[index] = disparity
         return disparities
 
-    def run(self, options: DepthRequest, image: Image.Image, output_stem: Path,
-            progress: Progress) -> Result:
-        return self.run_many(options, [image], [output_stem], progress)[0]
-
-    def run_many(self, options: DepthRequest, images: Sequence[Image.Image],
-                 output_stems: Sequence[Path], progress: Progress) -> list[Result]:
-        """One result file per image, in order (the serverless worker's `images`)."""
-        disparities = self.predict_many(options, images, progress)
-        if not all(np.isfinite(disparity).all() for disparity in disparities):
-            raise PipelineError("the model produced non-finite values", status=500)
-        progress("writing", 0.9)
-        return [self._write(options, disparity, stem)
-                for disparity, stem in zip(disparities, output_stems)]
+    @classmethod
+    def _finish(cls, options: DepthRequest, disparity: np.ndarray,
+                output_stem: Path) -> Result | PipelineError:
+        if not np.isfinite(disparity).all():
+            return PipelineError("the model produced non-finite values", status=500)
+        try:
+            return cls._write(options, disparity, output_stem)
+        except OSError as exc:  # a full or read-only disk fails this job, not its batch
+            return describe_failure(exc)
 
     @staticmethod
     def _write(options: DepthRequest, disparity: np.ndarray, output_stem: Path) -> Result:
@@ -301,3 +385,11 @@ class LotusDepth:
         info = {"min": float(disparity.min()), "max": float(disparity.max()),
                 "width": int(disparity.shape[1]), "height": int(disparity.shape[0])}
         return Result(path=path, media_type=media_type, download_name=download_name, info=info)
+
+
+def _raised(results: list[Result | PipelineError]) -> list[Result]:
+    """The results, or the first job's error raised (`run` and `run_many` answer or fail)."""
+    for result in results:
+        if isinstance(result, PipelineError):
+            raise result
+    return results

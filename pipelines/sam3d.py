@@ -300,6 +300,11 @@ class Sam3DObjects:
                                 f"{needed[options.memory_class]:g} GiB of GPU memory and this "
                                 f"server has {have}. {self.oom_advice}", status=507)
 
+    @staticmethod
+    def time_limit(options: GenerateRequest, image: Image.Image) -> float | None:
+        """No estimate yet: the queue keeps JOB_TIMEOUT_SECONDS for SAM 3D jobs."""
+        return None
+
     def run(self, options: GenerateRequest, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result:
         if self.inference is None:

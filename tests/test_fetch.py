@@ -1,6 +1,9 @@
-"""image_url cannot be turned against the host: SSRF cases, redirects, slow and huge bodies."""
+"""image_url cannot be turned against the host: SSRF cases, redirects, slow and huge bodies,
+and servers that drip their headers, body or TLS handshake past the one deadline."""
 
+import contextlib
 import http.server
+import socket
 import threading
 import time
 
@@ -8,9 +11,12 @@ import pytest
 
 from conftest import image_b64, image_bytes
 from pipelines import fetch
-from pipelines.fetch import FetchFailed, UnsafeURL, fetch_url, is_public_address
+from pipelines.fetch import FetchFailed, UnsafeURL, fetch_url, is_public_address, post_checked
+from pipelines.images import ImageLimits, InvalidImage
+from pipelines.masks import read_client_mask
 
 PHOTO = image_bytes(width=32, height=24)
+DRIP = 0.2  # seconds between two bytes of a dripping server
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,6 +54,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.1)
+        elif self.path == "/drip-headers":
+            self.drip_headers()
         elif self.path == "/silent":
             time.sleep(5)
         elif self.path.startswith("/slow-redirect"):  # each hop answers just inside a timeout
@@ -61,6 +69,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
         else:
             self._send(404, b"no")
+
+    def do_POST(self):  # a webhook receiver that drips its answer
+        self.drip_headers()
+
+    def drip_headers(self):
+        """A status line, then one header byte every DRIP seconds: each read gets a byte
+        well inside urllib3's per-read timeout, for up to 10 s."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(int(10 / DRIP)):
+            self.wfile.write(b"X")
+            self.wfile.flush()
+            time.sleep(DRIP)
 
     def _send(self, status, body):
         self.send_response(status)
@@ -165,6 +185,74 @@ def test_slow_servers_are_cut_off(host):
     with pytest.raises(FetchFailed):
         get(f"http://public.test:{host}/silent", timeout=1.0)
     assert time.monotonic() - started < 4
+
+
+def ends_by_its_deadline(fetch, match="too long to answer"):
+    """`fetch` (timeout 1 s) fails with a clear message within about a second."""
+    started = time.monotonic()
+    with pytest.raises(FetchFailed, match=match):
+        fetch()
+    assert time.monotonic() - started < 1.0 + 1.0
+
+
+def test_a_server_dripping_its_headers_is_cut_off_at_the_deadline(host):
+    ends_by_its_deadline(lambda: get(f"http://public.test:{host}/drip-headers", timeout=1.0))
+
+
+def test_a_server_dripping_its_body_is_cut_off_at_the_deadline(host):
+    ends_by_its_deadline(lambda: get(f"http://public.test:{host}/slow", timeout=1.0),
+                         match="too long to download")
+
+
+@pytest.fixture
+def tls_listener():
+    """A TCP port that accepts and then sends nothing ("silent") or a TLS record header
+    followed by one byte every DRIP seconds ("drip"): a TLS handshake that never ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    mode = {}
+
+    def serve():
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                if mode.get("drip"):
+                    connection.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KiB handshake record
+                for _ in range(int(10 / DRIP)):
+                    if mode.get("drip"):
+                        connection.sendall(b"\x00")
+                    time.sleep(DRIP)
+
+    def start(drip):
+        mode["drip"] = drip
+        threading.Thread(target=serve, daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield start
+    listener.close()
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["silent", "dripping"])
+def test_a_tls_handshake_that_never_ends_is_cut_off_at_the_deadline(tls_listener, drip):
+    port = tls_listener(drip)
+    ends_by_its_deadline(lambda: get(f"https://public.test:{port}/photo.png", timeout=1.0),
+                         match="too long to answer$")
+
+
+def test_a_mask_url_dripping_its_headers_is_cut_off_at_the_deadline(host):
+    limits = ImageLimits(max_side=4096, url_max_bytes=1_000_000, url_timeout_seconds=1.0,
+                         allow_private_urls=True)
+    started = time.monotonic()
+    with pytest.raises(InvalidImage, match="mask_url: image_url took too long"):
+        read_client_mask(f"http://127.0.0.1:{host}/drip-headers", (32, 24), "mask_url",
+                         is_url=True, limits=limits)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_webhook_receiver_dripping_its_answer_is_cut_off_at_the_deadline(host):
+    ends_by_its_deadline(lambda: post_checked(
+        f"http://127.0.0.1:{host}/hook", b"{}", {"Content-Type": "application/json"},
+        what="webhook", timeout=1.0, allow_private=True), match="webhook took too long")
 
 
 def test_one_deadline_covers_every_redirect(host):

@@ -117,6 +117,8 @@ ERRORS = [
     ({"api_key": KEY, "image_base64": "AAAA", "colour": "red"}, 400, "colour"),
     ({"api_key": KEY, "image_base64": "AAAA", "processing_res": "big"}, 400, "processing_res"),
     ({"api_key": KEY, "image_base64": "AAAA", "task": "video"}, 400, "task"),
+    ({"api_key": KEY, "image_base64": image_b64(), "processing_res": 4096}, 400,
+     "processing_res 4096 would upscale"),
     ({"api_key": KEY, "image_base64": "AAAA", "task": "3d"}, 400, "not served"),
     ({"api_key": KEY, "image_url": "http://169.254.169.254/latest/meta-data/"}, 400,
      "private or reserved"),
@@ -329,6 +331,26 @@ def test_any_failure_is_an_answer_and_a_broken_gpu_asks_for_a_new_worker(
     assert answer["status"] == status and "Traceback" not in answer["error"]
     assert answer.get("refresh_worker", False) is refresh
     assert ("smaller processing_res" in answer["error"]) is (status == 507)
+
+
+@pytest.mark.parametrize("task", [["depth"], {"a": 1}, 3, None])
+def test_a_task_that_is_not_a_name_is_a_400(tmp_path, monkeypatch, task):
+    monkeypatch.setenv("LOTUS_API_KEY", KEY)
+    worker = Worker(load_settings(output_dir=tmp_path), {"lotus": Failing(RuntimeError())})
+    answer = worker.handle({"id": "j", "input": {"api_key": KEY, "task": task,
+                                                 "image_base64": image_b64()}})
+    assert answer == {"error": "task must be one of depth, 3d", "status": 400}
+
+
+@pytest.mark.parametrize("job_id", ["../x", "../../etc/cron.d/x", "a/b", "..", "", "x" * 200,
+                                    "sync-0f1e2d3c-aaaa-bbbb-cccc-1234567890ab-u1"])
+def test_a_job_id_never_writes_outside_output_dir(worker, job_id):
+    answer = worker.handle({"id": job_id, "input": {"api_key": KEY, "image_base64": image_b64(),
+                                                    "processing_res": 32}})
+    written = os.path.realpath(answer["file_path"])
+    assert os.path.dirname(written) == os.path.realpath(worker.settings.output_dir)
+    if job_id.startswith("sync-"):  # RunPod's own ids keep their name
+        assert os.path.basename(written) == f"{job_id}.png"
 
 
 def test_keys_are_trimmed_alike_and_a_blank_key_refuses_everything(worker, monkeypatch):

@@ -15,6 +15,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from conftest import ROOT, image_b64, wait_until
 from lotus_reference import upstream_lotus_d
+from pipelines.base import InvalidInput, PipelineError
+from pipelines.images import ImageLimits
 from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth, LotusDepthPipeline
 
 
@@ -117,6 +119,123 @@ def test_a_batch_equals_images_run_one_by_one(lotus):
     batch = lotus.model(images, processing_res=64, latent="mode")
     singles = [lotus.model([image], processing_res=64, latent="mode")[0] for image in images]
     np.testing.assert_allclose(batch, np.stack(singles), atol=1e-5)
+
+
+LIMITS = ImageLimits(max_side=4096, url_max_bytes=10**6, url_timeout_seconds=1.0,
+                     allow_private_urls=False)
+
+
+@pytest.mark.parametrize("size, processing_res, served", [
+    ((64, 48), 768, True), ((64, 48), 769, False), ((64, 48), 4096, False),
+    ((64, 48), 0, True), ((1000, 750), 2000, True), ((1000, 750), 2001, False),
+    ((48, 1000), 2000, True), ((3000, 2000), 4096, True)])
+def test_processing_res_may_upscale_only_up_to_max_768_or_twice_the_longer_side(
+        size, processing_res, served):
+    request = DepthRequest(image=image_b64(width=size[0], height=size[1]),
+                           processing_res=processing_res)
+    if served:
+        assert request.load(LIMITS)[1].size == size
+        return
+    limit = max(768, 2 * max(size))
+    with pytest.raises(InvalidInput, match=rf"processing_res {processing_res} would upscale "
+                       rf"this {size[0]}x{size[1]} image.*= {limit} is served"):
+        request.load(LIMITS)
+
+
+def test_a_tiny_photo_at_4096_is_refused_at_submission_and_nothing_is_queued(make_client,
+                                                                               lotus):
+    client = make_client({"lotus": lotus})
+    response = client.post("/depth", json={"image": image_b64(width=64, height=48),
+                                           "processing_res": 4096})
+    assert response.status_code == 400
+    assert "max(768, 2 x its longer side) = 768" in response.get_json()["error"]
+    assert client.get("/queue").get_json()["queued"] == 0
+
+
+def test_time_limits_grow_with_the_processing_size_not_the_photo():
+    limit = LotusDepth.time_limit  # needs no loaded model
+    small, large = photo(64, 48), photo(640, 480)
+    assert limit(options(processing_res=768), small) == limit(options(processing_res=768), large)
+    assert limit(options(processing_res=0), small) < limit(options(processing_res=0), large)
+    assert (limit(options(processing_res=512), large) < limit(options(processing_res=768), large)
+            < limit(options(processing_res=2048), large))
+    # 768 on a CPU: generous against the ~6 min one takes on 2 threads with SD2-size weights
+    assert 1200 < limit(options(), large) < 3600
+
+
+def test_a_gpu_gets_a_shorter_time_limit(monkeypatch):
+    on_cpu = LotusDepth.time_limit(options(), photo(640, 480))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert LotusDepth.time_limit(options(), photo(640, 480)) < on_cpu / 10
+
+
+SEEDS = (3, 5, 7, 11)
+
+
+def test_a_batch_of_jobs_each_with_its_own_seed_equals_each_job_run_alone(lotus, parts, tmp_path):
+    """Four same-size jobs in one forward pass: each keeps its seed (its own posterior
+    sample) and equals upstream's run of its image alone. The tolerance is the single-run
+    tests' 1e-5 (disparity lies in [0, 1]): batched convolutions on the CPU take other
+    kernel paths and differ from single ones in the last bits of float32 (measured: at most
+    2.9e-6 from the single runs and from the reference, on 2 threads, torch 2.13; the
+    single runs equal the reference exactly)."""
+    images = [photo(64, 48, seed) for seed in range(len(SEEDS))]
+    jobs = [(options(processing_res=64, seed=seed, output="npy"), image, tmp_path / f"job{i}")
+            for i, (seed, image) in enumerate(zip(SEEDS, images))]
+    results = lotus.run_batch(jobs, lambda stage, fraction: None)
+    for (job_options, image, _), result in zip(jobs, results):
+        batched = np.load(result.path)
+        alone = lotus.predict(job_options, image)
+        reference = upstream_lotus_d(*parts, image, processing_res=64, seed=job_options.seed)
+        np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(batched, reference, atol=1e-5, rtol=0)
+
+
+def test_run_many_gives_each_image_the_result_of_its_own_request(lotus, tmp_path):
+    images = [photo(64, 48, seed) for seed in range(3)]
+    request = options(processing_res=64, seed=5, output="npy")
+    results = lotus.run_many(request, images, [tmp_path / f"img{i}" for i in range(3)],
+                             lambda stage, fraction: None)
+    for image, result in zip(images, results):
+        np.testing.assert_allclose(np.load(result.path), lotus.predict(request, image),
+                                   atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("change", [
+    {"size": (65, 48)}, {"processing_res": 32}, {"output_processing_res": True},
+    {"resample_method": "bicubic"}, {"timestep": 500}, {"latent": "mode"}])
+def test_jobs_that_compute_differently_never_share_a_forward_pass(change):
+    size = change.pop("size", (64, 48))
+    key = LotusDepth.batch_key  # needs no loaded model
+    assert key(options(**change), photo(*size)) != key(options(), photo(64, 48))
+
+
+def test_seed_and_output_format_do_not_split_a_batch():
+    assert (LotusDepth.batch_key(options(seed=1, output="png"), photo(64, 48, 0))
+            == LotusDepth.batch_key(options(seed=2, output="npy"), photo(64, 48, 1)))
+
+
+def test_a_job_with_a_bad_output_or_an_unwritable_file_fails_alone(lotus, tmp_path, monkeypatch):
+    model = lotus.model
+
+    class SecondGoesNonFinite:
+        device = model.device
+
+        def __call__(self, images, **kwargs):
+            disparities = model(images, **kwargs)
+            disparities[1, 0, 0] = np.nan
+            return disparities
+
+    monkeypatch.setattr(lotus, "model", SecondGoesNonFinite())
+    (tmp_path / "a-file").write_text("not a folder")
+    stems = [tmp_path / "ok", tmp_path / "nan", tmp_path / "a-file" / "job", tmp_path / "ok2"]
+    jobs = [(options(processing_res=64, seed=i, output=output), photo(64, 48, i), stem)
+            for i, (output, stem) in enumerate(zip(("png", "npy", "npy", "color"), stems))]
+    first, non_finite, unwritable, last = lotus.run_batch(jobs, lambda stage, fraction: None)
+    assert isinstance(non_finite, PipelineError) and "non-finite" in str(non_finite)
+    assert isinstance(unwritable, PipelineError) and "FileExistsError" in str(unwritable)
+    assert Image.open(first.path).mode == "L" and first.path.name == "ok.png"
+    assert Image.open(last.path).mode == "RGB" and last.path.name == "ok2.png"
 
 
 def run_job(lotus, tmp_path, output):

@@ -6,12 +6,14 @@ import base64
 import json
 import queue
 import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 import webhooks
+from idempotency import IdempotencyKeys
 from conftest import QuietHandler, image_b64, local_http_server, wait_until
 from stand_ins import ScriptedPipeline
 
@@ -199,6 +201,19 @@ def test_a_webhook_secret_that_is_not_standard_webhooks_stops_the_start():
         load_settings(webhook_secret="not base64 !")
 
 
+def test_a_failed_jobs_status_names_no_server_path(client, scripted, monkeypatch):
+    """A result file that cannot be written (read-only disk) fails the job; its status says
+    why without the temporary file's full path."""
+    def read_only_disk(options, image, output_stem, progress):
+        raise PermissionError(13, "Permission denied", f"{output_stem}.png.tmp-1234")
+
+    monkeypatch.setattr(scripted, "run", read_only_disk)
+    job_id = submit(client).get_json()["job_id"]
+    status = finished(client, job_id)
+    assert status["status"] == "failed" and "Permission denied" in status["error"]
+    assert f"{job_id}.png.tmp-1234" in status["error"] and "/" not in status["error"]
+
+
 # -- events -----------------------------------------------------------------------------
 
 def test_the_event_stream_follows_the_job_to_its_end(client):
@@ -237,6 +252,55 @@ def test_the_same_key_with_another_body_is_a_422(client):
 def test_a_key_too_long_is_a_400(client):
     response = submit(client, headers={"Idempotency-Key": "k" * 256})
     assert response.status_code == 400 and "Idempotency-Key" in response.get_json()["error"]
+
+
+class Made:
+    def __init__(self, job_id):
+        self.id = job_id
+
+
+def test_a_slow_keyed_submission_holds_up_only_its_own_key():
+    """Key A downloads a slow image_url; key B, unrelated, is queued meanwhile."""
+    keys, downloading, release = IdempotencyKeys(60), threading.Event(), threading.Event()
+
+    def slow_submit():
+        downloading.set()
+        assert release.wait(10)
+        return Made("job-a")
+
+    slow = threading.Thread(target=keys.submit, args=("A", "fa", slow_submit, Made))
+    slow.start()
+    try:
+        assert downloading.wait(5)
+        started = time.monotonic()
+        view, found = keys.submit("B", "fb", lambda: Made("job-b"), Made)
+        assert (view.id, found) == ("job-b", False) and time.monotonic() - started < 0.5
+    finally:
+        release.set()
+        slow.join(10)
+    assert not keys._key_locks  # no lock outlives its requests
+
+
+def test_two_racing_retries_of_one_key_make_one_job():
+    keys, made, answers = IdempotencyKeys(60), [], []
+
+    def submit():
+        made.append(1)
+        time.sleep(0.2)  # the second retry arrives while the first still downloads
+        return Made(f"job-{len(made)}")
+
+    def retry():
+        answers.append(keys.submit("order-17", "same", submit, Made))
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(made) == 1
+    assert sorted((view.id, found) for view, found in answers) == [("job-1", False),
+                                                                  ("job-1", True)]
+    assert not keys._key_locks
 
 
 def test_a_jobs_gpu_peak_reaches_its_status_and_the_metrics(client, monkeypatch):

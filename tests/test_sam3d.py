@@ -294,3 +294,8 @@ def test_checkpoints_are_found_in_the_guides_layout_and_upstreams(tmp_path):
 def test_a_missing_source_tree_says_which_setting_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="SAM3D_SOURCE_DIR"):
         import_inference(tmp_path)
+
+
+def test_sam3d_gives_no_time_limit_of_its_own_yet():
+    """The queue keeps JOB_TIMEOUT_SECONDS for 3D jobs; no model is needed to ask."""
+    assert Sam3DObjects.time_limit(GenerateRequest(image="x"), Image.new("RGB", (64, 48))) is None
