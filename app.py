@@ -291,12 +291,14 @@ def _job_status(view: JobView) -> dict:
         fields.update(queue_length=view.queue_length,
                       message=f"Waiting in queue, position {view.position}")
     elif view.state is JobState.PROCESSING:
-        fields.update(processing_time=view.processing_time, message=(
+        fields.update(processing_time=view.processing_time, worker=view.worker,
+                      batch_size=view.batch_size, message=(
             "Cancelling: the job stops at its next stage" if view.cancel_requested
             else f"Processing: {view.stage}"))
     elif view.state is JobState.COMPLETED:
-        fields.update(download_url=f"/job/{view.id}/download",
-                      processing_time=view.processing_time, **view.result.info)
+        fields.update(download_url=f"/job/{view.id}/download", worker=view.worker,
+                      batch_size=view.batch_size, processing_time=view.processing_time,
+                      **view.result.info)
     elif view.state is JobState.FAILED:
         fields.update(error=public_message(view.error),
                       processing_time=view.processing_time)

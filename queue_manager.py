@@ -99,8 +99,10 @@ class Job:
     cancel_requested: bool = False
     batch_key: Hashable | None = None  # jobs with equal keys may share a forward pass
     time_limit: float | None = None  # the pipeline's estimate of the most it may take
+    sized: bool = False  # batch_key and time_limit asked of the pipeline
     retried: bool = False
     worker: Any = None  # the worker running it
+    batch_size: int = 1  # jobs in the forward pass it ran in
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _move_to(self, state: JobState) -> None:
@@ -145,6 +147,7 @@ class JobView:
     output: str = ""  # what the job makes: `glb (textured)`, `ply`, `depth png`
     waited: float | None = None  # seconds between submission and start
     worker: str | None = None  # the worker running it: `lotus@cuda:1`
+    batch_size: int = 1
 
 
 Observer = Callable[[JobView], None]
@@ -245,11 +248,6 @@ class JobQueue:
         try:
             options, image = inputs() if callable(inputs) else inputs
             job = Job(pipeline=pipeline, options=options, image=image)
-            twin = self._pipelines.get(pipeline)
-            if hasattr(twin, "batch_key"):
-                job.batch_key = twin.batch_key(options, image)
-            if hasattr(twin, "time_limit"):
-                job.time_limit = twin.time_limit(options, image)
             try:
                 self._journal.keep_input(job.id, job.image)  # until it starts: for a restart
             except OSError as exc:
@@ -382,9 +380,10 @@ class JobQueue:
         while not self._stopping.is_set():
             if lane.waiting and self.storage_problem is None:
                 if worker.state == "ready":
+                    self._size_up(lane)
                     jobs = lane.take(worker.batch_limit)
                     for job in jobs:
-                        job.worker = worker
+                        job.worker, job.batch_size = worker, len(jobs)
                         self._move(job, JobState.PROCESSING)
                     return jobs
                 if lane.all_failed():  # nothing will ever run them: say why
@@ -395,6 +394,18 @@ class JobQueue:
                     continue
             self._lock.wait(0.25)  # worker states change without telling (in-process)
         return None
+
+    def _size_up(self, lane: Lane) -> None:
+        """Ask the (now loaded) pipeline what each waiting job may share and may take."""
+        pipeline = self._pipelines.get(lane.name)
+        for job in lane.waiting:
+            if job.sized or pipeline is None:
+                continue
+            job.sized = True
+            if hasattr(pipeline, "batch_key"):
+                job.batch_key = pipeline.batch_key(job.options, job.image)
+            if hasattr(pipeline, "time_limit"):
+                job.time_limit = pipeline.time_limit(job.options, job.image)
 
     def _execute(self, lane: Lane, worker, jobs: list[Job]) -> None:
         for job in jobs:
@@ -482,7 +493,7 @@ class JobQueue:
                        output=_output_of(job.options),
                        waited=None if job.started_at is None else round(
                            job.started_at - job.created_at, 3),
-                       worker=getattr(job.worker, "label", None))
+                       worker=getattr(job.worker, "label", None), batch_size=job.batch_size)
 
     def _notify(self, job: Job) -> None:
         """Tell the observers (under the lock); one that fails is logged, never the job."""

@@ -114,6 +114,10 @@ class JobStatus(BaseModel):
     download_url: str | None = None
     processing_time: float | None = None
     error: str | None = None
+    worker: str | None = Field(None, description="The model worker that runs (ran) it: "
+                               "pipeline@device")
+    batch_size: int | None = Field(None, description="Jobs in the forward pass it ran in "
+                                   "(depth jobs batch up to DEPTH_BATCH)")
     stage: str
     progress: float
     objects: list[ObjectResult] | None = Field(

@@ -206,10 +206,11 @@ def test_a_worker_killed_like_the_oom_killer_does_loses_no_job(tmp_path, checkpo
 
 
 def slow_then_quick(base: str, slow_res: int) -> tuple[str, str]:
-    """Two depth jobs: a slow one (a small photo processed at `slow_res`), running when this
-    returns, and a quick one waiting behind it."""
+    """Two depth jobs: a slow one (a photo processed at `slow_res`, twice its size: the most
+    upscaling served), running when this returns, and a quick one waiting behind it."""
     small = base64.b64encode(image_bytes(width=64, height=48)).decode()
-    slow = requests.post(f"{base}/depth", json={"image": small, "processing_res": slow_res},
+    photo = base64.b64encode(image_bytes(width=slow_res // 2, height=slow_res * 3 // 8)).decode()
+    slow = requests.post(f"{base}/depth", json={"image": photo, "processing_res": slow_res},
                          timeout=30).json()["job_id"]
     quick = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
                           timeout=30).json()["job_id"]
@@ -261,7 +262,7 @@ def test_a_job_over_job_timeout_seconds_is_stopped_and_the_next_one_runs(tmp_pat
                                                                          checkpoints):
     with running_server(tmp_path, checkpoints, JOB_TIMEOUT_SECONDS="3") as started:
         base = started["url"]
-        slow, quick = slow_then_quick(base, 4096)  # tens of seconds on a CPU
+        slow, quick = slow_then_quick(base, 2048)  # tens of seconds on a CPU
         stopped = poll(base, slow)
         assert stopped["status"] == "failed" and "JOB_TIMEOUT_SECONDS" in stopped["error"]
         assert poll(base, quick)["status"] == "completed"

@@ -51,10 +51,14 @@ class InProcessWorker:
                  loading: Callable[[], bool], batch_limit: int = 1, slot: int = 0):
         self.pipeline_name, self.slot = name, slot
         self.label = f"{name}#{slot}"
-        self.batch_limit = batch_limit
+        self._batch_limit = batch_limit
         self._lookup, self._loading = lookup, loading
         self.jobs: list[str] = []
         self.on_change: Callable[[], None] = lambda: None
+
+    @property
+    def batch_limit(self) -> int:
+        return self._batch_limit if hasattr(self._lookup(), "run_batch") else 1
 
     @property
     def state(self) -> str:
