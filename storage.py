@@ -8,15 +8,15 @@ submissions are refused with 507 and waiting jobs wait until it is writable agai
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import time
 from pathlib import Path
 
+from pipelines.base import DISK_ERRORS
+
 LOCK_NAME = ".server.lock"
 LOCK_WAIT_SECONDS = 5.0  # a restarting worker may start while the old one is still exiting
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class OutputDirInUse(RuntimeError):

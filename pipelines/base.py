@@ -7,6 +7,7 @@ its result file next to `output_stem` and says what it wrote. Nothing here knows
 
 from __future__ import annotations
 
+import errno
 import gc
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Any, Callable, ClassVar, Protocol
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full, over quota, read-only
 
 Progress = Callable[[str, float], None]
 """progress(stage, fraction in [0, 1]); raises JobCancelled when the job was cancelled."""
@@ -97,6 +100,9 @@ def describe_failure(exc: BaseException, oom_advice: str = "") -> PipelineError:
         return PipelineError(str(exc), exc.status)
     if is_out_of_memory(exc):
         return PipelineError(f"Out of GPU memory. {oom_advice}".strip(), status=507)
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+        return PipelineError(f"the server's disk (OUTPUT_DIR) is full or read-only: "
+                             f"{exc.strerror}; submit the job again later", status=507)
     return PipelineError(f"{type(exc).__name__}: {exc}", status=500)
 
 

@@ -16,7 +16,7 @@ from journal import JOURNAL_NAME
 from pipelines.lotus import DepthRequest
 from queue_manager import JobExpired, JobQueue, JobState
 from stand_ins import ScriptedPipeline
-from storage import OutputDirInUse
+from storage import OutputDirInUse, storage_problem
 
 CRASH = Path(__file__).with_name("crash_queue.py")
 
@@ -152,3 +152,17 @@ def test_expiry_runs_in_batches_and_keeps_the_newest_expired_ids(tmp_path, monke
             assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 20
     finally:
         queue.stop()
+
+
+def test_a_read_only_output_dir_is_named_as_such(tmp_path):
+    """A volume remounted read-only (while the server has files open it cannot be, so the
+    check is shown on a fresh read-only mount)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    try:
+        assert storage_problem(folder, 0) == "OUTPUT_DIR is read-only or not writable"
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -6,8 +6,11 @@ upstream's run returned on the CPU kit, recorded in tests/sam3d_upstream_interfa
 The pose follows the object's box in upstream's PyTorch3D camera frame (+X left, +Y up, +Z
 into the scene, pointmap.py:255): a box on the photo's left stands at +X, a wider box is
 bigger, and the object turns about +Y with the box's height-to-width ratio. Real poses come
-from the model; these only make placement observable."""
+from the model; these only make placement observable. SAM3D_STAND_IN_SECONDS makes each run
+last that long, as a real one does."""
 import math
+import os
+import time
 
 import numpy as np
 import torch
@@ -49,6 +52,7 @@ class InferencePipelinePointMap(InferencePipeline):
             error, inference_pipeline.FAIL_WITH = inference_pipeline.FAIL_WITH, None
             raise error
         pointmap_dict = self.compute_pointmap(image, pointmap)
+        time.sleep(float(os.environ.get("SAM3D_STAND_IN_SECONDS", "0")))  # a GPU's minute
         if seed is not None:
             torch.manual_seed(seed)
         ss_return_dict = self.sample_sparse_structure({}, inference_steps=stage1_inference_steps)
