@@ -21,6 +21,10 @@ from wsgi_bridge import Answer, FileWrapper, call, environ
 
 access_log = logging.getLogger("gunicorn.access")
 RETRY_AFTER_SECONDS = "10"
+# A stream's request (key check, 404 or 410) runs in the app on threads of its own: hundreds
+# arriving at once wait for those, not ahead of /health in the pool everyone else shares.
+STREAM_SUFFIX = "/events"
+STREAM_THREADS = 4
 
 
 def error_answer(status: int, message: str, retry_after: bool = False) -> Answer:
@@ -100,6 +104,7 @@ class Front:
     def __init__(self, wsgi_app, budgets: Budgets, threads: int):
         self.wsgi_app, self.budgets = wsgi_app, budgets
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="wsgi")
+        self.stream_pool = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="wsgi-streams")
         self.max_body = getattr(wsgi_app, "config", {}).get("MAX_CONTENT_LENGTH")
 
     async def __call__(self, scope, receive, send) -> None:
@@ -116,8 +121,9 @@ class Front:
             except Refused as exc:
                 answer = error_answer(exc.status, str(exc), retry_after=True)
             else:
+                pool = self.stream_pool if scope["path"].endswith(STREAM_SUFFIX) else self.pool
                 answer = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, call, self.wsgi_app, environ(scope, raw))
+                    pool, call, self.wsgi_app, environ(scope, raw))
         finally:
             body.release()
         if not body.complete:
