@@ -111,7 +111,8 @@ ENV CHECKPOINTS_DIR=/app/checkpoints \
     PORT=8000
 
 COPY app.py queue_manager.py journal.py housekeeping.py storage.py settings.py schemas.py \
-     handler.py metrics.py webhooks.py idempotency.py gunicorn.conf.py ./
+     handler.py metrics.py webhooks.py idempotency.py front_worker.py asgi_front.py \
+     wsgi_bridge.py client_budgets.py job_events.py security_headers.py gunicorn.conf.py ./
 COPY pipelines/ ./pipelines/
 COPY workers/ ./workers/
 COPY scripts/ ./scripts/

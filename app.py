@@ -15,7 +15,6 @@ import hmac
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from flask import Flask, Response, current_app, jsonify, request, send_file
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
+from job_events import JobEvents
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Metrics
 from pipelines import PipelineRegistry
@@ -35,6 +35,7 @@ from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
 from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
                      openapi_document)
+from security_headers import SECURITY_HEADERS
 from settings import Settings, SettingsError, load_settings
 from storage import OutputDirInUse
 from webhooks import WebhookSender
@@ -48,8 +49,6 @@ ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
     "depth": ("lotus", DepthRequest),
 }
 RETRY_AFTER_SECONDS = "10"
-EVENTS_POLL_SECONDS = 0.25
-EVENTS_KEEPALIVE_SECONDS = 15.0
 OPEN_PATHS = {"/health", "/livez", "/readyz", "/"}
 OPEN_PREFIXES = ("/static/", "/vendor/")  # the web page: public, the API behind it is not
 WEB = Path(__file__).resolve().parent / "web"
@@ -109,6 +108,7 @@ def create_app(settings: Settings | None = None, *,
                           idempotency=IdempotencyKeys(settings.result_ttl_seconds))
     app.before_request(_check_api_key)
     app.after_request(_count_request)
+    app.after_request(_add_security_headers)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -167,6 +167,11 @@ def _check_api_key() -> None:
 def _count_request(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     current_app.extensions["metrics"].request(request.method, route, response.status_code)
+    return response
+
+
+def _add_security_headers(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
     return response
 
 
@@ -402,30 +407,6 @@ def _gpus() -> dict:
     return {"cuda": bool(gpus), "gpu": gpus[0] if gpus else None, "gpus": gpus}
 
 
-def _events(queue: JobQueue, job_id: str):
-    """Server-sent events: the job's status (as GET /job/<id> gives it) each time its state,
-    position, stage or progress changes, until it finishes; a comment line every
-    EVENTS_KEEPALIVE_SECONDS keeps proxies from closing a quiet stream."""
-    last, quiet = None, 0.0
-    while True:
-        try:
-            view = queue.get(job_id)
-        except (JobNotFound, JobExpired):
-            return
-        status = _job_status(view)
-        changed = {key: value for key, value in status.items() if key != "processing_time"}
-        if changed != last:
-            yield f"data: {json.dumps(status)}\n\n"
-            last, quiet = changed, 0.0
-        elif quiet >= EVENTS_KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            quiet = 0.0
-        if view.state.finished:
-            return
-        time.sleep(EVENTS_POLL_SECONDS)
-        quiet += EVENTS_POLL_SECONDS
-
-
 # -- routes -----------------------------------------------------------------------------
 
 def _add_routes(app: Flask) -> None:
@@ -512,8 +493,11 @@ def _add_routes(app: Flask) -> None:
     @app.get("/job/<job_id>/events")
     def job_events(job_id):
         _find(job_id)  # 404 or 410 before the stream starts
-        return Response(_events(_queue(), job_id), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # direct_passthrough: the front (http_front.py) sees JobEvents and streams it
+        # without a thread; Flask's development server iterates it in its own.
+        return Response(JobEvents(_queue(), job_id, _job_status), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                        direct_passthrough=True)
 
     @app.get("/job/<job_id>/download")
     def job_download(job_id):

@@ -22,7 +22,8 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 class NoSecrets(logging.Filter):
     """gunicorn logs a malformed header line whole ("Invalid HTTP Header: 'Authorization
-    Bearer <key>'"): keep the header's name, never its value, and never the API key."""
+    Bearer <key>'"): keep the header's name, never its value, and never the API key (in
+    gunicorn's log and uvicorn's, which the worker writes to)."""
 
     _HEADER = re.compile(r"(Invalid HTTP Header: ')([^\s:']*)[^']*(')")
 
@@ -34,7 +35,8 @@ class NoSecrets(logging.Filter):
         return True
 
 
-logging.getLogger("gunicorn.error").addFilter(NoSecrets())
+for _logger in ("gunicorn.error", "uvicorn.error"):
+    logging.getLogger(_logger).addFilter(NoSecrets())
 
 # Set before the worker imports torch: fewer out-of-memory errors from fragmentation.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -42,21 +44,20 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 wsgi_app = "app:app"
 bind = f"0.0.0.0:{_settings.port}"
 workers = 1  # the queue and the models live in one process; more would duplicate both
-worker_class = "gthread"
-# Every waiting or running job may hold a /generate/sync thread; keep spares for polling,
-# and 128 more for slow clients: gthread gives a connection a thread while its headers
-# arrive, so a client dripping them a byte a second holds one. The models run in their own
-# process, so threads here cost little. Past that, put a proxy with header timeouts in front.
-SLOW_CLIENT_THREADS = 128
-threads = _settings.max_queue_size + _settings.max_concurrent + 16 + SLOW_CLIENT_THREADS
+# uvicorn's asyncio server in front of the Flask app (front_worker.py, asgi_front.py):
+# a connection costs a coroutine, not a thread, until its request is complete, and event
+# streams, slow headers and slow bodies each have their own budget (client_budgets.py).
+worker_class = "front_worker.FrontWorker"
+# The Flask app's threads: every waiting or running job may hold a /generate/sync one, and
+# 16 spares answer /health, status polls and submissions. The models run in their own
+# process, so threads here cost little.
+threads = _settings.max_queue_size + _settings.max_concurrent + 16
 timeout = int(_settings.sync_timeout_seconds) + 60
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
-# Query strings never carry keys in this API, but keep them out of the log all the same.
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
 def worker_exit(server, worker):

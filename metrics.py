@@ -20,6 +20,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # seconds: a depth map on a GPU takes well under one, a textured GLB minutes
 JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 GIB = 2**30
+# Any other method (anyone can send "BREW /") is counted as "other": a label value per
+# made-up method would let unauthenticated requests grow /metrics without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 class Metrics:
@@ -71,7 +74,11 @@ class Metrics:
                 self.gpu_peak.labels(view.pipeline, view.output).observe(peak)
 
     def request(self, method: str, route: str, status: int) -> None:
-        self.requests.labels(method, route, str(status)).inc()
+        self.requests.labels(method if method in METHODS else "other", route, str(status)).inc()
+
+    def gauge(self, name: str, description: str, read: Callable[[], float]) -> None:
+        """A gauge whose value `read` gives at scrape time (the HTTP front's open streams)."""
+        self.registry.register(_Read(name, description, read))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -94,3 +101,11 @@ class _Current:
         for name, seconds in self._load_seconds().items():
             loads.add_metric([name], seconds)
         yield loads
+
+
+class _Read:
+    def __init__(self, name, description, read):
+        self._name, self._description, self._read = name, description, read
+
+    def collect(self):
+        yield GaugeMetricFamily(self._name, self._description, value=self._read())

@@ -307,7 +307,7 @@ def test_a_malformed_header_line_carrying_the_key_never_reaches_the_log(tmp_path
                 assert connection.recv(100).startswith(b"HTTP/1.1 400")
         time.sleep(0.5)
         log = started["log"].read_text()
-    assert "Invalid HTTP Header" in log and key not in log
+    assert "Invalid HTTP request" in log and key not in log
 
 
 def chunked_post(port: int, body: bytes) -> bytes:
