@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Status reads while results expire beside 100k kept expired ids: this server's sweep (a heap, batches
-of EXPIRE_BATCH, files and rows outside the queue's lock, on the state index) beside the
-sweep it replaced (every job scanned under the lock, one unindexed DELETE per job), on the
+"""Status reads while results expire beside 100k kept expired ids: this server's sweep (a
+heap, batches of EXPIRE_BATCH, files and rows outside the queue's lock, on the state index)
+beside the sweep it replaced (every job scanned under the lock, one unindexed DELETE per job), on the
 same journal in the same run; and the restart time with that journal.
 
     python bench/expiry.py [--expired 100000] [--stale 200]
