@@ -100,7 +100,7 @@ class ModelWorker:
             delay = 0.0 if planned else BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
             failures += not planned
             self.restarts += 1
-            how = "was stopped" if planned else _how_it_ended(self._process.exitcode)
+            how = "was stopped" if planned else _how_it_ended(self._exit_code())
             self._set("restarting", f"the model process {how}; restart {self.restarts} in "
                                     f"{delay:g} s")
             (log.info if planned else log.error)("model worker %s: %s", self.label, self.reason)
@@ -191,11 +191,19 @@ class ModelWorker:
             self._lost(started)
 
     def _lost(self, started: bool) -> None:
-        self._process.join(5)  # reaped, so its exit code is known
+        code = self._exit_code()
         if not started or self._planned_kill:
             raise WorkerLost(f"model worker {self.label} ended before the job ran")
-        raise PipelineError(f"the model process {_how_it_ended(self._process.exitcode)} "
-                            "while running this job; it is restarting", status=500)
+        raise PipelineError(f"the model process {_how_it_ended(code)} while running this "
+                            "job; it is restarting", status=500)
+
+    def _exit_code(self) -> int | None:
+        """The ended child's exit code. The supervisor and a running job both wait for it;
+        whichever reaps it first records it, so the other waits a moment to read it."""
+        deadline = time.monotonic() + 5
+        while self._process.exitcode is None and time.monotonic() < deadline:
+            self._process.join(0.05)
+        return self._process.exitcode
 
     def _kill(self) -> None:
         self._planned_kill = True
