@@ -15,12 +15,14 @@ are runpod-python 1.7.7's, the pinned SDK.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -36,6 +38,8 @@ from pipelines.catalog import configured_pipelines
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
 from pipelines.sam3d import GenerateRequest
 from settings import Settings, load_settings
+from workers.batcher import DepthBatcher
+from workers.devices import Device, depth_batch
 
 log = logging.getLogger("handler")
 
@@ -73,6 +77,10 @@ class Worker:
         self.max_inline_bytes = settings.max_inline_bytes
         self.baseline_gpu_bytes = gpu_bytes_in_use()  # the loaded models
         self.bucket = bucket_name()
+        self.model_lock = threading.Lock()
+        device = Device("cuda" if _cuda() else "cpu", 0)
+        self.depth_batcher = DepthBatcher(pipelines.get("lotus"), depth_batch(settings, device),
+                                          self.model_lock)
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -176,17 +184,25 @@ class Worker:
         stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
                  for i in range(len(images))]
         report = progress_reporter(job)
-        if len(images) > 1 and hasattr(pipeline, "run_many"):
-            results = pipeline.run_many(loaded[0][0], images, stems, report)
+        if name == "lotus" and not batch and hasattr(pipeline, "run_batch"):  # may share a pass
+            results = [self.depth_batcher.run(options_, image, stem, report)
+                       for (options_, image), stem in zip(loaded, stems)]
         else:
-            results = [pipeline.run(job_options, image, stem, report)
-                       for (job_options, image), stem in zip(loaded, stems)]
+            with self.model_lock:  # one model call at a time on this GPU
+                results = self._run_model(pipeline, loaded, images, stems, report)
         key = "image_base64" if task == "depth" else "model_base64"
         answers, inline_left = [], self.max_inline_bytes
         for stem, result in zip(stems, results):
             answers.append(self._answer(stem.name, result, key, inline_left))
             inline_left -= len(answers[-1].get(key, ""))
         return {"results": answers} if batch else answers[0]
+
+    @staticmethod
+    def _run_model(pipeline, loaded, images, stems, report) -> list[Result]:
+        if len(images) > 1 and hasattr(pipeline, "run_many"):
+            return pipeline.run_many(loaded[0][0], images, stems, report)
+        return [pipeline.run(job_options, image, stem, report)
+                for (job_options, image), stem in zip(loaded, stems)]
 
     @staticmethod
     def _requests(model: type, job_input: dict) -> list:
@@ -290,6 +306,12 @@ def progress_reporter(job: dict) -> Callable[[str, float], None]:
         job, {"stage": stage, "progress": round(fraction, 2)})
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def gpu_bytes_in_use() -> int:
     import torch
 
@@ -305,9 +327,18 @@ def gpu_broken(exc: BaseException) -> bool:
 _worker: Worker | None = None
 
 
-def handler(job: dict) -> dict:
-    """RunPod's entry point: one job in, one JSON-able answer out."""
-    return _worker.handle(job)
+async def handler(job: dict) -> dict:
+    """RunPod's entry point: one job in, one JSON-able answer out. A coroutine that runs the
+    job on a thread (the SDK awaits what a handler returns, rp_job.py:181-186), so the jobs
+    `concurrency` lets the SDK take at once are handled together."""
+    return await asyncio.to_thread(_worker.handle, job)
+
+
+def concurrency(current: int) -> int:
+    """runpod-python's `concurrency_modifier`, asked before each fetch of jobs
+    (rp_scale.py:158-161, 67-79): as many jobs at once as a depth batch holds; 3D jobs still
+    run one at a time, behind the model lock."""
+    return _worker.depth_batcher.limit if _worker and "lotus" in _worker.pipelines else 1
 
 
 def main() -> None:
@@ -324,7 +355,7 @@ def main() -> None:
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod
 
-    runpod.serverless.start({"handler": handler})
+    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency})
 
 
 if __name__ == "__main__":

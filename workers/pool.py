@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.base import Pipeline, Progress, Result
 from pipelines.catalog import configured_pipelines
 
-from .devices import Device, discover
+from .devices import depth_batch, discover
 from .model_process import ModelWorker
 
 if TYPE_CHECKING:
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Depth jobs per forward pass when DEPTH_BATCH is not set (bench/depth.py measures them).
-DEFAULT_DEPTH_BATCH = {"cuda": 4, "cpu": 1}
 
 
 class RemotePipeline:
@@ -59,10 +56,6 @@ class RemotePipeline:
 
     def run(self, options: Any, image: Any, output_stem: "Path", progress: Progress) -> Result:
         raise RuntimeError("remote pipelines run through their workers' lanes")
-
-
-def depth_batch(settings: "Settings", device: Device) -> int:
-    return settings.depth_batch or DEFAULT_DEPTH_BATCH[device.kind]
 
 
 def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[str, list]]:
