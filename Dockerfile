@@ -110,11 +110,12 @@ ENV CHECKPOINTS_DIR=/app/checkpoints \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
     PORT=8000
 
-COPY app.py queue_manager.py journal.py housekeeping.py storage.py settings.py schemas.py \
-     handler.py metrics.py webhooks.py idempotency.py front_worker.py asgi_front.py \
-     wsgi_bridge.py client_budgets.py job_events.py security_headers.py gunicorn.conf.py ./
+COPY app.py queue_manager.py settings.py schemas.py handler.py metrics.py webhooks.py \
+     gunicorn.conf.py ./
 COPY pipelines/ ./pipelines/
 COPY workers/ ./workers/
+COPY jobs/ ./jobs/
+COPY front/ ./front/
 COPY scripts/ ./scripts/
 COPY web/static/ ./web/static/
 COPY --from=web /web/node_modules/@google/model-viewer/dist/ ./web/node_modules/@google/model-viewer/dist/

@@ -21,8 +21,8 @@ from flask import Flask, Response, current_app, jsonify, request, send_file
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
-from job_events import JobEvents
+from jobs.idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
+from front.events import JobEvents
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Metrics
 from pipelines import PipelineRegistry
@@ -35,9 +35,9 @@ from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
 from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
                      openapi_document)
-from security_headers import SECURITY_HEADERS
+from front.security_headers import SECURITY_HEADERS
 from settings import Settings, SettingsError, load_settings
-from storage import OutputDirInUse
+from jobs.storage import OutputDirInUse
 from webhooks import WebhookSender
 from workers.pool import serving_pipelines
 

@@ -44,10 +44,10 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 wsgi_app = "app:app"
 bind = f"0.0.0.0:{_settings.port}"
 workers = 1  # the queue and the models live in one process; more would duplicate both
-# uvicorn's asyncio server in front of the Flask app (front_worker.py, asgi_front.py):
+# uvicorn's asyncio server in front of the Flask app (front/worker.py, front/asgi.py):
 # a connection costs a coroutine, not a thread, until its request is complete, and event
-# streams, slow headers and slow bodies each have their own budget (client_budgets.py).
-worker_class = "front_worker.FrontWorker"
+# streams, slow headers and slow bodies each have their own budget (front/budgets.py).
+worker_class = "front.worker.FrontWorker"
 # The Flask app's threads: every waiting or running job may hold a /generate/sync one, and
 # 16 spares answer /health, status polls and submissions. The models run in their own
 # process, so threads here cost little.

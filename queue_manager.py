@@ -7,11 +7,11 @@ A job moves through one explicit state machine:
     processing -> queued     (only when its worker was gone before it ran: retried once)
 
 Every change goes through `JobQueue._move`, under the queue's one lock, so a reader always
-sees a consistent job, and is written to the journal (journal.py), so a restart resumes
+sees a consistent job, and is written to the journal (jobs/journal.py), so a restart resumes
 where the last process stopped. Each pipeline has a lane (workers/lanes.py) of its own; a
 job is "processing" only while a worker runs it. The queue knows pipelines only through
 `pipelines.base.Pipeline` and its workers through their `run`, and knows nothing of HTTP.
-What happens at start-up and in the background (restoring, expiry) is in housekeeping.py.
+What happens at start-up and in the background (restoring, expiry) is in jobs/housekeeping.py.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
-import housekeeping
-from journal import Journal, JournalWriteError
+from jobs import housekeeping
+from jobs.journal import Journal, JournalWriteError
 from pipelines.base import JobCancelled, Pipeline, PipelineError, Result, public_message
-from storage import OutputDirLock, is_disk_error, storage_problem
+from jobs.storage import OutputDirLock, is_disk_error, storage_problem
 from workers.in_process import InProcessWorker
 from workers.lanes import Lane
 from workers.model_process import WorkerLost

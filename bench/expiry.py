@@ -27,7 +27,7 @@ for folder in (ROOT, ROOT / "tests"):
 from PIL import Image  # noqa: E402
 
 import housekeeping  # noqa: E402
-from journal import JOURNAL_NAME  # noqa: E402
+from jobs.journal import JOURNAL_NAME  # noqa: E402
 from pipelines.lotus import DepthRequest  # noqa: E402
 from queue_manager import JobQueue, JobState  # noqa: E402
 from stand_ins import ScriptedPipeline  # noqa: E402

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import housekeeping
+from jobs import housekeeping
 from conftest import wait_until
-from journal import JOURNAL_NAME
+from jobs.journal import JOURNAL_NAME
 from pipelines.lotus import DepthRequest
 from queue_manager import JobExpired, JobQueue, JobState
 from stand_ins import ScriptedPipeline
-from storage import OutputDirInUse, storage_problem
+from jobs.storage import OutputDirInUse, storage_problem
 
 CRASH = Path(__file__).with_name("crash_queue.py")
 
@@ -119,7 +119,7 @@ def test_a_row_the_server_cannot_read_is_skipped_not_fatal(tmp_path, caplog):
 
 
 def test_a_second_server_on_the_same_output_dir_refuses_to_start(tmp_path, monkeypatch):
-    monkeypatch.setattr("storage.LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("jobs.storage.LOCK_WAIT_SECONDS", 0.2)
     first = JobQueue({"lotus": ScriptedPipeline()}, tmp_path / "out")
     first.start()
     try:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 import webhooks
-from idempotency import IdempotencyKeys
+from jobs.idempotency import IdempotencyKeys
 from conftest import QuietHandler, image_b64, local_http_server, wait_until
 from stand_ins import ScriptedPipeline
 

@@ -1,5 +1,5 @@
 """The HTTP front against slow, many and odd clients: the real gunicorn server on a loopback
-port (front_worker.FrontWorker), driven through raw sockets where a client misbehaves.
+port (front.worker.FrontWorker), driven through raw sockets where a client misbehaves.
 
 No timed assertion is tight: a 2-core CI machine runs the load beside the server. The
 figures (p50/p99/max of /health beside the old gthread worker) are bench/slow_clients.py's.
@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import image_bytes, running_server, wait_until
-from client_budgets import Limits
+from front.budgets import Limits
 
 STREAMS, SLOW_BODIES, SLOW_HEADERS = 300, 170, 64
 
@@ -34,9 +34,9 @@ def running_job(server):
     """A depth job that runs for minutes on one CPU thread, for the tests' event streams;
     force-cancelled when the module's tests are done."""
     base = server["url"]
-    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
-    job = requests.post(f"{base}/depth", json={"image": small, "processing_res": 4096},
-                        timeout=30).json()["job_id"]
+    photo = base64.b64encode(image_bytes(width=1536, height=1152)).decode()
+    job = requests.post(f"{base}/depth", json={"image": photo, "processing_res": 3072},
+                        timeout=60).json()["job_id"]
     wait_until(lambda: requests.get(f"{base}/job/{job}", timeout=5).json()["status"]
                == "processing", timeout=30)
     yield job

@@ -13,7 +13,7 @@ import hashlib
 import re
 from pathlib import Path
 
-PAGE = Path(__file__).resolve().parent / "web" / "static" / "index.html"
+PAGE = Path(__file__).resolve().parent.parent / "web" / "static" / "index.html"
 _IMPORT_MAP = re.compile(r'<script type="importmap">(.*?)</script>', re.DOTALL)
 
 

@@ -1,9 +1,9 @@
 """gunicorn's worker for this server: uvicorn's asyncio HTTP server (httptools' parser)
-running asgi_front.Front around the WSGI app gunicorn loads (`wsgi_app`, app:app).
+running front.asgi.Front around the WSGI app gunicorn loads (`wsgi_app`, app:app).
 
 Connections cost a coroutine, not a thread, until their request is complete. Here, below
 the app: each connection and each request still sending its headers counts against
-client_budgets; headers must arrive within Limits.header_seconds and Limits.header_bytes;
+front.budgets; headers must arrive within Limits.header_seconds and Limits.header_bytes;
 a request the parser rejects (bare-LF line endings, a header line without a colon, both
 Content-Length and Transfer-Encoding) is answered 400 in the app's JSON shape and its
 connection closed. Pipelined requests are answered in order (uvicorn holds the next one
@@ -20,8 +20,8 @@ from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from asgi_front import Front, error_answer
-from client_budgets import Budgets, Limits, Refused
+from .asgi import Front, error_answer
+from .budgets import Budgets, Limits, Refused
 
 with warnings.catch_warnings():  # uvicorn points to the uvicorn-worker package, same class
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -117,7 +117,7 @@ class FrontWorker(UvicornWorker):
 
     CONFIG_KWARGS = {"loop": "auto", "http": GuardedProtocol, "ws": "none", "lifespan": "off",
                      "access_log": False, "server_header": False,
-                     "date_header": False,  # the app's own, or asgi_front's
+                     "date_header": False,  # the app's own, or front.asgi's
                      # then SIGTERM's open requests are dropped: worker_exit gives the
                      # running job what is left of gunicorn's graceful_timeout
                      "timeout_graceful_shutdown": 3}

@@ -3,7 +3,7 @@ connection) gets the job it already made instead of a second one.
 
 The same key with the same request (endpoint and body) within the result TTL answers the
 first job; with a different request it is refused (422). Keys live in memory: a restart
-forgets them (the jobs themselves survive, journal.py).
+forgets them (the jobs themselves survive, jobs/journal.py).
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.base import PipelineError, Result
-from storage import storage_problem
+
+from .storage import storage_problem
 
 if TYPE_CHECKING:
-    from journal import Journal
+    from .journal import Journal
     from queue_manager import JobQueue
 
 log = logging.getLogger("queue_manager")

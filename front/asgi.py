@@ -15,9 +15,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
-from client_budgets import Budgets, Refused
-from security_headers import SECURITY_HEADERS
-from wsgi_bridge import Answer, FileWrapper, call, environ
+from .budgets import Budgets, Refused
+from .security_headers import SECURITY_HEADERS
+from .wsgi_bridge import Answer, FileWrapper, call, environ
 
 access_log = logging.getLogger("gunicorn.access")
 RETRY_AFTER_SECONDS = "10"
