@@ -215,8 +215,8 @@ class JobQueue:
         self._janitor.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Take no new job; let running ones finish within `timeout`. Waiting jobs stay in
-        the journal for the next start."""
+        """Take no new job; let running ones finish within `timeout`, then stop the model
+        workers. Waiting jobs stay in the journal for the next start."""
         self._stopping.set()
         with self._lock:
             self._lock.notify_all()
@@ -224,6 +224,9 @@ class JobQueue:
         for thread in [*self._dispatchers.values(), self._janitor]:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
+        for lane in self._lanes.values():
+            for worker in lane.workers:
+                worker.stop()
         busy = [t for t in self._dispatchers.values() if t.is_alive()]
         if busy:
             log.warning("stopping with %d job(s) still running: they will show as interrupted",

@@ -83,6 +83,9 @@ class InProcessWorker:
         finally:
             self.jobs = []
 
+    def stop(self) -> None:
+        """Nothing to stop: the pipeline lives in this process."""
+
     def abort(self) -> None:
         abort = getattr(self._lookup(), "abort", None)
         if abort is not None:
