@@ -20,7 +20,7 @@ _IMPORT_MAP = re.compile(r'<script type="importmap">(.*?)</script>', re.DOTALL)
 def _inline_script_hashes(page: Path) -> str:
     return " ".join(
         "'sha256-%s'" % base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-        for script in _IMPORT_MAP.findall(page.read_text()))
+        for script in _IMPORT_MAP.findall(page.read_text() if page.is_file() else ""))
 
 
 def security_headers(page: Path) -> dict[str, str]:

@@ -273,14 +273,15 @@ def test_http_errors_are_reported(host):
         get(f"http://public.test:{host}/missing")
 
 
-def test_the_api_refuses_private_image_urls_with_400(make_client, scripted, host):
+def test_the_api_refuses_private_image_urls_with_400(make_client, scripted, host, tmp_path):
     client = make_client({"lotus": scripted})
     for url in (f"http://127.0.0.1:{host}/photo.png", "http://169.254.169.254/", "file:///etc/passwd"):
         response = client.post("/depth", json={"image_url": url})
         assert response.status_code == 400, url
         assert "image_url" in response.get_json()["error"]
     assert Handler.connections >= 0 and scripted.started.empty()
-    allowed = make_client({"lotus": scripted}, allow_private_urls=True)
+    allowed = make_client({"lotus": scripted}, allow_private_urls=True,
+                          output_dir=tmp_path / "other")  # one OUTPUT_DIR per server
     response = allowed.post("/depth", json={"image_url": f"http://127.0.0.1:{host}/photo.png"})
     assert response.status_code == 202
     assert client.post("/depth", json={"image": image_b64()}).status_code == 202

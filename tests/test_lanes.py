@@ -87,13 +87,19 @@ def depth_job(seed, size=(40, 32)):
     return DepthRequest(image="x", seed=seed, processing_res=0, output="npy"), photo
 
 
-def test_four_waiting_depth_jobs_run_as_one_batch_equal_to_four_single_runs(queues, lotus):
+def loading(queues, lotus, batch_limit):
+    """A queue whose Lotus-D is still loading (jobs wait) until the event is set."""
     loaded = threading.Event()
     registry = PipelineRegistry({"lotus": lotus})
     real_load = lotus.load
     lotus.load = lambda: (loaded.wait(10), real_load())
-    queue = queues(registry, batch_limit=4)
+    queue = queues(registry, batch_limit=batch_limit)
     registry.load_in_background()
+    return queue, loaded
+
+
+def test_four_waiting_depth_jobs_run_as_one_batch_equal_to_four_single_runs(queues, lotus):
+    queue, loaded = loading(queues, lotus, batch_limit=4)
     jobs = [depth_job(seed) for seed in range(4)] + [depth_job(9, size=(48, 32))]
     views = [queue.submit("lotus", job) for job in jobs]  # all waiting: the model loads
     loaded.set()
@@ -113,12 +119,7 @@ def test_four_waiting_depth_jobs_run_as_one_batch_equal_to_four_single_runs(queu
 
 
 def test_a_job_cancelled_in_its_batch_ends_alone(queues, lotus):
-    gate = threading.Event()
-    registry = PipelineRegistry({"lotus": lotus})
-    real_load = lotus.load
-    lotus.load = lambda: (gate.wait(10), real_load())
-    queue = queues(registry, batch_limit=3)
-    registry.load_in_background()
+    queue, loaded = loading(queues, lotus, batch_limit=3)
     views = [queue.submit("lotus", depth_job(seed)) for seed in range(3)]
     reported = threading.Event()
     real_report = queue._report
@@ -130,7 +131,7 @@ def test_a_job_cancelled_in_its_batch_ends_alone(queues, lotus):
         real_report(jobs, stage, fraction)
 
     queue._report = cancel_at_first_stage
-    gate.set()
+    loaded.set()
     done = [queue.wait(view.id, 60) for view in views]
     assert [view.state for view in done] == [JobState.COMPLETED, JobState.CANCELLED,
                                              JobState.COMPLETED]
