@@ -488,6 +488,8 @@ def _add_routes(app: Flask) -> None:
             view = _queue().cancel(job_id, force=request.args.get("force") == "true")
         except NotCancellable as exc:
             raise ApiError(409, str(exc), job_id=job_id) from None
+        except (JobExpired, JobNotFound):  # expired between the lookup and the cancel
+            raise ApiError(410, "job results have expired", job_id=job_id) from None
         return jsonify(_job_status(view)), 200 if view.state.finished else 202
 
     @app.get("/job/<job_id>/events")
@@ -514,7 +516,7 @@ def __getattr__(name: str):
         sys.exit(f"error: {exc}")
     try:
         globals()["app"] = application = create_app(settings)
-    except OutputDirInUse as exc:
+    except (OutputDirInUse, OSError) as exc:  # another server, or a journal it cannot open
         log.error("%s", exc)
         sys.exit(3)  # gunicorn's "worker failed to boot": the master stops, not respawns
     return application
@@ -525,7 +527,7 @@ def main() -> None:
     try:
         settings = load_settings()
         application = create_app(settings)
-    except (SettingsError, OutputDirInUse) as exc:
+    except (SettingsError, OutputDirInUse, OSError) as exc:
         sys.exit(f"error: {exc}")
     application.run(host="0.0.0.0", port=settings.port, threaded=True)
 

@@ -185,6 +185,7 @@ class JobQueue:
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._finished: list[tuple[float, str]] = []  # heap of (finished_at, id): expiry order
         self._unsaved: dict[str, Job] = {}  # changes the journal could not take yet
+        self._unfinished_files: list[str] = []  # ids of failed or cancelled jobs to clean
         self._stopping = threading.Event()
         self._started = False
         self._janitor: threading.Thread | None = None
@@ -296,7 +297,7 @@ class JobQueue:
                 worker = job.worker if force else None
             view = self._view(job)
         if worker is not None:
-            worker.abort()
+            worker.abort(job_id)
         return view
 
     def wait(self, job_id: str, timeout: float) -> JobView:
@@ -437,6 +438,10 @@ class JobQueue:
             job.retried = True
             lane.put_back([job])
             self._move(job, JobState.QUEUED)
+            try:
+                self._journal.keep_input(job.id, job.image)  # waiting again: for a restart
+            except OSError as exc:
+                log.warning("could not keep the image of job %s again: %s", job.id, exc)
             log.warning("job %s goes back to the head of its lane: %s", job.id, outcome)
             return
         lane.finished(job)
@@ -519,7 +524,12 @@ class JobQueue:
         self._save(job)
         self._notify(job)
         if state is not JobState.QUEUED:
-            self._journal.input_path(job.id).unlink(missing_ok=True)
+            try:
+                self._journal.input_path(job.id).unlink(missing_ok=True)
+            except OSError as exc:  # a read-only volume: the janitor's sweep tries again
+                log.warning("could not remove the kept image of job %s: %s", job.id, exc)
+        if state in (JobState.FAILED, JobState.CANCELLED):
+            self._unfinished_files.append(job.id)  # the janitor removes them, off the lock
 
     def _save(self, job: Job) -> None:
         try:
@@ -551,6 +561,7 @@ class JobQueue:
                     self._revive_dead_dispatchers()
                 housekeeping.check_storage(self)
                 housekeeping.expire_due(self, self._journal)
+                self._remove_unfinished_files()
             except Exception:  # noqa: BLE001 - e.g. a file that cannot be deleted
                 log.exception("janitor: cleaning up failed; trying again")
 
@@ -573,6 +584,20 @@ class JobQueue:
     def _is_stale(self, job: Job) -> bool:
         return (job.state.finished and job.finished_at is not None
                 and time.time() - job.finished_at > self.result_ttl_seconds)
+
+    def _remove_unfinished_files(self) -> None:
+        """What failed or cancelled jobs' workers wrote before they ended (a batch partly
+        written, a temporary file of a killed process); outside the lock."""
+        with self._lock:
+            job_ids, self._unfinished_files = set(self._unfinished_files), []
+        if not job_ids:
+            return
+        for path in self.output_dir.iterdir():  # one pass over the folder for all of them
+            if path.name.lstrip(".").split(".", 1)[0] in job_ids:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("could not remove %s: %s", path.name, exc)
 
     @staticmethod
     def _remove_files(result: Any) -> None:

@@ -37,9 +37,11 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
     reason, unless their result file was written (then they completed)."""
     from queue_manager import JOB_ID_PATTERN, Job, JobState
 
-    records, expired = journal.records()
+    records, expired, skipped = journal.records()
     queue._expired.update(dict.fromkeys(expired[-EXPIRED_IDS_KEPT:]))
     files = _result_files(queue.output_dir, JOB_ID_PATTERN)
+    for job_id in skipped:  # rows this release cannot read keep their files untouched
+        files.pop(job_id, None)
     for record in records:
         job = Job(pipeline=record.pipeline, options=record.options, image=None,
                   id=record.id, created_at=record.created_at,

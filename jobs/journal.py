@@ -69,7 +69,9 @@ class Journal:
         self.damaged: str | None = None  # why the journal found was not trusted
         try:
             self._db = self._open()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # full, read-only, locked: not damage
+            raise JournalWriteError(f"the job journal could not be opened: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # not a database, or quick_check failed
             self.damaged = f"the job journal was unreadable ({exc}) and was moved aside"
             self._move_aside()
             self._db = self._open()
@@ -147,15 +149,16 @@ class Journal:
             SELECT finished_at FROM jobs WHERE state = 'expired'
             ORDER BY finished_at DESC LIMIT 1 OFFSET ?)""", [(keep - 1,)])
 
-    def records(self) -> tuple[list[JobRecord], list[str]]:
-        """Every job that is not expired, oldest first, with its options rebuilt; and the
-        expired ids. A row that cannot be read is skipped with a log line."""
+    def records(self) -> tuple[list[JobRecord], list[str], set[str]]:
+        """Every job that is not expired, oldest first, with its options rebuilt; the
+        expired ids; and the ids of rows that could not be read (skipped with a log line:
+        their files are not this release's to judge)."""
         with self._lock:
             expired = [row[0] for row in self._db.execute(
                 "SELECT id FROM jobs WHERE state = 'expired' ORDER BY finished_at")]
             rows = self._db.execute("SELECT * FROM jobs WHERE state != 'expired' "
                                     "ORDER BY created_at").fetchall()
-        records = []
+        records, skipped = [], set()
         for row in rows:
             try:  # one unreadable row (an older or newer release's) must not stop start-up
                 if row[4] not in KNOWN_STATES:
@@ -167,7 +170,8 @@ class Journal:
                     error=row[9], error_status=row[10]))
             except (ValueError, TypeError, KeyError, ImportError, AttributeError) as exc:
                 log.warning("journal: skipping job %s: %s", row[0], exc)
-        return records, expired
+                skipped.add(row[0])
+        return records, expired, skipped
 
     # -- a queued job's image --------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Model wrappers behind one interface (`base.Pipeline`) and the registry that loads them.
 
-Loading runs in a background thread so the server answers `/health` at once; a pipeline
+Loading runs in background threads so the server answers `/health` at once; a pipeline
 becomes visible to the queue (`registry.get(name)`) only when it is ready.
 """
 
@@ -26,31 +26,29 @@ class PipelineRegistry(Mapping):
         self._errors: dict[str, str] = {}
         self.load_seconds: dict[str, float] = {}  # of each pipeline that loaded
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
-    def load_in_background(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self._load_all, name="pipeline-loader",
-                                        daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def _load_all(self) -> None:
+    def load_in_background(self) -> None:
+        """Each pipeline in a thread of its own: one slow or stuck model holds up no other."""
         for name, pipeline in list(self._pending.items()):
-            log.info("loading pipeline %s", name)
-            started = time.perf_counter()
-            try:
-                pipeline.load()
-            except Exception as exc:  # one broken checkpoint must not take the server down
-                log.error("pipeline %s failed to load: %s", name, exc)
-                with self._lock:
-                    self._errors[name] = f"{type(exc).__name__}: {exc}"
-                    del self._pending[name]
-                continue
-            log.info("pipeline %s ready", name)
+            threading.Thread(target=self._load, args=(name, pipeline),
+                             name=f"pipeline-loader-{name}", daemon=True).start()
+
+    def _load(self, name: str, pipeline: Pipeline) -> None:
+        log.info("loading pipeline %s", name)
+        started = time.perf_counter()
+        try:
+            pipeline.load()
+        except Exception as exc:  # one broken checkpoint must not take the server down
+            log.error("pipeline %s failed to load: %s", name, exc)
             with self._lock:
-                self.load_seconds[name] = round(time.perf_counter() - started, 3)
-                self._ready[name] = pipeline
+                self._errors[name] = f"{type(exc).__name__}: {exc}"
                 del self._pending[name]
+            return
+        log.info("pipeline %s ready", name)
+        with self._lock:
+            self.load_seconds[name] = round(time.perf_counter() - started, 3)
+            self._ready[name] = pipeline
+            del self._pending[name]
 
     def status(self) -> dict[str, str]:
         """Every configured pipeline's state: loading, ready or failed."""

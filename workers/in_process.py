@@ -86,9 +86,9 @@ class InProcessWorker:
     def stop(self) -> None:
         """Nothing to stop: the pipeline lives in this process."""
 
-    def abort(self) -> None:
+    def abort(self, job_id: str) -> None:
         abort = getattr(self._lookup(), "abort", None)
-        if abort is not None:
+        if abort is not None and job_id in self.jobs:
             abort()
 
     def describe(self) -> dict:

@@ -80,31 +80,46 @@ class ModelWorker:
     def _supervise(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            self._spawn()
-            loaded_at = time.monotonic()
-            error = self._await_load()
-            if error is not None:
-                self._set("failed", error)
-                self.loaded.set()
-                log.error("model worker %s failed to load: %s", self.label, error)
+            try:
+                how, planned, served = self._one_life()
+            except Exception as exc:  # noqa: BLE001 - a spawn that failed: try again later
+                log.exception("model worker %s could not be started", self.label)
+                how, planned, served = f"could not be started ({exc})", False, 0.0
+            if how is None or self._stopping.is_set():
                 return
-            if self._process.exitcode is None:  # loaded: serve until the child ends
-                self._set("ready")
-                self.loaded.set()
-                self._process.join()
-            if self._stopping.is_set():
-                return
-            with self._pipe_lock:  # a running job sees the end first and answers for it
-                planned, self._planned_kill = self._planned_kill, False
-            failures = 0 if time.monotonic() - loaded_at > STABLE_SECONDS else failures
+            failures = 0 if served > STABLE_SECONDS else failures
             delay = 0.0 if planned else BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
             failures += not planned
             self.restarts += 1
-            how = "was stopped" if planned else _how_it_ended(self._exit_code())
             self._set("restarting", f"the model process {how}; restart {self.restarts} in "
                                     f"{delay:g} s")
             (log.info if planned else log.error)("model worker %s: %s", self.label, self.reason)
             self._stopping.wait(delay)
+
+    def _one_life(self) -> tuple[str | None, bool, float]:
+        """Start the child and serve until it ends: how it ended, whether on purpose, and
+        how long it served; None if its first load failed, which no restart would mend. A
+        load that fails after a crash is retried (the dead child's memory, say, was not yet
+        free)."""
+        self._spawn()
+        error = self._await_load()
+        if error is not None and not self.loaded.is_set():
+            self._set("failed", error)
+            self.loaded.set()
+            log.error("model worker %s failed to load: %s", self.label, error)
+            return None, False, 0.0
+        if error is not None:
+            self._process.join()
+            return f"failed to load again ({error})", False, 0.0
+        ready_at = time.monotonic()
+        if self._process.exitcode is None:  # loaded: serve until the child ends
+            self._set("ready")
+            self.loaded.set()
+            self._process.join()
+        with self._pipe_lock:  # a running job sees the end first and answers for it
+            planned, self._planned_kill = self._planned_kill, False
+        how = "was stopped" if planned else _how_it_ended(self._exit_code())
+        return how, planned, time.monotonic() - ready_at
 
     def _spawn(self) -> None:
         parent, child = self._context.Pipe()
@@ -145,6 +160,11 @@ class ModelWorker:
             self._set("busy")
             try:
                 return self._exchange(items, progress, time.monotonic() + limit, limit)
+            except (JobCancelled, WorkerLost, PipelineError):
+                raise  # the exchange ended as the protocol says
+            except BaseException:
+                self._kill()  # the child is mid-job and the pipe out of step: start over
+                raise
             finally:
                 self.jobs = []
                 if self.state == "busy":  # else the supervisor has said what happened
@@ -168,6 +188,8 @@ class ModelWorker:
                     progress(message[1], message[2])
                 except JobCancelled:
                     self._cancel.set()  # the child stops at its next stage
+                except Exception:  # noqa: BLE001 - a report that failed is not the job's end
+                    log.exception("model worker %s: a progress report failed", self.label)
             elif kind == "done":
                 return [outcome if isinstance(outcome, Result) else PipelineError(*outcome)
                         for outcome in message[1]]
@@ -177,7 +199,7 @@ class ModelWorker:
                 raise PipelineError(message[1], status=message[2])
 
     def _next_message(self, deadline: float, started: bool, limit: float) -> tuple:
-        while not self._conn.poll(_POLL_SECONDS):
+        while time.monotonic() > deadline or not self._conn.poll(_POLL_SECONDS):
             if not self._process.is_alive():
                 self._lost(started)
             if time.monotonic() > deadline:
@@ -209,9 +231,10 @@ class ModelWorker:
         self._planned_kill = True
         self._process.kill()
 
-    def abort(self) -> None:
-        """A forced cancel: the child is killed and started again at once."""
-        if self._process is not None and self._process.is_alive():
+    def abort(self, job_id: str) -> None:
+        """A forced cancel of `job_id`: the child is killed and started again at once (not
+        if the job has ended meanwhile, which would kill the next one)."""
+        if job_id in self.jobs and self._process is not None and self._process.is_alive():
             self._kill()
 
     def describe(self) -> dict:

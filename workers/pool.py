@@ -9,6 +9,7 @@ pod with four GPUs runs four 3D jobs at once and a depth map never waits for a 3
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from pipelines.base import Pipeline, Progress, Result
@@ -35,11 +36,13 @@ class RemotePipeline:
         self.oom_advice = twin.oom_advice
 
     def load(self) -> None:
-        for worker in self.workers:
-            worker.loaded.wait()
+        """Ready once any worker is (one that keeps dying while loading holds up nothing);
+        failed once every worker's first load has failed."""
+        while not any(w.state in ("ready", "busy") for w in self.workers):
+            if all(w.loaded.is_set() for w in self.workers):
+                raise RuntimeError(self.workers[0].reason)
+            time.sleep(0.1)
         loaded = [w for w in self.workers if w.state != "failed"]
-        if not loaded:
-            raise RuntimeError(self.workers[0].reason)
         sizes = [w.details["vram_gib"] for w in loaded if w.details.get("vram_gib")]
         if sizes and hasattr(self._twin, "vram_gib"):
             self._twin.vram_gib = max(sizes)  # a job is refused only if no GPU could fit it

@@ -1,0 +1,159 @@
+"""A model worker's life, with a real child process on the tiny Lotus-D: a load that fails
+after a crash is retried, a progress report that fails never leaves the pipe out of step,
+and the queue survives what the disk and a lost worker throw at it."""
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import wait_until
+from pipelines.base import Result
+from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest
+from queue_manager import JobQueue, JobState
+from settings import load_settings
+from stand_ins import ScriptedPipeline
+from workers.devices import Device
+from workers.model_process import ModelWorker, WorkerLost
+from workers.pool import RemotePipeline
+
+PHOTO = Image.new("RGB", (40, 32), (90, 120, 150))
+
+
+@pytest.fixture
+def worker(tmp_path, checkpoints):
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, tmp_path / "ck" / CHECKPOINT_FOLDER)
+    settings = load_settings(checkpoints_dir=tmp_path / "ck", pipelines="lotus")
+    made = ModelWorker(settings, "lotus", Device("cpu", 0))
+    made.start()
+    wait_until(lambda: made.state == "ready", timeout=120, interval=0.1)
+    yield made
+    made.stop()
+
+
+def depth(worker, stem: Path, progress=lambda stage, fraction: None):
+    return worker.run([(DepthRequest(image="x", processing_res=0), PHOTO, stem)], progress,
+                      [stem.name])[0]
+
+
+def test_a_load_that_fails_after_a_crash_is_retried_until_it_works(worker, tmp_path):
+    folder = tmp_path / "ck" / CHECKPOINT_FOLDER
+    folder.rename(folder.with_name("away"))
+    first = worker.describe()["pid"]
+    worker._process.kill()  # a crash; the reload finds no checkpoint
+    wait_until(lambda: "failed to load again" in (worker.reason or ""), timeout=60)
+    assert worker.state == "restarting"
+    folder.with_name("away").rename(folder)
+    wait_until(lambda: worker.state == "ready", timeout=120, interval=0.1)
+    assert worker.describe()["pid"] != first
+    assert isinstance(depth(worker, tmp_path / "after"), Result)
+
+
+def test_a_failing_progress_report_never_hands_the_next_job_this_ones_result(worker, tmp_path):
+    def broken(stage, fraction):
+        raise OSError("read-only file system")
+
+    first = depth(worker, tmp_path / "a", broken)  # the job goes on without its reports
+    assert first.path.name.startswith("a")
+    second = depth(worker, tmp_path / "b")
+    assert second.path.name.startswith("b")
+
+    class Escape(BaseException):
+        pass
+
+    def escaping(stage, fraction):
+        raise Escape()
+
+    with pytest.raises(Escape):
+        depth(worker, tmp_path / "c", escaping)
+    wait_until(lambda: worker.state == "ready", timeout=120, interval=0.1)  # started over
+    third = depth(worker, tmp_path / "d")
+    assert third.path.name.startswith("d")
+
+
+class Worker:
+    """A stand-in worker: its state, and what its first load did."""
+
+    def __init__(self, state, loaded=True):
+        self.state, self.reason, self.details = state, "a reason", {}
+        self.loaded = threading.Event()
+        if loaded:
+            self.loaded.set()
+
+
+def test_a_pipeline_is_ready_once_any_worker_is():
+    stuck = Worker("restarting", loaded=False)  # keeps dying while it loads
+    RemotePipeline(ScriptedPipeline(), [stuck, Worker("ready")]).load()  # returns at once
+    with pytest.raises(RuntimeError, match="a reason"):
+        RemotePipeline(ScriptedPipeline(), [Worker("failed"), Worker("failed")]).load()
+
+
+class LosesItsFirstJob:
+    """A worker whose process is found gone when the first job is sent."""
+
+    label, batch_limit, state, jobs = "flaky", 1, "ready", []
+
+    def __init__(self, pipeline):
+        self.pipeline, self.sent = pipeline, 0
+
+    def run(self, items, progress, job_ids, time_limit=None):
+        self.sent += 1
+        if self.sent == 1:
+            raise WorkerLost("gone before the job ran")
+        options, image, stem = items[0]
+        return [self.pipeline.run(options, image, stem, progress)]
+
+    def describe(self):
+        return {}
+
+    def stop(self):
+        pass
+
+
+def test_a_job_handed_back_keeps_its_image_and_runs(tmp_path):
+    pipeline = ScriptedPipeline()
+    pipeline.actions[1] = "block"
+    worker = LosesItsFirstJob(pipeline)
+    queue = JobQueue({"lotus": pipeline}, tmp_path / "out", workers={"lotus": [worker]})
+    kept = []
+    queue.start()
+    try:
+        real_keep = queue._journal.keep_input
+        queue._journal.keep_input = lambda job_id, image: (kept.append(job_id),
+                                                           real_keep(job_id, image))
+        view = queue.submit("lotus", (DepthRequest(image="x", seed=1), PHOTO))
+        assert pipeline.started.get(timeout=10) == 1  # the second try runs
+        assert kept == [view.id, view.id]  # kept at submission, and again when handed back
+        assert queue._journal.input_path(view.id).exists() is False  # running again: gone
+        pipeline.release.set()
+        assert queue.wait(view.id, 10).state is JobState.COMPLETED
+    finally:
+        pipeline.release.set()
+        queue.stop()
+
+
+def test_a_kept_image_that_cannot_be_removed_stops_no_job(tmp_path):
+    pipeline = ScriptedPipeline()
+    queue = JobQueue({"lotus": pipeline}, tmp_path / "out")
+    queue.start()
+    try:
+        folder = tmp_path / "a-folder"
+        folder.mkdir()
+        queue._journal.keep_input = lambda job_id, image: None
+        queue._journal.input_path = lambda job_id: folder  # unlink() of it raises OSError
+        views = [queue.submit("lotus", (DepthRequest(image="x", seed=seed), PHOTO))
+                 for seed in range(3)]
+        assert all(queue.wait(view.id, 10).state is JobState.COMPLETED for view in views)
+        assert queue.workers_alive() == queue.workers_expected()
+    finally:
+        queue.stop()
+
+
+def test_a_forced_cancel_that_arrives_after_its_job_ended_kills_nothing(worker, tmp_path):
+    stem = tmp_path / "done"
+    depth(worker, stem)
+    pid = worker.describe()["pid"]
+    worker.abort("done")  # the job ended before the forced cancel arrived
+    assert worker.state == "ready" and worker.describe()["pid"] == pid
