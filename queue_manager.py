@@ -227,9 +227,11 @@ class JobQueue:
                 thread.join(max(0.0, deadline - time.monotonic()))
         for lane in self._lanes.values():
             for worker in lane.workers:
-                worker.stop()
+                worker.stop()  # a model process's job still running waits again
+        for thread in self._dispatchers.values():
+            thread.join(1.0)
         busy = [t for t in self._dispatchers.values() if t.is_alive()]
-        if busy:
+        if busy:  # in-process jobs: they end with the process
             log.warning("stopping with %d job(s) still running: they will show as interrupted",
                         len(busy))
         elif self._journal is not None:

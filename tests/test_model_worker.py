@@ -157,3 +157,21 @@ def test_a_forced_cancel_that_arrives_after_its_job_ended_kills_nothing(worker, 
     pid = worker.describe()["pid"]
     worker.abort("done")  # the job ended before the forced cancel arrived
     assert worker.state == "ready" and worker.describe()["pid"] == pid
+
+
+def test_a_job_still_running_when_the_server_stops_waits_for_the_next_start(worker, tmp_path):
+    pipeline = ScriptedPipeline()  # stands in for the twin: the worker runs the real model
+    out = tmp_path / "out"
+    queue = JobQueue({"lotus": pipeline}, out, workers={"lotus": [worker]})
+    queue.start()
+    photo = Image.new("RGB", (1024, 768), (90, 120, 150))
+    view = queue.submit("lotus", (DepthRequest(image="x", processing_res=2048), photo))
+    wait_until(lambda: queue.get(view.id).state is JobState.PROCESSING, timeout=30)
+    queue.stop(timeout=0.5)  # SIGTERM's graceful time ran out
+    assert queue._jobs[view.id].state is JobState.QUEUED
+    again = JobQueue({"lotus": pipeline}, out)  # the next start, on the same folder
+    again.start()
+    try:
+        assert again.wait(view.id, 10).state is JobState.COMPLETED
+    finally:
+        again.stop()

@@ -68,9 +68,11 @@ class ModelWorker:
                          daemon=True).start()
 
     def stop(self) -> None:
+        """The server is stopping: a job still running goes back to its lane (and so to the
+        journal's waiting jobs for the next start) rather than failing."""
         self._stopping.set()
         if self._process is not None and self._process.is_alive():
-            self._process.kill()
+            self._kill()
             self._process.join(5)
 
     def _set(self, state: str, reason: str | None = None) -> None:
