@@ -16,7 +16,6 @@ clients have connected (while they arrive, on a shared 2-core machine, one /heal
 from __future__ import annotations
 
 import argparse
-import base64
 import socket
 import statistics
 import sys
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 for folder in (ROOT, ROOT / "tests", ROOT / "scripts"):
     sys.path.insert(0, str(folder))
 
-from conftest import image_bytes, running_server, wait_until  # noqa: E402
+from conftest import running_server, slow_depth_job  # noqa: E402
 from make_tiny_checkpoints import make_lotus  # noqa: E402
 
 STREAMS, SLOW_BODIES, SLOW_HEADERS = 300, 170, 64
@@ -42,15 +41,6 @@ CONFIGURATIONS = {
     "front (uvicorn, budgets)": {},
     "baseline (gthread)": {"GUNICORN_CMD_ARGS": f"--worker-class gthread --threads {OLD_THREADS}"},
 }
-
-
-def slow_job(base: str) -> str:
-    small = base64.b64encode(image_bytes(width=64, height=48)).decode()
-    job = requests.post(f"{base}/depth", json={"image": small, "processing_res": 4096},
-                        timeout=30).json()["job_id"]
-    wait_until(lambda: requests.get(f"{base}/job/{job}", timeout=5).json()["status"]
-               == "processing", timeout=60)
-    return job
 
 
 def open_load(port: int, job: str) -> tuple[list[socket.socket], list[socket.socket]]:
@@ -94,7 +84,7 @@ def health_latencies(base: str, seconds: float) -> tuple[list[float], int]:
 def measure(work: Path, checkpoint: Path, env: dict, seconds: float) -> dict:
     with running_server(work, checkpoint, OMP_NUM_THREADS="1", **env) as started:
         base = started["url"]
-        job = slow_job(base)
+        job = slow_depth_job(base, 3072, timeout=60)
         streams, slow = open_load(int(base.rsplit(":", 1)[1]), job)
         stop = threading.Event()
         dripping = threading.Thread(target=drip, args=(slow, stop), daemon=True)

@@ -161,3 +161,31 @@ def local_http_server(handler: type[QuietHandler]):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs of its own at `folder` (root only: skips the test otherwise), unmounted after:
+    a small disk to fill, or a read-only one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs (the fallback, MIN_FREE_DISK_MB, is tested "
+                    "in test_operations.py)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def slow_depth_job(base: str, processing_res: int = 1536, timeout: float = 30) -> str:
+    """A depth job that runs a while on a CPU (seconds at 1536, minutes at 3072 on one
+    thread): a photo processed at twice its size, the most upscaling served. Its id, once
+    it is running."""
+    photo = base64.b64encode(image_bytes(width=processing_res // 2,
+                                         height=processing_res * 3 // 8)).decode()
+    job = requests.post(f"{base}/depth", json={"image": photo, "processing_res": processing_res},
+                        timeout=60).json()["job_id"]
+    wait_until(lambda: requests.get(f"{base}/job/{job}", timeout=5).json()["status"]
+               == "processing", timeout=timeout)
+    return job

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import image_bytes, running_server, wait_until
+from conftest import image_bytes, running_server, slow_depth_job, wait_until
 from front.budgets import Limits
 
 STREAMS, SLOW_BODIES, SLOW_HEADERS = 300, 170, 64
@@ -34,11 +34,7 @@ def running_job(server):
     """A depth job that runs for minutes on one CPU thread, for the tests' event streams;
     force-cancelled when the module's tests are done."""
     base = server["url"]
-    photo = base64.b64encode(image_bytes(width=1536, height=1152)).decode()
-    job = requests.post(f"{base}/depth", json={"image": photo, "processing_res": 3072},
-                        timeout=60).json()["job_id"]
-    wait_until(lambda: requests.get(f"{base}/job/{job}", timeout=5).json()["status"]
-               == "processing", timeout=30)
+    job = slow_depth_job(base, 3072)
     yield job
     requests.delete(f"{base}/job/{job}?force=true", timeout=10)
 

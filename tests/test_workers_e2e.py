@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import ROOT, image_bytes, running_server, wait_until
+from conftest import (ROOT, image_bytes, running_server, slow_depth_job, tmpfs,
+                      wait_until)
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 PHOTO = base64.b64encode(image_bytes(width=64, height=48)).decode()
@@ -38,14 +39,6 @@ def finished(base, job_id, timeout=90):
 def depth(base, **body):
     answer = requests.post(f"{base}/depth", json={"image": PHOTO, **body}, timeout=30)
     assert answer.status_code == 202, answer.text
-    return answer.json()["job_id"]
-
-
-def slow_depth(base):
-    """A depth job of several seconds on a CPU: a photo processed at twice its size."""
-    photo = base64.b64encode(image_bytes(width=768, height=576)).decode()
-    answer = requests.post(f"{base}/depth", json={"image": photo, "processing_res": 1536},
-                           timeout=30)
     return answer.json()["job_id"]
 
 
@@ -103,8 +96,7 @@ def test_a_model_process_that_dies_between_jobs_is_noticed_and_restarted(tmp_pat
 
         # Killed while loading again (a forced cancel, then another at once): it still
         # comes back, and jobs go on.
-        slow = slow_depth(base)
-        wait_until(lambda: status(base, slow)["status"] == "processing", timeout=30)
+        slow = slow_depth_job(base)
         requests.delete(f"{base}/job/{slow}?force=true", timeout=5)
         loading = wait_until(lambda: next(
             (w for w in health(base)["workers"] if w["pipeline"] == "lotus"
@@ -130,16 +122,9 @@ def test_a_model_process_that_dies_between_jobs_is_noticed_and_restarted(tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """OUTPUT_DIR on an 8 MiB tmpfs of its own (root only), unmounted after."""
-    folder = tmp_path / "outputs"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs (the fallback, MIN_FREE_DISK_MB, is "
-                    "tested in test_operations.py)")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    """OUTPUT_DIR on an 8 MiB tmpfs of its own."""
+    with tmpfs(tmp_path / "outputs", "size=8m") as folder:
+        yield folder
 
 
 def fill(folder):
@@ -160,8 +145,7 @@ def test_a_full_disk_fails_clearly_and_recovers_by_itself(tmp_path, checkpoints,
         done = finished(base, depth(base))
         assert done["status"] == "completed"
 
-        slow = slow_depth(base)
-        wait_until(lambda: status(base, slow)["status"] == "processing", timeout=30)
+        slow = slow_depth_job(base)
         waiting = depth(base)
         fill(small_disk)
         refused = requests.post(f"{base}/depth", json={"image": PHOTO}, timeout=30)
