@@ -134,3 +134,25 @@ def test_a_format_without_a_viewer_is_offered_for_download(page):
     assert page.find_element(By.ID, "no-preview").is_displayed()
     assert "model.stl" in page.find_element(By.ID, "download").text
     assert_no_console_errors(page)
+
+
+def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_path):
+    """A server without SAM 3D Objects: "3D object" is disabled and says why, the depth map
+    is chosen, and the baked texture is off for formats without one."""
+    from selenium.webdriver.common.by import By
+
+    with running_server(tmp_path, checkpoints, PIPELINES="lotus") as depth_only:
+        browser.get(depth_only["url"] + "/")
+        wait_until(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute(
+            "data-state") == "ready", timeout=30)
+        generate = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=generate]")
+        depth = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]")
+        assert not generate.is_enabled() and depth.is_selected()
+        assert "not served here" in generate.find_element(By.XPATH, "..").text
+        assert browser.find_element(By.ID, "depth-options").is_displayed()
+        assert not browser.find_element(By.ID, "generate-options").is_displayed()
+        browser.save_screenshot(str(ARTIFACTS / "depth_only.png"))
+    browser.execute_script("document.querySelector('select[name=output_format]').value = 'ply';"
+                           "document.querySelector('select[name=output_format]')"
+                           ".dispatchEvent(new Event('change'))")
+    assert not browser.find_element(By.NAME, "with_texture").is_enabled()

@@ -211,8 +211,38 @@ $("drop").addEventListener("drop", (event) => {
   }
 });
 
+const PIPELINE_OF_TASK = { generate: "sam3d", depth: "lotus" };
+
+// Offer only what the server serves: a task whose model is not loaded here is disabled and
+// says why, and the first served one is chosen.
+function offerServedTasks(pipelines) {
+  let chosen = null;
+  for (const radio of form.elements.task) {
+    const state = pipelines[PIPELINE_OF_TASK[radio.value]];
+    radio.disabled = state !== "ready" && state !== "loading";
+    const why = radio.parentElement.querySelector(".unserved") ||
+      radio.parentElement.appendChild(Object.assign(document.createElement("span"),
+                                                    { className: "unserved" }));
+    why.textContent = radio.disabled ? (state === "failed" ? " (failed to load on this server)"
+                                        : " (not served here)") : "";
+    if (!radio.disabled && chosen === null) chosen = radio;
+  }
+  if (chosen && form.querySelector("input[name=task]:checked").disabled) chosen.checked = true;
+  form.querySelector("input[name=task]:checked").dispatchEvent(new Event("change"));
+  $("run").disabled = chosen === null;
+}
+
+// A baked texture only exists for formats that carry one.
+function offerTexture() {
+  const format = form.elements.output_format.value;
+  form.elements.with_texture.disabled = format === "ply" || format === "stl";
+}
+form.elements.output_format.addEventListener("change", offerTexture);
+
 async function start() {
   const health = await (await fetch("/health")).json();
+  offerServedTasks(health.pipelines || {});
+  offerTexture();
   const notices = Object.values(health.notices || {});
   if (notices.length) {
     $("notices").textContent = notices.join(" ");
