@@ -573,7 +573,7 @@ class JobQueue:
                 continue
             lane = self._lanes[name]
             worker = lane.workers[index]
-            log.error("worker %s died; restarting it", getattr(worker, "label", name))
+            log.error("worker %s died; restarting it", worker.label)
             for job in [job for job in lane.running if job.worker is worker]:
                 lane.finished(job)
                 job.error, job.error_status = "the worker running this job crashed", 500

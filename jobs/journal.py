@@ -178,15 +178,11 @@ class Journal:
     def input_path(self, job_id: str) -> Path:
         return self.inputs / job_id
 
-    def keep_input(self, job_id: str, image: "Image.Image | bytes") -> None:
-        """The image's bytes as they came in when the caller has them (nothing to encode,
-        decoded again exactly), else a quick lossless PNG; only until the job starts."""
+    def keep_input(self, job_id: str, image: Image.Image) -> None:
+        """Lossless and quick (compress_level=1): it only has to last until the job starts."""
         path = self.input_path(job_id)
         try:
-            if isinstance(image, bytes):
-                path.write_bytes(image)
-            else:
-                image.save(path, format="PNG", compress_level=1)
+            image.save(path, format="PNG", compress_level=1)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
