@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoints import make_lotus, write_tokenizer  # noqa: E402
-from pipelines.lotus import LotusDepthPipeline  # noqa: E402
+from pipelines.lotus_model import LotusDepthPipeline  # noqa: E402
 
 
 def sd2_parts(folder: Path):

@@ -50,7 +50,7 @@ CPU_LOAD = """
 import sys, time
 from pathlib import Path
 from PIL import Image
-from pipelines.lotus import LotusDepthPipeline
+from pipelines.lotus_model import LotusDepthPipeline
 model = LotusDepthPipeline.from_pretrained(Path(sys.argv[1]))
 photo = Image.new("RGB", (1600, 1200), (90, 120, 150))
 stop = time.monotonic() + float(sys.argv[2])

@@ -5,29 +5,27 @@ one UNet call at t=999 (conditioned on an empty prompt and a task embedding) pre
 annotation latent, and the VAE decodes it. `LotusDepthPipeline` is upstream's
 `LotusDPipeline.__call__` plus `infer.py`'s depth step (EnVision-Research/Lotus at b737e12:
 pipeline.py:1016-1164, infer.py:163-210, utils/image_utils.py:68-160), diffusers-style
-(`from_pretrained`, `__call__`); `LotusDepth` serves it on the job queue. Line numbers below
+(`from_pretrained`, `__call__`, in `lotus_model.py`: torch is imported only where the model
+runs); `LotusDepth` serves it on the job queue. Line numbers below
 are upstream's; tests hold the output to a reference that follows those lines.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, ClassVar, Hashable, Literal, Sequence
+from typing import TYPE_CHECKING, ClassVar, Hashable, Literal, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from pydantic import Field, field_validator
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
 from .images import ImageInput, ImageLimits
 from .outputs import DEPTH_FORMATS, atomic_write
+
+if TYPE_CHECKING:
+    from .lotus_model import LotusDepthPipeline
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,6 @@ CHECKPOINT_FOLDER = "lotus-depth-d-v2-0-disparity"
 # not read it (it would outlive the test weights when real ones are copied over): whether
 # weights are test ones is decided from the UNet's config (pipelines/checkpoints.py).
 TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
-PIPELINE_CLASS_NAMES = ("DirectRegressionPipeline", "LotusDPipeline")
-REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer")
 ResampleMethod = Literal["bilinear", "bicubic", "nearest"]
 # Upscaling is refused beyond max(FREE_PROCESSING_RES, MAX_UPSCALE x the photo's longer
 # side): a 64x48 photo at 4096 would cost a 64x upscale and up to an hour of CPU for
@@ -102,145 +98,10 @@ def max_processing_res(size: tuple[int, int]) -> int:
     return max(FREE_PROCESSING_RES, MAX_UPSCALE * max(size))
 
 
-class LotusDepthPipeline:
-    """Photo(s) in, affine-invariant disparity (larger = nearer, in [0, 1]) out.
-
-    Weights stay in fp32 and CUDA runs under `torch.autocast` (fp16), as upstream's
-    infer.py:118-122,180 does without --half_precision; the CPU runs plain fp32.
-    """
-
-    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL,
-                 text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer):
-        self.unet, self.vae = unet.eval(), vae.eval()
-        self.device = unet.device
-        # Images smaller than the VAE's downsampling give an empty latent (upstream fails).
-        self.min_side = 2 ** (len(vae.config.block_out_channels) - 1)
-        with torch.inference_mode(), self.autocast():
-            # encode_prompt("") (pipeline.py:1098): Lotus tokenizes without padding
-            # (its padding_type="do_not_pad", pipeline.py:272), then the last hidden state.
-            ids = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids
-            self.prompt_embeds = text_encoder(ids.to(text_encoder.device))[0]
-        task = torch.tensor([[1.0, 0.0]])  # infer.py:189-190
-        self.task_emb = torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(self.device)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LotusDepthPipeline":
-        path = Path(path)
-        check_checkpoint(path)
-        # Explicit fp32: the published weights are fp16, and transformers' default dtype
-        # differs between releases.
-        dtype = torch.float32
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
-                                                     torch_dtype=dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        return cls(unet.to(device), vae.to(device), text_encoder.to(device), tokenizer)
-
-    def autocast(self):
-        """infer.py:180: autocast on the model's device; we keep the CPU in fp32 (upstream's
-        CPU autocast is bfloat16, a choice for speed our CPU tests do not need)."""
-        return torch.autocast("cuda") if self.device.type == "cuda" else nullcontext()
-
-    @torch.inference_mode()
-    def __call__(self, images: Sequence[Image.Image], *, processing_res: int = 768,
-                 match_input_res: bool = True, resample_method: ResampleMethod = "bilinear",
-                 timestep: int = 999,
-                 generator: torch.Generator | list[torch.Generator] | None = None,
-                 latent: Literal["sample", "mode"] = "sample",
-                 on_stage: Callable[[str, float], None] | None = None) -> np.ndarray:
-        """Images of one size -> float32 array (batch, height, width). `generator` may be a
-        list, one per image: each image's posterior sample then comes from its own
-        (diffusers' randn_tensor draws one batch item per generator, utils/torch_utils.py:
-        69-79, called by DiagonalGaussianDistribution.sample, models/autoencoders/vae.py:
-        793-802, diffusers 0.32.2)."""
-        stage = on_stage or (lambda name, fraction: None)
-        pixels = _to_tensor(images)
-        height, width = pixels.shape[-2:]
-        if processing_res > 0:  # pipeline.py:1087-1093
-            pixels = resize_max_res(pixels, processing_res, resample_method)
-        proc_h, proc_w = pixels.shape[-2:]
-        pixels = _pad_to_min_side(pixels, self.min_side).to(self.device)
-
-        with self.autocast():
-            stage("encoding", 0.1)
-            posterior = self.vae.encode(pixels).latent_dist  # pipeline.py:1108
-            rgb_latent = posterior.sample(generator) if latent == "sample" else posterior.mode()
-            rgb_latent = rgb_latent * self.vae.config.scaling_factor
-
-            stage("predicting", 0.4)
-            batch = rgb_latent.shape[0]
-            prediction = self.unet(  # pipeline.py:1115-1122
-                rgb_latent, torch.tensor(timestep, device=self.device).long(),
-                encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1),
-                class_labels=self.task_emb.expand(batch, -1), return_dict=False)[0]
-
-            stage("decoding", 0.7)
-            decoded = self.vae.decode(prediction / self.vae.config.scaling_factor,
-                                      return_dict=False)[0]
-        # VaeImageProcessor.postprocess(output_type="np"), then infer.py:210's channel mean
-        disparity = (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1, keepdim=True)
-        disparity = disparity[..., :max(proc_h, 1), :max(proc_w, 1)]
-        if match_input_res:  # pipeline.py:1150-1153: always nearest, exact
-            disparity = F.interpolate(disparity, size=(height, width), mode="nearest-exact")
-        return disparity[:, 0].cpu().numpy().astype(np.float32)
-
-
-def check_checkpoint(path: Path) -> None:
-    """Fail at load, naming what is missing, rather than deep inside diffusers."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"Lotus checkpoint folder {path} does not exist")
-    missing = [part for part in REQUIRED_PARTS if not (path / part).exists()]
-    if missing:
-        raise FileNotFoundError(f"Lotus checkpoint {path} is missing: {', '.join(missing)}")
-    class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
-    if class_name not in PIPELINE_CLASS_NAMES:
-        raise ValueError(f"{path} holds a {class_name}, not a Lotus-D checkpoint")
-
-
-# utils/image_utils.py:147-160: upstream's "nearest" is torchvision's NEAREST_EXACT.
-INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
-
-
-def resize_max_res(pixels: torch.Tensor, max_edge: int, method: ResampleMethod) -> torch.Tensor:
-    """utils/image_utils.py:68-97: scale by min(max_edge/W, max_edge/H), sizes truncated by
-    int() (up and down), resized as torchvision does for tensors (antialias=True, which
-    nearest ignores; align_corners=False), and not at all when the size is unchanged. A side
-    that truncates to 0 is kept at 1 pixel (upstream fails there)."""
-    height, width = pixels.shape[-2:]
-    size = resized_size(height, width, max_edge)
-    if size == (height, width):  # torchvision returns the image untouched (functional.py:470)
-        return pixels
-    mode = INTERPOLATION[method]
-    if mode == "nearest-exact":
-        return F.interpolate(pixels, size=size, mode=mode)
-    return F.interpolate(pixels, size=size, mode=mode, align_corners=False, antialias=True)
-
-
 def resized_size(height: int, width: int, max_edge: int) -> tuple[int, int]:
     """(height, width) scaled by min(max_edge/W, max_edge/H), truncated, at least 1 pixel."""
     factor = min(max_edge / width, max_edge / height)
     return max(1, int(height * factor)), max(1, int(width * factor))
-
-
-def _to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
-    """(batch, 3, H, W) in [-1, 1], each image built as infer.py:184-186 builds it (a permuted
-    view of H x W x 3 pixels, then unsqueeze): the memory layout decides which convolution
-    and resize kernels run, and so the last bits of the result."""
-    tensors = [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
-               .permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0 for image in images]
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _pad_to_min_side(pixels: torch.Tensor, min_side: int) -> torch.Tensor:
-    """Edge-pad a side shorter than the VAE's downsampling factor (8 for Lotus-D), where
-    upstream's encoder would produce an empty latent and fail; other sizes go as they are."""
-    height, width = pixels.shape[-2:]
-    pad_h, pad_w = max(0, min_side - height), max(0, min_side - width)
-    if not (pad_h or pad_w):
-        return pixels
-    return F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
 
 
 def resolve_checkpoint(checkpoints_dir: Path, model_id: str | None = None) -> Path:
@@ -264,9 +125,11 @@ class LotusDepth:
     options_model: ClassVar[type] = DepthRequest
     oom_advice: ClassVar[str] = "Try a smaller processing_res."
 
-    def __init__(self, checkpoints_dir: Path, model_id: str | None = None):
+    def __init__(self, checkpoints_dir: Path, model_id: str | None = None,
+                 device_kind: str = "cpu"):
         self.checkpoints_dir, self.model_id = Path(checkpoints_dir), model_id
-        self.model: LotusDepthPipeline | None = None
+        self.device_kind = device_kind  # where jobs run: "cuda" or "cpu" (time_limit)
+        self.model: "LotusDepthPipeline | None" = None
 
     @staticmethod
     def checkpoint_present(checkpoints_dir: Path, model_id: str | None = None) -> bool:
@@ -288,14 +151,17 @@ class LotusDepth:
         processing_res against it)."""
 
     def load(self) -> None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        import torch
+
+        from .lotus_model import LotusDepthPipeline
+
+        self.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
         if self.notice:
             log.warning(self.notice)
         path = resolve_checkpoint(self.checkpoints_dir, self.model_id)
-        self.model = LotusDepthPipeline.from_pretrained(path, device=device)
+        self.model = LotusDepthPipeline.from_pretrained(path, device=self.device_kind)
 
-    @staticmethod
-    def time_limit(options: DepthRequest, image: Image.Image) -> float | None:
+    def time_limit(self, options: DepthRequest, image: Image.Image) -> float | None:
         """Seconds after which this job is surely stuck, for the queue to cap
         JOB_TIMEOUT_SECONDS: SECONDS_PER_MEGAPIXEL of the processing size, the UNet's
         self-attention growing with its square, times SLACK, plus warm-up. Needs no model."""
@@ -303,7 +169,7 @@ class LotusDepth:
         if options.processing_res > 0:
             height, width = resized_size(height, width, options.processing_res)
         megapixels = width * height / 1e6
-        rate = SECONDS_PER_MEGAPIXEL["cuda" if torch.cuda.is_available() else "cpu"]
+        rate = SECONDS_PER_MEGAPIXEL[self.device_kind]
         work = rate * megapixels * (1 + megapixels / ATTENTION_MEGAPIXELS)
         return WARM_UP_SECONDS + SLACK * work
 
@@ -355,8 +221,7 @@ class LotusDepth:
             # (infer.py:105-106, pipeline.py:1108): a fresh generator on the model's device
             # with the same seed draws the same numbers, one per job, so each job equals
             # upstream's run of its image alone.
-            generators = [torch.Generator(self.model.device).manual_seed(jobs[i][0].seed)
-                          for i in indices]
+            generators = self.model.generators([jobs[i][0].seed for i in indices])
             batch = self.model([jobs[i][1] for i in indices],
                                processing_res=options.processing_res,
                                match_input_res=not options.output_processing_res,

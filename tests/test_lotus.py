@@ -17,7 +17,8 @@ from conftest import ROOT, image_b64, wait_until
 from lotus_reference import upstream_lotus_d
 from pipelines.base import InvalidInput, PipelineError
 from pipelines.images import ImageLimits
-from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth, LotusDepthPipeline
+from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth
+from pipelines.lotus_model import LotusDepthPipeline
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def test_a_tiny_photo_at_4096_is_refused_at_submission_and_nothing_is_queued(mak
 
 
 def test_time_limits_grow_with_the_processing_size_not_the_photo():
-    limit = LotusDepth.time_limit  # needs no loaded model
+    limit = LotusDepth("/nowhere").time_limit  # needs no loaded model
     small, large = photo(64, 48), photo(640, 480)
     assert limit(options(processing_res=768), small) == limit(options(processing_res=768), large)
     assert limit(options(processing_res=0), small) < limit(options(processing_res=0), large)
@@ -163,10 +164,10 @@ def test_time_limits_grow_with_the_processing_size_not_the_photo():
     assert 1200 < limit(options(), large) < 3600
 
 
-def test_a_gpu_gets_a_shorter_time_limit(monkeypatch):
-    on_cpu = LotusDepth.time_limit(options(), photo(640, 480))
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    assert LotusDepth.time_limit(options(), photo(640, 480)) < on_cpu / 10
+def test_a_gpu_gets_a_shorter_time_limit():
+    on_cpu = LotusDepth("/nowhere").time_limit(options(), photo(640, 480))
+    on_gpu = LotusDepth("/nowhere", device_kind="cuda").time_limit(options(), photo(640, 480))
+    assert on_gpu < on_cpu / 10
 
 
 SEEDS = (3, 5, 7, 11)
@@ -219,7 +220,7 @@ def test_a_job_with_a_bad_output_or_an_unwritable_file_fails_alone(lotus, tmp_pa
     model = lotus.model
 
     class SecondGoesNonFinite:
-        device = model.device
+        generators = model.generators
 
         def __call__(self, images, **kwargs):
             disparities = model(images, **kwargs)

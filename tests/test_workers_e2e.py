@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -34,6 +35,23 @@ def finished(base, job_id, timeout=90):
     return wait_until(lambda: (lambda body: body if body["status"] in (
         "completed", "failed", "cancelled") else None)(status(base, job_id)),
         timeout=timeout, interval=0.1)
+
+
+def children(pid):
+    """The pids whose parent is `pid` (gunicorn's master -> its HTTP worker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def loads_torch(pid):
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def depth(base, **body):
@@ -93,6 +111,10 @@ def test_a_model_process_that_dies_between_jobs_is_noticed_and_restarted(tmp_pat
         assert finished(base, job)["status"] == "completed"
         restarted = next(w for w in health(base)["workers"] if w["pipeline"] == "lotus")
         assert restarted["pid"] != lotus["pid"] and restarted["restarts"] == 1
+        # torch (about 490 MB) lives in the model processes only, not in the HTTP worker
+        # that validated, queued and answered the job.
+        [http_worker] = children(started["pid"])
+        assert loads_torch(restarted["pid"]) and not loads_torch(http_worker)
 
         # Killed while loading again (a forced cancel, then another at once): it still
         # comes back, and jobs go on.

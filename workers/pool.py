@@ -68,6 +68,9 @@ def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[s
     if not settings.model_process or not twins:
         return twins, {}
     devices = discover(settings.gpus)
+    for twin in twins.values():  # the twins' cost models (time_limit) know the device kind
+        if hasattr(twin, "device_kind"):
+            twin.device_kind = devices[0].kind
     log.info("model workers on %s", ", ".join(
         f"{d.label} ({d.name}{f', {d.memory_gib} GiB' if d.memory_gib else ''})"
         for d in devices))
