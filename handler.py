@@ -35,6 +35,7 @@ from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
                             is_out_of_memory, public_message, release_memory,
                             validation_message)
 from pipelines.catalog import configured_pipelines
+from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
 from pipelines.sam3d import GenerateRequest
 from settings import Settings, load_settings
@@ -179,14 +180,14 @@ class Worker:
         batch = "images" in job_input
         loaded = [self._load(request, f"images[{index}]: " if batch else "")
                   for index, request in enumerate(requests)]
-        images = [image for _, image in loaded]
+        images = [inputs.image for inputs in loaded]
         self._expire_old_results()
         stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
                  for i in range(len(images))]
         report = progress_reporter(job)
         if name == "lotus" and not batch and hasattr(pipeline, "run_batch"):  # may share a pass
-            results = [self.depth_batcher.run(options_, image, stem, report)
-                       for (options_, image), stem in zip(loaded, stems)]
+            results = [self.depth_batcher.run(inputs.options, inputs.image, stem, report)
+                       for inputs, stem in zip(loaded, stems)]
         else:
             with self.model_lock:  # one model call at a time on this GPU
                 results = self._run_model(pipeline, loaded, images, stems, report)
@@ -200,9 +201,9 @@ class Worker:
     @staticmethod
     def _run_model(pipeline, loaded, images, stems, report) -> list[Result]:
         if len(images) > 1 and hasattr(pipeline, "run_many"):
-            return pipeline.run_many(loaded[0][0], images, stems, report)
-        return [pipeline.run(job_options, image, stem, report)
-                for (job_options, image), stem in zip(loaded, stems)]
+            return pipeline.run_many(loaded[0].options, images, stems, report)
+        return [pipeline.run(inputs.options, inputs.image, stem, report)
+                for inputs, stem in zip(loaded, stems)]
 
     @staticmethod
     def _requests(model: type, job_input: dict) -> list:
@@ -226,7 +227,7 @@ class Worker:
                                     status=400) from None
         return requests
 
-    def _load(self, request, where: str) -> tuple[Any, Image.Image]:
+    def _load(self, request, where: str) -> JobInputs:
         try:
             return request.load(self.settings.image_limits)
         except PipelineError as exc:

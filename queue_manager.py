@@ -86,6 +86,7 @@ class Job:
     pipeline: str
     options: Any
     image: Any
+    source: bytes | None = None  # the image's file as it came, kept until the job ends
     id: str = field(default_factory=lambda: secrets.token_hex(16))
     created_at: float = field(default_factory=time.time)
     state: JobState = JobState.QUEUED
@@ -117,7 +118,7 @@ class Job:
         if state.finished:
             self.finished_at = time.time()
             self.stage = state.value
-            self.image = None  # the decoded image is no longer needed
+            self.image = self.source = None  # the image is no longer needed
             self.done.set()
 
     @property
@@ -240,11 +241,10 @@ class JobQueue:
 
     # -- client side ----------------------------------------------------------------
 
-    def submit(self, pipeline: str, inputs: tuple[Any, Any] | Callable[[], tuple[Any, Any]]
-               ) -> JobView:
-        """Queue a job of `(options, image)`. `inputs` may be a callable that makes them
-        (download, decode, check masks): it runs outside the lock holding a reserved slot,
-        so a full queue (or disk) refuses before that work."""
+    def submit(self, pipeline: str, inputs: tuple | Callable[[], tuple]) -> JobView:
+        """Queue a job of `(options, image[, source])` (`JobInputs`). `inputs` may be a
+        callable that makes them (download, decode, check masks): it runs outside the lock
+        holding a reserved slot, so a full queue (or disk) refuses before that work."""
         with self._lock:
             if (problem := self.output_problem()) is not None:
                 raise StorageUnavailable(problem)
@@ -252,10 +252,9 @@ class JobQueue:
                 raise QueueFull(f"queue is full ({self.max_queue_size} jobs waiting)")
             self._reserved += 1
         try:
-            options, image = inputs() if callable(inputs) else inputs
-            job = Job(pipeline=pipeline, options=options, image=image)
+            job = Job(pipeline, *(inputs() if callable(inputs) else inputs))
             try:
-                self._journal.keep_input(job.id, job.image)  # until it starts: for a restart
+                self._journal.keep_input(job)  # until it starts: for a restart
             except OSError as exc:
                 raise self._storage_failed(exc) from None
         finally:
@@ -441,7 +440,7 @@ class JobQueue:
             lane.put_back([job])
             self._move(job, JobState.QUEUED)
             try:
-                self._journal.keep_input(job.id, job.image)  # waiting again: for a restart
+                self._journal.keep_input(job)  # waiting again: for a restart
             except OSError as exc:
                 log.warning("could not keep the image of job %s again: %s", job.id, exc)
             log.warning("job %s goes back to the head of its lane: %s", job.id, outcome)

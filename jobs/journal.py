@@ -178,11 +178,16 @@ class Journal:
     def input_path(self, job_id: str) -> Path:
         return self.inputs / job_id
 
-    def keep_input(self, job_id: str, image: Image.Image) -> None:
-        """Lossless and quick (compress_level=1): it only has to last until the job starts."""
-        path = self.input_path(job_id)
+    def keep_input(self, job) -> None:
+        """The image's file as it came (nothing to encode; decoding it again at a restart
+        gives the same pixels), else a quick lossless PNG (compress_level=1): it only has to
+        last until the job starts."""
+        path = self.input_path(job.id)
         try:
-            image.save(path, format="PNG", compress_level=1)
+            if job.source is not None:
+                path.write_bytes(job.source)
+            else:
+                job.image.save(path, format="PNG", compress_level=1)
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -13,7 +13,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -46,6 +46,15 @@ class ImageLimits:
     allow_private_urls: bool
 
 
+class JobInputs(NamedTuple):
+    """What a job is made of: its options without the image, the image decoded, and the
+    image's bytes as they came (the journal keeps those for a restart: never re-encoded)."""
+
+    options: Any
+    image: Image.Image
+    source: bytes | None = None
+
+
 class ImageInput(BaseModel):
     """The image fields every request shares: one of base64 `image` (or the serverless
     plan's `image_base64`) and `image_url`."""
@@ -75,21 +84,19 @@ class ImageInput(BaseModel):
         """The options alone: the image is decoded once and kept beside them."""
         return self.model_copy(update={"image": None, "image_base64": None, "image_url": None})
 
-    def load(self, limits: "ImageLimits") -> tuple["ImageInput", Image.Image]:
+    def load(self, limits: "ImageLimits") -> JobInputs:
         """What a job keeps: the options without the image, and the image decoded (or
         downloaded) within `limits`. Requests with more inputs (masks) extend it."""
-        return self.without_image(), load_image(self, limits)
+        data = read_image_bytes(self, limits)
+        return JobInputs(self.without_image(), open_image(data, limits.max_side), data)
 
 
-def load_image(source: ImageInput, limits: ImageLimits) -> Image.Image:
-    """Decode or download the request's image, within `limits`."""
+def read_image_bytes(source: ImageInput, limits: ImageLimits) -> bytes:
+    """The request's image file: base64-decoded, or downloaded within `limits`."""
     if source.image_url is None:
-        data = decode_base64(source.image if source.image is not None else source.image_base64)
-    else:
-        data = fetch_url(source.image_url, max_bytes=limits.url_max_bytes,
-                         timeout=limits.url_timeout_seconds,
-                         allow_private=limits.allow_private_urls)
-    return open_image(data, limits.max_side)
+        return decode_base64(source.image if source.image is not None else source.image_base64)
+    return fetch_url(source.image_url, max_bytes=limits.url_max_bytes,
+                     timeout=limits.url_timeout_seconds, allow_private=limits.allow_private_urls)
 
 
 def decode_base64(text: str) -> bytes:

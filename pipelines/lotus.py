@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
-from .images import ImageInput, ImageLimits
+from .images import ImageInput, ImageLimits, JobInputs
 from .outputs import DEPTH_FORMATS, atomic_write
 
 if TYPE_CHECKING:
@@ -79,10 +79,11 @@ class DepthRequest(ImageInput):
                              "metric or relative depth is not available")
         return value
 
-    def load(self, limits: ImageLimits) -> tuple["DepthRequest", Image.Image]:
+    def load(self, limits: ImageLimits) -> JobInputs:
         """The image, with processing_res checked against it at submission, so a request
         that would upscale far beyond the photo is a 400, never a queued job."""
-        options, image = super().load(limits)
+        inputs = super().load(limits)
+        options, image = inputs.options, inputs.image
         limit = max_processing_res(image.size)
         if options.processing_res > limit:
             raise InvalidInput(
@@ -90,7 +91,7 @@ class DepthRequest(ImageInput):
                 f"{image.width}x{image.height} image far beyond its pixels; at most "
                 f"max({FREE_PROCESSING_RES}, {MAX_UPSCALE} x its longer side) = {limit} "
                 "is served (0 = its native size)")
-        return options, image
+        return inputs
 
 
 def max_processing_res(size: tuple[int, int]) -> int:

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from .base import PipelineError, Progress, Result
 from .device import gpu_info
-from .images import ImageInput, ImageLimits
+from .images import ImageInput, ImageLimits, JobInputs
 from .masks import Masker, decode_mask, encode_mask, read_client_mask, with_mask
 from .mesh_files import MESH_FORMATS
 from .offload import StageOffload, loading_to_cpu
@@ -122,10 +122,11 @@ class GenerateRequest(ImageInput):
             return "glb"
         return "glb_textured" if self.with_texture else "glb"
 
-    def load(self, limits: ImageLimits) -> tuple["GenerateRequest", Image.Image]:
+    def load(self, limits: ImageLimits) -> JobInputs:
         """The image, and the masks checked against it (size, content) at submission and
         kept in the options as 1-bit PNGs, so a bad mask is a 400, not a failed job."""
-        options, image = super().load(limits)
+        inputs = super().load(limits)
+        options, image = inputs.options, inputs.image
         if self.masks is not None:
             sources = [(f"masks[{index}]", mask, False) for index, mask in enumerate(self.masks)]
         elif self.mask_url is not None:
@@ -133,11 +134,12 @@ class GenerateRequest(ImageInput):
         elif self.mask is not None:
             sources = [("mask", self.mask, False)]
         else:
-            return options, image
+            return inputs
         masks = [encode_mask(read_client_mask(source, image.size, where, is_url=is_url,
                                               limits=limits))
                  for where, source, is_url in sources]
-        return options.model_copy(update={"mask": None, "mask_url": None, "masks": masks}), image
+        return inputs._replace(options=options.model_copy(
+            update={"mask": None, "mask_url": None, "masks": masks}))
 
 
 def find_config(checkpoints_dir: Path) -> Path:

@@ -121,8 +121,7 @@ def test_a_job_handed_back_keeps_its_image_and_runs(tmp_path):
     queue.start()
     try:
         real_keep = queue._journal.keep_input
-        queue._journal.keep_input = lambda job_id, image: (kept.append(job_id),
-                                                           real_keep(job_id, image))
+        queue._journal.keep_input = lambda job: (kept.append(job.id), real_keep(job))
         view = queue.submit("lotus", (DepthRequest(image="x", seed=1), PHOTO))
         assert pipeline.started.get(timeout=10) == 1  # the second try runs
         assert kept == [view.id, view.id]  # kept at submission, and again when handed back
@@ -141,7 +140,7 @@ def test_a_kept_image_that_cannot_be_removed_stops_no_job(tmp_path):
     try:
         folder = tmp_path / "a-folder"
         folder.mkdir()
-        queue._journal.keep_input = lambda job_id, image: None
+        queue._journal.keep_input = lambda job: None
         queue._journal.input_path = lambda job_id: folder  # unlink() of it raises OSError
         views = [queue.submit("lotus", (DepthRequest(image="x", seed=seed), PHOTO))
                  for seed in range(3)]

@@ -313,3 +313,49 @@ def test_after_a_restart_an_expired_job_is_gone_not_unknown(tmp_path, scripted):
             assert not view.result.path.exists()
         finally:
             later.stop()
+
+
+def test_a_waiting_job_keeps_its_photo_as_sent_and_runs_on_the_same_pixels_after_a_restart(
+        tmp_path, scripted):
+    """The journal keeps the JPEG a client sent, byte for byte (no re-encoding before the
+    job is queued), and a restart decodes it to the pixels the first process decoded."""
+    import base64
+    import io
+
+    import numpy as np
+
+    from pipelines.images import ImageLimits
+    from stand_ins import ScriptedPipeline
+
+    photo = io.BytesIO()
+    Image.effect_noise((96, 64), 60).convert("RGB").save(photo, "JPEG", quality=80)
+    request = DepthRequest(image=base64.b64encode(photo.getvalue()).decode(), seed=2)
+    inputs = request.load(ImageLimits(max_side=4096, url_max_bytes=10**6,
+                                      url_timeout_seconds=1.0, allow_private_urls=False))
+    out = tmp_path / "out"
+    first = JobQueue({"lotus": scripted}, out)
+    first.start()
+    scripted.actions[1] = "block"
+    submit(first, 1)
+    assert scripted.started.get(timeout=5) == 1
+    waiting = first.submit("lotus", inputs)
+    assert first._journal.input_path(waiting.id).read_bytes() == photo.getvalue()
+    first._journal.record = lambda job: None  # the process dies with the job waiting
+    first._dir_lock.release()
+
+    seen = []
+
+    class Recording(ScriptedPipeline):
+        def run(self, options, image, output_stem, progress):
+            seen.append(np.asarray(image))
+            return super().run(options, image, output_stem, progress)
+
+    second = JobQueue({"lotus": Recording()}, out)
+    try:
+        second.start()
+        assert second.wait(waiting.id, 10).state is JobState.COMPLETED
+        assert np.array_equal(seen[0], np.asarray(inputs.image))
+    finally:
+        scripted.release.set()
+        first.stop()
+        second.stop()
