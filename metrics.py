@@ -46,6 +46,7 @@ class Metrics:
             registry=self.registry)
         self.requests = Counter("sam3d_http_requests_total", "HTTP requests by route and status",
                                 ["method", "route", "status"], registry=self.registry)
+        self._request_counters: dict[tuple[str, str, int], Callable[[], None]] = {}
         self._stages: dict[str, tuple[str, float]] = {}  # job id -> (stage, since)
         self._lock = threading.Lock()
 
@@ -74,7 +75,13 @@ class Metrics:
                 self.gpu_peak.labels(view.pipeline, view.output).observe(peak)
 
     def request(self, method: str, route: str, status: int) -> None:
-        self.requests.labels(method if method in METHODS else "other", route, str(status)).inc()
+        """One request counted; each label set's counter is looked up once (`labels` checks
+        and locks on every call, a cost beside a status poll's own)."""
+        key = (method if method in METHODS else "other", route, status)
+        if (count := self._request_counters.get(key)) is None:
+            count = self._request_counters.setdefault(
+                key, self.requests.labels(key[0], route, str(status)).inc)
+        count()
 
     def gauge(self, name: str, description: str, read: Callable[[], float]) -> None:
         """A gauge whose value `read` gives at scrape time (the HTTP front's open streams)."""

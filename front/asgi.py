@@ -20,6 +20,10 @@ from .security_headers import SECURITY_HEADERS
 from .wsgi_bridge import Answer, FileWrapper, call, environ
 
 access_log = logging.getLogger("gunicorn.access")
+# Added to every answer here, encoded once, rather than by the app per request (werkzeug's
+# header checks cost more than the status poll itself).
+ENCODED_SECURITY_HEADERS = [(name.lower().encode(), value.encode())
+                            for name, value in SECURITY_HEADERS.items()]
 RETRY_AFTER_SECONDS = "10"
 # A stream's request (key check, 404 or 410) runs in the app on threads of its own: hundreds
 # arriving at once wait for those, not ahead of /health in the pool everyone else shares.
@@ -32,7 +36,7 @@ def error_answer(status: int, message: str, retry_after: bool = False) -> Answer
     connection closes after it."""
     body = json.dumps({"error": message}).encode()
     headers = {"Date": formatdate(usegmt=True), "Content-Type": "application/json",
-               "Content-Length": str(len(body)), "Connection": "close", **SECURITY_HEADERS}
+               "Content-Length": str(len(body)), "Connection": "close"}
     if retry_after:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
     return Answer(status, [(k.lower().encode(), v.encode()) for k, v in headers.items()], body)
@@ -126,6 +130,7 @@ class Front:
                     pool, call, self.wsgi_app, environ(scope, raw))
         finally:
             body.release()
+        answer.headers.extend(ENCODED_SECURITY_HEADERS)
         if not body.complete:
             answer.headers.append((b"connection", b"close"))
         if not any(name.lower() == b"date" for name, _ in answer.headers):

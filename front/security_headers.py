@@ -1,4 +1,5 @@
-"""Headers every answer carries, the web page's and the API's alike.
+"""Headers every answer carries, the web page's and the API's alike (the HTTP front adds
+them, front/asgi.py).
 
 The page loads its scripts from /vendor and /static on this origin, and one inline
 import map, allowed by its hash (read from the page, so editing it cannot drift from the

@@ -13,6 +13,7 @@ are upstream's; tests hold the output to a reference that follows those lines.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Hashable, Literal, Sequence
 
@@ -136,9 +137,10 @@ class LotusDepth:
     def checkpoint_present(checkpoints_dir: Path, model_id: str | None = None) -> bool:
         return bool(model_id) or (Path(checkpoints_dir) / CHECKPOINT_FOLDER).is_dir()
 
-    @property
+    @cached_property
     def notice(self) -> str | None:
-        """What a user must know before trusting a result (health, log, web page)."""
+        """What a user must know before trusting a result (health, log, web page): read
+        from the checkpoint once, as it was when the server started (what it serves)."""
         from .checkpoints import is_test_checkpoint
 
         if self.model_id or not is_test_checkpoint(self.checkpoints_dir / CHECKPOINT_FOLDER):
