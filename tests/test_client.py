@@ -1,15 +1,21 @@
 """`sam3d-client` against the real server (tiny Lotus-D, SAM 3D stand-in), installed on its own
 in a venv without torch, as a user on any machine would install it; its Python API in-process."""
 
+import argparse
 import base64
+import fcntl
 import json
 import os
+import pty
 import re
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import tty
 import venv
 
 import numpy as np
@@ -131,6 +137,29 @@ def test_generate_downloads_the_model_and_shows_progress(client_venv, server, ph
     assert all(line.startswith(f"job {job_id}: ") for line in lines[1:])
     assert all(a != b for a, b in zip(lines, lines[1:])) and lines[-1].endswith(" 100%")
     assert str(out) in done.stdout and job_id in done.stdout
+
+
+def test_on_a_terminal_the_progress_is_a_bar(client_venv, server, photo, tmp_path):
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal)  # no newline translation: each carriage return is the client's
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen([client_venv / "bin" / "sam3d-client", "generate", photo, "-o",
+                                tmp_path / "model.glb", "--no-texture"], env=client_env(server),
+                               stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while chunk := read_terminal(controller):
+        shown += chunk
+    os.close(controller)
+    assert process.wait(60) == 0
+    assert shown.count(b"\r") >= 2 and b"100%|" in shown  # tqdm's bar, redrawn in place
+
+
+def read_terminal(fd) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the other end closed
+        return b""
 
 
 def test_the_format_follows_the_output_files_suffix(client_venv, server, photo, tmp_path):
@@ -368,3 +397,24 @@ def test_a_503_without_retry_after_is_an_answer_not_a_wait(stub, monkeypatch):
     with pytest.raises(ServerError, match="503: no room"):
         Client(url).submit("generate", {"image": "x"})
     assert seen == [503]
+
+
+def test_the_readme_documents_every_command_and_option():
+    """client/README.md names each subcommand and option the parser has, and each method of
+    the Python API's job handle."""
+    from sam3d_client import Job
+    from sam3d_client.cli import parser
+
+    readme = (ROOT / "client" / "README.md").read_text()
+    main_parser = parser()
+    commands = next(action for action in main_parser._actions
+                    if isinstance(action, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        assert f"sam3d-client {name}" in readme
+        for action in command._actions:
+            assert all(option in readme for option in action.option_strings
+                       if option.startswith("--") and option != "--help"), action
+    assert all(option in readme for option in ("--url", "--api-key", "--version"))
+    for method in ("status", "wait", "download", "cancel"):
+        assert f".{method}(" in readme and callable(getattr(Job, method))
+    assert all(f"client.{name}(" in readme for name in ("generate", "depth", "job"))
