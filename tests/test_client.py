@@ -1,24 +1,54 @@
 """`sam3d-client` against the real server (tiny Lotus-D, SAM 3D stand-in), installed on its own
-in a venv without torch, as a user on any machine would install it."""
+in a venv without torch, as a user on any machine would install it; its Python API in-process."""
 
+import argparse
+import base64
+import fcntl
 import json
 import os
+import pty
+import re
+import shlex
+import signal
+import socket
+import struct
 import subprocess
+import sys
+import termios
+import tty
 import venv
 
 import numpy as np
 import pytest
+import requests
 import trimesh
 from PIL import Image
 
-from conftest import ROOT, QuietHandler, image_bytes, local_http_server, running_server
+from conftest import (ROOT, QuietHandler, image_bytes, local_http_server, running_server,
+                      wait_until)
+
+sys.path.insert(0, str(ROOT / "client"))  # this checkout's client, not an installed one
+
+from sam3d_client import Client, OutputPathError, ServerError  # noqa: E402
 
 KEY = "client-test-key"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+STAND_IN_SECONDS = 3  # each 3D job on the slow server: long enough to queue one behind it
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoints):
-    with running_server(tmp_path_factory.mktemp("client"), checkpoints, API_KEY=KEY) as started:
+    with running_server(tmp_path_factory.mktemp("client"), checkpoints, API_KEY=KEY,
+                        ALLOW_PRIVATE_URLS="true") as started:  # --image-url from loopback
+        yield started
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory, checkpoints):
+    """SAM 3D stand-in alone, each job taking STAND_IN_SECONDS: a job waits behind another."""
+    with running_server(tmp_path_factory.mktemp("client-slow"), checkpoints, API_KEY=KEY,
+                        PIPELINES="sam3d",
+                        SAM3D_STAND_IN_SECONDS=str(STAND_IN_SECONDS)) as started:
         yield started
 
 
@@ -33,10 +63,48 @@ def client_venv(tmp_path_factory):
     return folder
 
 
+def client_env(server, key=KEY):
+    return {**os.environ, "SAM3D_URL": server["url"], "SAM3D_API_KEY": key}
+
+
 def sam3d_client(client_venv, server, *args, key=KEY, cwd=None):
-    env = {**os.environ, "SAM3D_URL": server["url"], "SAM3D_API_KEY": key}
-    return subprocess.run([client_venv / "bin" / "sam3d-client", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run([client_venv / "bin" / "sam3d-client", *map(str, args)],
+                          env=client_env(server, key), capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def started_client(client_venv, server, *args):
+    """`sam3d-client` running, its job accepted and followed: the process, the job's id and
+    the resume command it printed."""
+    process = subprocess.Popen([client_venv / "bin" / "sam3d-client", *map(str, args)],
+                               env=client_env(server), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    accepted = re.fullmatch(r"job ([0-9a-f]{32}) queued \(position \d+\); resume with: (.+)\n",
+                            process.stderr.readline())
+    assert accepted, process.communicate(timeout=30)
+    job_id, resume = accepted.groups()
+    assert process.stderr.readline().startswith(f"job {job_id}: queued, position")  # following
+    return process, job_id, resume
+
+
+def blocking_job(server, photo) -> str:
+    """A 3D job running on the slow server (the next one waits behind it)."""
+    job = requests.post(f"{server['url']}/generate", headers=HEADERS, timeout=30, json={
+        "image": base64.b64encode(photo.read_bytes()).decode(), "with_texture": False}).json()
+    wait_until(lambda: job_status(server, job["job_id"]) == "processing", timeout=30)
+    return job["job_id"]
+
+
+def job_status(server, job_id) -> str:
+    return requests.get(f"{server['url']}/job/{job_id}", headers=HEADERS,
+                        timeout=10).json()["status"]
+
+
+def posts(server) -> float:
+    """POST requests the server has answered, from its /metrics."""
+    text = requests.get(f"{server['url']}/metrics", headers=HEADERS, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("sam3d_http_requests_total{") and 'method="POST"' in line)
 
 
 @pytest.fixture
@@ -60,7 +128,38 @@ def test_generate_downloads_the_model_and_shows_progress(client_venv, server, ph
     assert done.returncode == 0, done.stderr
     mesh = trimesh.load(out, file_type="glb", force="mesh")
     assert mesh.visual.kind == "vertex" and len(mesh.faces) > 0
-    assert "100%" in done.stderr and str(out) in done.stdout  # the bar, then the file
+    lines = done.stderr.splitlines()
+    job_id = re.fullmatch(r"job ([0-9a-f]{32}) queued \(position \d\); resume with: "
+                          r"sam3d-client wait \1 -o (.+)", lines[0])[1]  # the id, first
+    assert lines[0].endswith(f" -o {out}")
+    # not a terminal: plain lines, one per change, up to 100%, never a carriage return
+    assert "\r" not in done.stderr and len(lines) >= 3
+    assert all(line.startswith(f"job {job_id}: ") for line in lines[1:])
+    assert all(a != b for a, b in zip(lines, lines[1:])) and lines[-1].endswith(" 100%")
+    assert str(out) in done.stdout and job_id in done.stdout
+
+
+def test_on_a_terminal_the_progress_is_a_bar(client_venv, server, photo, tmp_path):
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal)  # no newline translation: each carriage return is the client's
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen([client_venv / "bin" / "sam3d-client", "generate", photo, "-o",
+                                tmp_path / "model.glb", "--no-texture"], env=client_env(server),
+                               stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while chunk := read_terminal(controller):
+        shown += chunk
+    os.close(controller)
+    assert process.wait(60) == 0
+    assert shown.count(b"\r") >= 2 and b"100%|" in shown  # tqdm's bar, redrawn in place
+
+
+def read_terminal(fd) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the other end closed
+        return b""
 
 
 def test_the_format_follows_the_output_files_suffix(client_venv, server, photo, tmp_path):
@@ -114,9 +213,145 @@ def test_every_error_exits_non_zero_with_the_servers_message(client_venv, server
     not_served = sam3d_client(client_venv, server, "generate", photo, "--format", "ply",
                               "--seed", 2**33)  # a 400 from the server, at once
     assert not_served.returncode == 1 and "seed" in not_served.stderr
-    nowhere = subprocess.run([client_venv / "bin" / "sam3d-client", "--url",
-                              "http://127.0.0.1:9", "health"], capture_output=True, text=True)
-    assert nowhere.returncode == 2 and "cannot reach" in nowhere.stderr
+
+
+def test_a_refused_connection_is_one_plain_sentence(client_venv, photo):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for command in (["health"], ["depth", photo, "-o", photo.with_name("d.png")]):
+        nowhere = subprocess.run([client_venv / "bin" / "sam3d-client", "--url", url,
+                                  *command], capture_output=True, text=True, timeout=60)
+        assert nowhere.returncode == 2
+        assert nowhere.stderr == (f"error: cannot reach {url}: connection refused — "
+                                  "is the server running?\n")
+
+
+def test_the_key_and_version_options(client_venv, server):
+    missing = "0" * 32
+    with_option = sam3d_client(client_venv, server, "--api-key", KEY, "status", missing,
+                               key="")
+    assert with_option.returncode == 1 and "404: job not found" in with_option.stderr
+    without = sam3d_client(client_venv, server, "status", missing, key="")
+    assert without.returncode == 1 and "401: Unauthorized" in without.stderr
+    version = subprocess.run([client_venv / "bin" / "sam3d-client", "--version"],
+                             capture_output=True, text=True)
+    installed = subprocess.run([client_venv / "bin" / "python", "-c", "from importlib.metadata "
+                                "import version; print(version('sam3d-client'))"],
+                               capture_output=True, text=True).stdout.strip()
+    assert version.returncode == 0 and version.stdout == f"sam3d-client {installed}\n"
+
+
+@pytest.mark.parametrize("command, out, message", [
+    (["depth"], "depth.jpg", "a depth map (output png) is a .png file; name it {dir}/depth.png"),
+    (["depth", "--output", "npy"], "depth.png", "is a .npy file; name it {dir}/depth.npy"),
+    (["generate"], "model.obj", "(a zip of the mesh, its material and texture) is a .zip file; "
+                                "name it {dir}/model.zip"),
+    (["generate", "--format", "ply"], "model.glb", "is a .ply file; name it {dir}/model.ply"),
+    (["generate"], "missing/model.glb", "folder {dir}/missing does not exist"),
+    (["depth"], "", "is a folder: name the file"),
+])
+def test_an_unusable_output_path_is_refused_before_submitting(client_venv, server, photo,
+                                                              tmp_path, command, out, message):
+    before = posts(server)
+    done = sam3d_client(client_venv, server, *command, photo, "-o", tmp_path / out)
+    assert done.returncode == 2 and done.stderr.startswith("error: ")
+    assert message.format(dir=tmp_path) in done.stderr and len(done.stderr.splitlines()) == 1
+    assert posts(server) == before  # nothing was sent
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["photo.png"]
+
+
+def test_image_url_sends_the_url_not_a_file(client_venv, server, tmp_path):
+    photo = image_bytes(width=48, height=32)
+
+    class Photo(QuietHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+    out = tmp_path / "depth.npy"
+    with local_http_server(Photo) as url:
+        done = sam3d_client(client_venv, server, "depth", "--image-url", f"{url}/photo.png",
+                            "--processing-res", 64, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert np.load(out).shape == (32, 48)  # the served photo's size
+
+
+def test_ctrl_c_while_queued_leaves_the_job_and_says_how_to_resume(client_venv, slow_server,
+                                                                    photo, tmp_path):
+    blocking_job(slow_server, photo)
+    out = tmp_path / "model.glb"
+    process, job_id, resume = started_client(client_venv, slow_server, "generate", photo,
+                                             "-o", out, "--no-texture")
+    assert resume == f"sam3d-client wait {job_id} -o {out}"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (f"interrupted: job {job_id} is queued on the server; "
+                                       f"resume with: {resume}")
+    assert job_status(slow_server, job_id) == "queued" and not out.exists()
+
+    resumed = sam3d_client(client_venv, slow_server, *shlex.split(resume)[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(trimesh.load(out, file_type="glb", force="mesh").faces) > 0
+    assert f"job {job_id}" in resumed.stdout
+
+
+def test_ctrl_c_cancels_the_job_only_when_asked(client_venv, slow_server, photo, tmp_path):
+    blocking_job(slow_server, photo)
+    process, job_id, _ = started_client(client_venv, slow_server, "generate", photo, "-o",
+                                        tmp_path / "model.glb", "--cancel-on-interrupt")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == f"interrupted: job {job_id} cancelled"
+    assert job_status(slow_server, job_id) == "cancelled"
+
+
+def test_download_and_cancel_come_back_to_a_job(client_venv, slow_server, photo, tmp_path):
+    client = Client(slow_server["url"], KEY)
+    done = client.generate(photo, with_texture=False, output_format="stl")
+    assert done.wait()["status"] == "completed"
+    waiting = [blocking_job(slow_server, photo),
+               client.generate(photo, with_texture=False).id]
+
+    wrong = sam3d_client(client_venv, slow_server, "download", done.id, "-o",
+                         tmp_path / "model.glb")
+    assert wrong.returncode == 2 and f"name it {tmp_path}/model.stl" in wrong.stderr
+    assert not (tmp_path / "model.glb").exists()
+    fetched = sam3d_client(client_venv, slow_server, "download", done.id, cwd=tmp_path)
+    assert fetched.returncode == 0, fetched.stderr
+    assert len(trimesh.load(tmp_path / "model.stl", file_type="stl").faces) > 0  # its name
+
+    cancelled = sam3d_client(client_venv, slow_server, "cancel", waiting[1])
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert job_status(slow_server, waiting[1]) == "cancelled"
+    again = sam3d_client(client_venv, slow_server, "cancel", done.id)
+    assert again.returncode == 1 and "409: job is already completed" in again.stderr
+
+
+def test_the_python_api_comes_back_to_a_job_by_its_id(server, photo, tmp_path, monkeypatch):
+    client = Client(server["url"], api_key=KEY)
+    job = client.depth(photo.read_bytes(), output="npy", processing_res=64)
+    again = Client(server["url"], api_key=KEY).job(job.id)  # as another process would
+    assert again.status()["job_id"] == job.id
+    seen = []
+    final = again.wait(on_update=seen.append)
+    assert final["status"] == "completed" and seen[-1]["status"] == "completed"
+    with pytest.raises(OutputPathError, match=r"is a \.npy file; name it .*depth\.npy"):
+        again.download(tmp_path / "depth.png")
+    assert np.load(again.download(tmp_path / "mine.npy")).shape == (60, 80)
+    monkeypatch.chdir(tmp_path)
+    assert again.download().name == "depth.npy"  # the server's name
+    with pytest.raises(ServerError, match="409: job is already completed") as refused:
+        job.cancel()
+    assert refused.value.status == 409
+    with pytest.raises(ValueError, match="exactly one"):
+        client.depth(photo, image_url="http://example.com/photo.png")
 
 
 @pytest.fixture
@@ -162,3 +397,24 @@ def test_a_503_without_retry_after_is_an_answer_not_a_wait(stub, monkeypatch):
     with pytest.raises(ServerError, match="503: no room"):
         Client(url).submit("generate", {"image": "x"})
     assert seen == [503]
+
+
+def test_the_readme_documents_every_command_and_option():
+    """client/README.md names each subcommand and option the parser has, and each method of
+    the Python API's job handle."""
+    from sam3d_client import Job
+    from sam3d_client.cli import parser
+
+    readme = (ROOT / "client" / "README.md").read_text()
+    main_parser = parser()
+    commands = next(action for action in main_parser._actions
+                    if isinstance(action, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        assert f"sam3d-client {name}" in readme
+        for action in command._actions:
+            assert all(option in readme for option in action.option_strings
+                       if option.startswith("--") and option != "--help"), action
+    assert all(option in readme for option in ("--url", "--api-key", "--version"))
+    for method in ("status", "wait", "download", "cancel"):
+        assert f".{method}(" in readme and callable(getattr(Job, method))
+    assert all(f"client.{name}(" in readme for name in ("generate", "depth", "job"))

@@ -1,11 +1,13 @@
-"""A small client of the server's HTTP API: submit, follow, download.
-
-Used by the `sam3d-client` command (cli.py) and importable on its own:
+"""A client of the server's HTTP API that never loses a job: a submission answers with the
+job's id at once, and `Client.job(id)` comes back to it later, from any process.
 
     client = Client("http://localhost:8000", api_key="...")
-    job = client.submit("generate", {"image": encode_file("photo.jpg")})
-    final = client.follow(job["job_id"], print)
-    client.download(job["job_id"], "model.glb")
+    job = client.generate("photo.jpg", output_format="glb", with_texture=False)
+    print(job.id)                # keep it: `client.job(job.id)` finds the job again
+    job.wait()                   # the final status (completed, failed or cancelled)
+    job.download("model.glb")    # the file; a failed job raises its error here
+
+Used by the `sam3d-client` command (cli.py); documented in client/README.md.
 """
 
 from __future__ import annotations
@@ -13,26 +15,64 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+import ssl
 import time
+from email.message import Message
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Union
 
 import requests
 
-__all__ = ["Client", "ServerError", "encode_file"]
+__version__ = "0.1.0"
+__all__ = ["Client", "Job", "ServerError", "OutputPathError", "check_output_path",
+           "encode_file", "GENERATE_SUFFIXES", "DEPTH_SUFFIXES"]
 FINISHED = ("completed", "failed", "cancelled")
+# The suffix of the file the server sends for each output (its download name):
+# /generate's output_format, /depth's output.
+GENERATE_SUFFIXES = {"glb": ".glb", "ply": ".ply", "obj": ".zip", "stl": ".stl",
+                     "usdz": ".usdz"}
+DEPTH_SUFFIXES = {"png": ".png", "png16": ".png", "color": ".png", "npy": ".npy"}
+
+ImageSource = Union[str, os.PathLike, bytes]
 
 
 class ServerError(Exception):
-    """The server said no (or could not be reached); `str()` is its message."""
+    """The server said no (`status` is its HTTP status) or could not be reached (`status` is
+    None); `str()` is its message."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
 
 
-def encode_file(path: str | os.PathLike) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode()
+class OutputPathError(ValueError):
+    """The file to write cannot be written there, or would get the wrong suffix."""
+
+
+def encode_file(source: ImageSource) -> str:
+    """Base64 of a file (a path) or of bytes."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    return base64.b64encode(data).decode()
+
+
+def check_output_path(path: str | os.PathLike, suffix: str | None = None,
+                      what: str = "the result") -> Path:
+    """Refuse, before any work, a file that could not be written (no such folder, not
+    writable, a folder) or, with `suffix`, that would carry another format's suffix."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder: name the file, e.g. "
+                              f"{path / ('result' + (suffix or ''))}")
+    if not folder.is_dir():
+        raise OutputPathError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"{path}: folder {folder} is not writable")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise OutputPathError(f"{path}: {what} is a {suffix} file; name it "
+                              f"{path.with_name(path.stem + suffix)}")
+    return path
 
 
 class Client:
@@ -44,6 +84,33 @@ class Client:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
         self.retries, self.timeout, self.poll_seconds = retries, timeout, poll_seconds
 
+    # -- jobs -----------------------------------------------------------------------
+
+    def generate(self, image: ImageSource | None = None, *, image_url: str | None = None,
+                 mask: ImageSource | None = None, masks: list[ImageSource] | None = None,
+                 **options) -> "Job":
+        """Submit an image-to-3D job (POST /generate): a photo (path or bytes) or an
+        `image_url`; one `mask` or several `masks` (one object each); `options` are the
+        server's fields (output_format, with_texture, seed, texture_size, ...)."""
+        body = {**image_fields(image, image_url), **options}
+        if mask is not None:
+            body["mask"] = encode_file(mask)
+        if masks:
+            body["masks"] = [encode_file(each) for each in masks]
+        return Job(self, self.submit("generate", body))
+
+    def depth(self, image: ImageSource | None = None, *, image_url: str | None = None,
+              **options) -> "Job":
+        """Submit a depth job (POST /depth); `options` are the server's fields (output,
+        processing_res, ...)."""
+        return Job(self, self.submit("depth", {**image_fields(image, image_url), **options}))
+
+    def job(self, job_id: str) -> "Job":
+        """A handle on a job submitted earlier (by this process or another)."""
+        return Job(self, {"job_id": job_id})
+
+    # -- the API, by job id ------------------------------------------------------------
+
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         """One call; a 503 with a Retry-After (queue full, model loading) is retried after
         it. A 503 without one (the model is not served there) is an answer, not a wait."""
@@ -53,7 +120,7 @@ class Client:
                 response = self.session.request(method, self.url + path, timeout=timeout,
                                                 **kwargs)
             except requests.RequestException as exc:
-                raise ServerError(f"cannot reach {self.url}: {exc}") from None
+                raise ServerError(unreachable(self.url, exc)) from None
             if (response.status_code == 503 and "Retry-After" in response.headers
                     and attempt < self.retries):
                 time.sleep(retry_after(response))
@@ -67,8 +134,11 @@ class Client:
         """GET /health, unhealthy (503) included: its body says why."""
         try:
             return self.session.get(self.url + "/health", timeout=self.timeout).json()
-        except (requests.RequestException, ValueError) as exc:
-            raise ServerError(f"cannot reach {self.url}: {exc}") from None
+        except requests.RequestException as exc:
+            raise ServerError(unreachable(self.url, exc)) from None
+        except ValueError:
+            raise ServerError(f"{self.url} answered /health with something other than "
+                              "JSON: is it this server?") from None
 
     def status(self, job_id: str) -> dict:
         return self.request("GET", f"/job/{job_id}").json()
@@ -77,9 +147,15 @@ class Client:
         """POST /generate or /depth: the job's id, position and status URL."""
         return self.request("POST", f"/{endpoint}", json=body).json()
 
-    def follow(self, job_id: str, on_update: Callable[[dict], Any]) -> dict:
+    def cancel(self, job_id: str) -> dict:
+        """DELETE /job/<id>: a waiting job is cancelled at once; a running one stops at
+        its next stage (its status says "Cancelling")."""
+        return self.request("DELETE", f"/job/{job_id}").json()
+
+    def follow(self, job_id: str, on_update: Callable[[dict], Any] | None = None) -> dict:
         """Call `on_update` with each new status until the job finishes; the last status.
         Uses the server's event stream where it has one, else polls."""
+        on_update = on_update or (lambda status: None)
         try:
             for status in self._events(job_id):
                 on_update(status)
@@ -107,16 +183,99 @@ class Client:
                 if line and line.startswith("data:"):
                     yield json.loads(line[5:])
 
-    def download(self, job_id: str, path: str | os.PathLike) -> Path:
-        """The job's result file, written whole or not at all."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".part")
+    def download(self, job_id: str, path: str | os.PathLike | None = None) -> Path:
+        """The job's result file, written whole or not at all: at `path` (whose suffix must
+        be the file's), else under the server's name in the current folder."""
         with self.request("GET", f"/job/{job_id}/download", stream=True) as response:
-            with open(partial, "wb") as file:
-                for chunk in response.iter_content(1 << 20):
-                    file.write(chunk)
-        os.replace(partial, path)
-        return path
+            served = served_name(response)
+            if path is None:
+                target = check_output_path(served)
+            else:
+                target = check_output_path(path, Path(served).suffix.lower() or None,
+                                           f"the job's file ({served})")
+            partial = target.with_name(target.name + ".part")
+            try:
+                with open(partial, "wb") as file:
+                    for chunk in response.iter_content(1 << 20):
+                        file.write(chunk)
+            except BaseException:  # Ctrl-C or a broken connection: no half file left
+                partial.unlink(missing_ok=True)
+                raise
+        os.replace(partial, target)
+        return target
+
+
+class Job:
+    """A submitted job: `id`, and what can be done with it. `accepted` is the server's
+    answer to the submission (position, status URL), or just the id for `Client.job`."""
+
+    def __init__(self, client: Client, accepted: dict):
+        self.client, self.accepted, self.id = client, accepted, accepted["job_id"]
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self) -> dict:
+        """GET /job/<id>: status (queued, processing, completed, failed, cancelled),
+        position, stage, progress, and the result's figures once completed."""
+        return self.client.status(self.id)
+
+    def wait(self, on_update: Callable[[dict], Any] | None = None) -> dict:
+        """Block until the job finishes (calling `on_update` with each new status); the
+        final status. A failed job's `error` says why; nothing is raised for it."""
+        return self.client.follow(self.id, on_update)
+
+    def download(self, path: str | os.PathLike | None = None) -> Path:
+        """The result file (see `Client.download`); ServerError if the job did not
+        complete (409 while it runs, the job's own error if it failed)."""
+        return self.client.download(self.id, path)
+
+    def cancel(self) -> dict:
+        return self.client.cancel(self.id)
+
+
+def image_fields(image: ImageSource | None, image_url: str | None) -> dict:
+    if (image is None) == (image_url is None):
+        raise ValueError("give exactly one of an image (path or bytes) or image_url")
+    return {"image_url": image_url} if image is None else {"image": encode_file(image)}
+
+
+def served_name(response: requests.Response) -> str:
+    """The file name the server gives its download (Content-Disposition), folders cut."""
+    header = Message()
+    header["content-disposition"] = response.headers.get("Content-Disposition", "")
+    return Path(header.get_filename() or "result").name
+
+
+# Why a connection failed, from the innermost cause: (exception type, sentence)
+UNREACHABLE = (
+    (ConnectionRefusedError, "connection refused — is the server running?"),
+    (socket.gaierror, "the host name was not found — is the URL right?"),
+    (ssl.SSLError, "the TLS handshake failed — http:// or https://?"),
+    (ConnectionResetError, "the connection was reset — is it this server, and up?"),
+    (requests.exceptions.ChunkedEncodingError, "the server closed the connection mid-answer"),
+    (requests.exceptions.InvalidURL, "the URL is not valid"),
+    (requests.exceptions.MissingSchema, "the URL needs http:// or https://"),
+    (requests.exceptions.InvalidSchema, "the URL needs http:// or https://"),
+)
+
+
+def unreachable(url: str, exc: requests.RequestException) -> str:
+    """One plain sentence for a failed connection, never urllib3's text."""
+    if isinstance(exc, requests.Timeout):
+        return f"cannot reach {url}: no answer in time — is the server overloaded or down?"
+    causes, seen = [exc], []
+    while causes:  # requests wraps urllib3 wraps socket errors: look at each layer
+        cause = causes.pop()
+        if cause is None or any(cause is old for old in seen):
+            continue
+        seen.append(cause)
+        causes += [cause.__cause__, cause.__context__, getattr(cause, "reason", None),
+                   *(arg for arg in cause.args if isinstance(arg, BaseException))]
+    for kind, sentence in UNREACHABLE:
+        if any(isinstance(cause, kind) for cause in seen):
+            return f"cannot reach {url}: {sentence}"
+    return f"cannot reach {url}: the connection failed ({type(exc).__name__})"
 
 
 def retry_after(response: requests.Response) -> float:

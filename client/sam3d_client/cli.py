@@ -3,13 +3,18 @@
     sam3d-client generate photo.jpg -o model.glb [--format ply|glb|obj|stl|usdz] [--no-texture]
                                                  [--seed N] [--mask mask.png ...]
     sam3d-client depth photo.jpg -o depth.png [--output png|png16|npy|color]
+    sam3d-client generate --image-url https://example.com/photo.jpg -o model.glb
+    sam3d-client wait JOB [-o FILE]       follow a job submitted earlier, then download it
+    sam3d-client download JOB [-o FILE]   a finished job's file
+    sam3d-client cancel JOB
     sam3d-client status JOB
     sam3d-client health
 
-The server is `--url` or SAM3D_URL (http://localhost:8000), the key SAM3D_API_KEY. Jobs are
-submitted asynchronously and followed with a progress bar; a full queue (503) is retried after
-its Retry-After. Exit status: 0 done, 1 the server or the job failed (its message on stderr),
-2 a usage error or no server.
+The server is `--url` or SAM3D_URL (http://localhost:8000), the key `--api-key` or
+SAM3D_API_KEY. The job's id is printed as soon as the server accepts it; Ctrl-C leaves the
+job running on the server (unless --cancel-on-interrupt) and prints how to come back to it.
+A full queue (503) is retried after its Retry-After. Exit status: 0 done, 1 the server or
+the job failed (its message on stderr), 2 a usage error or no server, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,44 +22,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from . import Client, ServerError, encode_file
+from . import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, Client, OutputPathError, ServerError,
+               __version__, check_output_path, encode_file)
 
-FORMATS = {".glb": "glb", ".ply": "ply", ".zip": "obj", ".obj": "obj", ".stl": "stl",
-           ".usdz": "usdz"}
-DEPTH_OUTPUTS = ("png", "png16", "npy", "color")
+DEFAULT_URL = "http://localhost:8000"
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# an -o suffix -> the output format it asks for (.obj too: refused, the OBJ comes zipped)
+SUFFIX_FORMATS = {".glb": "glb", ".ply": "ply", ".zip": "obj", ".obj": "obj", ".stl": "stl",
+                  ".usdz": "usdz"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    client = Client(args.url, os.environ.get("SAM3D_API_KEY"))
+    client = Client(args.url or os.environ.get("SAM3D_URL") or DEFAULT_URL,
+                    args.api_key or os.environ.get("SAM3D_API_KEY"))
     try:
         return args.command(client, args)
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if exc.status else 2
-    except OSError as exc:  # a photo, mask or output path that cannot be used
+    except (OSError, OutputPathError) as exc:  # a photo, mask or output path unusable
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a job was accepted, or a second Ctrl-C
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(prog="sam3d-client", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    main_parser.add_argument("--url", default=os.environ.get("SAM3D_URL",
-                                                             "http://localhost:8000"),
-                             help="server URL (SAM3D_URL; default http://localhost:8000)")
+    main_parser.add_argument("--version", action="version",
+                             version=f"sam3d-client {__version__}")
+    main_parser.add_argument("--url", help=f"server URL (SAM3D_URL; default {DEFAULT_URL})")
+    main_parser.add_argument("--api-key", help="the server's API key (SAM3D_API_KEY, which "
+                             "keeps it out of the process list)")
     commands = main_parser.add_subparsers(required=True, metavar="COMMAND")
 
     generate = commands.add_parser("generate", help="photo to a 3D model")
-    generate.add_argument("photo", type=Path)
+    add_image_arguments(generate)
     generate.add_argument("-o", "--out", type=Path, default=None,
-                          help="file to write (default model.<format>)")
-    generate.add_argument("--format", choices=sorted(set(FORMATS.values())),
+                          help="file to write (default model.<format>; OBJ comes as a .zip)")
+    generate.add_argument("--format", choices=sorted(GENERATE_SUFFIXES),
                           help="default: from the -o suffix, else glb")
     generate.add_argument("--no-texture", action="store_true",
                           help="vertex colours instead of a baked texture (faster)")
@@ -65,13 +80,33 @@ def parser() -> argparse.ArgumentParser:
     generate.set_defaults(command=run_generate)
 
     depth = commands.add_parser("depth", help="photo to a depth map")
-    depth.add_argument("photo", type=Path)
+    add_image_arguments(depth)
     depth.add_argument("-o", "--out", type=Path, default=None,
                        help="file to write (default depth.png, or depth.npy)")
-    depth.add_argument("--output", choices=DEPTH_OUTPUTS,
+    depth.add_argument("--output", choices=sorted(DEPTH_SUFFIXES),
                        help="default: npy for a .npy file, else png")
     depth.add_argument("--processing-res", type=int)
     depth.set_defaults(command=run_depth)
+
+    wait = commands.add_parser("wait", help="follow a job until it finishes, then download "
+                               "its file")
+    wait.add_argument("job_id")
+    wait.add_argument("-o", "--out", type=Path, help="file to write (default: the "
+                      "server's name for it, in this folder)")
+    wait.add_argument("--cancel-on-interrupt", action="store_true",
+                      help="cancel the job on Ctrl-C (default: it goes on)")
+    wait.set_defaults(command=run_wait)
+
+    download = commands.add_parser("download", help="a finished job's file")
+    download.add_argument("job_id")
+    download.add_argument("-o", "--out", type=Path, help="file to write (default: the "
+                          "server's name for it, in this folder)")
+    download.set_defaults(command=run_download)
+
+    cancel = commands.add_parser("cancel", help="cancel a job (a running one stops at its "
+                                 "next stage)")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(command=run_cancel)
 
     status = commands.add_parser("status", help="a job's status, as JSON")
     status.add_argument("job_id")
@@ -82,10 +117,31 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
+def add_image_arguments(command: argparse.ArgumentParser) -> None:
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("photo", type=Path, nargs="?", help="the photo to send")
+    source.add_argument("--image-url", help="an http(s) URL the server fetches the photo "
+                        "from, instead of a file")
+    command.add_argument("--cancel-on-interrupt", action="store_true",
+                         help="cancel the job on Ctrl-C (default: it goes on, and the "
+                              "command to come back to it is printed)")
+
+
+def image_body(args) -> dict:
+    if args.image_url is not None:
+        return {"image_url": args.image_url}
+    return {"image": encode_file(args.photo)}
+
+
 def run_generate(client: Client, args) -> int:
-    output_format = args.format or FORMATS.get((args.out or Path()).suffix.lower(), "glb")
-    out = args.out or Path(f"model.{'zip' if output_format == 'obj' else output_format}")
-    body = {"image": encode_file(args.photo), "output_format": output_format,
+    output_format = args.format or SUFFIX_FORMATS.get((args.out or Path()).suffix.lower(),
+                                                      "glb")
+    suffix = GENERATE_SUFFIXES[output_format]
+    out = check_output_path(args.out or Path("model" + suffix), suffix,
+                            f"output_format {output_format}"
+                            + (" (a zip of the mesh, its material and texture)"
+                               if output_format == "obj" else ""))
+    body = {**image_body(args), "output_format": output_format,
             "with_texture": not args.no_texture}
     if args.seed is not None:
         body["seed"] = args.seed
@@ -93,39 +149,107 @@ def run_generate(client: Client, args) -> int:
         body["mask"] = encode_file(args.mask[0])
     elif args.mask:
         body["masks"] = [encode_file(mask) for mask in args.mask]
-    return run_job(client, "generate", body, out)
+    return run_job(client, args, "generate", body, out)
 
 
 def run_depth(client: Client, args) -> int:
     output = args.output or ("npy" if args.out and args.out.suffix.lower() == ".npy" else "png")
-    out = args.out or Path(f"depth.{'npy' if output == 'npy' else 'png'}")
-    body = {"image": encode_file(args.photo), "output": output}
+    suffix = DEPTH_SUFFIXES[output]
+    out = check_output_path(args.out or Path("depth" + suffix), suffix,
+                            f"a depth map (output {output})")
+    body = {**image_body(args), "output": output}
     if args.processing_res is not None:
         body["processing_res"] = args.processing_res
-    return run_job(client, "depth", body, out)
+    return run_job(client, args, "depth", body, out)
 
 
-def run_job(client: Client, endpoint: str, body: dict, out: Path) -> int:
+def run_job(client: Client, args, endpoint: str, body: dict, out: Path) -> int:
+    """Submit, say the id at once, then follow and download as `wait` does."""
     job = client.submit(endpoint, body)
-    with tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True,
-              bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
-        def update(status: dict) -> None:
-            if status.get("status") == "queued":
-                bar.set_description(f"queued, position {status.get('position', '?')}")
-            else:
-                bar.set_description(status.get("stage") or status.get("status", ""))
-            bar.update(round(100 * float(status.get("progress") or 0)) - bar.n)
+    print(f"job {job['job_id']} {job.get('status', 'queued')} (position "
+          f"{job.get('position', '?')}); resume with: "
+          f"{resume_command(args, 'wait', job['job_id'], out)}", file=sys.stderr, flush=True)
+    return follow_and_download(client, args, job["job_id"], out)
 
-        final = client.follow(job["job_id"], update)
-    if final["status"] != "completed":
-        reason = final.get("error") or final.get("message") or final["status"]
-        print(f"error: job {job['job_id']} {final['status']}: {reason}", file=sys.stderr)
-        return 1
-    client.download(job["job_id"], out)
+
+def run_wait(client: Client, args) -> int:
+    if args.out is not None:
+        check_output_path(args.out)  # its suffix is checked against the file when it comes
+    return follow_and_download(client, args, args.job_id, args.out)
+
+
+def follow_and_download(client: Client, args, job_id: str, out: Path | None) -> int:
+    """Follow the job to its end and download its file. Ctrl-C or a lost connection leave
+    the job on the server and say how to come back to it."""
+    last = {"status": "queued"}
+    try:
+        with Progress(job_id) as progress:
+            def update(status: dict) -> None:
+                last.update(status)
+                progress.show(status)
+
+            final = client.follow(job_id, update)
+        if final["status"] != "completed":
+            reason = final.get("error") or final.get("message") or final["status"]
+            print(f"error: job {job_id} {final['status']}: {reason}", file=sys.stderr)
+            return 1
+        last = final
+        written = client.download(job_id, out)
+    except KeyboardInterrupt:
+        return interrupted(client, args, job_id, last["status"], out)
+    except ServerError as exc:
+        if exc.status is not None:
+            raise
+        print(f"error: {exc}\njob {job_id} is still on the server; resume with: "
+              f"{resume_command(args, resume_verb(last['status']), job_id, out)}",
+              file=sys.stderr)
+        return 2
     extra = {key: final[key] for key in ("min", "max", "vertices", "faces", "gaussians")
              if key in final}
-    print(f"{out} ({out.stat().st_size} bytes, job {job['job_id']}, "
+    print(f"{written} ({written.stat().st_size} bytes, job {job_id}, "
           f"{final.get('processing_time', 0):.1f} s){' ' + json.dumps(extra) if extra else ''}")
+    return 0
+
+
+def interrupted(client: Client, args, job_id: str, state: str, out: Path | None) -> int:
+    """Ctrl-C: no traceback; cancel the job only if asked to, else say how to resume."""
+    if args.cancel_on_interrupt and state not in ("completed", "failed", "cancelled"):
+        try:
+            answer = client.cancel(job_id)
+        except ServerError as exc:
+            print(f"interrupted; cancelling job {job_id} failed: {exc}", file=sys.stderr)
+        else:
+            done = ("cancelled" if answer.get("status") == "cancelled"
+                    else "cancel requested: it stops at its next stage")
+            print(f"interrupted: job {job_id} {done}", file=sys.stderr)
+            return INTERRUPTED
+    print(f"interrupted: job {job_id} is {state} on the server; resume with: "
+          f"{resume_command(args, resume_verb(state), job_id, out)}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def resume_verb(state: str) -> str:
+    return "download" if state == "completed" else "wait"
+
+
+def resume_command(args, verb: str, job_id: str, out: Path | None) -> str:
+    """The command that comes back to the job; the URL only where --url chose it (the key
+    never: it stays where it was, SAM3D_API_KEY or the user's own record)."""
+    words = ["sam3d-client", *(["--url", args.url] if args.url else []), verb, job_id]
+    if out is not None:
+        words += ["-o", str(out)]
+    return shlex.join(words)
+
+
+def run_download(client: Client, args) -> int:
+    written = client.download(args.job_id, args.out)
+    print(f"{written} ({written.stat().st_size} bytes, job {args.job_id})")
+    return 0
+
+
+def run_cancel(client: Client, args) -> int:
+    answer = client.cancel(args.job_id)
+    print(f"job {args.job_id}: {answer.get('message') or answer.get('status')}")
     return 0
 
 
@@ -138,6 +262,38 @@ def run_health(client: Client, args) -> int:
 def show(body: dict) -> int:
     print(json.dumps(body, indent=2))
     return 0
+
+
+class Progress:
+    """A job's progress on stderr: a bar on a terminal; elsewhere (a log, a pipe, CI) one
+    plain line each time the state, position, stage or percentage changes."""
+
+    def __init__(self, job_id: str):
+        self.job_id, self.bar, self.last = job_id, None, None
+
+    def __enter__(self) -> "Progress":
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def show(self, status: dict) -> None:
+        state = status.get("status", "")
+        if state == "queued":
+            words = f"queued, position {status.get('position', '?')}"
+        else:
+            words = status.get("stage") or state
+        percent = round(100 * float(status.get("progress") or 0))
+        if self.bar is not None:
+            self.bar.set_description(words)
+            self.bar.update(percent - self.bar.n)
+        elif (words, percent) != self.last:
+            print(f"job {self.job_id}: {words} {percent}%", file=sys.stderr, flush=True)
+        self.last = (words, percent)
 
 
 if __name__ == "__main__":
