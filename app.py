@@ -11,11 +11,13 @@ never loads a model or touches CUDA.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import get_args, get_origin
 
 from flask import Flask, Response, current_app, jsonify, request, send_file
 from pydantic import BaseModel, ValidationError
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None, *,
 
     app = Flask(__name__, static_folder=WEB / "static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    # a base64 image sent as a form's text field is held to the body's limit, not 500 kB
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_content_length
     app.json.sort_keys = False
     app.extensions.update(settings=settings, registry=registry, queue=queue, metrics=metrics,
                           devices=sorted({w.device for ws in workers.values() for w in ws},
@@ -183,7 +187,8 @@ def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
     except RecursionError:
         raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, 4300+ digit numbers
-        raise ApiError(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
+        raise ApiError(400, f"request body is not valid JSON: {str(exc)[:200]} (a file can "
+                            "also come as multipart/form-data: curl -F image=@photo.jpg)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
@@ -204,11 +209,42 @@ def _body() -> bytes:
     return raw
 
 
+def _is_list(annotation) -> bool:
+    return get_origin(annotation) is list or any(map(_is_list, get_args(annotation)))
+
+
+def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
+    """A multipart/form-data upload (`curl -F image=@photo.jpg -F output_format=ply`) as the
+    JSON body it stands for: each file as its bytes (werkzeug spools big ones to disk, within
+    MAX_CONTENT_LENGTH), a repeated field as a list, text typed by the model. Also what
+    identifies its content for an Idempotency-Key: the boundary differs on every retry."""
+    lists = {name for name, field in model.model_fields.items() if _is_list(field.annotation)}
+    body: dict = {}
+    for name in [*request.form, *(name for name in request.files if name not in request.form)]:
+        values = [*request.form.getlist(name), *(upload.read() for upload in
+                                                 request.files.getlist(name))]
+        if name not in lists and len(values) > 1:
+            raise ApiError(400, f"{name}: send one value, not {len(values)}")
+        body[name] = values if name in lists else values[0]
+    try:
+        payload = model.model_validate(body, strict=False)
+    except ValidationError as exc:
+        raise ApiError(400, validation_message(exc)) from None
+    identity = json.dumps(sorted(
+        (name, [hashlib.sha256(value if isinstance(value, bytes) else value.encode()).hexdigest()
+                for value in (values if isinstance(values, list) else [values])])
+        for name, values in body.items()))
+    return payload, identity.encode()
+
+
 def _submit(endpoint: str) -> tuple[JobView, bool]:
     """Validate and queue a job; the job, and whether it is one an Idempotency-Key found."""
     pipeline, model = ENDPOINTS[endpoint]
-    raw = _body()
-    payload = _parse(model, raw)
+    if request.mimetype == "multipart/form-data":
+        payload, raw = _form(model)
+    else:
+        raw = _body()
+        payload = _parse(model, raw)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")

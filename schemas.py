@@ -164,6 +164,25 @@ def _file(description: str) -> dict:
         media: {"schema": {"type": "string", "format": "binary"}} for media in FILE_TYPES}}
 
 
+# One server-sent event as a reader parses it (OpenAPI 3.2's SSE item; the stream sends
+# only `data:` lines and keep-alive comments).
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "contentSchema": {"$ref": "#/components/schemas/JobStatus"}},
+    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+# Fields a multipart/form-data upload sends as files (app.py's _form); the rest as text.
+FORM_FILES = {"image": False, "mask": False, "masks": True}
+
+
+def _form_schema(schema: dict) -> dict:
+    """A request model's schema as a form upload: its image fields as files."""
+    binary = {"type": "string", "format": "binary"}
+    properties = {name: ({"type": "array", "items": binary} if FORM_FILES[name] else binary)
+                  if name in FORM_FILES else field
+                  for name, field in schema["properties"].items()}
+    return {**schema, "properties": properties}
+
+
 def openapi_document(secured: bool) -> dict:
     models = [ErrorResponse, QueueStats, GPU, Health, Readiness, JobAccepted, JobStatus,
               DepthResult, GenerateRequest, DepthRequest]
@@ -177,8 +196,9 @@ def openapi_document(secured: bool) -> dict:
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
     def body(model):
-        return {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        return {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
+            "multipart/form-data": {"schema": _form_schema(schemas[model.__name__])}}}
 
     idempotency = [{"name": "Idempotency-Key", "in": "header", "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
@@ -237,7 +257,7 @@ def openapi_document(secured: bool) -> dict:
             "summary": "The job's status as server-sent events until it finishes",
             "responses": {"200": {"description": "One `data:` line per change, each a "
                                                  "JobStatus as JSON", "content": {
-                "text/event-stream": {"schema": {"type": "string"}}}},
+                "text/event-stream": {"schema": SSE_EVENT}}},
                 **_errors(404, 410), **auth}}},
         "/job/{job_id}/download": {"parameters": job_id, "get": {
             "summary": "The result file", "responses": {

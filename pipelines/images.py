@@ -13,11 +13,11 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from .base import InvalidInput
 from .fetch import fetch_url
@@ -30,6 +30,11 @@ MAX_PNG_CHUNKS = 20_000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+
+
+# An image field: base64 text in a JSON body, the file's own bytes in a multipart upload
+# (`curl -F image=@photo.jpg`); the JSON document describes the text.
+ImageData = Annotated[str | bytes, WithJsonSchema({"type": "string"})]
 
 
 class InvalidImage(InvalidInput):
@@ -61,8 +66,9 @@ class ImageInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    image: str | None = Field(None, description="Base64-encoded image; line breaks and a "
-                              "data:image/...;base64, prefix are accepted")
+    image: ImageData | None = Field(None, description="Base64-encoded image; line breaks and "
+                                    "a data:image/...;base64, prefix are accepted (a file "
+                                    "in a multipart/form-data upload)")
     image_base64: str | None = Field(None, description="Same as image (the serverless plan's name)")
     image_url: str | None = Field(None, description="http(s) URL of the image; private and "
                                   "loopback addresses are refused")
@@ -77,7 +83,8 @@ class ImageInput(BaseModel):
     def _one_source(self):
         sources = [self.image, self.image_base64, self.image_url]
         if sum(source is not None for source in sources) != 1:
-            raise ValueError("send exactly one of 'image' (base64) or 'image_url'")
+            raise ValueError("send exactly one of 'image' (base64 in JSON, a file in a form "
+                             "upload) or 'image_url'")
         return self
 
     def without_image(self):
@@ -94,9 +101,18 @@ class ImageInput(BaseModel):
 def read_image_bytes(source: ImageInput, limits: ImageLimits) -> bytes:
     """The request's image file: base64-decoded, or downloaded within `limits`."""
     if source.image_url is None:
-        return decode_base64(source.image if source.image is not None else source.image_base64)
+        return image_data(source.image if source.image is not None else source.image_base64)
     return fetch_url(source.image_url, max_bytes=limits.url_max_bytes,
                      timeout=limits.url_timeout_seconds, allow_private=limits.allow_private_urls)
+
+
+def image_data(value: str | bytes) -> bytes:
+    """An image field's file: an upload's bytes as they are, JSON's base64 decoded."""
+    if isinstance(value, bytes):
+        if not value:
+            raise InvalidImage("image is empty")
+        return value
+    return decode_base64(value)
 
 
 def decode_base64(text: str) -> bytes:

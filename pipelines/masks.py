@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .base import InvalidInput
-from .images import ImageLimits, InvalidImage, decode_base64, open_image
+from .images import ImageLimits, InvalidImage, image_data, open_image
 from .fetch import fetch_url
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MASK_THRESHOLD = 128
 
 
-def read_client_mask(source: str, image_size: tuple[int, int], where: str, *,
+def read_client_mask(source: str | bytes, image_size: tuple[int, int], where: str, *,
                      is_url: bool, limits: ImageLimits) -> np.ndarray:
     """A mask a client sent (base64 or URL) as a boolean array the size of the image.
 
@@ -41,7 +41,7 @@ def read_client_mask(source: str, image_size: tuple[int, int], where: str, *,
     try:
         data = fetch_url(source, max_bytes=limits.url_max_bytes,
                          timeout=limits.url_timeout_seconds,
-                         allow_private=limits.allow_private_urls) if is_url else decode_base64(source)
+                         allow_private=limits.allow_private_urls) if is_url else image_data(source)
         mask = open_image(data, limits.max_side)
     except InvalidInput as exc:
         raise InvalidImage(f"{where}: {exc}") from None

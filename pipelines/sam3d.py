@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from .base import PipelineError, Progress, Result
 from .device import gpu_info
-from .images import ImageInput, ImageLimits, JobInputs
+from .images import ImageData, ImageInput, ImageLimits, JobInputs
 from .masks import Masker, decode_mask, encode_mask, read_client_mask, with_mask
 from .mesh_files import MESH_FORMATS
 from .offload import StageOffload, loading_to_cpu
@@ -91,10 +91,10 @@ class GenerateRequest(ImageInput):
         "material and texture; stl: the mesh alone; usdz: for AR Quick Look")
     with_texture: bool = Field(True, description="Bake a texture (glb, obj, usdz); false "
                                "gives vertex colours, faster and lighter")
-    mask: str | None = Field(None, description="Base64 image the photo's size: non-zero "
+    mask: ImageData | None = Field(None, description="Base64 image the photo's size: non-zero "
                              "pixels are the object (default: background removal)")
     mask_url: str | None = Field(None, description="http(s) URL of such a mask")
-    masks: list[str] | None = Field(
+    masks: list[ImageData] | None = Field(
         None, min_length=1, max_length=MAX_OBJECTS,
         description=f"Up to {MAX_OBJECTS} base64 masks, one per object: one file with every "
         "object placed by its predicted pose")

@@ -369,3 +369,49 @@ def test_lotus_api_key_is_honoured_as_a_fallback(make_client, scripted):
     client = make_client({"lotus": scripted}, lotus_api_key="plan-key")
     assert client.get("/queue").status_code == 401
     assert client.get("/queue", headers={"X-API-Key": "plan-key"}).status_code == 200
+
+
+# -- multipart/form-data uploads -----------------------------------------------------
+
+def upload(client, path, **fields):
+    files = {name: (io.BytesIO(value), f"{name}.png") if isinstance(value, bytes) else value
+             for name, value in fields.items()}
+    return client.post(path, data=files, content_type="multipart/form-data")
+
+
+def test_a_form_upload_runs_the_same_job_as_json(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    photo = image_bytes(width=40, height=30, fmt="JPEG")
+    form = upload(client, "/depth/sync", image=photo, processing_res="64", seed="7")
+    sent = client.post("/depth/sync", json={"image": base64.b64encode(photo).decode(),
+                                            "processing_res": 64, "seed": 7})
+    assert form.status_code == sent.status_code == 200, form.get_json()
+    assert form.get_json()["image_base64"] == sent.get_json()["image_base64"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"image": b""}, "image is empty"),
+    ({"image": b"not an image"}, "not a supported image"),
+    ({"image": image_bytes(), "processing_res": "many"}, "processing_res: Input should be"),
+    ({"image": image_bytes(), "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ({"processing_res": "64"}, "send exactly one of 'image'"),
+    ({"image": [(io.BytesIO(image_bytes()), "a.png"), (io.BytesIO(image_bytes()), "b.png")]},
+     "image: send one value, not 2"),
+])
+def test_bad_form_uploads_are_400_and_queue_nothing(client, fields, message):
+    answer = upload(client, "/depth", **fields)
+    assert answer.status_code == 400 and message in answer.get_json()["error"]
+    assert client.get("/queue").get_json()["queued"] == 0
+
+
+def test_a_retried_form_upload_with_its_idempotency_key_makes_one_job(client):
+    """curl picks a new multipart boundary on every try; the key still finds the job."""
+    answers = [client.post("/depth", headers={"Idempotency-Key": "photo-1"}, data={
+        "image": (io.BytesIO(image_bytes()), "p.png"), "seed": "3"},
+        content_type=f"multipart/form-data; boundary=try{attempt}") for attempt in range(2)]
+    assert [a.status_code for a in answers] == [202, 200]
+    assert answers[0].get_json()["job_id"] == answers[1].get_json()["job_id"]
+    other = client.post("/depth", headers={"Idempotency-Key": "photo-1"}, data={
+        "image": (io.BytesIO(image_bytes()), "p.png"), "seed": "4"},
+        content_type="multipart/form-data")
+    assert other.status_code == 422

@@ -15,7 +15,7 @@ KEY = "contract-test-key"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoints):
     with running_server(tmp_path_factory.mktemp("contract"), checkpoints, API_KEY=KEY,
-                        MAX_QUEUE_SIZE="1000", SYNC_TIMEOUT_SECONDS="60") as started:
+                        MAX_QUEUE_SIZE="1000", SYNC_TIMEOUT_SECONDS="5") as started:
         yield started
 
 
@@ -44,7 +44,13 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     ROOT / ".venv/bin/schemathesis").exists(), reason="schemathesis is not installed")
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(server, tmp_path):
     """Bounded fuzzing: no 5xx from anything a client can send, every answer as documented."""
-    command = [sys.executable, "-m", "schemathesis.cli", "run",
+    # Every 5xx is a failure but the documented answers to load and time: a full queue
+    # (503) and a sync job still running at SYNC_TIMEOUT_SECONDS (504; form uploads carry
+    # real photos, and a 1x1 one at processing_res 768 takes seconds on these CPUs).
+    (tmp_path / "schemathesis.toml").write_text(
+        '[checks.not_a_server_error]\nexpected-statuses = ["2xx", "3xx", "4xx", "503", "504"]\n')
+    command = [sys.executable, "-m", "schemathesis.cli", "--config-file",
+               str(tmp_path / "schemathesis.toml"), "run",
                f"{server['url']}/openapi.json", "--header", f"X-API-Key: {KEY}",
                "--checks", "not_a_server_error,status_code_conformance,"
                            "content_type_conformance,response_schema_conformance",

@@ -7,6 +7,7 @@ through the server's real import path (SAM3D_SOURCE_DIR).
 import base64
 import functools
 import http.server
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from PIL import Image
 import requests
 
 from conftest import image_bytes, running_server, wait_until
@@ -48,8 +50,8 @@ def curl(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", *args], capture_output=True, cwd=cwd, timeout=120)
 
 
-def curl_json(*args) -> dict:
-    done = curl(*args)
+def curl_json(*args, cwd=None) -> dict:
+    done = curl(*args, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -328,3 +330,29 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut_and_processed(tmp_path, ch
         assert len(small) < 2048 < len(big)
         assert chunked_post(port, small.encode()).startswith(b"HTTP/1.1 202")
         assert chunked_post(port, big.encode()).startswith(b"HTTP/1.1 413")
+
+
+def test_curl_uploads_a_photo_and_masks_as_files(server, tmp_path):
+    """`curl -F image=@photo.jpg`: the file itself, no base64, on the async, sync and
+    masked paths; a JPEG's depth map is the photo's size."""
+    base = server["url"]
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(width=80, height=60, fmt="JPEG"))
+    body = curl_json("-F", "image=@photo.jpg", "-F", "processing_res=64", "-F", "output=png16",
+                     f"{base}/depth/sync", cwd=tmp_path)
+    depth = Image.open(io.BytesIO(base64.b64decode(body["image_base64"])))
+    assert depth.size == (80, 60) and depth.mode.startswith("I;16")
+
+    mask = Image.new("L", (80, 60))
+    mask.paste(255, (20, 10, 60, 50))
+    mask.save(tmp_path / "mask.png")
+    done = curl("-F", "image=@photo.jpg", "-F", "mask=@mask.png", "-F", "output_format=ply",
+                f"{base}/generate/sync", "--output", "model.ply", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "model.ply").read_bytes()[:3] == b"ply"
+
+    job = curl_json("-F", "image=@photo.jpg", "-F", "output_format=stl", f"{base}/generate",
+                    cwd=tmp_path)
+    assert poll(base, job["job_id"])["status"] == "completed"
+    mask.resize((40, 30)).save(tmp_path / "small.png")
+    refused = curl("-F", "image=@photo.jpg", "-F", "mask=@small.png", "-w", "%{http_code}",
+                   f"{base}/generate", cwd=tmp_path).stdout.decode()
+    assert refused.endswith("400") and "mask is 40x30 pixels" in refused
