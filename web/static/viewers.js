@@ -46,7 +46,7 @@ async function stlObject(blob) {
   const geometry = new STLLoader().parse(await blob.arrayBuffer());
   geometry.computeVertexNormals();
   return { object: new THREE.Mesh(geometry, new THREE.MeshStandardMaterial(
-    { color: 0x8d9db6, roughness: 0.55, metalness: 0.05 })), urls: [] };
+    { color: 0x8d9db6, roughness: 0.55, metalness: 0.05, side: THREE.DoubleSide })), urls: [] };
 }
 
 async function objObject(blob) {
@@ -67,8 +67,13 @@ async function objObject(blob) {
     loader.setMaterials(materials);
   }
   const object = loader.parse(strFromU8(files["model.obj"]));
-  object.traverse((child) => {  // trimesh writes vertex colours into the `v` lines
-    if (child.isMesh && child.geometry.attributes.color) child.material.vertexColors = true;
+  object.traverse((child) => {
+    if (!child.isMesh) return;
+    for (const material of [child.material].flat()) {
+      material.side = THREE.DoubleSide;  // an open surface is seen from both sides
+      // trimesh writes vertex colours into the `v` lines
+      if (child.geometry.attributes.color) material.vertexColors = true;
+    }
   });
   return { object, urls: Object.values(urls) };
 }
