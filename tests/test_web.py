@@ -320,6 +320,7 @@ def test_the_code_panel_runs_the_same_job_from_python_and_curl(page, server, tmp
 def test_an_example_photo_runs_from_the_keyboard(page):
     """Tab reaches an example, Enter picks it, the focus is visible, every field is labelled."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     unlabelled = page.execute_script(
@@ -329,7 +330,7 @@ def test_an_example_photo_runs_from_the_keyboard(page):
     assert not unlabelled
     example = page.find_element(By.CSS_SELECTOR, ".example[data-src$='ball.jpg']")
     page.execute_script("document.getElementById('photo').focus()")
-    page.switch_to.active_element.send_keys(Keys.TAB)
+    ActionChains(page).send_keys(Keys.TAB).perform()
     assert page.switch_to.active_element == example
     assert page.execute_script("return getComputedStyle(arguments[0]).outlineStyle",
                                example) != "none"

@@ -27,6 +27,7 @@ let resultUrl = null;
 let photo = null;        // the File (chosen, dropped or an example) the next job sends
 let current = null;      // the followed job: { id, task, status, since, processingAt }
 let pendingOpen = null;  // a /?job=<id> waiting for the API key
+let needsKey = false;    // the server answers 401 without a key
 const running = () => Boolean(current && !current.done);
 
 // -- the server -----------------------------------------------------------------------
@@ -206,7 +207,7 @@ function maskFields() {
 }
 
 function updateSnippets() {
-  const code = snippets(task(), jobOptions(), !$("key-box").hidden);
+  const code = snippets(task(), jobOptions(), needsKey);
   $("code-curl").textContent = code.curl;
   $("code-python").textContent = code.python;
   $("code-cli").textContent = code.cli;
@@ -547,8 +548,12 @@ async function start() {
   if (keyStore.getItem("apiKey")) $("api-key").value = keyStore.getItem("apiKey");
   await readHealth();
   offerOutputs(health?.capabilities?.sam3d);
-  const probe = await fetch("/queue", { headers: headers() });
-  if (probe.status === 401) $("key-box").hidden = false;
+  // Does the server want a key (asked without one), and is the one this tab has right?
+  needsKey = (await fetch("/queue")).status === 401;
+  if (needsKey && (!keyStore.getItem("apiKey") ||
+                   (await fetch("/queue", { headers: headers() })).status === 401)) {
+    $("key-box").hidden = false;
+  }
   updateSnippets();
   renderHistory();
   const id = new URLSearchParams(window.location.search).get("job");
