@@ -548,12 +548,10 @@ async function start() {
   if (keyStore.getItem("apiKey")) $("api-key").value = keyStore.getItem("apiKey");
   await readHealth();
   offerOutputs(health?.capabilities?.sam3d);
-  // Does the server want a key (asked without one), and is the one this tab has right?
-  needsKey = (await fetch("/queue")).status === 401;
-  if (needsKey && (!keyStore.getItem("apiKey") ||
-                   (await fetch("/queue", { headers: headers() })).status === 401)) {
-    $("key-box").hidden = false;
-  }
+  // A key in this tab was typed because the server asked for one; without one, ask.
+  const probe = await fetch("/queue", { headers: headers() });
+  needsKey = Boolean(keyStore.getItem("apiKey")) || probe.status === 401;
+  if (probe.status === 401) $("key-box").hidden = false;
   updateSnippets();
   renderHistory();
   const id = new URLSearchParams(window.location.search).get("job");
