@@ -541,6 +541,10 @@ async function openJob(id) {
   }
   const known = history.find(id);
   const jobTask = known?.task || ("min" in status || status.worker?.startsWith("lotus") ? "depth" : "generate");
+  if (!known) {  // a link from elsewhere: this browser's list keeps it from now on
+    history.remember({ id, task: jobTask, photo: "", status: status.status,
+                       at: new Date().toISOString(), label: TASK_NAMES[jobTask] });
+  }
   await runToEnd(id, jobTask);
 }
 

@@ -1,4 +1,5 @@
-// "Use from code": the job the form would send, as curl, Python (sam3d_client.Client) and
+// "Use from code": the job the form would send, as curl, Python (sam3d_client.Client, its
+// generate/depth and the Job handle: client/README.md) and
 // sam3d-client lines. The photo is photo.jpg; the key, when the server needs one, comes
 // from SAM3D_API_KEY (never the key typed here).
 
@@ -26,18 +27,16 @@ function curl(task, options, base, keyed) {
 }
 
 function python(task, options, base, keyed) {
-  const body = Object.entries(options).map(([key, value]) => `    ${JSON.stringify(key)}: ${pythonLiteral(value)},`);
+  const keywords = Object.entries(options).map(([key, value]) => `${key}=${pythonLiteral(value)}`);
   return [
     ...(keyed ? ["import os", ""] : []),
-    "from sam3d_client import Client, encode_file",
+    "from sam3d_client import Client",
     "",
     `client = Client(${JSON.stringify(base)}${keyed ? ', api_key=os.environ["SAM3D_API_KEY"]' : ""})`,
-    `job = client.submit(${JSON.stringify(task)}, {`,
-    '    "image": encode_file("photo.jpg"),',
-    ...body,
-    "})",
-    'final = client.follow(job["job_id"], print)  # each status until it finishes',
-    `client.download(job["job_id"], ${JSON.stringify(outputFile(task, options))})`,
+    `job = client.${task}("photo.jpg", ${keywords.join(", ")})`,
+    "print(job.id)  # Client(...).job(id) comes back to it later",
+    "final = job.wait(on_update=print)  # each status until it finishes",
+    `job.download(${JSON.stringify(outputFile(task, options))})`,
   ].join("\n");
 }
 
