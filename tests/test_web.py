@@ -337,6 +337,8 @@ def test_an_example_photo_runs_from_the_keyboard(page):
     example.send_keys(Keys.ENTER)
     wait_until(lambda: example.get_attribute("aria-pressed") == "true", timeout=10)
     assert page.find_element(By.ID, "drop-text").text == "ball.jpg"
+    assert page.execute_script("return document.getElementById('photo').files[0].name") == \
+        "ball.jpg"  # the file field says so too
     page.save_screenshot(str(ARTIFACTS / "keyboard.png"))
     assert run_job(page, "depth", output="png") == "depth"
     assert page.execute_script(

@@ -231,6 +231,11 @@ $("dice").addEventListener("click", () => {
 
 function choosePhoto(file, example = null) {
   photo = file;
+  if ($("photo").files[0] !== file) {  // an example or a drop: the file field names it too
+    const transfer = new DataTransfer();
+    transfer.items.add(file);
+    $("photo").files = transfer.files;
+  }
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   $("drop-text").textContent = file.name;
