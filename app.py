@@ -60,6 +60,9 @@ VENDOR_FILES = {
     "three.module.min.js": "three/build/three.module.min.js",
     "three.core.min.js": "three/build/three.core.min.js",
     "gaussian-splats-3d.module.js": "@mkkellogg/gaussian-splats-3d/build/gaussian-splats-3d.module.js",
+    **{name: f"three/examples/jsm/{folder}/{name}" for folder, name in (
+        ("loaders", "OBJLoader.js"), ("loaders", "MTLLoader.js"), ("loaders", "STLLoader.js"),
+        ("controls", "OrbitControls.js"), ("libs", "fflate.module.js"))},
 }
 
 

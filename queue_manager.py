@@ -453,6 +453,7 @@ class JobQueue:
         elif isinstance(outcome, Result):
             job.result, job.progress = outcome, 1.0
             self._move(job, JobState.COMPLETED)
+            lane.completed(job.processing_time)
         else:
             status = outcome.status if isinstance(outcome, PipelineError) else 500
             job.error, job.error_status = public_message(str(outcome)), status

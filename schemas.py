@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.lotus import DepthRequest
 from pipelines.sam3d import GenerateRequest
+from workers.lanes import RECENT_JOBS
 
 JobStateName = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
@@ -28,6 +29,9 @@ class LaneStats(BaseModel):
     processing: int
     workers: int
     ready_workers: int
+    mean_seconds: float | None = Field(None, description="Mean processing time of the lane's "
+                                       f"last {RECENT_JOBS} completed jobs (null until one "
+                                       "completes): what the web page estimates waits from")
 
 
 class QueueStats(BaseModel):

@@ -46,7 +46,8 @@ def test_health_reports_the_guides_fields(client):
     assert response.status_code == 200
     assert body["status"] == "healthy" and body["model_loaded"] is True
     assert body["cuda"] is False and body["gpu"] is None
-    lane = {"queued": 0, "processing": 0, "workers": 1, "ready_workers": 1}
+    lane = {"queued": 0, "processing": 0, "workers": 1, "ready_workers": 1,
+            "mean_seconds": None}
     assert body["queue"] == {"queued": 0, "processing": 0, "max_queue_size": 10,
                              "max_concurrent": 1, "lanes": {"lotus": lane, "sam3d": lane}}
     assert [(w["pipeline"], w["state"]) for w in body["workers"]] == [

@@ -50,6 +50,18 @@ def test_job_runs_to_completion_and_writes_its_file(make_queue):
     assert done.processing_time is not None and done.processing_time >= 0
 
 
+
+def test_a_lane_reports_the_mean_time_of_its_completed_jobs_only(make_queue, scripted):
+    """What the web page's wait estimate is computed from: completed jobs count, a failed
+    one (which says nothing of how long a job takes) does not."""
+    queue = make_queue()
+    assert queue.stats()["lanes"]["lotus"]["mean_seconds"] is None
+    scripted.actions[3] = "fail"
+    views = [queue.wait(submit(queue, seed).id, 10) for seed in (1, 2, 3)]
+    assert [view.state for view in views] == [JobState.COMPLETED] * 2 + [JobState.FAILED]
+    mean = (views[0].processing_time + views[1].processing_time) / 2
+    assert queue.stats()["lanes"]["lotus"]["mean_seconds"] == pytest.approx(mean, abs=0.002)
+
 def test_positions_count_every_job_ahead_including_the_running_one(make_queue, scripted):
     queue = make_queue()
     scripted.actions[1] = "block"
@@ -62,7 +74,7 @@ def test_positions_count_every_job_ahead_including_the_running_one(make_queue, s
     assert queue.stats() == {"queued": 2, "processing": 1, "max_queue_size": 10,
                              "max_concurrent": 1, "lanes": {"lotus": {
                                  "queued": 2, "processing": 1, "workers": 1,
-                                 "ready_workers": 1}}}
+                                 "ready_workers": 1, "mean_seconds": None}}}
     scripted.release.set()
     assert queue.wait(third.id, 10).state is JobState.COMPLETED
     assert [queue.get(v.id).position for v in (first, second, third)] == [0, 0, 0]

@@ -3,12 +3,15 @@ against the real server on the tiny Lotus-D and the SAM 3D stand-in: upload, pro
 result in its viewer, no console errors. Screenshots of each result view are kept in
 artifacts/web/ (CI's artifacts)."""
 
+import json
 import os
 import shutil
+import sys
 
 import pytest
+from PIL import Image
 
-from conftest import ROOT, image_bytes, running_server, wait_until
+from conftest import ROOT, image_b64, image_bytes, running_server, wait_until
 
 KEY = "web-test-key"
 ARTIFACTS = ROOT / "artifacts" / "web"
@@ -127,13 +130,6 @@ def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     assert_no_console_errors(page)
 
 
-def test_a_format_without_a_viewer_is_offered_for_download(page):
-    from selenium.webdriver.common.by import By
-
-    assert run_job(page, "generate", output_format="stl") == "none"
-    assert page.find_element(By.ID, "no-preview").is_displayed()
-    assert "model.stl" in page.find_element(By.ID, "download").text
-    assert_no_console_errors(page)
 
 
 def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_path):
@@ -156,3 +152,206 @@ def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_p
                            "document.querySelector('select[name=output_format]')"
                            ".dispatchEvent(new Event('change'))")
     assert not browser.find_element(By.NAME, "with_texture").is_enabled()
+
+
+# -- the page as a product: layout, the job's life, history, previews, code -----------------
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+# The mesh viewer's background (viewers.js): a canvas showing only it shows no object.
+MESH_BACKGROUND = (0xe5, 0xe5, 0xea)
+OBJECT_PIXELS = """
+const canvas = document.querySelector('#mesh-view canvas');
+const copy = Object.assign(document.createElement('canvas'), {width: canvas.width, height: canvas.height});
+const context = copy.getContext('2d');
+context.drawImage(canvas, 0, 0);
+const pixels = context.getImageData(0, 0, copy.width, copy.height).data;
+let object = 0;
+for (let i = 0; i < pixels.length; i += 4) {
+  if (Math.abs(pixels[i] - arguments[0]) + Math.abs(pixels[i + 1] - arguments[1]) +
+      Math.abs(pixels[i + 2] - arguments[2]) > 30) object++;
+}
+return object / (pixels.length / 4);
+"""
+
+
+def body_state(browser):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+
+
+def box(browser, element_id):
+    return browser.execute_script(
+        f"const r = document.getElementById('{element_id}').getBoundingClientRect();"
+        "return {left: r.left, top: r.top, right: r.right, bottom: r.bottom};")
+
+
+def test_input_and_result_sit_side_by_side_and_stack_on_a_phone(page):
+    from selenium.webdriver.common.by import By
+
+    facts = page.find_element(By.ID, "server-facts").text
+    assert "No GPU" in facts and "Queue:" in facts and "depth maps 0 waiting" in facts
+    form, result = box(page, "input-pane"), box(page, "result-pane")
+    assert result["left"] >= form["right"] and abs(result["top"] - form["top"]) < 5
+    page.save_screenshot(str(ARTIFACTS / "wide.png"))
+    page.set_window_size(400, 900)
+    try:
+        wait_until(lambda: box(page, "result-pane")["top"] >= box(page, "input-pane")["bottom"],
+                   timeout=5)
+        assert box(page, "input-pane")["right"] <= 400  # nothing sticks out sideways
+        page.save_screenshot(str(ARTIFACTS / "phone.png"))
+    finally:
+        page.set_window_size(1100, 1500)
+
+
+def test_a_queued_job_shows_its_place_and_wait_and_cancel_cancels_it(page, server):
+    """A depth job ran first (the lane's mean time), a slow one holds the lane: the page's
+    job waits at position 1 with an estimate, and Cancel ends it as cancelled."""
+    import requests
+    from selenium.webdriver.common.by import By
+
+    base = server["url"]
+    quick = requests.post(f"{base}/depth/sync", headers=AUTH, timeout=60, json={
+        "image": image_b64(width=96, height=64)})
+    assert quick.status_code == 200, quick.text
+    slow = requests.post(f"{base}/depth", headers=AUTH, timeout=60, json={
+        "image": image_b64(width=768, height=576), "processing_res": 1536}).json()["job_id"]
+    try:
+        page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+        page.find_element(By.ID, "run").click()
+        state = page.find_element(By.ID, "state")
+        wait_until(lambda: state.text.startswith("Queued: position 1"), timeout=30)
+        eta = page.find_element(By.ID, "eta")  # /health re-read on the job's first event
+        wait_until(lambda: eta.text.startswith("About "), timeout=5)
+        job_id = page.find_element(By.ID, "job-anchor").text
+        assert page.current_url.endswith(f"/?job={job_id}")
+        page.save_screenshot(str(ARTIFACTS / "queued.png"))
+        page.find_element(By.ID, "cancel").click()
+        wait_until(lambda: body_state(page) == "cancelled", timeout=30)
+        assert state.text == "Cancelled" and not page.find_element(By.ID, "cancel").is_displayed()
+        assert requests.get(f"{base}/job/{job_id}", headers=AUTH,
+                            timeout=5).json()["status"] == "cancelled"
+        assert "cancelled" in page.find_element(By.ID, "history-list").text
+        page.save_screenshot(str(ARTIFACTS / "cancelled.png"))
+    finally:
+        requests.delete(f"{base}/job/{slow}", headers=AUTH, timeout=5)
+    assert_no_console_errors(page)
+
+
+def test_a_job_link_reopens_the_finished_depth_map_and_the_history_lists_it(page, server):
+    from selenium.webdriver.common.by import By
+
+    assert run_job(page, "depth", output="color") == "depth"
+    job_id = page.find_element(By.ID, "job-anchor").text
+    page.get(server["url"] + "/")  # a fresh page: nothing shown, the job in the list
+    wait_until(lambda: body_state(page) == "ready", timeout=30)
+    assert not page.find_element(By.ID, "result").is_displayed()
+    link = page.find_element(By.CSS_SELECTOR, f"#history-list a[href='/?job={job_id}']")
+    assert "Depth map (color)" in link.text
+    link.click()
+    wait_until(lambda: body_state(page) in ("done", "error"), timeout=30)
+    assert body_state(page) == "done" and page.current_url.endswith(f"/?job={job_id}")
+    assert page.execute_script(
+        "return document.getElementById('depth-image').naturalWidth") == 96
+    assert page.find_element(By.ID, "state").text == "Completed"
+    page.save_screenshot(str(ARTIFACTS / "reopened.png"))
+    assert_no_console_errors(page)
+    page.get(server["url"] + "/?job=" + "0" * 32)  # an id the server never gave
+    wait_until(lambda: body_state(page) == "error", timeout=30)
+    assert "not known" in page.find_element(By.ID, "error").text
+
+
+@pytest.mark.parametrize("output_format", ["obj", "stl"])
+def test_an_obj_or_stl_is_shown_in_the_three_js_viewer(page, output_format):
+    from selenium.webdriver.common.by import By
+
+    assert run_job(page, "generate", output_format=output_format) == output_format
+    canvas = page.find_element(By.CSS_SELECTOR, "#mesh-view canvas")
+    assert canvas.is_displayed() and canvas.size["height"] > 200
+    covered = wait_until(lambda: page.execute_script(OBJECT_PIXELS, *MESH_BACKGROUND), timeout=10)
+    assert covered > 0.02  # the object is drawn, not only the background
+    page.save_screenshot(str(ARTIFACTS / f"{output_format}.png"))
+    assert_no_console_errors(page)
+
+
+def test_a_usdz_says_how_to_open_it_on_ios_and_is_offered_for_download(page):
+    from selenium.webdriver.common.by import By
+
+    assert run_job(page, "generate", output_format="usdz") == "usdz"
+    assert "iPhone" in page.find_element(By.ID, "usdz-help").text
+    assert "model.usdz" in page.find_element(By.ID, "download").text
+    page.save_screenshot(str(ARTIFACTS / "usdz.png"))
+    assert_no_console_errors(page)
+
+
+def test_the_code_panel_runs_the_same_job_from_python_and_curl(page, server, tmp_path):
+    """The advanced options and the dice go into the snippets; the Python and curl ones,
+    run as printed, make the depth map."""
+    import subprocess
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page.find_element(By.CSS_SELECTOR, "#advanced summary").click()
+    seed = page.find_element(By.ID, "seed")
+    page.find_element(By.ID, "dice").click()
+    assert seed.get_attribute("value") != "42"
+    page.find_element(By.NAME, "stage1_steps").send_keys("12")
+    Select(page.find_element(By.NAME, "texture_size")).select_by_value("2048")
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    curl = page.find_element(By.ID, "code-curl").text
+    assert '"stage1_steps":12' in curl and '"texture_size":2048' in curl
+    assert f'"seed":{seed.get_attribute("value")}' in curl
+    assert "no flag for stage1_steps" in page.find_element(By.ID, "code-cli").text
+    page.save_screenshot(str(ARTIFACTS / "code.png"))
+
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(width=80, height=60, fmt="JPEG"))
+    environment = {**os.environ, "SAM3D_API_KEY": KEY, "PYTHONPATH": str(ROOT / "client")}
+    python = page.find_element(By.ID, "code-python").text
+    subprocess.run([sys.executable, "-c", python], cwd=tmp_path, env=environment, check=True,
+                   capture_output=True, timeout=60)
+    assert Image.open(tmp_path / "depth.png").size == (80, 60)
+    subprocess.run(["bash", "-euc", page.find_element(By.ID, "code-curl").text], cwd=tmp_path,
+                   env=environment, check=True, capture_output=True, timeout=60)
+    answer = json.loads((tmp_path / "depth.json").read_text())
+    assert answer["width"] == 80 and answer["min"] <= answer["max"]
+
+
+def test_an_example_photo_runs_from_the_keyboard(page):
+    """Tab reaches an example, Enter picks it, the focus is visible, every field is labelled."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    unlabelled = page.execute_script(
+        "return [...document.querySelectorAll('input, select, button')].filter(e => "
+        "!e.labels?.length && !e.getAttribute('aria-label') && !e.textContent.trim())"
+        ".map(e => e.outerHTML)")
+    assert not unlabelled
+    example = page.find_element(By.CSS_SELECTOR, ".example[data-src$='ball.jpg']")
+    page.execute_script("document.getElementById('photo').focus()")
+    ActionChains(page).send_keys(Keys.TAB).perform()
+    assert page.switch_to.active_element == example
+    assert page.execute_script("return getComputedStyle(arguments[0]).outlineStyle",
+                               example) != "none"
+    example.send_keys(Keys.ENTER)
+    wait_until(lambda: example.get_attribute("aria-pressed") == "true", timeout=10)
+    assert page.find_element(By.ID, "drop-text").text == "ball.jpg"
+    assert page.execute_script("return document.getElementById('photo').files[0].name") == \
+        "ball.jpg"  # the file field says so too
+    page.save_screenshot(str(ARTIFACTS / "keyboard.png"))
+    assert run_job(page, "depth", output="png") == "depth"
+    assert page.execute_script(
+        "return document.getElementById('depth-image').naturalWidth") == 384
+
+
+def test_the_page_files_are_revalidated_not_refetched(server):
+    import requests
+
+    for path in ("/", "/static/app.js", "/static/viewers.js", "/static/examples/ball.jpg",
+                 "/vendor/OBJLoader.js"):
+        first = requests.get(server["url"] + path, timeout=5)
+        assert first.status_code == 200 and first.headers["ETag"], path
+        again = requests.get(server["url"] + path, timeout=5,
+                             headers={"If-None-Match": first.headers["ETag"]})
+        assert again.status_code == 304, path

@@ -6,12 +6,16 @@ were queued within their lane; a worker that batches (Lotus-D, up to DEPTH_BATCH
 job at the head and the waiting jobs that share its batch key (same image size and model
 options), which then start early rather than late. A position counts the jobs ahead in the
 same lane, running ones included, as the guide's positions count them in its one line.
+A lane also remembers how long its last RECENT_JOBS completed jobs ran: the mean is what
+the web page's waiting time is estimated from.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Any, Hashable, Protocol, Sequence
+
+RECENT_JOBS = 20
 
 
 class LaneJob(Protocol):
@@ -24,6 +28,7 @@ class Lane:
         self.name, self.workers = name, list(workers)
         self.waiting: deque = deque()
         self.running: list = []
+        self.recent_seconds: deque[float] = deque(maxlen=RECENT_JOBS)
 
     def position(self, job: LaneJob) -> int:
         return len(self.running) + self.waiting.index(job)
@@ -54,6 +59,11 @@ class Lane:
         if job in self.running:
             self.running.remove(job)
 
+    def completed(self, seconds: float) -> None:
+        """A job of this lane completed after running `seconds` (failed and cancelled ones
+        say nothing of how long a job takes)."""
+        self.recent_seconds.append(seconds)
+
     def all_failed(self) -> bool:
         """No worker of this lane will ever run a job (each failed to load)."""
         return bool(self.workers) and all(w.state == "failed" for w in self.workers)
@@ -61,4 +71,6 @@ class Lane:
     def stats(self) -> dict:
         return {"queued": len(self.waiting), "processing": len(self.running),
                 "workers": len(self.workers),
-                "ready_workers": sum(w.state in ("ready", "busy") for w in self.workers)}
+                "ready_workers": sum(w.state in ("ready", "busy") for w in self.workers),
+                "mean_seconds": round(sum(self.recent_seconds) / len(self.recent_seconds), 3)
+                if self.recent_seconds else None}

@@ -1,17 +1,49 @@
-// The page's whole behaviour: submit a photo, follow the job, show and offer the result.
+// The page: what the server serves (from /health), a photo and its options in, a job followed
+// on its event stream (queue position, wait estimate, stages, cancel), its result shown and
+// offered, and this browser's jobs, each reopened by /?job=<id>.
 // The API key (when the server has one) lives in sessionStorage: this tab only.
+
+import * as history from "./history.js";
+import { snippets } from "./snippets.js";
+import { hideViewers, showGlb, showMesh, showSplat } from "./viewers.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
 const keyStore = window.sessionStorage;
+const PIPELINE_OF_TASK = { generate: "sam3d", depth: "lotus" };
+const FINISHED = ["completed", "failed", "cancelled"];
+const TASK_NAMES = { generate: "3D object", depth: "Depth map" };
+const LANE_NAMES = { generate: "3D objects", depth: "depth maps" };
+// /health is read at start, on each change of a followed job, and every HEALTH_SECONDS
+// while the tab is visible: the queue and the models change slowly, jobs tell the rest.
+const HEALTH_SECONDS = 30;
+const HEALTH_MIN_GAP_MS = 2000;
+const POLL_MS = 1000;  // only where the event stream is missing or broke off
+
+let health = null;
+let healthTimer = null;
+let healthReadAt = 0;
 let resultUrl = null;
-let splatViewer = null;
+let photo = null;        // the File (chosen, dropped or an example) the next job sends
+let current = null;      // the followed job: { id, task, status, since, processingAt }
+let pendingOpen = null;  // a /?job=<id> waiting for the API key
+let needsKey = false;    // the server answers 401 without a key
+const running = () => Boolean(current && !current.done);
+
+// -- the server -----------------------------------------------------------------------
 
 function headers(json = false) {
   const result = json ? { "Content-Type": "application/json" } : {};
   const key = keyStore.getItem("apiKey");
   if (key) result.Authorization = `Bearer ${key}`;
   return result;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
 }
 
 async function api(path, options = {}) {
@@ -26,60 +58,206 @@ async function api(path, options = {}) {
     if (response.status === 401) $("key-box").hidden = false;
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
-      throw new Error(body.error || `${response.status} ${response.statusText}`);
+      throw new ApiError(response.status, body.error || `${response.status} ${response.statusText}`);
     }
     return response;
   }
 }
 
-function showState(text, fraction) {
-  $("progress-box").hidden = false;
-  $("state").textContent = text;
-  $("progress").value = fraction;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = false;
-  document.body.dataset.state = "error";
-}
-
-function describe(status) {
-  if (status.status === "queued") return `Queued: position ${status.position}`;
-  if (status.status === "processing") return `Processing: ${status.stage}`;
-  return status.status;
-}
-
-async function follow(jobId) {
-  // The server's event stream where it has one (fetch, so the key can go in a header).
+async function readHealth() {
+  clearTimeout(healthTimer);
+  healthReadAt = Date.now();
   try {
-    const response = await api(`/job/${jobId}/events`);
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      const lines = buffer.split("\n");
-      buffer = lines.pop();
-      for (const line of lines) {
-        if (!line.startsWith("data:")) continue;
-        const status = JSON.parse(line.slice(5));
-        showState(describe(status), status.progress || 0);
-        if (["completed", "failed", "cancelled"].includes(status.status)) {
-          return (await api(`/job/${jobId}`)).json();
-        }
-      }
-    }
+    health = await (await fetch("/health")).json();  // 503 (unhealthy) has a body too
+    showHealth(health);
   } catch (error) {
-    if (!String(error.message).startsWith("404")) console.info("event stream:", error.message);
+    $("server-facts").textContent = `The server cannot be reached (${error.message}).`;
   }
-  for (;;) {
-    const status = await (await api(`/job/${jobId}`)).json();
-    showState(describe(status), status.progress || 0);
-    if (["completed", "failed", "cancelled"].includes(status.status)) return status;
-    await new Promise((resolve) => setTimeout(resolve, 500));
+  if (document.visibilityState === "visible") {
+    healthTimer = setTimeout(readHealth, HEALTH_SECONDS * 1000);
   }
+}
+
+// A followed job changed: the queue did too. Read /health again, at most every 2 s.
+function healthChanged() {
+  const wait = Math.max(0, healthReadAt + HEALTH_MIN_GAP_MS - Date.now());
+  clearTimeout(healthTimer);
+  healthTimer = setTimeout(readHealth, wait);
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") readHealth();
+  else clearTimeout(healthTimer);
+});
+
+function gpuText(body) {
+  if (!body.gpus?.length) return "No GPU: models run on the CPU";
+  const names = body.gpus.map((gpu) => `${gpu.name} (${gpu.vram_gb.toFixed(1)} GB)`);
+  return `GPU: ${names.join(", ")}`;
+}
+
+function queueText(body) {
+  const lanes = body.queue?.lanes || {};
+  const parts = Object.entries(PIPELINE_OF_TASK).filter(([, name]) => lanes[name])
+    .map(([task, name]) => `${LANE_NAMES[task]} ${lanes[name].queued} waiting, ` +
+                           `${lanes[name].processing} running`);
+  return parts.length ? `Queue: ${parts.join("; ")}` : `Queue: ${body.queue?.queued ?? 0} waiting`;
+}
+
+function showHealth(body) {
+  const state = { ready: "ready", busy: "busy", starting: "starting up (models loading)",
+                  setup_failed: "a model failed to load", unhealthy: "unhealthy" }[body.state];
+  $("server-facts").textContent = `Server ${state || body.status} · ${gpuText(body)} · ${queueText(body)}`;
+  const notices = Object.values(body.notices || {});
+  $("notices").textContent = notices.join(" ");
+  $("notices").hidden = notices.length === 0;
+  offerServedTasks(body.pipelines || {});
+  offerOutputs(body.capabilities?.sam3d);
+  if (running() && current.status) showEta();
+}
+
+// -- what is offered --------------------------------------------------------------------
+
+// Only what the server serves: a task whose model is not loaded here is disabled and says
+// why, and the first served one is chosen.
+function offerServedTasks(pipelines) {
+  let chosen = null;
+  for (const radio of form.elements.task) {
+    const state = pipelines[PIPELINE_OF_TASK[radio.value]];
+    radio.disabled = state !== "ready" && state !== "loading";
+    const why = radio.parentElement.querySelector(".unserved") ||
+      radio.parentElement.appendChild(Object.assign(document.createElement("span"),
+                                                    { className: "unserved" }));
+    why.textContent = radio.disabled ? (state === "failed" ? " (failed to load on this server)"
+                                        : " (not served here)")
+      : state === "loading" ? " (loading: jobs wait until it is ready)" : "";
+    if (!radio.disabled && chosen === null) chosen = radio;
+  }
+  if (chosen && form.querySelector("input[name=task]:checked").disabled) chosen.checked = true;
+  showTaskOptions();
+  $("run").disabled = chosen === null || running();
+}
+
+// The GPU memory each output needs (capabilities: ply, glb, glb_textured), and the options
+// that only apply to some formats.
+function offerOutputs(capabilities = { ply: true, glb: true, glb_textured: true }) {
+  const select = form.elements.output_format;
+  const classOf = (format) => (format === "ply" ? "ply" : "glb");
+  for (const option of select.options) {
+    option.disabled = capabilities[classOf(option.value)] === false;
+  }
+  if (select.selectedOptions[0]?.disabled) {
+    const servable = [...select.options].find((option) => !option.disabled);
+    if (servable) select.value = servable.value;
+  }
+  const format = select.value;
+  const texture = form.elements.with_texture;
+  const carriesTexture = !["ply", "stl"].includes(format);
+  const textureFits = capabilities.glb_textured !== false;
+  texture.disabled = !carriesTexture || !textureFits;
+  const notes = [];
+  if (!textureFits && carriesTexture) notes.push("A baked texture needs more GPU memory than this server has: vertex colours instead.");
+  if ([...select.options].some((option) => option.disabled)) notes.push("Greyed-out formats need more GPU memory than this server has.");
+  $("format-note").textContent = notes.join(" ");
+  $("format-note").hidden = notes.length === 0;
+  const textured = carriesTexture && textureFits && texture.checked;
+  for (const field of form.querySelectorAll(".textured-only input, .textured-only select")) {
+    field.disabled = !textured;
+  }
+  updateSnippets();
+}
+
+function task() {
+  return new FormData(form).get("task") || "generate";
+}
+
+function showTaskOptions() {
+  const chosen = task();
+  $("generate-options").hidden = chosen !== "generate";
+  $("depth-options").hidden = chosen !== "depth";
+  for (const element of form.querySelectorAll(".generate-only")) element.hidden = chosen !== "generate";
+  updateSnippets();
+}
+
+// What the job sends besides the image: only the options its endpoint takes, and the
+// advanced ones only where they apply.
+function jobOptions(chosen = task()) {
+  const data = new FormData(form);  // disabled fields are left out
+  const number = (name) => (data.get(name) === null || data.get(name) === "" ? null : Number(data.get(name)));
+  const seed = number("seed") ?? 42;
+  if (chosen === "depth") {
+    return { output: data.get("output"), processing_res: number("processing_res") ?? 768, seed };
+  }
+  const options = { output_format: data.get("output_format"),
+                    with_texture: !form.elements.with_texture.disabled && data.get("with_texture") === "on",
+                    seed };
+  for (const name of ["stage1_steps", "stage2_steps"]) {
+    if (number(name) !== null) options[name] = number(name);
+  }
+  if (number("texture_size") !== null) options.texture_size = number("texture_size");
+  if (number("simplify") !== null) options.simplify = number("simplify");
+  return { ...options, ...maskFields() };
+}
+
+// Where the mask editor will plug in: POST /segment (to come) returns the mask a 3D job
+// would use; the page will show it in #mask-slot and send what is shown, as `mask` (one
+// object) or `masks` (a scene). Until then the server picks the mask (background removal).
+function maskFields() {
+  return {};
+}
+
+function updateSnippets() {
+  const code = snippets(task(), jobOptions(), needsKey);
+  $("code-curl").textContent = code.curl;
+  $("code-python").textContent = code.python;
+  $("code-cli").textContent = code.cli;
+}
+
+form.addEventListener("change", (event) => {
+  if (event.target.name === "task") showTaskOptions();
+  updateSnippets();
+});
+for (const field of [form.elements.output_format, form.elements.with_texture]) {
+  field.addEventListener("change", () => offerOutputs(health?.capabilities?.sam3d));
+}
+form.addEventListener("input", updateSnippets);
+
+$("dice").addEventListener("click", () => {
+  $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0];
+  updateSnippets();
+});
+
+// -- the photo --------------------------------------------------------------------------
+
+function choosePhoto(file, example = null) {
+  photo = file;
+  if ($("photo").files[0] !== file) {  // an example or a drop: the file field names it too
+    const transfer = new DataTransfer();
+    transfer.items.add(file);
+    $("photo").files = transfer.files;
+  }
+  $("preview").src = URL.createObjectURL(file);
+  $("preview").hidden = false;
+  $("drop-text").textContent = file.name;
+  for (const button of document.querySelectorAll(".example")) {
+    button.setAttribute("aria-pressed", String(button === example));
+  }
+}
+
+$("photo").addEventListener("change", () => $("photo").files[0] && choosePhoto($("photo").files[0]));
+$("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
+$("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
+$("drop").addEventListener("drop", (event) => {
+  event.preventDefault();
+  $("drop").classList.remove("over");
+  if (event.dataTransfer.files.length) choosePhoto(event.dataTransfer.files[0]);
+});
+for (const button of document.querySelectorAll(".example")) {
+  button.setAttribute("aria-pressed", "false");
+  button.addEventListener("click", async () => {
+    const blob = await (await fetch(button.dataset.src)).blob();
+    choosePhoto(new File([blob], button.dataset.src.split("/").pop(), { type: blob.type }), button);
+  });
 }
 
 function readAsDataUrl(file) {
@@ -91,167 +269,303 @@ function readAsDataUrl(file) {
   });
 }
 
-function requestBody(task, image) {
-  const data = new FormData(form);
-  if (task === "generate") {
-    return { image, output_format: data.get("output_format"),
-             with_texture: data.get("with_texture") === "on", seed: Number(data.get("seed")) };
-  }
-  return { image, output: data.get("output"), processing_res: Number(data.get("processing_res")) };
+// -- a job's life ---------------------------------------------------------------------
+
+function showState(text, fraction) {
+  $("result-empty").hidden = true;
+  $("progress-box").hidden = false;
+  $("state").textContent = text;
+  $("progress").value = fraction;
 }
 
-async function showResult(task, body, status, response) {
-  const blob = await response.blob();
-  if (resultUrl) URL.revokeObjectURL(resultUrl);
-  resultUrl = URL.createObjectURL(blob);
-  const name = /filename=("?)([^";]+)\1/.exec(response.headers.get("Content-Disposition") || "");
-  $("download").href = resultUrl;
-  $("download").download = name ? name[2] : "result";
-  $("download").textContent = `Download ${$("download").download}`;
-  for (const id of ["model", "splat", "depth", "no-preview"]) $(id).hidden = true;
-  $("result").hidden = false;
-  const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
-    .map((key) => `${status[key].toLocaleString()} ${key}`);
-  $("facts").textContent = [...facts, `${status.processing_time} s`].join(" · ");
-  let view = "none";
-  if (task === "depth") {
-    $("depth-range").textContent = `min ${status.min.toFixed(4)} · max ${status.max.toFixed(4)}` +
-      " (disparity: larger is nearer)";
-    if (body.output !== "npy") {
-      $("depth-image").src = resultUrl;
-      await $("depth-image").decode();
-      view = "depth";
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  document.body.dataset.state = "error";
+}
+
+function duration(seconds) {
+  if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
+  const minutes = Math.round(seconds / 60);
+  return minutes < 60 ? `${minutes} min` : `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+function describe(status) {
+  if (status.status === "queued") {
+    return status.position === 0 ? "Queued: next" : `Queued: position ${status.position} (${status.position} ahead)`;
+  }
+  if (status.status === "processing") return status.message?.startsWith("Cancelling") ? status.message : `Processing: ${status.stage}`;
+  return { completed: "Completed", failed: "Failed", cancelled: "Cancelled" }[status.status];
+}
+
+// The wait, from the lane's mean time of its recent jobs (/health): the jobs ahead share
+// the lane's workers; a running job has run for processing_time already.
+function showEta() {
+  const { status, task: jobTask, processingAt } = current;
+  const lane = health?.queue?.lanes?.[PIPELINE_OF_TASK[jobTask]];
+  const mean = lane?.mean_seconds;
+  let text = "";
+  if (!FINISHED.includes(status.status) && !mean) {
+    text = "No job has finished on this server yet to estimate the time from.";
+  } else if (status.status === "queued") {
+    const parallel = Math.max(1, (lane.ready_workers || 1) * (health.queue.max_concurrent || 1));
+    const seconds = mean * (Math.floor(status.position / parallel) + 1);
+    text = `About ${duration(seconds)} until done (recent jobs took ${duration(mean)} each).`;
+  } else if (status.status === "processing") {
+    const ran = (status.processing_time || 0) + (Date.now() - processingAt) / 1000;
+    text = ran < mean ? `About ${duration(mean - ran)} left (recent jobs took ${duration(mean)}).`
+      : `Taking longer than recent jobs (${duration(mean)}).`;
+  }
+  $("eta").textContent = text;
+  $("eta").hidden = !text;
+}
+
+let etaTicker = null;
+
+function follows(status) {
+  const changed = !current.status || current.status.status !== status.status ||
+    current.status.position !== status.position;
+  current.status = status;
+  current.processingAt = Date.now();
+  showState(describe(status), status.progress || 0);
+  showEta();
+  $("cancel").hidden = FINISHED.includes(status.status);
+  if (changed) healthChanged();
+}
+
+// The job's event stream (fetch, so the key can go in a header), polling only where the
+// stream is missing or broke off. The finished status.
+async function follow(jobId) {
+  clearInterval(etaTicker);
+  etaTicker = setInterval(() => running() && current.status && showEta(), 1000);
+  try {
+    try {
+      const response = await api(`/job/${jobId}/events`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        const lines = buffer.split("\n");
+        buffer = lines.pop();
+        for (const line of lines) {
+          if (!line.startsWith("data:")) continue;
+          const status = JSON.parse(line.slice(5));
+          follows(status);
+          if (FINISHED.includes(status.status)) return (await api(`/job/${jobId}`)).json();
+        }
+      }
+    } catch (error) {
+      if (error.status === 404 || error.status === 410 || error.status === 401) throw error;
+      console.info("event stream:", error.message);
     }
-    $("depth").hidden = false;
-  } else if (body.output_format === "glb") {
-    const viewer = $("model");
-    viewer.hidden = false;
-    const loaded = new Promise((resolve, reject) => {
-      viewer.addEventListener("load", resolve, { once: true });
-      viewer.addEventListener("error", () => reject(new Error("the GLB could not be shown")),
-                              { once: true });
-    });
-    viewer.src = resultUrl;
-    await loaded;
-    view = "glb";
-  } else if (body.output_format === "ply") {
-    await showSplat(resultUrl);
-    view = "ply";
+    for (;;) {
+      const status = await (await api(`/job/${jobId}`)).json();
+      follows(status);
+      if (FINISHED.includes(status.status)) return status;
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+  } finally {
+    clearInterval(etaTicker);
   }
-  $("no-preview").hidden = view !== "none" || task === "depth";
-  document.body.dataset.view = view;
-  document.body.dataset.state = "done";
 }
 
-async function showSplat(url) {
-  const GaussianSplats3D = await import("/vendor/gaussian-splats-3d.module.js");
-  const root = $("splat");
-  root.hidden = false;
-  if (splatViewer) await splatViewer.dispose();
-  root.replaceChildren();
-  // No SharedArrayBuffer (it needs cross-origin isolation) and CPU sorting: runs anywhere.
-  splatViewer = new GaussianSplats3D.Viewer({
-    rootElement: root, sharedMemoryForWorkers: false, gpuAcceleratedSort: false,
-    cameraUp: [0, 1, 0], initialCameraPosition: [0, 0.5, 2.5], initialCameraLookAt: [0, 0, 0],
-  });
-  await splatViewer.addSplatScene(url, { format: GaussianSplats3D.SceneFormat.Ply,
-                                         showLoadingUI: false, progressiveLoad: false });
-  splatViewer.start();
+function showJobLink(id) {
+  $("job-anchor").href = `/?job=${encodeURIComponent(id)}`;
+  $("job-anchor").textContent = id;
+  $("job-link").hidden = false;
+  window.history.replaceState(null, "", `/?job=${encodeURIComponent(id)}`);
+}
+
+function renderHistory() {
+  history.render($("history-list"), $("history-empty"), $("history-clear"), current?.id);
+}
+
+async function clearResult() {
+  $("error").hidden = true;
+  $("result").hidden = true;
+  $("eta").hidden = true;
+  await hideViewers();
+}
+
+// Follow a job to its end and show what it ended with.
+async function runToEnd(id, jobTask) {
+  current = { id, task: jobTask, status: null, processingAt: Date.now(), done: false };
+  $("run").disabled = true;
+  $("cancel").disabled = false;
+  $("cancel").textContent = "Cancel job";
+  document.body.dataset.state = "running";
+  showJobLink(id);
+  renderHistory();
+  try {
+    const status = await follow(id);
+    history.update(id, { status: status.status });
+    renderHistory();
+    if (status.status === "cancelled") {
+      showState("Cancelled", 0);
+      $("eta").hidden = true;
+      document.body.dataset.state = "cancelled";
+      return;
+    }
+    if (status.status !== "completed") throw new Error(status.error || `Job ${status.status}`);
+    showState("Completed", 1);
+    $("eta").hidden = true;
+    await showResult(status, await api(`/job/${id}/download`));
+  } catch (error) {
+    if (error.status === 404 || error.status === 410) {
+      history.update(id, { status: error.status === 410 ? "expired" : "not found" });
+      renderHistory();
+      $("progress-box").hidden = true;
+    }
+    showError(error.status === 410 ? `Job ${id}: its result has expired on the server.`
+      : error.status === 404 ? `Job ${id} is not known to this server.` : error.message);
+  } finally {
+    current.done = true;
+    $("cancel").hidden = true;
+    offerServedTasks(health?.pipelines || {});
+  }
 }
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (key) keyStore.setItem("apiKey", key);
-  const file = $("photo").files[0];
-  if (!file) return showError("Choose a photo first.");
-  const task = new FormData(form).get("task");
-  $("error").hidden = true;
-  $("result").hidden = true;
+  useTypedKey();
+  if (!photo) return showError("Choose a photo first, or an example.");
+  const chosen = task();
+  await clearResult();
   $("run").disabled = true;
-  document.body.dataset.state = "running";
+  document.body.dataset.state = "submitting";
   try {
-    const body = requestBody(task, await readAsDataUrl(file));
-    const job = await (await api(`/${task}`, { method: "POST", body: JSON.stringify(body) })).json();
-    showState(`Queued: position ${job.position}`, 0);
-    const status = await follow(job.job_id);
-    if (status.status !== "completed") throw new Error(status.error || `Job ${status.status}`);
-    showState("Completed", 1);
-    await showResult(task, body, status, await api(`/job/${job.job_id}/download`));
+    const body = { image: await readAsDataUrl(photo), ...jobOptions(chosen) };
+    const job = await (await api(`/${chosen}`, { method: "POST", body: JSON.stringify(body) })).json();
+    const options = jobOptions(chosen);
+    history.remember({ id: job.job_id, task: chosen, photo: photo.name, status: "queued",
+                       at: new Date().toISOString(),
+                       label: `${TASK_NAMES[chosen]} (${options.output_format || options.output})` });
+    await runToEnd(job.job_id, chosen);
   } catch (error) {
     showError(error.message);
-  } finally {
     $("run").disabled = false;
   }
 });
 
-for (const radio of form.elements.task) {
-  radio.addEventListener("change", () => {
-    const task = new FormData(form).get("task");
-    $("generate-options").hidden = task !== "generate";
-    $("depth-options").hidden = task !== "depth";
-  });
-}
-
-function preview(file) {
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").hidden = false;
-  $("drop-text").textContent = file.name;
-}
-
-$("photo").addEventListener("change", () => $("photo").files[0] && preview($("photo").files[0]));
-$("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
-$("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
-$("drop").addEventListener("drop", (event) => {
-  event.preventDefault();
-  $("drop").classList.remove("over");
-  if (event.dataTransfer.files.length) {
-    $("photo").files = event.dataTransfer.files;
-    preview(event.dataTransfer.files[0]);
+$("cancel").addEventListener("click", async () => {
+  if (!current) return;
+  $("cancel").disabled = true;
+  $("cancel").textContent = "Cancelling…";
+  try {
+    await api(`/job/${current.id}`, { method: "DELETE" });  // the stream says when it is
+  } catch (error) {
+    showError(error.message);  // 409: it finished first
   }
 });
 
-const PIPELINE_OF_TASK = { generate: "sam3d", depth: "lotus" };
+// -- the result -----------------------------------------------------------------------
 
-// Offer only what the server serves: a task whose model is not loaded here is disabled and
-// says why, and the first served one is chosen.
-function offerServedTasks(pipelines) {
-  let chosen = null;
-  for (const radio of form.elements.task) {
-    const state = pipelines[PIPELINE_OF_TASK[radio.value]];
-    radio.disabled = state !== "ready" && state !== "loading";
-    const why = radio.parentElement.querySelector(".unserved") ||
-      radio.parentElement.appendChild(Object.assign(document.createElement("span"),
-                                                    { className: "unserved" }));
-    why.textContent = radio.disabled ? (state === "failed" ? " (failed to load on this server)"
-                                        : " (not served here)") : "";
-    if (!radio.disabled && chosen === null) chosen = radio;
+const VIEW_OF_SUFFIX = { glb: "glb", ply: "ply", zip: "obj", stl: "stl", usdz: "usdz", png: "depth", npy: "npy" };
+
+async function showResult(status, response) {
+  const blob = await response.blob();
+  if (resultUrl) URL.revokeObjectURL(resultUrl);
+  resultUrl = URL.createObjectURL(blob);
+  const match = /filename=("?)([^";]+)\1/.exec(response.headers.get("Content-Disposition") || "");
+  const name = match ? match[2] : "result";
+  $("download").href = resultUrl;
+  $("download").download = name;
+  $("download").textContent = `Download ${name}`;
+  for (const id of ["model", "splat", "mesh-view", "depth", "usdz-help", "no-preview"]) $(id).hidden = true;
+  $("result").hidden = false;
+  const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
+    .map((key) => `${status[key].toLocaleString()} ${key}`);
+  $("facts").textContent = [...facts, `${status.processing_time} s on ${status.worker || "the server"}`].join(" · ");
+  const view = VIEW_OF_SUFFIX[name.split(".").pop()] || "none";
+  try {
+    if (view === "depth" || view === "npy") {
+      $("depth-range").textContent = `min ${status.min.toFixed(4)} · max ${status.max.toFixed(4)}` +
+        " (disparity: larger is nearer)";
+      $("depth").hidden = false;
+      if (view === "depth") {
+        $("depth-image").hidden = false;
+        $("depth-image").src = resultUrl;
+        await $("depth-image").decode();
+      } else {
+        $("depth-image").hidden = true;
+      }
+    } else if (view === "glb") {
+      await showGlb($("model"), resultUrl);
+    } else if (view === "ply") {
+      await showSplat($("splat"), resultUrl);
+    } else if (view === "obj" || view === "stl") {
+      await showMesh($("mesh-view"), view, blob);
+    } else if (view === "usdz") {
+      $("usdz-help").hidden = false;
+    }
+  } catch (error) {
+    $("no-preview").textContent = `The preview failed (${error.message}): the file is fine to download.`;
+    $("no-preview").hidden = false;
   }
-  if (chosen && form.querySelector("input[name=task]:checked").disabled) chosen.checked = true;
-  form.querySelector("input[name=task]:checked").dispatchEvent(new Event("change"));
-  $("run").disabled = chosen === null;
+  document.body.dataset.view = view;
+  document.body.dataset.state = "done";
 }
 
-// A baked texture only exists for formats that carry one.
-function offerTexture() {
-  const format = form.elements.output_format.value;
-  form.elements.with_texture.disabled = format === "ply" || format === "stl";
+// -- the API key and start ------------------------------------------------------------
+
+function useTypedKey() {
+  const key = $("api-key").value.trim();
+  if (key) keyStore.setItem("apiKey", key);
+  updateSnippets();
 }
-form.elements.output_format.addEventListener("change", offerTexture);
+
+$("api-key").addEventListener("change", () => {
+  useTypedKey();
+  if (pendingOpen) openJob(pendingOpen);
+});
+
+$("history-clear").addEventListener("click", () => {
+  history.forget();
+  renderHistory();
+});
+
+// /?job=<id>: the job's status and, while it lasts, its result.
+async function openJob(id) {
+  pendingOpen = null;
+  await clearResult();
+  let status;
+  try {
+    status = await (await api(`/job/${encodeURIComponent(id)}`)).json();
+  } catch (error) {
+    if (error.status === 401) {
+      pendingOpen = id;
+      showState(`Enter the API key above to open job ${id}.`, 0);
+      return;
+    }
+    history.update(id, { status: error.status === 410 ? "expired" : "not found" });
+    renderHistory();
+    return showError(error.status === 410 ? `Job ${id}: its result has expired on the server.`
+      : error.status === 404 ? `Job ${id} is not known to this server.` : error.message);
+  }
+  const known = history.find(id);
+  const jobTask = known?.task || ("min" in status || status.worker?.startsWith("lotus") ? "depth" : "generate");
+  if (!known) {  // a link from elsewhere: this browser's list keeps it from now on
+    history.remember({ id, task: jobTask, photo: "", status: status.status,
+                       at: new Date().toISOString(), label: TASK_NAMES[jobTask] });
+  }
+  await runToEnd(id, jobTask);
+}
 
 async function start() {
-  const health = await (await fetch("/health")).json();
-  offerServedTasks(health.pipelines || {});
-  offerTexture();
-  const notices = Object.values(health.notices || {});
-  if (notices.length) {
-    $("notices").textContent = notices.join(" ");
-    $("notices").hidden = false;
-  }
   if (keyStore.getItem("apiKey")) $("api-key").value = keyStore.getItem("apiKey");
+  await readHealth();
+  offerOutputs(health?.capabilities?.sam3d);
+  // A key in this tab was typed because the server asked for one; without one, ask.
   const probe = await fetch("/queue", { headers: headers() });
+  needsKey = Boolean(keyStore.getItem("apiKey")) || probe.status === 401;
   if (probe.status === 401) $("key-box").hidden = false;
+  updateSnippets();
+  renderHistory();
+  const id = new URLSearchParams(window.location.search).get("job");
   document.body.dataset.state = "ready";
+  if (id) await openJob(id);
 }
 
 start();

@@ -1,0 +1,67 @@
+// "Use from code": the job the form would send, as curl, Python (sam3d_client.Client, its
+// generate/depth and the Job handle: client/README.md) and
+// sam3d-client lines. The photo is photo.jpg; the key, when the server needs one, comes
+// from SAM3D_API_KEY (never the key typed here).
+
+const PYTHON_LITERALS = { true: "True", false: "False", null: "None" };
+
+function pythonLiteral(value) {
+  return JSON.stringify(value).replace(/\b(true|false|null)\b/g, (word) => PYTHON_LITERALS[word]);
+}
+
+export function outputFile(task, options) {
+  if (task === "depth") return options.output === "npy" ? "depth.npy" : "depth.png";
+  return `model.${options.output_format === "obj" ? "zip" : options.output_format}`;
+}
+
+function curl(task, options, base, keyed) {
+  const fields = JSON.stringify(options).slice(1, -1);
+  const auth = keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "";
+  const out = task === "depth" ? "depth.json" : outputFile(task, options);
+  return [
+    `printf '{"image": "%s"${fields ? `, ${fields}` : ""}}' "$(base64 -w 0 photo.jpg)" > request.json`,
+    `curl -s -X POST ${base}/${task}/sync${auth} \\`,
+    `  -H "Content-Type: application/json" --data @request.json -o ${out}`,
+    ...(task === "depth" ? ["# depth.json: image_base64 (the file), min, max; or POST /depth and GET /job/<id>/download"] : []),
+  ].join("\n");
+}
+
+function python(task, options, base, keyed) {
+  const keywords = Object.entries(options).map(([key, value]) => `${key}=${pythonLiteral(value)}`);
+  return [
+    ...(keyed ? ["import os", ""] : []),
+    "from sam3d_client import Client",
+    "",
+    `client = Client(${JSON.stringify(base)}${keyed ? ', api_key=os.environ["SAM3D_API_KEY"]' : ""})`,
+    `job = client.${task}("photo.jpg", ${keywords.join(", ")})`,
+    "print(job.id)  # Client(...).job(id) comes back to it later",
+    "final = job.wait(on_update=print)  # each status until it finishes",
+    `job.download(${JSON.stringify(outputFile(task, options))})`,
+  ].join("\n");
+}
+
+// sam3d-client's flags (client/sam3d_client/cli.py); what it has no flag for is said.
+function cli(task, options, base, keyed) {
+  const flags = [];
+  const missing = [];
+  if (task === "generate") {
+    if (!options.with_texture) flags.push("--no-texture");
+    flags.push(`--seed ${options.seed}`);
+    missing.push(...["stage1_steps", "stage2_steps", "texture_size", "simplify"]
+      .filter((name) => name in options));
+  } else {
+    flags.push(`--output ${options.output}`, `--processing-res ${options.processing_res}`);
+    if (options.seed !== 42) missing.push("seed");
+  }
+  return [
+    `export SAM3D_URL=${base}${keyed ? " SAM3D_API_KEY=..." : ""}`,
+    `sam3d-client ${task} photo.jpg -o ${outputFile(task, options)} ${flags.join(" ")}`,
+    ...(missing.length ? [`# no flag for ${missing.join(", ")}: use curl or Python for those`] : []),
+  ].join("\n");
+}
+
+export function snippets(task, options, keyed) {
+  const base = window.location.origin;
+  return { curl: curl(task, options, base, keyed), python: python(task, options, base, keyed),
+           cli: cli(task, options, base, keyed) };
+}

@@ -1,0 +1,134 @@
+// The result's preview, one viewer per kind of file: model-viewer for GLB, the splat viewer
+// for PLY, three.js for OBJ (a zip: model.obj, model.mtl, its textures) and STL. Each
+// show*() resolves once the file is on screen (or throws: the page says it could not show it).
+
+import * as THREE from "three";
+
+let splatViewer = null;
+let meshView = null;  // { renderer, urls, observer }
+
+export async function showGlb(viewer, url) {
+  viewer.hidden = false;
+  const loaded = new Promise((resolve, reject) => {
+    viewer.addEventListener("load", resolve, { once: true });
+    viewer.addEventListener("error", () => reject(new Error("the GLB could not be shown")),
+                            { once: true });
+  });
+  viewer.src = url;
+  await loaded;
+}
+
+export async function showSplat(root, url) {
+  const GaussianSplats3D = await import("/vendor/gaussian-splats-3d.module.js");
+  root.hidden = false;
+  if (splatViewer) await splatViewer.dispose();
+  root.replaceChildren();
+  // No SharedArrayBuffer (it needs cross-origin isolation) and CPU sorting: runs anywhere.
+  splatViewer = new GaussianSplats3D.Viewer({
+    rootElement: root, sharedMemoryForWorkers: false, gpuAcceleratedSort: false,
+    cameraUp: [0, 1, 0], initialCameraPosition: [0, 0.5, 2.5], initialCameraLookAt: [0, 0, 0],
+  });
+  await splatViewer.addSplatScene(url, { format: GaussianSplats3D.SceneFormat.Ply,
+                                         showLoadingUI: false, progressiveLoad: false });
+  splatViewer.start();
+}
+
+export async function hideViewers() {
+  if (splatViewer) {
+    await splatViewer.dispose();
+    splatViewer = null;
+  }
+  disposeMesh();
+}
+
+async function stlObject(blob) {
+  const { STLLoader } = await import("/vendor/STLLoader.js");
+  const geometry = new STLLoader().parse(await blob.arrayBuffer());
+  geometry.computeVertexNormals();
+  return { object: new THREE.Mesh(geometry, new THREE.MeshStandardMaterial(
+    { color: 0x8d9db6, roughness: 0.55, metalness: 0.05, side: THREE.DoubleSide })), urls: [] };
+}
+
+async function objObject(blob) {
+  const [{ OBJLoader }, { MTLLoader }, { unzipSync, strFromU8 }] = await Promise.all([
+    import("/vendor/OBJLoader.js"), import("/vendor/MTLLoader.js"),
+    import("/vendor/fflate.module.js")]);
+  const files = unzipSync(new Uint8Array(await blob.arrayBuffer()));
+  if (!files["model.obj"]) throw new Error("the zip has no model.obj");
+  const urls = Object.fromEntries(Object.entries(files).map(
+    ([name, bytes]) => [name, URL.createObjectURL(new Blob([bytes]))]));
+  // The MTL names its textures by file name: each resolves to its blob from the zip.
+  const manager = new THREE.LoadingManager();
+  manager.setURLModifier((url) => urls[url.split("/").pop()] ?? url);
+  const loader = new OBJLoader(manager);
+  if (files["model.mtl"]) {
+    const materials = new MTLLoader(manager).parse(strFromU8(files["model.mtl"]), "");
+    materials.preload();
+    loader.setMaterials(materials);
+  }
+  const object = loader.parse(strFromU8(files["model.obj"]));
+  object.traverse((child) => {
+    if (!child.isMesh) return;
+    for (const material of [child.material].flat()) {
+      material.side = THREE.DoubleSide;  // an open surface is seen from both sides
+      // trimesh writes vertex colours into the `v` lines
+      if (child.geometry.attributes.color) material.vertexColors = true;
+    }
+  });
+  return { object, urls: Object.values(urls) };
+}
+
+function disposeMesh() {
+  if (!meshView) return;
+  meshView.renderer.setAnimationLoop(null);
+  meshView.renderer.dispose();
+  meshView.observer.disconnect();
+  meshView.urls.forEach((url) => URL.revokeObjectURL(url));
+  meshView = null;
+}
+
+// OBJ or STL in a three.js scene: framed, lit, turning, with orbit controls (mouse, touch,
+// and the arrow keys once the canvas has the focus).
+export async function showMesh(root, kind, blob) {
+  const [{ OrbitControls }, { object, urls }] = await Promise.all([
+    import("/vendor/OrbitControls.js"), kind === "stl" ? stlObject(blob) : objObject(blob)]);
+  disposeMesh();
+  root.hidden = false;
+  root.replaceChildren();
+  const scene = new THREE.Scene();
+  scene.background = new THREE.Color(0xe5e5ea);
+  scene.add(new THREE.HemisphereLight(0xffffff, 0x555566, 2.2));
+  const sun = new THREE.DirectionalLight(0xffffff, 2.0);
+  sun.position.set(1, 2, 3);
+  scene.add(sun);
+  const box = new THREE.Box3().setFromObject(object);
+  const size = box.getSize(new THREE.Vector3()).length() || 1;
+  object.position.sub(box.getCenter(new THREE.Vector3()));
+  scene.add(object);
+  const camera = new THREE.PerspectiveCamera(40, 1, size / 100, size * 100);
+  camera.position.set(0, size * 0.35, size * 1.4);
+  // preserveDrawingBuffer: the picture can be read back (a screenshot, the page's test).
+  const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+  renderer.setPixelRatio(window.devicePixelRatio);
+  renderer.domElement.tabIndex = 0;
+  renderer.domElement.setAttribute("aria-label", `The ${kind.toUpperCase()} mesh: drag or use the arrow keys to turn it`);
+  root.appendChild(renderer.domElement);
+  const controls = new OrbitControls(camera, renderer.domElement);
+  controls.autoRotate = true;
+  controls.enableDamping = true;
+  controls.listenToKeyEvents(renderer.domElement);
+  const resize = () => {
+    const width = root.clientWidth || 1, height = root.clientHeight || 1;
+    renderer.setSize(width, height, false);
+    camera.aspect = width / height;
+    camera.updateProjectionMatrix();
+  };
+  const observer = new ResizeObserver(resize);
+  observer.observe(root);
+  resize();
+  meshView = { renderer, urls, observer };
+  renderer.setAnimationLoop(() => {
+    controls.update();
+    renderer.render(scene, camera);
+  });
+}
