@@ -39,7 +39,8 @@ def error_answer(status: int, message: str, retry_after: bool = False) -> Answer
                "Content-Length": str(len(body)), "Connection": "close"}
     if retry_after:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
-    return Answer(status, [(k.lower().encode(), v.encode()) for k, v in headers.items()], body)
+    return Answer(status, [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+                  + ENCODED_SECURITY_HEADERS, body)
 
 
 class BodyTooSlow(Exception):
@@ -128,9 +129,9 @@ class Front:
                 pool = self.stream_pool if scope["path"].endswith(STREAM_SUFFIX) else self.pool
                 answer = await asyncio.get_running_loop().run_in_executor(
                     pool, call, self.wsgi_app, environ(scope, raw))
+                answer.headers.extend(ENCODED_SECURITY_HEADERS)
         finally:
             body.release()
-        answer.headers.extend(ENCODED_SECURITY_HEADERS)
         if not body.complete:
             answer.headers.append((b"connection", b"close"))
         if not any(name.lower() == b"date" for name, _ in answer.headers):

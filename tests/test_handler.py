@@ -233,7 +233,7 @@ def test_images_give_one_result_each_in_order_through_the_batch_path(worker, mon
     model = lotus.model
 
     class Recording:
-        device = model.device
+        generators = model.generators
 
         def __call__(self, images, **options):
             calls.append(len(images))
