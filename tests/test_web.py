@@ -299,8 +299,9 @@ def test_the_code_panel_runs_the_same_job_from_python_and_curl(page, server, tmp
     Select(page.find_element(By.NAME, "texture_size")).select_by_value("2048")
     page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
     curl = page.find_element(By.ID, "code-curl").text
-    assert '"stage1_steps":12' in curl and '"texture_size":2048' in curl
-    assert f'"seed":{seed.get_attribute("value")}' in curl
+    assert "-F image=@photo.jpg" in curl  # the file itself, as curl users send one
+    assert "-F stage1_steps=12" in curl and "-F texture_size=2048" in curl
+    assert f'-F seed={seed.get_attribute("value")}' in curl
     assert "no flag for stage1_steps" in page.find_element(By.ID, "code-cli").text
     page.save_screenshot(str(ARTIFACTS / "code.png"))
 

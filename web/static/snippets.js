@@ -15,13 +15,13 @@ export function outputFile(task, options) {
 }
 
 function curl(task, options, base, keyed) {
-  const fields = JSON.stringify(options).slice(1, -1);
+  // A form upload (app.py's _form): the photo as a file, each option as a field.
+  const fields = Object.entries(options).map(([key, value]) => `-F ${key}=${value}`);
   const auth = keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "";
   const out = task === "depth" ? "depth.json" : outputFile(task, options);
   return [
-    `printf '{"image": "%s"${fields ? `, ${fields}` : ""}}' "$(base64 -w 0 photo.jpg)" > request.json`,
-    `curl -s -X POST ${base}/${task}/sync${auth} \\`,
-    `  -H "Content-Type: application/json" --data @request.json -o ${out}`,
+    `curl -s ${base}/${task}/sync${auth} -F image=@photo.jpg \\`,
+    `  ${fields.length ? `${fields.join(" ")} ` : ""}-o ${out}`,
     ...(task === "depth" ? ["# depth.json: image_base64 (the file), min, max; or POST /depth and GET /job/<id>/download"] : []),
   ].join("\n");
 }
