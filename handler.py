@@ -35,6 +35,7 @@ from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
                             is_out_of_memory, public_message, release_memory,
                             validation_message)
 from pipelines.catalog import configured_pipelines
+from pipelines.checkpoints import LOTUS_MODELS
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
 from settings import Settings, load_settings
@@ -111,8 +112,11 @@ class Worker:
             return
         try:
             started = time.perf_counter()
-            self.pipelines["lotus"].predict(DepthJob(image="x").without_image(),
-                                            Image.new("RGB", (64, 48), (128, 128, 128)))
+            lotus = self.pipelines["lotus"]
+            first = lotus.served[0]  # the default depth model, or the first one served
+            request = DepthRequest if LOTUS_MODELS[first].task == "depth" else NormalRequest
+            lotus.predict(request(image="x", model=first).without_image(),
+                          Image.new("RGB", (64, 48), (128, 128, 128)))
             log.info("warm-up done in %.1f s", time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - never fatal
             log.error("warm-up failed: %s", exc)

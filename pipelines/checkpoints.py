@@ -1,6 +1,7 @@
 """Upstream Lotus's six checkpoints, and whether the ones present are real or test weights.
 
-    python pipelines/checkpoints.py CHECKPOINTS_DIR   ->   exit 1 if a Lotus folder is a test one
+    python pipelines/checkpoints.py CHECKPOINTS_DIR [MODEL]   ->   exit 1 if a Lotus folder
+                                                                  (or MODEL's) is a test one
 
 `LOTUS_MODELS` is upstream's table of released models (EnVision-Research/Lotus at b737e12,
 README.md:142-149: checkpoint, task, mode); each is served from CHECKPOINTS_DIR/<its repo
@@ -77,11 +78,11 @@ def is_test_checkpoint(folder: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if not 1 <= len(argv) <= 2 or argv[1:] and argv[1] not in LOTUS_MODELS:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     test = False
-    for model in LOTUS_MODELS.values():
+    for model in [LOTUS_MODELS[argv[1]]] if argv[1:] else LOTUS_MODELS.values():
         folder = Path(argv[0]) / model.folder
         if is_test_checkpoint(folder):
             test = True

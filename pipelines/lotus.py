@@ -44,10 +44,12 @@ CHECKPOINT_FOLDER = LOTUS_FOLDER
 # not read it (it would outlive the test weights when real ones are copied over): whether
 # weights are test ones is decided from the UNet's config (pipelines/checkpoints.py).
 TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
-# model_index.json's _class_name by mode: the published names and upstream's own
-# (train_lotus_d.py:1136-1144, train_lotus_g.py:1187-1195 save LotusDPipeline, LotusGPipeline)
+# model_index.json's _class_name by mode: Lotus-D's published name, upstream's own classes
+# (train_lotus_d.py:1136-1144, train_lotus_g.py:1187-1195 save LotusDPipeline and
+# LotusGPipeline) and their base class (pipeline.py:95). The first is what
+# scripts/make_tiny_checkpoints.py writes.
 PIPELINE_CLASS_NAMES = {"regression": ("DirectRegressionPipeline", "LotusDPipeline"),
-                        "generation": ("DirectDiffusionPipeline", "LotusGPipeline")}
+                        "generation": ("LotusGPipeline", "DirectDiffusionPipeline")}
 # Lotus-G's UNet takes the photo's latent and the noise latent side by side
 # (train_lotus_g.py:733-750 doubles conv_in; pipeline.py:1309-1312 concatenates them).
 UNET_IN_CHANNELS = {"regression": 4, "generation": 8}
@@ -395,8 +397,9 @@ class LotusDepth:
         present = present_models(self.checkpoints_dir)
         default = DEFAULT_MODELS["depth"]
         if self.model_id and default not in present:
-            present = [default, *present]
-        return present
+            present.append(default)
+        # the default depth model first: a warm-up runs the first one served
+        return sorted(present, key=lambda name: name != default)
 
     @property
     def model(self) -> LotusDPipeline | None:

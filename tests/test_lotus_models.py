@@ -232,7 +232,7 @@ def test_depth_takes_a_generative_model_per_request(server):
 
 @pytest.mark.parametrize("path, model, message", [
     ("/depth", "depth-d-v1-0", "model depth-d-v1-0 is not served here; depth models served: "
-                               "depth-g-v2-1-disparity, depth-d-v2-0-disparity"),
+                               "depth-d-v2-0-disparity, depth-g-v2-1-disparity"),
     ("/normal", "normal-x", "model: Input should be 'normal-g-v1-1' or 'normal-d-v1-1'"),
     ("/depth", "normal-d-v1-1", "model: Input should be 'depth-g-v1-0'"),
     ("/normal/sync", "depth-d-v2-0-disparity", "model: Input should be"),
