@@ -4,6 +4,8 @@ tests/lotus_reference.py (upstream's pipeline.py and infer.py, not our code)."""
 
 import base64
 import io
+import json
+import queue
 import shutil
 
 import numpy as np
@@ -12,9 +14,10 @@ import pytest
 import requests
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image
+from standardwebhooks.webhooks import Webhook
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from conftest import image_b64, running_server, wait_until
+from conftest import QuietHandler, image_b64, local_http_server, running_server, wait_until
 from handler import Worker
 from lotus_reference import upstream_lotus_d, upstream_lotus_g
 from make_tiny_checkpoints import make_lotus
@@ -25,6 +28,8 @@ from pipelines.lotus import DepthRequest, LotusDepth, LotusGPipeline, NormalRequ
 TINY = {"depth-d-v2-0-disparity": 0, "normal-d-v1-1": 1, "depth-g-v2-1-disparity": 2,
         "normal-g-v1-1": 3}
 KEY = "worker-key-0123456789"
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+AUTH = {"X-API-Key": KEY}
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +185,34 @@ def test_a_v1_depth_model_is_colourised_as_depth_not_disparity(tmp_path):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, folder):
-    with running_server(tmp_path_factory.mktemp("server"), folder) as started:
+    with running_server(tmp_path_factory.mktemp("server"), folder, API_KEY=KEY,
+                        WEBHOOK_SECRET=SECRET, ALLOW_PRIVATE_URLS="true") as started:
         yield started
+
+
+def post(server, path, body, **headers):
+    return requests.post(f"{server['url']}{path}", json=body, headers={**AUTH, **headers},
+                         timeout=60)
+
+
+def get(server, path):
+    return requests.get(f"{server['url']}{path}", headers=AUTH, timeout=10)
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on loopback: each POST's headers and body."""
+    received = queue.Queue()
+
+    class Handler(QuietHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.put((dict(self.headers), body.decode()))
+            self.send_response(204)
+            self.end_headers()
+
+    with local_http_server(Handler) as url:
+        yield f"{url}/hook", received
 
 
 def test_health_lists_the_six_models_and_which_are_served(server):
@@ -194,38 +225,45 @@ def test_health_lists_the_six_models_and_which_are_served(server):
 
 def test_normal_sync_answers_the_map_and_its_convention(server):
     body = {"image": image_b64(width=40, height=30), "processing_res": 64}
-    answer = requests.post(f"{server['url']}/normal/sync", json=body, timeout=60)
+    assert requests.post(f"{server['url']}/normal/sync", json=body,
+                         timeout=60).status_code == 401  # the key, as on /depth
+    answer = post(server, "/normal/sync", body)
     assert answer.status_code == 200, answer.text
     result = answer.json()
     assert result["model"] == "normal-d-v1-1" and (result["width"], result["height"]) == (40, 30)
     assert "z toward the camera" in result["frame"] and "[-1, 1]" in result["range"]
     image = Image.open(io.BytesIO(base64.b64decode(result["image_base64"])))
     assert image.mode == "RGB" and image.size == (40, 30)
-    download = requests.get(f"{server['url']}{result['download_url']}", timeout=10)
+    download = get(server, result["download_url"])
     assert download.content == base64.b64decode(result["image_base64"])
 
 
-def test_normal_async_with_an_idempotency_key_and_the_generative_model(server):
-    base = server["url"]
+def test_normal_async_with_an_idempotency_key_a_webhook_and_events(server, receiver):
+    url, received = receiver
     body = {"image": image_b64(width=40, height=30), "processing_res": 64,
-            "model": "normal-g-v1-1", "output": "npy", "seed": 5}
-    headers = {"Idempotency-Key": "normals-1"}
-    first = requests.post(f"{base}/normal", json=body, headers=headers, timeout=30)
-    again = requests.post(f"{base}/normal", json=body, headers=headers, timeout=30)
+            "model": "normal-g-v1-1", "output": "npy", "seed": 5, "webhook": url}
+    first = post(server, "/normal", body, **{"Idempotency-Key": "normals-1"})
+    again = post(server, "/normal", body, **{"Idempotency-Key": "normals-1"})
     assert first.status_code == 202 and again.status_code == 200
-    assert again.json()["job_id"] == first.json()["job_id"]
     job = first.json()["job_id"]
-    status = wait_until(lambda: (lambda s: s if s["status"] == "completed" else None)(
-        requests.get(f"{base}/job/{job}", timeout=10).json()), timeout=60)
-    assert status["model"] == "normal-g-v1-1" and "frame" in status
-    values = np.load(io.BytesIO(requests.get(f"{base}/job/{job}/download", timeout=10).content))
+    assert again.json()["job_id"] == job
+    headers, hook = received.get(timeout=60)
+    payload = Webhook(SECRET).verify(hook, headers)  # raises unless the signature is right
+    assert payload["type"] == "job.completed" and payload["data"]["job_id"] == job
+    assert payload["data"]["model"] == "normal-g-v1-1" and "frame" in payload["data"]
+    events = requests.get(f"{server['url']}/job/{job}/events", headers=AUTH, timeout=30)
+    last = json.loads([line for line in events.text.splitlines()
+                       if line.startswith("data:")][-1][5:])
+    assert last["status"] == "completed" and last["download_url"] == f"/job/{job}/download"
+    values = np.load(io.BytesIO(get(server, f"/job/{job}/download").content))
     assert values.shape == (30, 40, 3) and values.dtype == np.float32
+    assert received.empty()  # one job, one webhook: the replay made none
 
 
 def test_depth_takes_a_generative_model_per_request(server):
-    answer = requests.post(f"{server['url']}/depth/sync", json={
-        "image": image_b64(width=40, height=30), "processing_res": 64,
-        "model": "depth-g-v2-1-disparity"}, timeout=60).json()
+    answer = post(server, "/depth/sync", {"image": image_b64(width=40, height=30),
+                                          "processing_res": 64,
+                                          "model": "depth-g-v2-1-disparity"}).json()
     assert answer["model"] == "depth-g-v2-1-disparity" and answer["disparity"] is True
     assert 0 <= answer["min"] <= answer["max"] <= 1
 
@@ -239,14 +277,13 @@ def test_depth_takes_a_generative_model_per_request(server):
 ])
 def test_an_unknown_or_unserved_model_is_a_400_naming_what_is_served(server, path, model,
                                                                      message):
-    answer = requests.post(f"{server['url']}{path}", json={"image": image_b64(),
-                                                           "model": model}, timeout=30)
+    answer = post(server, path, {"image": image_b64(), "model": model})
     assert answer.status_code == 400 and message in answer.json()["error"]
-    assert requests.get(f"{server['url']}/queue", timeout=10).json()["queued"] == 0
+    assert get(server, "/queue").json()["queued"] == 0
 
 
 def test_the_openapi_document_knows_normal(server):
-    document = requests.get(f"{server['url']}/openapi.json", timeout=10).json()
+    document = get(server, "/openapi.json").json()
     assert {"/normal", "/normal/sync"} <= set(document["paths"])
     schema = document["components"]["schemas"]["NormalRequest"]
     assert schema["properties"]["model"]["enum"] == ["normal-g-v1-1", "normal-d-v1-1"]
