@@ -141,11 +141,11 @@ class JobStatus(BaseModel):
 class DepthResult(BaseModel):
     job_id: str
     image_base64: str
-    model: str
+    model: str | None = Field(None, description="The Lotus model that made it")
     min: float
     max: float
-    disparity: bool = Field(description="true: affine-invariant disparity (larger = nearer); "
-                            "false: affine-invariant depth")
+    disparity: bool | None = Field(None, description="true: affine-invariant disparity "
+                                   "(larger = nearer); false: affine-invariant depth")
     width: int
     height: int
     file_path: str = Field(description="The file's name inside OUTPUT_DIR")

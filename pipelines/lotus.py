@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
@@ -71,8 +71,8 @@ ResampleMethod = Literal["bilinear", "bicubic", "nearest"]
 # nothing the photo holds; the default 768 stays open to every photo.
 FREE_PROCESSING_RES = 768
 MAX_UPSCALE = 2
-# The options that change the model's computation: jobs equal in these and in image size
-# share one forward pass. Seed (one generator per job) and output format do not.
+# The options that change the model's computation: jobs equal in these, in `model` and in
+# image size share one forward pass. Seed (one generator per job) and output format do not.
 BATCH_OPTIONS = ("processing_res", "output_processing_res", "resample_method", "timestep",
                  "latent")
 # LotusDepth.time_limit's cost model. Seconds per processing megapixel of one job: CPU
@@ -101,7 +101,8 @@ class LotusRequest(ImageInput):
                                         "resolution instead of the input size")
     resample_method: ResampleMethod = "bilinear"
     timestep: int = Field(999, ge=0, le=999)
-    seed: int = Field(42, ge=0, le=2**63 - 1)
+    seed: int = Field(42, ge=0, le=2**63 - 1, description="Seeds the VAE posterior sample "
+                      "and Lotus-G's noise latent, as upstream's --seed does")
     latent: Literal["sample", "mode"] = Field(
         "sample", description="Encode by sampling the VAE posterior (the reference) or its mode")
 
@@ -393,10 +394,12 @@ class LotusDepth:
     @property
     def served(self) -> list[str]:
         """The table's models this server loads: those whose folder is in CHECKPOINTS_DIR,
-        and the default depth model when MODEL_ID names its repository. Needs no model."""
+        and the default depth model when MODEL_ID names its repository or no folder is
+        there (it is then read from the Hugging Face cache, `resolve_checkpoint`, or fails
+        to load and says so). Needs no model."""
         present = present_models(self.checkpoints_dir)
         default = DEFAULT_MODELS["depth"]
-        if self.model_id and default not in present:
+        if default not in present and (self.model_id or not present):
             present.append(default)
         # the default depth model first: a warm-up runs the first one served
         return sorted(present, key=lambda name: name != default)

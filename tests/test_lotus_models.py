@@ -17,7 +17,7 @@ from PIL import Image
 from standardwebhooks.webhooks import Webhook
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from conftest import QuietHandler, image_b64, local_http_server, running_server, wait_until
+from conftest import QuietHandler, image_b64, local_http_server, running_server
 from handler import Worker
 from lotus_reference import upstream_lotus_d, upstream_lotus_g
 from make_tiny_checkpoints import make_lotus
