@@ -94,13 +94,14 @@ RUN grep -E '^(diffusers|transformers|huggingface-hub|accelerate|safetensors)=='
 
 # The weights, read offline: SAM 3D Objects (pipeline.yaml, *.ckpt), Lotus-D, MoGe (Hugging
 # Face cache), DINOv2 (torch hub) and u2net (rembg). scripts/download_checkpoints.sh fills it.
-# The build stops if Lotus-D there is the tiny random one `make serve` writes (its depth maps
-# are noise), decided from its UNet's config; --build-arg ALLOW_TEST_WEIGHTS=1 builds anyway.
+# The build stops if a Lotus folder there holds tiny random weights (`make serve` writes
+# them; their maps are noise), decided from each UNet's config; --build-arg
+# ALLOW_TEST_WEIGHTS=1 builds anyway.
 COPY pipelines/checkpoints.py /tmp/
 COPY checkpoints/ /app/checkpoints/
 ARG ALLOW_TEST_WEIGHTS=0
 RUN python /tmp/checkpoints.py /app/checkpoints \
-    || { [ "${ALLOW_TEST_WEIGHTS}" = 1 ] && echo "WARNING: this image serves TEST weights for Lotus-D"; }
+    || { [ "${ALLOW_TEST_WEIGHTS}" = 1 ] && echo "WARNING: this image serves TEST weights for Lotus"; }
 ENV CHECKPOINTS_DIR=/app/checkpoints \
     OUTPUT_DIR=/app/outputs \
     HF_HOME=/app/checkpoints/hf-cache \

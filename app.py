@@ -1,4 +1,4 @@
-"""The HTTP API of the SAM 3D Objects deployment guide, plus Lotus-D depth.
+"""The HTTP API of the SAM 3D Objects deployment guide, plus Lotus depth and normals.
 
 HTTP only: parse and validate a request, hand a job to the queue, shape the answer.
 Route -> `queue_manager.JobQueue.submit` -> `pipelines.<model>.run` -> result file.
@@ -31,12 +31,12 @@ from pipelines import PipelineRegistry
 from pipelines.base import PipelineError, public_message, validation_message
 from pipelines.device import gpu_info
 from pipelines.fetch import check_url
-from pipelines.lotus import DepthRequest
+from pipelines.lotus import DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
-from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, QueueStats,
-                     openapi_document)
+from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, NormalResult,
+                     QueueStats, openapi_document)
 from settings import Settings, SettingsError, load_settings
 from jobs.storage import OutputDirInUse
 from webhooks import WebhookSender
@@ -48,6 +48,7 @@ log = logging.getLogger("server")
 ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
     "generate": ("sam3d", GenerateRequest),
     "depth": ("lotus", DepthRequest),
+    "normal": ("lotus", NormalRequest),
 }
 RETRY_AFTER_SECONDS = "10"
 OPEN_PATHS = {"/health", "/livez", "/readyz", "/"}
@@ -370,6 +371,19 @@ def _result_file(view: JobView) -> Response:
         raise ApiError(410, "job results have expired", job_id=view.id) from None
 
 
+def _map_result(view: JobView, schema: type[BaseModel]) -> Response:
+    """A finished depth or normal job as JSON: the file inline (base64) and its info."""
+    if view.state is not JobState.COMPLETED:
+        return _result_file(view)  # the job's error, as JSON
+    try:
+        data = Path(view.result.path).read_bytes()
+    except FileNotFoundError:  # expired between the wait and the read
+        raise ApiError(410, "job results have expired", job_id=view.id) from None
+    return jsonify(schema(job_id=view.id, image_base64=base64.b64encode(data).decode(),
+                          **view.result.info, file_path=view.result.path.name,
+                          download_url=f"/job/{view.id}/download").model_dump())
+
+
 def _wait(view: JobView) -> JobView:
     try:
         view = _queue().wait(view.id, _settings().sync_timeout_seconds)
@@ -428,12 +442,15 @@ def _health() -> tuple[Health, int]:
                     if hasattr(pipeline, "capabilities")}
     notices = {name: pipeline.notice for name, pipeline in registry.items()
                if getattr(pipeline, "notice", None)}
+    models = {name: info for pipeline in registry.values() if hasattr(pipeline, "model_table")
+              for name, info in pipeline.model_table().items()}
     if queue.journal_notice:
         notices["journal"] = queue.journal_notice
     if (problem := queue.output_problem()) is not None:
         notices["storage"] = problem
     body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
                   queue=queue.stats(), pipelines=pipelines, capabilities=capabilities,
+                  models=models,
                   workers_alive=workers_alive, workers=queue.workers(), notices=notices)
     return body, 503 if broken else 200
 
@@ -507,16 +524,15 @@ def _add_routes(app: Flask) -> None:
 
     @app.post("/depth/sync")
     def depth_sync():
-        view = _wait(_submit("depth")[0])
-        if view.state is not JobState.COMPLETED:
-            return _result_file(view)  # the job's error, as JSON
-        try:
-            data = Path(view.result.path).read_bytes()
-        except FileNotFoundError:  # expired between the wait and the read
-            raise ApiError(410, "job results have expired", job_id=view.id) from None
-        return jsonify(DepthResult(job_id=view.id, image_base64=base64.b64encode(data).decode(),
-                                   **view.result.info, file_path=view.result.path.name,
-                                   download_url=f"/job/{view.id}/download").model_dump())
+        return _map_result(_wait(_submit("depth")[0]), DepthResult)
+
+    @app.post("/normal")
+    def normal():
+        return _accepted(_submit("normal"))
+
+    @app.post("/normal/sync")
+    def normal_sync():
+        return _map_result(_wait(_submit("normal")[0]), NormalResult)
 
     @app.get("/job/<job_id>")
     def job_status(job_id):

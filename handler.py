@@ -35,8 +35,9 @@ from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
                             is_out_of_memory, public_message, release_memory,
                             validation_message)
 from pipelines.catalog import configured_pipelines
+from pipelines.checkpoints import LOTUS_MODELS
 from pipelines.images import JobInputs
-from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest
+from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
 from settings import Settings, load_settings
 from workers.batcher import DepthBatcher
@@ -44,7 +45,7 @@ from workers.devices import Device, depth_batch
 
 log = logging.getLogger("handler")
 
-TASKS = {"depth": "lotus", "3d": "sam3d"}
+TASKS = {"depth": "lotus", "normal": "lotus", "3d": "sam3d"}
 MAX_BATCH_IMAGES = 16
 # A job id becomes a file name. RunPod's (`sync-<uuid>`, `<uuid>-u1`) and the SDK's local
 # ones (`test-<uuid>`, rp_fastapi.py:306,317; `local_test`, rp_local.py:40) fit this; the SDK
@@ -60,8 +61,15 @@ class DepthJob(DepthRequest):
     model_id: str | None = Field(None, description="Must match the worker's MODEL_ID")
 
 
+class NormalJob(NormalRequest):
+    task: Literal["normal"]
+
+
 class ObjectJob(GenerateRequest):
     task: Literal["3d"]
+
+
+JOBS = {"depth": DepthJob, "normal": NormalJob, "3d": ObjectJob}
 
 
 class Unauthorized(Exception):
@@ -105,8 +113,11 @@ class Worker:
             return
         try:
             started = time.perf_counter()
-            self.pipelines["lotus"].predict(DepthJob(image="x").without_image(),
-                                            Image.new("RGB", (64, 48), (128, 128, 128)))
+            lotus = self.pipelines["lotus"]
+            first = lotus.served[0]  # the default depth model, or the first one served
+            request = DepthRequest if LOTUS_MODELS[first].task == "depth" else NormalRequest
+            lotus.predict(request(image="x", model=first).without_image(),
+                          Image.new("RGB", (64, 48), (128, 128, 128)))
             log.info("warm-up done in %.1f s", time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - never fatal
             log.error("warm-up failed: %s", exc)
@@ -165,7 +176,7 @@ class Worker:
         if "webhook" in job_input or "webhook_events" in job_input:
             raise PipelineError("webhook: give it to RunPod (the `webhook` beside `input` in "
                                 "/run); this worker does not call webhooks", status=400)
-        requests = self._requests(DepthJob if task == "depth" else ObjectJob, job_input)
+        requests = self._requests(JOBS[task], job_input)
         if name in self.load_errors:
             raise PipelineError(f"model {name!r} failed to load on this worker: "
                                 f"{self.load_errors[name]}", status=503)
@@ -191,7 +202,7 @@ class Worker:
         else:
             with self.model_lock:  # one model call at a time on this GPU
                 results = self._run_model(pipeline, loaded, images, stems, report)
-        key = "image_base64" if task == "depth" else "model_base64"
+        key = "image_base64" if name == "lotus" else "model_base64"
         answers, inline_left = [], self.max_inline_bytes
         for stem, result in zip(stems, results):
             answers.append(self._answer(stem.name, result, key, inline_left))

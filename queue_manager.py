@@ -612,11 +612,11 @@ class JobQueue:
 
 
 def _output_of(options: Any) -> str:
-    """What a job makes, for the log: `glb (textured)`, `ply`, `depth png`."""
+    """What a job makes, for the log: `glb (textured)`, `ply`, `depth png`, `normal npy`."""
     if hasattr(options, "output_format"):
         textured = options.output_format in ("glb", "obj", "usdz") and getattr(
             options, "with_texture", False)
         return options.output_format + (" (textured)" if textured else "")
     if options is None:
         return "recovered"
-    return f"depth {getattr(options, 'output', '')}".strip()
+    return f"{getattr(options, 'TASK', 'depth')} {getattr(options, 'output', '')}".strip()

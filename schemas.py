@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.lotus import DepthRequest
+from pipelines.lotus import DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
 from workers.lanes import RECENT_JOBS
 
@@ -60,6 +60,14 @@ class GPU(BaseModel):
     vram_gb: float
 
 
+class LotusModelInfo(BaseModel):
+    repo_id: str
+    task: Literal["depth", "normal"]
+    mode: Literal["generation", "regression"] = Field(
+        description="generation: Lotus-G (seeded noise beside the photo); regression: Lotus-D")
+    served: bool
+
+
 class Health(BaseModel):
     status: Literal["healthy", "loading", "unhealthy"]
     state: Literal["starting", "ready", "busy", "setup_failed", "unhealthy"] = Field(
@@ -73,6 +81,9 @@ class Health(BaseModel):
     queue: QueueStats
     pipelines: dict[str, Literal["loading", "ready", "failed"]]
     capabilities: dict[str, dict[str, bool]]
+    models: dict[str, LotusModelInfo] = Field(
+        default_factory=dict, description="Upstream Lotus's six checkpoints by short name "
+        "(a depth or normal request's `model`); `served`: present here")
     workers_alive: int
     workers: list[WorkerStatus] = Field(default_factory=list)
     notices: dict[str, str] = Field(default_factory=dict, description="What to know before "
@@ -134,10 +145,26 @@ class JobStatus(BaseModel):
 class DepthResult(BaseModel):
     job_id: str
     image_base64: str
+    model: str | None = Field(None, description="The Lotus model that made it")
     min: float
     max: float
+    disparity: bool | None = Field(None, description="true: affine-invariant disparity "
+                                   "(larger = nearer); false: affine-invariant depth")
     width: int
     height: int
+    file_path: str = Field(description="The file's name inside OUTPUT_DIR")
+    download_url: str
+
+
+class NormalResult(BaseModel):
+    job_id: str
+    image_base64: str = Field(description="The file: an RGB PNG (8 or 16 bits) or an .npy of "
+                              "height x width x 3 float32")
+    model: str
+    width: int
+    height: int
+    frame: str = Field(description="The camera frame the normals are in")
+    range: str = Field(description="What the values mean")
     file_path: str = Field(description="The file's name inside OUTPUT_DIR")
     download_url: str
 
@@ -189,7 +216,7 @@ def _form_schema(schema: dict) -> dict:
 
 def openapi_document(secured: bool) -> dict:
     models = [ErrorResponse, QueueStats, GPU, Health, Readiness, JobAccepted, JobStatus,
-              DepthResult, GenerateRequest, DepthRequest]
+              DepthResult, NormalResult, GenerateRequest, DepthRequest, NormalRequest]
     schemas: dict = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -245,6 +272,9 @@ def openapi_document(secured: bool) -> dict:
         "/depth": submit(DepthRequest, "Queue a depth job"),
         "/depth/sync": submit_sync(DepthRequest, "Depth, answered as JSON",
                                    _json(DepthResult, "The depth map and its range")),
+        "/normal": submit(NormalRequest, "Queue a surface-normal job"),
+        "/normal/sync": submit_sync(NormalRequest, "Surface normals, answered as JSON",
+                                    _json(NormalResult, "The normal map and its convention")),
         "/job/{job_id}": {
             "parameters": job_id,
             "get": {"summary": "Job status", "responses": {
@@ -269,7 +299,7 @@ def openapi_document(secured: bool) -> dict:
                 **auth}}},
     }
     document = {"openapi": "3.1.0",
-                "info": {"title": "SAM 3D Objects and Lotus-D inference server",
+                "info": {"title": "SAM 3D Objects and Lotus inference server",
                          "version": "0.1.0"},
                 "paths": paths, "components": {"schemas": schemas}}
     paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoints import make_lotus, write_tokenizer  # noqa: E402
-from pipelines.lotus_model import LotusDepthPipeline  # noqa: E402
+from pipelines.lotus_model import LotusDPipeline  # noqa: E402
 
 
 def sd2_parts(folder: Path):
@@ -129,7 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         parts = (sd2_parts if args.arch == "sd2" else tiny_parts)(Path(folder))
     parts = tuple(part.to(device).eval() if hasattr(part, "to") else part for part in parts)
-    ours = LotusDepthPipeline(*parts)
+    ours = LotusDPipeline(*parts)
     upstream, reason = upstream_runner(args.upstream, parts, device)
     photo = Image.fromarray(np.random.default_rng(0).integers(
         0, 256, (args.res * 3 // 4, args.res, 3), dtype=np.uint8))
@@ -142,7 +142,8 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU threads, median of {args.runs}")
     # the posterior's mean in both, so the outputs can be compared
     with posterior_mean():
-        ours_s, ours_out = timed(lambda: ours(images, processing_res=args.res), args.runs, device)
+        ours_s, ours_out = timed(lambda: ours(images, processing_res=args.res).mean(axis=-1),
+                               args.runs, device)
         print(f"  ours      {args.batch / ours_s:7.2f} images/s  {ours_s * 1000:8.0f} ms  "
               f"peak {peak_memory_mb(device):.0f} MiB")
         if upstream is None:
@@ -155,7 +156,7 @@ def main() -> None:
           f"{float(np.abs(ours_out - up_out).max()):.2e}")
 
 
-def batch_table(ours: LotusDepthPipeline, photo: Image.Image, sizes: list[int], args,
+def batch_table(ours: LotusDPipeline, photo: Image.Image, sizes: list[int], args,
                 device: str) -> None:
     """Images/s of one forward pass over each batch size, against the first size's."""
     print(f"Lotus-D {args.arch}, {device}, {args.res}x{args.res * 3 // 4} px, torch "

@@ -63,8 +63,8 @@ CPU_LOAD = """
 import sys, time
 from pathlib import Path
 from PIL import Image
-from pipelines.lotus_model import LotusDepthPipeline
-model = LotusDepthPipeline.from_pretrained(Path(sys.argv[1]))
+from pipelines.lotus_model import LotusDPipeline
+model = LotusDPipeline.from_pretrained(Path(sys.argv[1]))
 photo = Image.new("RGB", (1600, 1200), (90, 120, 150))
 stop = time.monotonic() + float(sys.argv[2])
 while time.monotonic() < stop:

@@ -1,13 +1,16 @@
-"""Lotus-D depth (`jingheya/lotus-depth-d-v2-0-disparity`) on stock diffusers parts.
+"""Lotus depth and surface normals, every upstream checkpoint, on stock diffusers parts.
 
-Lotus-D is a one-step regressor built from Stable Diffusion 2: the VAE encodes the photo,
-one UNet call at t=999 (conditioned on an empty prompt and a task embedding) predicts the
-annotation latent, and the VAE decodes it. `LotusDepthPipeline` is upstream's
-`LotusDPipeline.__call__` plus `infer.py`'s depth step (EnVision-Research/Lotus at b737e12:
-pipeline.py:1016-1164, infer.py:163-210, utils/image_utils.py:68-160), diffusers-style
-(`from_pretrained`, `__call__`, in `lotus_model.py`: torch is imported only where the model
-runs); `LotusDepth` serves it on the job queue. Line numbers below
-are upstream's; tests hold the output to a reference that follows those lines.
+Lotus is built from Stable Diffusion 2: the VAE encodes the photo, one UNet call at t=999
+(conditioned on an empty prompt and a task embedding) predicts the annotation latent, and
+the VAE decodes it. Lotus-D (regression) feeds the UNet the photo's latent; Lotus-G
+(generation) feeds it that latent beside a seeded noise latent. `LotusDPipeline` and
+`LotusGPipeline` are upstream's classes of those names (EnVision-Research/Lotus at b737e12:
+pipeline.py:1016-1164 and 1166-1360, utils/image_utils.py:68-160), diffusers-style
+(`from_pretrained`, `__call__`); `LotusDepth` serves the checkpoints present on the job
+queue, with infer.py's per-task step (infer.py:163-217). Upstream's six checkpoints are
+pipelines/checkpoints.py's `LOTUS_MODELS`. The pipelines themselves are in `lotus_model.py`:
+torch is imported only where a model runs. Line numbers below are upstream's; tests hold the
+output to a reference that follows those lines.
 """
 
 from __future__ import annotations
@@ -19,31 +22,44 @@ from typing import TYPE_CHECKING, ClassVar, Hashable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
+from .checkpoints import (DEFAULT_MODELS, LOTUS_FOLDER, LOTUS_MODELS, LotusModel,
+                          is_test_checkpoint, present_models)
 from .images import ImageInput, ImageLimits, JobInputs
-from .outputs import DEPTH_FORMATS, atomic_write
+from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
 
 if TYPE_CHECKING:
-    from .lotus_model import LotusDepthPipeline
+    from .lotus_model import LotusDPipeline
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "jingheya/lotus-depth-d-v2-0-disparity"
-CHECKPOINT_FOLDER = "lotus-depth-d-v2-0-disparity"
+DEFAULT_MODEL_ID = LOTUS_MODELS[DEFAULT_MODELS["depth"]].repo_id
+CHECKPOINT_FOLDER = LOTUS_FOLDER
 # A note for people in the folder scripts/make_tiny_checkpoints.py writes. The server does
 # not read it (it would outlive the test weights when real ones are copied over): whether
 # weights are test ones is decided from the UNet's config (pipelines/checkpoints.py).
 TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
+# What a normal map's values mean, as upstream's code defines it: the pipeline's [0, 1]
+# output is 2n - 1 mapped back (eval.py:214, the evaluation's `pred_normal*2-1`), x, y, z in
+# R, G, B (utils/visualize.py:43-48); the frame is the training targets': Hypersim's camera-
+# space normals with x negated (utils/hypersim_dataset.py:74-75), turned to face the camera
+# (n . p >= 0 for p = depth K^-1 (u, v, 1), hypersim_dataset.py:35-53, --align_cam_normal in
+# train_scripts/train_lotus_*_normal.sh): x to the left, y up, z toward the camera.
+NORMAL_CONVENTION = {
+    "frame": "camera: x to the left, y up, z toward the camera (R, G, B = x, y, z)",
+    "range": "each channel in [0, 1]; the normal is 2 * value - 1, each component in [-1, 1] "
+             "(not renormalised to unit length)",
+}
 ResampleMethod = Literal["bilinear", "bicubic", "nearest"]
 # Upscaling is refused beyond max(FREE_PROCESSING_RES, MAX_UPSCALE x the photo's longer
 # side): a 64x48 photo at 4096 would cost a 64x upscale and up to an hour of CPU for
 # nothing the photo holds; the default 768 stays open to every photo.
 FREE_PROCESSING_RES = 768
 MAX_UPSCALE = 2
-# The options that change the model's computation: jobs equal in these and in image size
-# share one forward pass. Seed (one generator per job) and output format do not.
+# The options that change the model's computation: jobs equal in these, in `model` and in
+# image size share one forward pass. Seed (one generator per job) and output format do not.
 BATCH_OPTIONS = ("processing_res", "output_processing_res", "resample_method", "timestep",
                  "latent")
 # LotusDepth.time_limit's cost model. Seconds per processing megapixel of one job: CPU
@@ -57,8 +73,14 @@ SLACK = 5  # a job this many times over its estimate is stuck, not slow
 WARM_UP_SECONDS = 120  # first-call kernel selection, a cold page cache
 
 
-class DepthRequest(ImageInput):
-    """Options of a depth job (`POST /depth`, and the serverless worker's input)."""
+def _model_names(task: str) -> tuple[str, ...]:
+    return tuple(name for name, model in LOTUS_MODELS.items() if model.task == task)
+
+
+class LotusRequest(ImageInput):
+    """Options every Lotus job takes; `DepthRequest` and `NormalRequest` add the task's own."""
+
+    TASK: ClassVar[str]
 
     processing_res: int = Field(768, ge=0, le=4096,
                                 description="Longer side the model sees; 0 = native size")
@@ -66,19 +88,14 @@ class DepthRequest(ImageInput):
                                         "resolution instead of the input size")
     resample_method: ResampleMethod = "bilinear"
     timestep: int = Field(999, ge=0, le=999)
-    seed: int = Field(42, ge=0, le=2**63 - 1)
+    seed: int = Field(42, ge=0, le=2**63 - 1, description="Seeds the VAE posterior sample "
+                      "and Lotus-G's noise latent, as upstream's --seed does")
     latent: Literal["sample", "mode"] = Field(
         "sample", description="Encode by sampling the VAE posterior (the reference) or its mode")
-    output: Literal["png", "png16", "npy", "color"] = "png"
-    disparity: bool = Field(True, description="Lotus-D predicts disparity; only true is served")
 
-    @field_validator("disparity")
-    @classmethod
-    def _disparity_only(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("this checkpoint predicts affine-invariant disparity; "
-                             "metric or relative depth is not available")
-        return value
+    @property
+    def lotus_model(self) -> LotusModel:
+        return LOTUS_MODELS[self.model]
 
     def load(self, limits: ImageLimits) -> JobInputs:
         """The image, with processing_res checked against it at submission, so a request
@@ -93,6 +110,45 @@ class DepthRequest(ImageInput):
                 f"max({FREE_PROCESSING_RES}, {MAX_UPSCALE} x its longer side) = {limit} "
                 "is served (0 = its native size)")
         return inputs
+
+
+class DepthRequest(LotusRequest):
+    """Options of a depth job (`POST /depth`, and the serverless worker's input)."""
+
+    TASK: ClassVar[str] = "depth"
+
+    model: Literal[_model_names("depth")] = Field(  # type: ignore[valid-type]
+        DEFAULT_MODELS["depth"], description="Which of upstream's depth checkpoints "
+        "(/health lists the ones served): depth-*-disparity predict disparity, "
+        "-g- models are Lotus-G (generative), -d- Lotus-D (regression)")
+    output: Literal["png", "png16", "npy", "color"] = "png"
+    disparity: bool | None = Field(None, description="What the model predicts: true for "
+                                   "the *-disparity models (affine-invariant disparity), false "
+                                   "for the v1-0 ones (affine-invariant depth); if given, it "
+                                   "must match the model")
+
+    @model_validator(mode="after")
+    def _disparity_of_the_model(self):
+        predicts = self.lotus_model.disparity
+        if self.disparity is not None and self.disparity != predicts:
+            raise ValueError(f"disparity: model {self.model} predicts affine-invariant "
+                             f"{'disparity' if predicts else 'depth'}, not "
+                             f"{'disparity' if self.disparity else 'depth'}; metric depth "
+                             "is not available")
+        return self
+
+
+class NormalRequest(LotusRequest):
+    """Options of a surface-normal job (`POST /normal`, the serverless `task: "normal"`)."""
+
+    TASK: ClassVar[str] = "normal"
+
+    model: Literal[_model_names("normal")] = Field(  # type: ignore[valid-type]
+        DEFAULT_MODELS["normal"], description="Which of upstream's normal checkpoints "
+        "(/health lists the ones served): -g- is Lotus-G (generative), -d- Lotus-D")
+    output: Literal["png", "png16", "npy"] = Field(
+        "png", description="png: 8-bit RGB as upstream's infer.py writes it; png16: 16-bit "
+        "RGB; npy: the raw float32 height x width x 3 prediction in [0, 1]")
 
 
 def max_processing_res(size: tuple[int, int]) -> int:
@@ -121,7 +177,8 @@ def resolve_checkpoint(checkpoints_dir: Path, model_id: str | None = None) -> Pa
 
 
 class LotusDepth:
-    """The queue's view of Lotus-D: one job = one image -> one depth file."""
+    """The queue's view of Lotus: one job = one image -> one depth or normal file, from the
+    checkpoint its request's `model` names, among those present (`served`)."""
 
     name: ClassVar[str] = "lotus"
     options_model: ClassVar[type] = DepthRequest
@@ -131,43 +188,85 @@ class LotusDepth:
                  device_kind: str = "cpu"):
         self.checkpoints_dir, self.model_id = Path(checkpoints_dir), model_id
         self.device_kind = device_kind  # where jobs run: "cuda" or "cpu" (time_limit)
-        self.model: "LotusDepthPipeline | None" = None
+        self.models: dict[str, "LotusDPipeline"] = {}
 
     @staticmethod
     def checkpoint_present(checkpoints_dir: Path, model_id: str | None = None) -> bool:
-        return bool(model_id) or (Path(checkpoints_dir) / CHECKPOINT_FOLDER).is_dir()
+        return bool(model_id) or bool(present_models(checkpoints_dir))
+
+    @property
+    def served(self) -> list[str]:
+        """The table's models this server loads: those whose folder is in CHECKPOINTS_DIR,
+        and the default depth model when MODEL_ID names its repository or no folder is
+        there (it is then read from the Hugging Face cache, `resolve_checkpoint`, or fails
+        to load and says so). Needs no model."""
+        present = present_models(self.checkpoints_dir)
+        default = DEFAULT_MODELS["depth"]
+        if default not in present and (self.model_id or not present):
+            present.append(default)
+        # the default depth model first: a warm-up runs the first one served
+        return sorted(present, key=lambda name: name != default)
+
+    @property
+    def model(self) -> "LotusDPipeline | None":
+        """The default depth model's pipeline (the one a plain depth request runs)."""
+        return self.models.get(DEFAULT_MODELS["depth"])
+
+    def model_table(self) -> dict[str, dict]:
+        """Upstream's six checkpoints and which are served here (/health's `models`)."""
+        served = set(self.served)
+        return {name: {"repo_id": self.model_id if name == DEFAULT_MODELS["depth"]
+                       and self.model_id else model.repo_id, "task": model.task,
+                       "mode": model.mode, "served": name in served}
+                for name, model in LOTUS_MODELS.items()}
 
     @cached_property
     def notice(self) -> str | None:
         """What a user must know before trusting a result (health, log, web page): read
-        from the checkpoint once, as it was when the server started (what it serves)."""
-        from .checkpoints import is_test_checkpoint
-
-        if self.model_id or not is_test_checkpoint(self.checkpoints_dir / CHECKPOINT_FOLDER):
+        from the checkpoints once, as they were when the server started (what it serves)."""
+        test = [name for name in self.served
+                if not (self.model_id and name == DEFAULT_MODELS["depth"])
+                and is_test_checkpoint(self.checkpoints_dir / LOTUS_MODELS[name].folder)]
+        if not test:
             return None
-        return ("Lotus-D runs the tiny random test checkpoint (scripts/make_tiny_checkpoints.py): "
-                f"its depth maps are noise. Put the real {CHECKPOINT_FOLDER} checkpoint in "
-                "CHECKPOINTS_DIR for real depth maps.")
+        return (f"Lotus runs tiny random test checkpoints (scripts/make_tiny_checkpoints.py) "
+                f"for {', '.join(test)}: their maps are noise. Put the real "
+                f"{', '.join(LOTUS_MODELS[name].folder for name in test)} checkpoint(s) in "
+                "CHECKPOINTS_DIR for real results.")
 
-    def check(self, options: DepthRequest) -> None:
-        """Nothing to refuse before the image is known (DepthRequest.load checks
-        processing_res against it)."""
+    def check(self, options: LotusRequest) -> None:
+        """A model that is not served here is a 400 naming those that are (DepthRequest.load
+        checks processing_res against the image). Needs no model."""
+        served = self.served
+        if options.model not in served:
+            task = options.lotus_model.task
+            same_task = [name for name in served if LOTUS_MODELS[name].task == task]
+            raise InvalidInput(
+                f"model {options.model} is not served here; {task} models served: "
+                f"{', '.join(same_task) or 'none'} (all served: {', '.join(served) or 'none'})")
 
     def load(self) -> None:
         import torch
 
-        from .lotus_model import LotusDepthPipeline
+        from .lotus_model import PIPELINES
 
         self.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
         if self.notice:
             log.warning(self.notice)
-        path = resolve_checkpoint(self.checkpoints_dir, self.model_id)
-        self.model = LotusDepthPipeline.from_pretrained(path, device=self.device_kind)
+        for name in self.served:
+            self.models[name] = PIPELINES[LOTUS_MODELS[name].mode].from_pretrained(
+                self._path(name), device=self.device_kind)
 
-    def time_limit(self, options: DepthRequest, image: Image.Image) -> float | None:
+    def _path(self, name: str) -> Path:
+        if name == DEFAULT_MODELS["depth"]:
+            return resolve_checkpoint(self.checkpoints_dir, self.model_id)
+        return self.checkpoints_dir / LOTUS_MODELS[name].folder
+
+    def time_limit(self, options: LotusRequest, image: Image.Image) -> float | None:
         """Seconds after which this job is surely stuck, for the queue to cap
         JOB_TIMEOUT_SECONDS: SECONDS_PER_MEGAPIXEL of the processing size, the UNet's
-        self-attention growing with its square, times SLACK, plus warm-up. Needs no model."""
+        self-attention growing with its square, times SLACK, plus warm-up (Lotus-G's one UNet
+        call costs as Lotus-D's: only its first convolution is wider). Needs no model."""
         width, height = image.size
         if options.processing_res > 0:
             height, width = resized_size(height, width, options.processing_res)
@@ -177,81 +276,98 @@ class LotusDepth:
         return WARM_UP_SECONDS + SLACK * work
 
     @staticmethod
-    def batch_key(options: DepthRequest, image: Image.Image) -> Hashable:
-        """Jobs with equal keys may share one forward pass (`run_batch`): the image size and
-        every option that changes the computation. Needs no model."""
-        return (image.size, *(getattr(options, name) for name in BATCH_OPTIONS))
+    def batch_key(options: LotusRequest, image: Image.Image) -> Hashable:
+        """Jobs with equal keys may share one forward pass (`run_batch`): the model, the
+        image size and every option that changes the computation. Needs no model."""
+        return (options.model, image.size, *(getattr(options, name) for name in BATCH_OPTIONS))
 
-    def predict(self, options: DepthRequest, image: Image.Image,
+    def predict(self, options: LotusRequest, image: Image.Image,
                 progress: Progress | None = None) -> np.ndarray:
-        """The raw disparity for one image, at the size the options ask for."""
+        """The raw prediction for one image, at the size the options ask for: depth
+        (height, width), normals (height, width, 3)."""
         return self._predict([(options, image)], progress)[0]
 
-    def run(self, options: DepthRequest, image: Image.Image, output_stem: Path,
+    def run(self, options: LotusRequest, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result:
         return _raised(self.run_batch([(options, image, output_stem)], progress))[0]
 
-    def run_many(self, options: DepthRequest, images: Sequence[Image.Image],
+    def run_many(self, options: LotusRequest, images: Sequence[Image.Image],
                  output_stems: Sequence[Path], progress: Progress) -> list[Result]:
         """One result file per image, in order (the serverless worker's `images`); each
         image equals a request of its own with these options."""
         return _raised(self.run_batch([(options, image, stem) for image, stem
                                        in zip(images, output_stems)], progress))
 
-    def run_batch(self, jobs: Sequence[tuple[DepthRequest, Image.Image, Path]],
+    def run_batch(self, jobs: Sequence[tuple[LotusRequest, Image.Image, Path]],
                   progress: Progress) -> list[Result | PipelineError]:
         """Each job's result, in order: one forward pass per batch key (one for jobs of
         equal keys), each job with its own seed, output format and file. A job whose output
         is not finite or cannot be written gets a PipelineError in its place; the others
         complete. A failing forward pass (out of memory) raises for the whole batch."""
-        disparities = self._predict([(options, image) for options, image, _ in jobs], progress)
+        predictions = self._predict([(options, image) for options, image, _ in jobs], progress)
         progress("writing", 0.9)
-        return [self._finish(options, disparity, stem)
-                for (options, _, stem), disparity in zip(jobs, disparities)]
+        return [self._finish(options, prediction, stem)
+                for (options, _, stem), prediction in zip(jobs, predictions)]
 
-    def _predict(self, jobs: Sequence[tuple[DepthRequest, Image.Image]],
+    def _predict(self, jobs: Sequence[tuple[LotusRequest, Image.Image]],
                  progress: Progress | None) -> list[np.ndarray]:
-        """One raw disparity per (options, image), in order; one forward pass per key."""
-        if self.model is None:
-            raise PipelineError("Lotus-D is not loaded", status=503)
+        """One raw prediction per (options, image), in order; one forward pass per key."""
         groups: dict[Hashable, list[int]] = {}
         for index, (options, image) in enumerate(jobs):
             groups.setdefault(self.batch_key(options, image), []).append(index)
-        disparities: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        predictions: list[np.ndarray] = [np.empty(0)] * len(jobs)
         for indices in groups.values():
             options = jobs[indices[0]][0]
-            # Upstream samples the posterior from the global generator after seed_all(seed)
-            # (infer.py:105-106, pipeline.py:1108): a fresh generator on the model's device
-            # with the same seed draws the same numbers, one per job, so each job equals
-            # upstream's run of its image alone.
-            generators = self.model.generators([jobs[i][0].seed for i in indices])
-            batch = self.model([jobs[i][1] for i in indices],
-                               processing_res=options.processing_res,
-                               match_input_res=not options.output_processing_res,
-                               resample_method=options.resample_method,
-                               timestep=options.timestep, generator=generators,
-                               latent=options.latent, on_stage=progress)
-            for index, disparity in zip(indices, batch):
-                disparities[index] = disparity
-        return disparities
+            model = self.models.get(options.model)
+            if model is None:
+                raise PipelineError(f"Lotus model {options.model} is not loaded", status=503)
+            # Upstream seeds the global generator and its own with seed_all(seed) and
+            # torch.Generator(device).manual_seed(seed) (infer.py:105-106, 169-172): the
+            # posterior is sampled from the first (pipeline.py:1121, 1297), Lotus-G's noise
+            # from the second (pipeline.py:1286-1295, 633-653). Fresh generators on the
+            # model's device with the same seed draw the same numbers, one pair per job, so
+            # each job equals upstream's run of its image alone.
+            seeds = [jobs[i][0].seed for i in indices]
+            batch = model([jobs[i][1] for i in indices],
+                          processing_res=options.processing_res,
+                          match_input_res=not options.output_processing_res,
+                          resample_method=options.resample_method,
+                          timestep=options.timestep, generator=model.generators(seeds),
+                          noise_generator=model.generators(seeds), latent=options.latent,
+                          on_stage=progress)
+            for index, prediction in zip(indices, batch):
+                # infer.py:209-213: depth is the mean of the three channels, normals all three
+                predictions[index] = (prediction.mean(axis=-1)
+                                      if options.lotus_model.task == "depth" else prediction)
+        return predictions
 
     @classmethod
-    def _finish(cls, options: DepthRequest, disparity: np.ndarray,
+    def _finish(cls, options: LotusRequest, prediction: np.ndarray,
                 output_stem: Path) -> Result | PipelineError:
-        if not np.isfinite(disparity).all():
+        if not np.isfinite(prediction).all():
             return PipelineError("the model produced non-finite values", status=500)
         try:
-            return cls._write(options, disparity, output_stem)
+            return cls._write(options, prediction, output_stem)
         except OSError as exc:  # a full or read-only disk fails this job, not its batch
             return describe_failure(exc)
 
     @staticmethod
-    def _write(options: DepthRequest, disparity: np.ndarray, output_stem: Path) -> Result:
-        encode, suffix, media_type, download_name = DEPTH_FORMATS[options.output]
-        data = encode(disparity)
+    def _write(options: LotusRequest, prediction: np.ndarray, output_stem: Path) -> Result:
+        model = options.lotus_model
+        formats = DEPTH_FORMATS if model.task == "depth" else NORMAL_FORMATS
+        encode, suffix, media_type, download_name = formats[options.output]
+        if model.task == "depth" and options.output == "color":
+            data = encode(prediction, disparity=model.disparity)
+        else:
+            data = encode(prediction)
         path = atomic_write(Path(f"{output_stem}{suffix}"), lambda tmp: tmp.write_bytes(data))
-        info = {"min": float(disparity.min()), "max": float(disparity.max()),
-                "width": int(disparity.shape[1]), "height": int(disparity.shape[0])}
+        info: dict = {"model": options.model, "width": int(prediction.shape[1]),
+                      "height": int(prediction.shape[0])}
+        if model.task == "depth":
+            info.update(min=float(prediction.min()), max=float(prediction.max()),
+                        disparity=model.disparity)
+        else:
+            info.update(NORMAL_CONVENTION)
         return Result(path=path, media_type=media_type, download_name=download_name, info=info)
 
 

@@ -1,7 +1,7 @@
-"""Lotus-D's forward pass on torch and diffusers, imported only where the model runs (a model
-worker process, the serverless worker): the HTTP process validates and queues depth jobs with
-`pipelines/lotus.py` alone and never loads torch. Line numbers are upstream's
-(EnVision-Research/Lotus at b737e12).
+"""Lotus's forward passes on torch and diffusers (Lotus-D and Lotus-G), imported only where
+the model runs (a model worker process, the serverless worker): the HTTP process validates
+and queues Lotus jobs with `pipelines/lotus.py` alone and never loads torch. Line numbers
+are upstream's (EnVision-Research/Lotus at b737e12).
 """
 
 from __future__ import annotations
@@ -9,31 +9,42 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
+import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .lotus import ResampleMethod, resized_size
 
-PIPELINE_CLASS_NAMES = ("DirectRegressionPipeline", "LotusDPipeline")
+# model_index.json's _class_name by mode: Lotus-D's published name, upstream's own classes
+# (train_lotus_d.py:1136-1144, train_lotus_g.py:1187-1195 save LotusDPipeline and
+# LotusGPipeline) and their base class (pipeline.py:95). The first is what
+# scripts/make_tiny_checkpoints.py writes.
+PIPELINE_CLASS_NAMES = {"regression": ("DirectRegressionPipeline", "LotusDPipeline"),
+                        "generation": ("LotusGPipeline", "DirectDiffusionPipeline")}
+# Lotus-G's UNet takes the photo's latent and the noise latent side by side
+# (train_lotus_g.py:733-750 doubles conv_in; pipeline.py:1309-1312 concatenates them).
+UNET_IN_CHANNELS = {"regression": 4, "generation": 8}
 REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer")
 
-
-class LotusDepthPipeline:
-    """Photo(s) in, affine-invariant disparity (larger = nearer, in [0, 1]) out.
+class LotusDPipeline:
+    """Lotus-D: photo(s) in, the decoded annotation (depth or normals, in [0, 1]) out.
 
     Weights stay in fp32 and CUDA runs under `torch.autocast` (fp16), as upstream's
     infer.py:118-122,180 does without --half_precision; the CPU runs plain fp32.
     """
 
+    mode: ClassVar[str] = "regression"
+
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL,
-                 text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer):
-        self.unet, self.vae = unet.eval(), vae.eval()
+                 text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, scheduler=None):
+        self.unet, self.vae, self.scheduler = unet.eval(), vae.eval(), scheduler
         self.device = unet.device
         # Images smaller than the VAE's downsampling give an empty latent (upstream fails).
         self.min_side = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -42,14 +53,16 @@ class LotusDepthPipeline:
             # (its padding_type="do_not_pad", pipeline.py:272), then the last hidden state.
             ids = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
-            self.prompt_embeds = text_encoder(ids.to(text_encoder.device))[0]
+            # pipeline.py:364: cast to the text encoder's dtype (fp32 here)
+            self.prompt_embeds = text_encoder(ids.to(text_encoder.device))[0].to(
+                text_encoder.dtype)
         task = torch.tensor([[1.0, 0.0]])  # infer.py:189-190
         self.task_emb = torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LotusDepthPipeline":
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LotusDPipeline":
         path = Path(path)
-        check_checkpoint(path)
+        check_checkpoint(path, cls.mode)
         # Explicit fp32: the published weights are fp16, and transformers' default dtype
         # differs between releases.
         dtype = torch.float32
@@ -58,10 +71,16 @@ class LotusDepthPipeline:
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
                                                      torch_dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        return cls(unet.to(device), vae.to(device), text_encoder.to(device), tokenizer)
+        return cls(unet.to(device), vae.to(device), text_encoder.to(device), tokenizer,
+                   cls.load_scheduler(path))
+
+    @staticmethod
+    def load_scheduler(path: Path):
+        """Lotus-D has no use for one (pipeline.py:1105-1122 calls the UNet once)."""
+        return None
 
     def generators(self, seeds: Sequence[int]) -> list[torch.Generator]:
-        """One generator per seed on the model's device (`__call__`'s `generator` list)."""
+        """One generator per seed on the model's device (`__call__`'s generator lists)."""
         return [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
 
     def autocast(self):
@@ -74,13 +93,15 @@ class LotusDepthPipeline:
                  match_input_res: bool = True, resample_method: ResampleMethod = "bilinear",
                  timestep: int = 999,
                  generator: torch.Generator | list[torch.Generator] | None = None,
+                 noise_generator: torch.Generator | list[torch.Generator] | None = None,
                  latent: Literal["sample", "mode"] = "sample",
                  on_stage: Callable[[str, float], None] | None = None) -> np.ndarray:
-        """Images of one size -> float32 array (batch, height, width). `generator` may be a
-        list, one per image: each image's posterior sample then comes from its own
-        (diffusers' randn_tensor draws one batch item per generator, utils/torch_utils.py:
-        69-79, called by DiagonalGaussianDistribution.sample, models/autoencoders/vae.py:
-        793-802, diffusers 0.32.2)."""
+        """Images of one size -> float32 array (batch, height, width, 3) in [0, 1], as
+        upstream's pipeline returns it (output_type="np"). `generator` may be a list, one per
+        image: each image's posterior sample then comes from its own (diffusers'
+        randn_tensor draws one batch item per generator, utils/torch_utils.py:69-79, called
+        by DiagonalGaussianDistribution.sample, models/autoencoders/vae.py:793-802, diffusers
+        0.32.2). `noise_generator`, the same, draws Lotus-G's noise latent."""
         stage = on_stage or (lambda name, fraction: None)
         pixels = _to_tensor(images)
         height, width = pixels.shape[-2:]
@@ -96,33 +117,73 @@ class LotusDepthPipeline:
             rgb_latent = rgb_latent * self.vae.config.scaling_factor
 
             stage("predicting", 0.4)
-            batch = rgb_latent.shape[0]
-            prediction = self.unet(  # pipeline.py:1115-1122
-                rgb_latent, torch.tensor(timestep, device=self.device).long(),
-                encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1),
-                class_labels=self.task_emb.expand(batch, -1), return_dict=False)[0]
+            prediction = self.predict_latent(
+                rgb_latent, torch.tensor(timestep, device=self.device).long(), noise_generator)
 
             stage("decoding", 0.7)
             decoded = self.vae.decode(prediction / self.vae.config.scaling_factor,
                                       return_dict=False)[0]
-        # VaeImageProcessor.postprocess(output_type="np"), then infer.py:210's channel mean
-        disparity = (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1, keepdim=True)
-        disparity = disparity[..., :max(proc_h, 1), :max(proc_w, 1)]
+        # VaeImageProcessor.postprocess(output_type="np"): denormalised, clamped
+        annotation = (decoded.float() / 2 + 0.5).clamp(0, 1)
+        annotation = annotation[..., :max(proc_h, 1), :max(proc_w, 1)]
         if match_input_res:  # pipeline.py:1150-1153: always nearest, exact
-            disparity = F.interpolate(disparity, size=(height, width), mode="nearest-exact")
-        return disparity[:, 0].cpu().numpy().astype(np.float32)
+            annotation = F.interpolate(annotation, size=(height, width), mode="nearest-exact")
+        return annotation.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+
+    def predict_latent(self, rgb_latent: torch.Tensor, timestep: torch.Tensor,
+                       noise_generator) -> torch.Tensor:
+        """pipeline.py:1111-1122: one UNet call on the photo's latent."""
+        batch = rgb_latent.shape[0]
+        return self.unet(rgb_latent, timestep,
+                         encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1),
+                         class_labels=self.task_emb.expand(batch, -1), return_dict=False)[0]
 
 
-def check_checkpoint(path: Path) -> None:
-    """Fail at load, naming what is missing, rather than deep inside diffusers."""
+class LotusGPipeline(LotusDPipeline):
+    """Lotus-G: as Lotus-D, with a seeded noise latent beside the photo's (upstream's
+    LotusGPipeline.__call__, pipeline.py:1166-1360, with infer.py's single timestep)."""
+
+    mode: ClassVar[str] = "generation"
+
+    @staticmethod
+    def load_scheduler(path: Path):
+        """The checkpoint's own scheduler class and config, as DiffusionPipeline loads it."""
+        config = json.loads((Path(path) / "scheduler" / "scheduler_config.json").read_text())
+        return getattr(diffusers, config["_class_name"]).from_pretrained(
+            path, subfolder="scheduler")
+
+    def predict_latent(self, rgb_latent: torch.Tensor, timestep: torch.Tensor,
+                       noise_generator) -> torch.Tensor:
+        """prepare_latents (pipeline.py:633-653: randn_tensor from the generator in the text
+        encoder's dtype, times init_noise_sigma), then the loop (pipeline.py:1308-1327) for
+        the one timestep infer.py passes: scale, concatenate after the photo's latent, and
+        the UNet's x0 prediction is the result (no scheduler step for a single timestep)."""
+        noise = randn_tensor(tuple(rgb_latent.shape), generator=noise_generator,
+                             device=self.device, dtype=self.prompt_embeds.dtype)
+        noise = noise * self.scheduler.init_noise_sigma
+        noise = self.scheduler.scale_model_input(noise, timestep)
+        return super().predict_latent(torch.cat([rgb_latent, noise], dim=1), timestep, None)
+
+
+PIPELINES = {cls.mode: cls for cls in (LotusDPipeline, LotusGPipeline)}
+
+
+def check_checkpoint(path: Path, mode: str = "regression") -> None:
+    """Fail at load, naming what is missing or which mode the folder holds, rather than
+    deep inside diffusers."""
     if not path.is_dir():
         raise FileNotFoundError(f"Lotus checkpoint folder {path} does not exist")
     missing = [part for part in REQUIRED_PARTS if not (path / part).exists()]
     if missing:
         raise FileNotFoundError(f"Lotus checkpoint {path} is missing: {', '.join(missing)}")
     class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
-    if class_name not in PIPELINE_CLASS_NAMES:
-        raise ValueError(f"{path} holds a {class_name}, not a Lotus-D checkpoint")
+    if not any(class_name in names for names in PIPELINE_CLASS_NAMES.values()):
+        raise ValueError(f"{path} holds a {class_name}, not a Lotus checkpoint")
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    if unet.get("in_channels") != UNET_IN_CHANNELS[mode]:
+        held = {v: k for k, v in UNET_IN_CHANNELS.items()}.get(unet.get("in_channels"), "unknown")
+        raise ValueError(f"{path} holds a Lotus {held} checkpoint (a UNet of "
+                         f"{unet.get('in_channels')} input channels), not a {mode} one")
 
 
 # utils/image_utils.py:147-160: upstream's "nearest" is torchvision's NEAREST_EXACT.

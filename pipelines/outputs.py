@@ -1,6 +1,7 @@
 """Result files: written atomically, so a download never sees half a file.
 
-Depth encodings live here too: every one is computed from the raw float prediction.
+Depth and normal encodings live here too: every one is computed from the raw float
+prediction.
 """
 
 from __future__ import annotations
@@ -53,17 +54,39 @@ def depth_png16(depth: np.ndarray) -> bytes:
 
 
 def depth_npy(depth: np.ndarray) -> bytes:
+    """The raw float32 prediction (depth or normals), as upstream saves it (infer.py:217)."""
     buffer = io.BytesIO()
     np.save(buffer, depth.astype(np.float32), allow_pickle=False)
     return buffer.getvalue()
 
 
-def depth_color(depth: np.ndarray) -> bytes:
-    """Matplotlib's Spectral on 1 - disparity, as the Lotus demo shows it (near is red)."""
+def depth_color(depth: np.ndarray, disparity: bool = True) -> bytes:
+    """Matplotlib's Spectral, near in red, as the Lotus demo shows it: on 1 - disparity, or
+    on depth itself (utils/image_utils.py:48-57, reverse_color=--disparity, infer.py:211)."""
     from matplotlib import colormaps
 
-    rgba = colormaps["Spectral"](1.0 - _normalized(depth), bytes=True)
+    normalized = _normalized(depth)
+    rgba = colormaps["Spectral"](1.0 - normalized if disparity else normalized, bytes=True)
     return _png_bytes(Image.fromarray(np.ascontiguousarray(rgba[..., :3])))
+
+
+def normal_png8(normals: np.ndarray) -> bytes:
+    """Upstream's file (infer.py:214): the height x width x 3 prediction in [0, 1] times 255,
+    truncated to 8 bits, as RGB."""
+    return _png_bytes(Image.fromarray((normals * 255).astype(np.uint8)))
+
+
+def normal_png16(normals: np.ndarray) -> bytes:
+    """The prediction times 65535, rounded, as a 16-bit RGB PNG (Pillow writes 16 bits for
+    one channel only; pypng writes any PNG)."""
+    import png
+
+    height, width, _ = normals.shape
+    values = np.round(np.clip(normals, 0, 1) * 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    png.Writer(width, height, greyscale=False, bitdepth=16).write(
+        buffer, values.reshape(height, width * 3))
+    return buffer.getvalue()
 
 
 # output name -> (encoder, suffix, media type, download name)
@@ -72,4 +95,9 @@ DEPTH_FORMATS: dict[str, tuple[Callable[[np.ndarray], bytes], str, str, str]] = 
     "png16": (depth_png16, ".png", "image/png", "depth16.png"),
     "npy": (depth_npy, ".npy", "application/octet-stream", "depth.npy"),
     "color": (depth_color, ".png", "image/png", "depth_color.png"),
+}
+NORMAL_FORMATS: dict[str, tuple[Callable[[np.ndarray], bytes], str, str, str]] = {
+    "png": (normal_png8, ".png", "image/png", "normal.png"),
+    "png16": (normal_png16, ".png", "image/png", "normal16.png"),
+    "npy": (depth_npy, ".npy", "application/octet-stream", "normal.npy"),
 }

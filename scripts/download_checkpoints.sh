@@ -34,7 +34,7 @@ fi
 
 echo "== Lotus-D ($LOTUS_MODEL_ID)"
 # the same check the image build runs (pipelines/checkpoints.py: the UNet's config)
-if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" >/dev/null 2>&1; then
+if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" depth-d-v2-0-disparity >/dev/null 2>&1; then
   echo "$LOTUS holds the tiny test weights: replacing the whole folder"
   rm -rf "$LOTUS"
 fi
@@ -71,7 +71,7 @@ for path in pipeline.yaml ss_generator.ckpt slat_generator.ckpt ss_decoder.ckpt 
     missing=1
   fi
 done
-if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" >/dev/null 2>&1; then
+if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" depth-d-v2-0-disparity >/dev/null 2>&1; then
   echo "TEST     lotus-depth-d-v2-0-disparity holds test weights, not Lotus-D's"
   missing=1
 fi

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Write a tiny Lotus-D checkpoint: the real folder layout and classes, random weights.
+"""Write tiny Lotus checkpoints: the real folder layout and classes, random weights.
 
     python scripts/make_tiny_checkpoints.py DIR   ->   DIR/lotus-depth-d-v2-0-disparity/
+    python scripts/make_tiny_checkpoints.py DIR normal-d-v1-1   ->   DIR/lotus-normal-d-v1-1/
+
+Any of upstream's six (pipelines/checkpoints.py's LOTUS_MODELS, by short name): a Lotus-G
+one has the 8-channel UNet upstream's train_lotus_g.py:733-750 makes, a Lotus-D one SD 2's 4.
 
 Tests and the development server load it through the same code as the real weights
 (the way diffusers' own tests build tiny models). Seeded, offline, a few seconds.
@@ -21,15 +25,17 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from tokenizers.pre_tokenizers import ByteLevel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipelines.lotus import CHECKPOINT_FOLDER, TEST_CHECKPOINT_MARKER  # noqa: E402
+from pipelines.checkpoints import DEFAULT_MODELS, LOTUS_MODELS  # noqa: E402
+from pipelines.lotus import TEST_CHECKPOINT_MARKER  # noqa: E402
+from pipelines.lotus_model import PIPELINE_CLASS_NAMES, UNET_IN_CHANNELS  # noqa: E402
 
 HIDDEN = 32  # text width = UNet cross-attention width
 
 
-def tiny_unet() -> UNet2DConditionModel:
+def tiny_unet(in_channels: int = 4) -> UNet2DConditionModel:
     """SD 2's UNet shape (cross-attention, linear projections, task projection), shrunk."""
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=16, in_channels=in_channels, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -67,17 +73,19 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def make_lotus(root: Path, seed: int = 0) -> Path:
-    out = Path(root) / CHECKPOINT_FOLDER
+def make_lotus(root: Path, seed: int = 0, name: str = DEFAULT_MODELS["depth"]) -> Path:
+    """Upstream's checkpoint `name` (a short name), tiny, in root/<its folder>."""
+    model = LOTUS_MODELS[name]
+    out = Path(root) / model.folder
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tiny_unet().save_pretrained(out / "unet")
+    tiny_unet(UNET_IN_CHANNELS[model.mode]).save_pretrained(out / "unet")
     tiny_vae().save_pretrained(out / "vae")
     tokenizer = write_tokenizer(out / "tokenizer")
     tiny_text_encoder(tokenizer).save_pretrained(out / "text_encoder")
     DDIMScheduler(prediction_type="sample").save_pretrained(out / "scheduler")
     (out / "model_index.json").write_text(json.dumps({
-        "_class_name": "DirectRegressionPipeline",
+        "_class_name": PIPELINE_CLASS_NAMES[model.mode][0],
         "_diffusers_version": "0.32.2",
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
@@ -89,16 +97,21 @@ def make_lotus(root: Path, seed: int = 0) -> Path:
     # (pipelines/checkpoints.py) and says so (/health, its log, the web page)
     (out / TEST_CHECKPOINT_MARKER).write_text(
         "Random weights written by scripts/make_tiny_checkpoints.py for tests and development.\n"
-        "Replace this folder with the real jingheya/lotus-depth-d-v2-0-disparity checkpoint.\n")
+        f"Replace this folder with the real {model.repo_id} checkpoint.\n")
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="checkpoints folder to write into")
+    parser.add_argument("models", nargs="*", choices=list(LOTUS_MODELS),
+                        default=[DEFAULT_MODELS["depth"]], metavar="MODEL",
+                        help=f"short names, of {', '.join(LOTUS_MODELS)} "
+                             f"(default {DEFAULT_MODELS['depth']})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(make_lotus(args.dir, args.seed))
+    for name in args.models:
+        print(make_lotus(args.dir, args.seed, name))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoints import make_lotus  # noqa: E402
-from pipelines.lotus import CHECKPOINT_FOLDER  # noqa: E402
 
 from app import create_app  # noqa: E402
 from pipelines import PipelineRegistry  # noqa: E402
@@ -107,10 +106,11 @@ def scripted():
 @contextlib.contextmanager
 def running_server(work: Path, checkpoints: Path, **env):
     """The real server as the image starts it (gunicorn -c gunicorn.conf.py) on a loopback
-    port, with the tiny Lotus-D and the SAM 3D stand-in. Yields url, log path, folder and
-    the gunicorn master (its pid and process)."""
-    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, work / "checkpoints" / CHECKPOINT_FOLDER,
-                    dirs_exist_ok=True)  # a second start on the same folder is a restart
+    port, with the tiny Lotus checkpoints in `checkpoints` and the SAM 3D stand-in. Yields
+    url, log path, folder and the gunicorn master (its pid and process)."""
+    for folder in (path for path in checkpoints.iterdir() if path.is_dir()):
+        shutil.copytree(folder, work / "checkpoints" / folder.name,
+                        dirs_exist_ok=True)  # a second start on the same folder is a restart
     sam3d_checkpoints(work / "checkpoints")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

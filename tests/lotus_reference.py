@@ -1,9 +1,10 @@
-"""Lotus-D as upstream computes it, for the tests: EnVision-Research/Lotus at b737e12.
+"""Lotus as upstream computes it, for the tests: EnVision-Research/Lotus at b737e12.
 
-`upstream_lotus_d` follows `LotusDPipeline.__call__` (pipeline.py:1016-1164) and infer.py's
-depth path (infer.py:183-210) line by line, with the same diffusers and transformers parts,
-and none of our pipeline's code. The one substitution: torchvision's tensor `resize`, which
-upstream calls (utils/image_utils.py:96, 119), is `F.interpolate(..., align_corners=False,
+`upstream_lotus_d` follows `LotusDPipeline.__call__` (pipeline.py:1016-1164),
+`upstream_lotus_g` `LotusGPipeline.__call__` (pipeline.py:1166-1360), both with infer.py's
+seeding and per-task step (infer.py:105-106, 169-172, 183-214), line by line, with the same
+diffusers and transformers parts, and none of our pipeline's code. The one substitution:
+torchvision's tensor `resize`, which upstream calls (utils/image_utils.py:96, 119), is `F.interpolate(..., align_corners=False,
 antialias=antialias)` for bilinear and bicubic and `mode="nearest-exact"` for NEAREST_EXACT
 (torchvision/transforms/_functional_tensor.py, `resize`), skipped when the size is already
 right (torchvision/transforms/functional.py:470); PyPI's torchvision needs a CUDA
@@ -13,6 +14,7 @@ build of torch, so it is written out here. bench/depth.py runs upstream's own fi
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 
 # utils/image_utils.py:147-160 (get_tv_resample_method)
 TORCHVISION_MODE = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
@@ -27,30 +29,55 @@ def torchvision_resize(image: torch.Tensor, size, method: str) -> torch.Tensor:
     return F.interpolate(image, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-@torch.no_grad()
-def upstream_lotus_d(unet, vae, text_encoder, tokenizer, image, processing_res=768,
-                     match_input_res=True, resample_method="bilinear", timestep=999,
-                     latent="sample", seed=0) -> np.ndarray:
-    """Raw disparity (height, width) for one PIL image, on the CPU in fp32."""
-    rgb_in = torch.tensor(np.array(image.convert("RGB")).astype(np.float32))  # infer.py:183-186
+def _rgb_in(image, processing_res, resample_method):
+    """infer.py:183-186, then pipeline.py:1080-1093 (the same in both classes): the input
+    tensor, its size before resizing, and the resized tensor."""
+    rgb_in = torch.tensor(np.array(image.convert("RGB")).astype(np.float32))
     rgb_in = rgb_in.permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
-    task_emb = torch.tensor([1, 0]).float().unsqueeze(0)  # infer.py:189-190
-    task_emb = torch.cat([torch.sin(task_emb), torch.cos(task_emb)], dim=-1)
-
-    input_size = rgb_in.shape  # pipeline.py:1080
-    if processing_res > 0:  # pipeline.py:1088-1093 -> image_utils.py:88-97
+    input_size = rgb_in.shape
+    if processing_res > 0:  # image_utils.py:88-97
         original_height, original_width = rgb_in.shape[-2:]
         downscale_factor = min(processing_res / original_width,
                                processing_res / original_height)
         new_width = int(original_width * downscale_factor)
         new_height = int(original_height * downscale_factor)
         rgb_in = torchvision_resize(rgb_in, (new_height, new_width), resample_method)
+    return input_size, rgb_in
 
-    # encode_prompt (pipeline.py:325-365): Lotus's padding_type="do_not_pad"
+
+def _task_emb():
+    task_emb = torch.tensor([1, 0]).float().unsqueeze(0)  # infer.py:189-190
+    return torch.cat([torch.sin(task_emb), torch.cos(task_emb)], dim=-1)
+
+
+def _prompt_embeds(text_encoder, tokenizer):
+    """encode_prompt (pipeline.py:325-365): Lotus's padding_type="do_not_pad"."""
     text_inputs = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length,
                             truncation=True, return_tensors="pt")
     prompt_embeds = text_encoder(text_inputs.input_ids, attention_mask=None)[0]
-    prompt_embeds = prompt_embeds.to(dtype=text_encoder.dtype)
+    return prompt_embeds.to(dtype=text_encoder.dtype)
+
+
+def _output(decoded, input_size, match_input_res, task):
+    """No safety checker -> do_denormalize; VaeImageProcessor.postprocess(output_type="np");
+    pipeline.py:1150-1153 -> image_utils.py:118-123; then infer.py:209-214's per-task step."""
+    images = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+    if match_input_res:
+        images = torchvision_resize(torch.tensor(images).permute(0, 3, 1, 2),
+                                    tuple(input_size[-2:]), "nearest")
+        images = images.permute(0, 2, 3, 1).numpy()
+    return images[0].mean(axis=-1) if task == "depth" else images[0]
+
+
+@torch.no_grad()
+def upstream_lotus_d(unet, vae, text_encoder, tokenizer, image, processing_res=768,
+                     match_input_res=True, resample_method="bilinear", timestep=999,
+                     latent="sample", seed=0, task="depth") -> np.ndarray:
+    """Depth (height, width) or normals (height, width, 3) for one PIL image, on the CPU in
+    fp32."""
+    input_size, rgb_in = _rgb_in(image, processing_res, resample_method)
+    task_emb = _task_emb()
+    prompt_embeds = _prompt_embeds(text_encoder, tokenizer)
 
     timesteps = torch.tensor([timestep]).long()  # pipeline.py:1105
     posterior = vae.encode(rgb_in).latent_dist  # pipeline.py:1108: .sample(), global RNG
@@ -64,11 +91,48 @@ def upstream_lotus_d(unet, vae, text_encoder, tokenizer, image, processing_res=7
     pred = unet(rgb_latents, timesteps[0], encoder_hidden_states=prompt_embeds,
                 cross_attention_kwargs=None, return_dict=False, class_labels=task_emb)[0]
     decoded = vae.decode(pred / vae.config.scaling_factor, return_dict=False)[0]
-    # no safety checker -> do_denormalize; VaeImageProcessor.postprocess(output_type="np")
-    images = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
-    if match_input_res:  # pipeline.py:1150-1153 -> image_utils.py:118-123
-        images = torchvision_resize(torch.tensor(images).permute(0, 3, 1, 2),
-                                    tuple(input_size[-2:]), "nearest")
-        images = images.permute(0, 2, 3, 1).numpy()
-    return images[0].mean(axis=-1)  # infer.py:210
+    return _output(decoded, input_size, match_input_res, task)
 
+
+@torch.no_grad()
+def upstream_lotus_g(unet, vae, text_encoder, tokenizer, scheduler, image, processing_res=768,
+                     match_input_res=True, resample_method="bilinear", timestep=999,
+                     latent="sample", seed=0, task="depth") -> np.ndarray:
+    """Lotus-G's depth (height, width) or normals (height, width, 3) for one PIL image, on
+    the CPU in fp32, seeded as infer.py --seed seeds it."""
+    torch.manual_seed(seed)  # infer.py:105-106 seed_all(seed): the global generator
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # infer.py:169-172
+    input_size, rgb_in = _rgb_in(image, processing_res, resample_method)
+    task_emb = _task_emb()
+
+    height, width = rgb_in.shape[2:]  # pipeline.py:1266-1270
+    batch_size = rgb_in.shape[0]
+    prompt_embeds = _prompt_embeds(text_encoder, tokenizer)
+    timesteps = torch.tensor([timestep]).long()  # pipeline.py:1282
+
+    # prepare_latents (pipeline.py:1286-1295 -> 633-653)
+    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (batch_size, unet.config.in_channels // 2, int(height) // vae_scale_factor,
+             int(width) // vae_scale_factor)
+    latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"),
+                           dtype=prompt_embeds.dtype)
+    latents = latents * scheduler.init_noise_sigma
+
+    posterior = vae.encode(rgb_in).latent_dist  # pipeline.py:1297: .sample(), global RNG
+    rgb_latents = posterior.sample() if latent == "sample" else posterior.mode()
+    rgb_latents = rgb_latents * vae.config.scaling_factor
+
+    for t in timesteps:  # pipeline.py:1308-1327
+        latent_model_input = scheduler.scale_model_input(latents, t)
+        latent_model_input = torch.cat([rgb_latents, latent_model_input], dim=1)
+        x0_pred = unet(latent_model_input, t, encoder_hidden_states=prompt_embeds,
+                       cross_attention_kwargs=None, return_dict=False,
+                       class_labels=task_emb)[0]
+        if len(timesteps) > 1:
+            latents = scheduler.step(x0_pred, t, latents, return_dict=False)[0]
+        else:
+            latents = x0_pred
+
+    decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False,  # :1334
+                         generator=generator)[0]
+    return _output(decoded, input_size, match_input_res, task)

@@ -26,7 +26,8 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/health", "/livez", "/readyz", "/metrics", "/queue",
                                       "/generate", "/generate/sync",
-                                      "/depth", "/depth/sync", "/job/{job_id}",
+                                      "/depth", "/depth/sync", "/normal", "/normal/sync",
+                                      "/job/{job_id}",
                                       "/job/{job_id}/download", "/job/{job_id}/events",
                                       "/openapi.json"}
     generate = document["components"]["schemas"]["GenerateRequest"]["properties"]
@@ -38,6 +39,9 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     depth = document["components"]["schemas"]["DepthRequest"]["properties"]
     assert depth["processing_res"]["default"] == 768
     assert set(depth["output"]["enum"]) == {"png", "png16", "npy", "color"}
+    assert depth["model"]["default"] == "depth-d-v2-0-disparity"
+    normal = document["components"]["schemas"]["NormalRequest"]["properties"]
+    assert set(normal["output"]["enum"]) == {"png", "png16", "npy"}
 
 
 @pytest.mark.skipif(shutil.which("schemathesis") is None and not (

@@ -239,7 +239,7 @@ def test_images_give_one_result_each_in_order_through_the_batch_path(worker, mon
             calls.append(len(images))
             return model(images, **options)
 
-    monkeypatch.setattr(lotus, "model", Recording())
+    monkeypatch.setitem(lotus.models, "depth-d-v2-0-disparity", Recording())
     sizes = [(40, 30), (40, 30), (20, 50)]
     answer = worker.handle({"id": "b", "input": {
         "api_key": KEY, "processing_res": 32, "latent": "mode",
@@ -339,7 +339,7 @@ def test_a_task_that_is_not_a_name_is_a_400(tmp_path, monkeypatch, task):
     worker = Worker(load_settings(output_dir=tmp_path), {"lotus": Failing(RuntimeError())})
     answer = worker.handle({"id": "j", "input": {"api_key": KEY, "task": task,
                                                  "image_base64": image_b64()}})
-    assert answer == {"error": "task must be one of depth, 3d", "status": 400}
+    assert answer == {"error": "task must be one of depth, normal, 3d", "status": 400}
 
 
 @pytest.mark.parametrize("job_id", ["../x", "../../etc/cron.d/x", "a/b", "..", "", "x" * 200,

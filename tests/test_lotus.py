@@ -18,7 +18,7 @@ from lotus_reference import upstream_lotus_d
 from pipelines.base import InvalidInput, PipelineError
 from pipelines.images import ImageLimits
 from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth
-from pipelines.lotus_model import LotusDepthPipeline
+from pipelines.lotus_model import LotusDPipeline
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_a_job_with_a_bad_output_or_an_unwritable_file_fails_alone(lotus, tmp_pa
             disparities[1, 0, 0] = np.nan
             return disparities
 
-    monkeypatch.setattr(lotus, "model", SecondGoesNonFinite())
+    monkeypatch.setitem(lotus.models, "depth-d-v2-0-disparity", SecondGoesNonFinite())
     (tmp_path / "a-file").write_text("not a folder")
     stems = [tmp_path / "ok", tmp_path / "nan", tmp_path / "a-file" / "job", tmp_path / "ok2"]
     jobs = [(options(processing_res=64, seed=i, output=output), photo(64, 48, i), stem)
@@ -307,7 +307,7 @@ def test_a_checkpoint_with_a_missing_part_fails_at_load_and_health_says_so(
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, broken / CHECKPOINT_FOLDER)
     shutil.rmtree(broken / CHECKPOINT_FOLDER / "vae")
     with pytest.raises(FileNotFoundError, match="missing: vae"):
-        LotusDepthPipeline.from_pretrained(broken / CHECKPOINT_FOLDER)
+        LotusDPipeline.from_pretrained(broken / CHECKPOINT_FOLDER)
     client = make_client({"lotus": LotusDepth(broken)})
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json()["pipelines"] == {"lotus": "failed"}
@@ -320,8 +320,8 @@ def test_a_folder_of_another_model_is_refused(checkpoints, tmp_path):
     other = tmp_path / CHECKPOINT_FOLDER
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, other)
     (other / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(ValueError, match="not a Lotus-D checkpoint"):
-        LotusDepthPipeline.from_pretrained(other)
+    with pytest.raises(ValueError, match="not a Lotus checkpoint"):
+        LotusDPipeline.from_pretrained(other)
 
 
 # unet/config.json of Stable Diffusion 2's UNet, as in jingheya/lotus-depth-d-v2-0-disparity
