@@ -1,0 +1,154 @@
+"""Write the image's locks (docker/*.lock), which its pip installs use as constraints.
+
+  sam3d-<stack>.lock  SAM 3D Objects' layer: upstream's four requirements files at the
+                      Dockerfile's SAM3D_COMMIT (with docker/<stack>-pins.txt applied),
+                      resolved once, together, by pip against PyPI for Python 3.11.
+  server.lock         our layer: the versions CI installs (requirements-serverless.txt,
+                      the Makefile's constraints) for every package our layer brings that
+                      SAM 3D Objects' layer does not already hold.
+
+What PyPI cannot resolve is resolved as what it declares (RESOLVED_AS, each from its own
+setup file) and left out of the lock: the git requirements (the image pins their commits),
+kaolin 0.17.0 (NVIDIA's wheel index only), flash_attn (its metadata needs torch to build),
+nvidia-pyindex (its install rewrites pip's configuration). torch's CUDA wheels (nvidia-*,
+triton) are left out too: torch's own pins choose them, and PyPI's torch 2.5.1 is the
+cu124 build where the image's is cu121. `+cu121` local versions resolve as the release.
+
+    python scripts/lock_image.py SAM3D_GIT_DIR [CI_PYTHON]   (Python 3.11, as upstream's;
+    CI_PYTHON: the python of an environment `make test` installed, default .venv/bin/python)
+"""
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from repin_sam3d import REQUIREMENT_FILES, read_pins, repin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ["default", "blackwell"]
+# What each unresolvable requirement declares (requirements lines), from its setup file.
+RESOLVED_AS = {
+    # MoGe pyproject.toml @a8c3734 `dependencies`, with utils3d's @3913c65 (moderngl, plyfile)
+    "moge": ["click", "opencv-python", "scipy", "matplotlib", "trimesh", "pillow",
+             "huggingface_hub", "numpy", "torchvision", "gradio", "moderngl", "plyfile"],
+    "gsplat": ["ninja", "numpy", "jaxtyping", "rich>=12"],  # setup.py @2323de5 install_requires
+    "pytorch3d": ["iopath"],  # setup.py @75ebeea:156 install_requires
+    # kaolin tools/requirements.txt (v0.17.0; v0.18.0 drops numpy's <2.0)
+    "kaolin==0.17.0": ["usd-core", "numpy<2.0", "pybind11", "Pillow>=8.0.0", "tqdm>=4.51.0",
+                       "scipy", "pygltflib", "warp-lang"],
+    "kaolin": ["usd-core", "numpy", "pybind11", "Pillow>=8.0.0", "tqdm>=4.51.0", "scipy",
+               "pygltflib", "warp-lang"],
+    "flash-attn": ["torch", "einops"],  # setup.py install_requires
+    "nvidia-pyindex": [],
+}
+TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
+
+
+def name_of(requirement: str) -> str:
+    return re.split(r"[\s=<>!~@\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def dockerfile_arg(name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)[1]
+
+
+def resolvable(requirements: list[str]) -> tuple[list[str], set[str]]:
+    """The requirements as pip can resolve them from PyPI, and the names left out of the lock."""
+    out, left_out = [], set()
+    for line in requirements:
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = name_of(line)
+        key = line.strip() if line.strip() in RESOLVED_AS else name
+        if key in RESOLVED_AS:
+            out += RESOLVED_AS[key]
+            left_out.add(name)
+        else:
+            out.append(re.sub(r"\+cu\d+", "", line.strip()))
+    return out, left_out
+
+
+def sam3d_requirements(git_dir: str, stack: str) -> list[str]:
+    commit = dockerfile_arg("SAM3D_COMMIT")
+    files = {name: subprocess.run(["git", "--git-dir", git_dir, "show", f"{commit}:{name}"],
+                                  check=True, capture_output=True, text=True).stdout
+             for name in REQUIREMENT_FILES}
+    pins = ROOT / "docker" / f"{stack}-pins.txt"
+    if pins.exists():
+        files = repin(files, read_pins(pins.read_text()))
+    return [line for text in files.values() for line in text.splitlines()]
+
+
+def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, str]:
+    """pip's resolution (name -> version) of `requirements` for this interpreter, from PyPI."""
+    with tempfile.TemporaryDirectory() as folder:
+        listed, report = Path(folder, "in.txt"), Path(folder, "report.json")
+        listed.write_text("\n".join(requirements) + "\n")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run",
+                        "--ignore-installed", "--report", str(report), "-r", str(listed),
+                        *(f"--constraint={path}" for path in constraints)], check=True)
+        return {item["metadata"]["name"]: item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+
+
+def write_lock(path: Path, header: str, pins: dict[str, str]) -> None:
+    lines = [f"{name}=={version}" for name, version in sorted(pins.items(), key=lambda p: p[0].lower())]
+    path.write_text(header + "\n".join(lines) + "\n")
+    print(f"{path.relative_to(ROOT)}: {len(lines)} pins")
+
+
+def ci_versions(ci_python: str) -> dict[str, str]:
+    """What CI's environment holds (the Makefile's: torch's CPU wheel, then the project with
+    requirements-serverless.txt as constraints), less torch and the project itself; rembg's
+    `gpu` extra gets onnxruntime-gpu at the version CI tests onnxruntime at."""
+    frozen = subprocess.run([ci_python, "-m", "pip", "freeze", "--exclude-editable"],
+                            check=True, capture_output=True, text=True).stdout
+    pins = dict(line.split("==") for line in frozen.splitlines() if "==" in line)
+    pins.pop("torch", None)
+    pins["onnxruntime-gpu"] = pins["onnxruntime"]
+    return pins
+
+
+def server_requirements() -> list[str]:
+    """What the image's server layer installs: pyproject.toml's dependencies, its serverless
+    extra and rembg with its gpu extra (the segment extra, on the GPU)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    rembg = [r for r in project["optional-dependencies"]["segment"] if name_of(r) == "rembg"]
+    return (project["dependencies"] + project["optional-dependencies"]["serverless"]
+            + [r.replace("rembg", "rembg[gpu]", 1) for r in rembg])
+
+
+if __name__ == "__main__":
+    if sys.version_info[:2] != (3, 11):
+        sys.exit("run with Python 3.11, the version of upstream's environment")
+    held = set()
+    for stack in STACKS:
+        requirements, left_out = resolvable(sam3d_requirements(sys.argv[1], stack))
+        pins = {name: version for name, version in resolve(requirements).items()
+                if not TORCH_CUDA_WHEELS.match(name.lower()) and name_of(name) not in left_out}
+        held |= {name_of(name) for name in pins}
+        write_lock(ROOT / "docker" / f"sam3d-{stack}.lock",
+                   f"# SAM 3D Objects' layer, CUDA_STACK={stack}: written by scripts/lock_image.py\n"
+                   f"# (what it resolved, and what it leaves out: its docstring). Not in this\n"
+                   f"# list: {', '.join(sorted(left_out))}, torch's nvidia-*/triton wheels.\n",
+                   pins)
+    ci_python = sys.argv[2] if len(sys.argv) > 2 else str(ROOT / ".venv" / "bin" / "python")
+    server = {name: version for name, version in ci_versions(ci_python).items()
+              if name_of(name) not in held}
+    write_lock(ROOT / "docker" / "server.lock",
+               "# Our layer of the image: the versions CI installs (requirements-serverless.txt)\n"
+               "# of every package SAM 3D Objects' layer (docker/sam3d-*.lock) does not hold;\n"
+               "# those keep SAM 3D Objects' version. Written by scripts/lock_image.py.\n",
+               server)
+    # Our layer resolves over each SAM 3D layer with both locks: the image's build will too.
+    for stack in STACKS:
+        requirements, _ = resolvable(sam3d_requirements(sys.argv[1], stack))
+        layer = resolve(requirements + server_requirements(),
+                        [ROOT / "docker" / f"sam3d-{stack}.lock", ROOT / "docker" / "server.lock"])
+        print(f"{stack}: SAM 3D Objects' layer and ours resolve together ({len(layer)} packages)")
