@@ -102,7 +102,8 @@ RUN if [ -f "/opt/docker/${CUDA_STACK}-pins.txt" ]; then \
 # install is constrained to it: our layer cannot move a version SAM 3D Objects runs with.
 ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
 RUN pip install -c /opt/docker/server.lock ninja \
-    && pip install --no-build-isolation "git+https://github.com/NVlabs/nvdiffrast.git@${NVDIFFRAST_COMMIT}" \
+    && pip install --no-build-isolation -c "/opt/docker/sam3d-${CUDA_STACK}.lock" \
+      "git+https://github.com/NVlabs/nvdiffrast.git@${NVDIFFRAST_COMMIT}" \
     && pip freeze --exclude-editable | grep -v ' @ ' > /etc/sam3d-layer.txt
 ENV PIP_CONSTRAINT=/etc/sam3d-layer.txt
 # Fail the build, not the first request, if a CUDA extension was not compiled.
@@ -118,7 +119,7 @@ RUN python /tmp/check_cuda_extensions.py
 # so headless goes and opencv-python (upstream's pin) is written back whole.
 WORKDIR /app
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; e = p['optional-dependencies']; print('\n'.join(p['dependencies'] + e['serverless'] + [r.replace('rembg', 'rembg[gpu]') for r in e['segment'] if r.startswith('rembg')]))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serverless'] + [r.replace('rembg', 'rembg[gpu]') for r in p['optional-dependencies']['segment'] if r.startswith('rembg')]))" \
       > /tmp/requirements.txt \
     && pip install -c /opt/docker/server.lock -r /tmp/requirements.txt \
     && pip uninstall -y opencv-python-headless \

@@ -88,7 +88,7 @@ def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, 
     with tempfile.TemporaryDirectory() as folder:
         listed, report = Path(folder, "in.txt"), Path(folder, "report.json")
         listed.write_text("\n".join(requirements) + "\n")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run",
+        subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar=off", "--dry-run",
                         "--ignore-installed", "--report", str(report), "-r", str(listed),
                         *(f"--constraint={path}" for path in constraints)], check=True)
         return {item["metadata"]["name"]: item["metadata"]["version"]

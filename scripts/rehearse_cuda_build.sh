@@ -201,8 +201,10 @@ for stack in $STACKS; do
             pytorch3d) source=$(checkout facebookresearch/pytorch3d "$(upstream_commit pytorch3d)") ;;
             *) echo "unknown extension $extension"; exit 2 ;;
         esac
+        # each stack builds in its own copy: stacks can then run at once (STACKS=one each)
+        rm -rf "$venv/src/$extension" && mkdir -p "$venv/src" && cp -r "$source" "$venv/src/$extension"
         start=$(date +%s)
-        if (cd "$source" && rm -rf build && PATH="$venv/bin:$CUDA_HOME/bin:$PATH" \
+        if (cd "$venv/src/$extension" && PATH="$venv/bin:$CUDA_HOME/bin:$PATH" \
                 "$venv/bin/pip" install -v --no-build-isolation --no-deps . \
                 > "$venv/$extension.log" 2>&1); then
             result=built
