@@ -99,12 +99,15 @@ RUN if [ -f "/opt/docker/${CUDA_STACK}-pins.txt" ]; then \
 # v0.4.0 compiles its CUDA extension at install, for TORCH_CUDA_ARCH_LIST; v0.3.x compiled
 # on first use, for the GPU present, minutes into the first GLB request of every container.
 # Then everything this layer holds is recorded (/etc/sam3d-layer.txt) and every later
-# install is constrained to it: our layer cannot move a version SAM 3D Objects runs with.
+# install is constrained to it, except what docker/server.lock pins (the Lotus-D stack,
+# transformers 4.49 where this layer resolved 4.39): our layer moves nothing else.
 ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
 RUN pip install -c /opt/docker/server.lock ninja \
     && pip install --no-build-isolation -c "/opt/docker/sam3d-${CUDA_STACK}.lock" \
       "git+https://github.com/NVlabs/nvdiffrast.git@${NVDIFFRAST_COMMIT}" \
-    && pip freeze --exclude-editable | grep -v ' @ ' > /etc/sam3d-layer.txt
+    && pip freeze --exclude-editable | grep -v ' @ ' > /tmp/sam3d-freeze.txt \
+    && awk -F'==' 'NR == FNR { if (!/^#/) ours[tolower($1)]; next } !(tolower($1) in ours)' \
+      /opt/docker/server.lock /tmp/sam3d-freeze.txt > /etc/sam3d-layer.txt
 ENV PIP_CONSTRAINT=/etc/sam3d-layer.txt
 # Fail the build, not the first request, if a CUDA extension was not compiled.
 COPY scripts/check_cuda_extensions.py /tmp/

@@ -14,8 +14,9 @@ nvidia-pyindex (its install rewrites pip's configuration). torch's CUDA wheels (
 triton) are left out too: torch's own pins choose them, and PyPI's torch 2.5.1 is the
 cu124 build where the image's is cu121. `+cu121` local versions resolve as the release.
 
-    python scripts/lock_image.py SAM3D_GIT_DIR [CI_PYTHON]   (Python 3.11, as upstream's;
-    CI_PYTHON: the python of an environment `make test` installed, default .venv/bin/python)
+    python scripts/lock_image.py SAM3D_GIT_DIR [CI_PYTHON] [--server-only]
+    (Python 3.11, as upstream's; CI_PYTHON: the python of an environment `make test`
+    installed, default .venv/bin/python; --server-only keeps the sam3d locks)
 """
 
 import json
@@ -45,6 +46,15 @@ RESOLVED_AS = {
     "flash-attn": ["torch", "einops"],  # setup.py install_requires
     "nvidia-pyindex": [],
 }
+# CI tests onnxruntime 1.32 (CPU); PyPI's onnxruntime-gpu 1.31.1 links CUDA 13
+# (libcudart.so.13), which neither image has. 1.23.2's CUDA provider links libcudart.so.12,
+# libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and libcudnn.so.9 (readelf -d): the
+# CUDA 12 and cuDNN 9 libraries both images' torch wheels bring.
+ONNXRUNTIME_GPU = "1.23.2"
+# Where our layer's version wins over SAM 3D Objects' resolution: the Lotus-D stack CI tests
+# (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs.
+# The image's build leaves these out of what SAM 3D Objects' layer holds.
+OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors", "tokenizers"}
 TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
 
 
@@ -103,13 +113,13 @@ def write_lock(path: Path, header: str, pins: dict[str, str]) -> None:
 
 def ci_versions(ci_python: str) -> dict[str, str]:
     """What CI's environment holds (the Makefile's: torch's CPU wheel, then the project with
-    requirements-serverless.txt as constraints), less torch and the project itself; rembg's
-    `gpu` extra gets onnxruntime-gpu at the version CI tests onnxruntime at."""
+    requirements-serverless.txt as constraints), less torch and the project itself, plus
+    onnxruntime-gpu for rembg's `gpu` extra (ONNXRUNTIME_GPU)."""
     frozen = subprocess.run([ci_python, "-m", "pip", "freeze", "--exclude-editable"],
                             check=True, capture_output=True, text=True).stdout
     pins = dict(line.split("==") for line in frozen.splitlines() if "==" in line)
     pins.pop("torch", None)
-    pins["onnxruntime-gpu"] = pins["onnxruntime"]
+    pins["onnxruntime-gpu"] = ONNXRUNTIME_GPU
     return pins
 
 
@@ -124,31 +134,64 @@ def server_requirements() -> list[str]:
             + [r.replace("rembg", "rembg[gpu]", 1) for r in rembg])
 
 
-if __name__ == "__main__":
-    if sys.version_info[:2] != (3, 11):
-        sys.exit("run with Python 3.11, the version of upstream's environment")
-    held = set()
+def read_lock(path: Path) -> dict[str, str]:
+    return dict(line.split("==") for line in path.read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+
+
+def lock_sam3d(git_dir: str) -> None:
     for stack in STACKS:
-        requirements, left_out = resolvable(sam3d_requirements(sys.argv[1], stack))
+        requirements, left_out = resolvable(sam3d_requirements(git_dir, stack))
         pins = {name: version for name, version in resolve(requirements).items()
                 if not TORCH_CUDA_WHEELS.match(name.lower()) and name_of(name) not in left_out}
-        held |= {name_of(name) for name in pins}
         write_lock(ROOT / "docker" / f"sam3d-{stack}.lock",
                    f"# SAM 3D Objects' layer, CUDA_STACK={stack}: written by scripts/lock_image.py\n"
                    f"# (what it resolved, and what it leaves out: its docstring). Not in this\n"
                    f"# list: {', '.join(sorted(left_out))}, torch's nvidia-*/triton wheels.\n",
                    pins)
-    ci_python = sys.argv[2] if len(sys.argv) > 2 else str(ROOT / ".venv" / "bin" / "python")
-    server = {name: version for name, version in ci_versions(ci_python).items()
-              if name_of(name) not in held}
-    write_lock(ROOT / "docker" / "server.lock",
-               "# Our layer of the image: the versions CI installs (requirements-serverless.txt)\n"
-               "# of every package SAM 3D Objects' layer (docker/sam3d-*.lock) does not hold;\n"
-               "# those keep SAM 3D Objects' version. Written by scripts/lock_image.py.\n",
-               server)
-    # Our layer resolves over each SAM 3D layer with both locks: the image's build will too.
+
+
+def lock_server(ci_python: str) -> None:
+    held: dict[str, set[str]] = {}
     for stack in STACKS:
-        requirements, _ = resolvable(sam3d_requirements(sys.argv[1], stack))
-        layer = resolve(requirements + server_requirements(),
-                        [ROOT / "docker" / f"sam3d-{stack}.lock", ROOT / "docker" / "server.lock"])
-        print(f"{stack}: SAM 3D Objects' layer and ours resolve together ({len(layer)} packages)")
+        for name, version in read_lock(ROOT / "docker" / f"sam3d-{stack}.lock").items():
+            held.setdefault(name_of(name), set()).add(version)
+    ci = ci_versions(ci_python)
+
+    def differing(names: set[str]) -> str:
+        return "".join(f"#   {name} {'/'.join(sorted(held[name_of(name)]))}, CI {version}\n"
+                       for name, version in sorted(ci.items()) if name_of(name) in names
+                       and version not in held[name_of(name)])
+
+    write_lock(ROOT / "docker" / "server.lock",
+               "# Our layer of the image: the versions CI installs (the Makefile's environment,\n"
+               "# requirements-serverless.txt as constraints) of every package SAM 3D Objects'\n"
+               "# layer (docker/sam3d-*.lock) does not hold, and of the Lotus-D stack, which wins\n"
+               "# over that layer's. Written by scripts/lock_image.py.\n"
+               "# Ours over SAM 3D Objects' (default/blackwell):\n" + differing(OURS & set(held))
+               + "# Held at SAM 3D Objects' version (default/blackwell), not CI's:\n"
+               + differing(set(held) - OURS),
+               {name: version for name, version in ci.items()
+                if name_of(name) not in held or name_of(name) in OURS})
+
+
+def check() -> None:
+    """Our layer resolves over each SAM 3D layer as the image installs it: constrained to
+    what that layer holds (its lock, less OURS) and to server.lock."""
+    for stack in STACKS:
+        with tempfile.TemporaryDirectory() as folder:
+            layer = Path(folder, "sam3d-layer.txt")
+            layer.write_text("".join(f"{name}=={version}\n" for name, version in read_lock(
+                ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS))
+            resolved = resolve(server_requirements(), [layer, ROOT / "docker" / "server.lock"])
+        print(f"{stack}: our layer resolves over SAM 3D Objects' ({len(resolved)} packages)")
+
+
+if __name__ == "__main__":
+    if sys.version_info[:2] != (3, 11):
+        sys.exit("run with Python 3.11, the version of upstream's environment")
+    arguments = [a for a in sys.argv[1:] if a != "--server-only"]
+    if "--server-only" not in sys.argv:
+        lock_sam3d(arguments[0])
+    lock_server(arguments[1] if len(arguments) > 1 else str(ROOT / ".venv" / "bin" / "python"))
+    check()
