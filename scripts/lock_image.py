@@ -51,10 +51,16 @@ RESOLVED_AS = {
 # libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and libcudnn.so.9 (readelf -d): the
 # CUDA 12 and cuDNN 9 libraries both images' torch wheels bring.
 ONNXRUNTIME_GPU = "1.23.2"
-# Where our layer's version wins over SAM 3D Objects' resolution: the Lotus-D stack CI tests
-# (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs.
-# The image's build leaves these out of what SAM 3D Objects' layer holds.
-OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors", "tokenizers"}
+# Where our layer's version (CI's) wins over SAM 3D Objects' resolution: the Lotus-D stack
+# (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs;
+# what our code imports and upstream leaves unpinned (trimesh, pydantic, urllib3); and
+# cryptography, which runpod 1.7.7 wants below 45. The image's build leaves these out of
+# what SAM 3D Objects' layer holds; check() proves the whole image still resolves.
+OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors", "tokenizers",
+        "trimesh", "pydantic", "pydantic-core", "urllib3", "cryptography"}
+# Upstream requirements whose own requirements our layer breaks, each harmless: left out of
+# check()'s resolution, named by the image's `pip check` (DEPLOY.md says why).
+KNOWN_CONFLICTS = {"optimum"}  # 1.18.1 wants transformers<4.40; nothing imports optimum
 TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
 
 
@@ -175,16 +181,19 @@ def lock_server(ci_python: str) -> None:
                 if name_of(name) not in held or name_of(name) in OURS})
 
 
-def check() -> None:
-    """Our layer resolves over each SAM 3D layer as the image installs it: constrained to
-    what that layer holds (its lock, less OURS) and to server.lock."""
+def check(git_dir: str) -> None:
+    """The whole image resolves as it is built: SAM 3D Objects' requirements and ours,
+    constrained to what that layer holds (its lock, less OURS) and to server.lock."""
     for stack in STACKS:
+        requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
+        requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS]
         with tempfile.TemporaryDirectory() as folder:
             layer = Path(folder, "sam3d-layer.txt")
             layer.write_text("".join(f"{name}=={version}\n" for name, version in read_lock(
                 ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS))
-            resolved = resolve(server_requirements(), [layer, ROOT / "docker" / "server.lock"])
-        print(f"{stack}: our layer resolves over SAM 3D Objects' ({len(resolved)} packages)")
+            resolved = resolve(requirements + server_requirements(),
+                               [layer, ROOT / "docker" / "server.lock"])
+        print(f"{stack}: the image resolves ({len(resolved)} packages)")
 
 
 if __name__ == "__main__":
@@ -194,4 +203,4 @@ if __name__ == "__main__":
     if "--server-only" not in sys.argv:
         lock_sam3d(arguments[0])
     lock_server(arguments[1] if len(arguments) > 1 else str(ROOT / ".venv" / "bin" / "python"))
-    check()
+    check(arguments[0])

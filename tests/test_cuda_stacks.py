@@ -87,6 +87,8 @@ def test_the_blackwell_pins_are_in_its_lock_and_nothing_pinned_is_left_to_float(
     for old, new in read_pins((ROOT / "docker" / "blackwell-pins.txt").read_text()):
         if "==" in new:
             name, version = new.split("==")
+            if re.fullmatch(r"nvidia-.*-cu12", normal(name)):
+                continue  # torch's CUDA wheels are not locked: the requirement pins it exactly
             assert blackwell[normal(name)] == version, new
         if old and "==" in old:  # what it replaces is gone
             assert normal(old.split("==")[0]) not in blackwell or "==" in new
@@ -99,14 +101,14 @@ def test_the_server_lock_is_what_ci_installs_and_leaves_sam3d_versions_alone():
     for name, version in server.items():
         if name in ci:
             assert ci[name] == version, f"{name}: image {version}, CI {ci[name]}"
-    # the Lotus-D stack (DEPLOY.md, "every version locked") wins over SAM 3D Objects' layer;
-    # any other package both locks pinned would hold two versions in the image build
-    lotus = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors",
-             "tokenizers"}
+    # what DEPLOY.md ("every version locked") says wins over SAM 3D Objects' layer; any other
+    # package both locks pinned would hold two versions in the image build
+    ours = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors",
+            "tokenizers", "trimesh", "pydantic", "pydantic-core", "urllib3", "cryptography"}
     for stack in STACKS:
         shared = {normal(n) for n in server} & {normal(n) for n in lock(f"sam3d-{stack}.lock")}
-        assert shared <= lotus, f"both locks pin {sorted(shared - lotus)}"
-    assert all(server[name] == ci[name] for name in lotus - {"tokenizers"})
+        assert shared <= ours, f"both locks pin {sorted(shared - ours)}"
+    assert all(server[name] == ci[name] for name in ours - {"tokenizers", "pydantic-core"})
     # what floated before (issue 22): pinned now, by one lock or the other
     held = set(server) | set(lock("sam3d-default.lock"))
     assert {"runpod", "gunicorn", "trimesh", "flask", "pydantic", "urllib3", "numpy"} <= held
@@ -167,3 +169,15 @@ def test_a_pin_upstream_no_longer_has_stops_the_build():
         repin(files, [("xformers==0.0.28.post3", "xformers==0.0.32.post2")])
     assert repin(files, [("torch==2.5.1", ""), ("", "Cython==0.29.37")])["requirements.txt"] \
         == "Cython==0.29.37\n"
+
+
+def test_compose_builds_the_blackwell_image_only_when_asked():
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    blackwell = services["sam3d-objects-blackwell"]
+    assert blackwell["extends"] == {"service": "sam3d-objects"}, "every setting, port, GPU"
+    assert blackwell["build"]["args"]["CUDA_STACK"] == "blackwell"
+    assert blackwell["image"] == "sam3d-objects:blackwell"
+    assert blackwell["profiles"], "a plain `docker compose up` starts one server, not two"
+    assert "args" not in services["sam3d-objects"]["build"], "the default stays upstream's"
