@@ -53,13 +53,14 @@ RESOLVED_AS = {
 ONNXRUNTIME_GPU = "1.23.2"
 # Where our layer's version (CI's) wins over SAM 3D Objects' resolution: the Lotus-D stack
 # (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs;
-# what our code imports and upstream leaves unpinned (trimesh, pydantic, urllib3); and
+# what our code imports and upstream leaves unpinned (trimesh, pydantic; not urllib3: oci,
+# through mosaicml-streaming, wants 2.8 where CI pins 2.3); and
 # cryptography, which runpod 1.7.7 wants below 45. The image's build leaves these out of
-# what SAM 3D Objects' layer holds; check() proves the whole image still resolves.
+# what SAM 3D Objects' layer holds; lock_server() proves the whole image still resolves.
 OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors", "tokenizers",
-        "trimesh", "pydantic", "pydantic-core", "urllib3", "cryptography"}
+        "trimesh", "pydantic", "pydantic-core", "cryptography"}
 # Upstream requirements whose own requirements our layer breaks, each harmless: left out of
-# check()'s resolution, named by the image's `pip check` (DEPLOY.md says why).
+# lock_server()'s resolution, named by the image's `pip check` (DEPLOY.md says why).
 KNOWN_CONFLICTS = {"optimum"}  # 1.18.1 wants transformers<4.40; nothing imports optimum
 TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
 
@@ -99,14 +100,29 @@ def sam3d_requirements(git_dir: str, stack: str) -> list[str]:
     return [line for text in files.values() for line in text.splitlines()]
 
 
+class Conflict(Exception):
+    """pip found no resolution; `names` are the packages its explanation names."""
+
+    def __init__(self, names: set[str], explanation: str):
+        super().__init__(explanation)
+        self.names = names
+
+
 def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, str]:
     """pip's resolution (name -> version) of `requirements` for this interpreter, from PyPI."""
     with tempfile.TemporaryDirectory() as folder:
         listed, report = Path(folder, "in.txt"), Path(folder, "report.json")
         listed.write_text("\n".join(requirements) + "\n")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar=off", "--dry-run",
-                        "--ignore-installed", "--report", str(report), "-r", str(listed),
-                        *(f"--constraint={path}" for path in constraints)], check=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar=off", "--dry-run",
+                               "--ignore-installed", "--report", str(report), "-r", str(listed),
+                               *(f"--constraint={path}" for path in constraints)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            output = done.stdout + done.stderr
+            cause = output.partition("The conflict is caused by:")[2].partition("To fix")[0]
+            names = set(re.findall(r"^\s+(\S+) \S+ depends on", cause, re.M)) | set(
+                re.findall(r"\(constraint\) ([^=<>!\s]+)", cause))
+            raise Conflict({name_of(n) for n in names}, cause or output[-2000:])
         return {item["metadata"]["name"]: item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
 
@@ -157,12 +173,46 @@ def lock_sam3d(git_dir: str) -> None:
                    pins)
 
 
-def lock_server(ci_python: str) -> None:
+def lock_server(git_dir: str, ci_python: str) -> None:
+    """server.lock, then the whole image resolved as it is built, for each stack: SAM 3D
+    Objects' requirements (less KNOWN_CONFLICTS) and ours, constrained to what that layer
+    holds (its lock, less OURS) and to server.lock. Where CI's version of a package only our
+    layer brings conflicts with that layer (prettytable 3.18 wants wcwidth>=0.3.5, upstream's
+    ftfy 6.2.0 below 0.3), pip's choice replaces it, and the header says so."""
     held: dict[str, set[str]] = {}
     for stack in STACKS:
         for name, version in read_lock(ROOT / "docker" / f"sam3d-{stack}.lock").items():
             held.setdefault(name_of(name), set()).add(version)
     ci = ci_versions(ci_python)
+    pins = {name: version for name, version in ci.items()
+            if name_of(name) not in held or name_of(name) in OURS}
+    replaced: dict[str, str] = {}
+    for stack in STACKS:
+        requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
+        requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS]
+        layer_pins = {name: version for name, version in read_lock(
+            ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS}
+        while True:
+            with tempfile.TemporaryDirectory() as folder:
+                layer, server = Path(folder, "layer.txt"), Path(folder, "server.txt")
+                layer.write_text("".join(f"{n}=={v}\n" for n, v in layer_pins.items()))
+                server.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+                try:
+                    resolved = resolve(requirements + server_requirements(), [layer, server])
+                    break
+                except Conflict as conflict:
+                    movable = {n for n in pins if name_of(n) in conflict.names
+                               and name_of(n) not in OURS | {"onnxruntime-gpu"}
+                               and n not in replaced}
+                    if not movable:
+                        raise
+                    print(f"{stack}: CI's {sorted(movable)} conflict with SAM 3D Objects' layer")
+                    for name in movable:
+                        replaced[name] = pins.pop(name)
+        chosen = {name_of(n): v for n, v in resolved.items()}
+        for name in replaced:
+            pins.setdefault(name, chosen[name_of(name)])
+        print(f"{stack}: the image resolves ({len(resolved)} packages)")
 
     def differing(names: set[str]) -> str:
         return "".join(f"#   {name} {'/'.join(sorted(held[name_of(name)]))}, CI {version}\n"
@@ -172,28 +222,15 @@ def lock_server(ci_python: str) -> None:
     write_lock(ROOT / "docker" / "server.lock",
                "# Our layer of the image: the versions CI installs (the Makefile's environment,\n"
                "# requirements-serverless.txt as constraints) of every package SAM 3D Objects'\n"
-               "# layer (docker/sam3d-*.lock) does not hold, and of the Lotus-D stack, which wins\n"
-               "# over that layer's. Written by scripts/lock_image.py.\n"
+               "# layer (docker/sam3d-*.lock) does not hold, and of OURS (scripts/lock_image.py,\n"
+               "# which wrote this and resolved the whole image with it), which win over it.\n"
                "# Ours over SAM 3D Objects' (default/blackwell):\n" + differing(OURS & set(held))
                + "# Held at SAM 3D Objects' version (default/blackwell), not CI's:\n"
-               + differing(set(held) - OURS),
-               {name: version for name, version in ci.items()
-                if name_of(name) not in held or name_of(name) in OURS})
-
-
-def check(git_dir: str) -> None:
-    """The whole image resolves as it is built: SAM 3D Objects' requirements and ours,
-    constrained to what that layer holds (its lock, less OURS) and to server.lock."""
-    for stack in STACKS:
-        requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
-        requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS]
-        with tempfile.TemporaryDirectory() as folder:
-            layer = Path(folder, "sam3d-layer.txt")
-            layer.write_text("".join(f"{name}=={version}\n" for name, version in read_lock(
-                ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS))
-            resolved = resolve(requirements + server_requirements(),
-                               [layer, ROOT / "docker" / "server.lock"])
-        print(f"{stack}: the image resolves ({len(resolved)} packages)")
+               + differing(set(held) - OURS)
+               + "# CI's version conflicts with SAM 3D Objects' layer; pip's choice instead:\n"
+               + "".join(f"#   {name} {pins[name]}, CI {version}\n"
+                         for name, version in sorted(replaced.items())),
+               pins)
 
 
 if __name__ == "__main__":
@@ -202,5 +239,5 @@ if __name__ == "__main__":
     arguments = [a for a in sys.argv[1:] if a != "--server-only"]
     if "--server-only" not in sys.argv:
         lock_sam3d(arguments[0])
-    lock_server(arguments[1] if len(arguments) > 1 else str(ROOT / ".venv" / "bin" / "python"))
-    check(arguments[0])
+    lock_server(arguments[0],
+                arguments[1] if len(arguments) > 1 else str(ROOT / ".venv" / "bin" / "python"))

@@ -104,7 +104,7 @@ def test_the_server_lock_is_what_ci_installs_and_leaves_sam3d_versions_alone():
     # what DEPLOY.md ("every version locked") says wins over SAM 3D Objects' layer; any other
     # package both locks pinned would hold two versions in the image build
     ours = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors",
-            "tokenizers", "trimesh", "pydantic", "pydantic-core", "urllib3", "cryptography"}
+            "tokenizers", "trimesh", "pydantic", "pydantic-core", "cryptography"}
     for stack in STACKS:
         shared = {normal(n) for n in server} & {normal(n) for n in lock(f"sam3d-{stack}.lock")}
         assert shared <= ours, f"both locks pin {sorted(shared - ours)}"
