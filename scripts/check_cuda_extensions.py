@@ -5,8 +5,9 @@ unset) or fail a compile only at first use; finding the compiled libraries here 
 into a failed build instead of a failed first request. Imports nothing that needs a GPU.
 
 On a GPU (`docker run --gpus all IMAGE python scripts/check_cuda_extensions.py`) it also
-checks that torch itself was built for that GPU: torch 2.5.1+cu121 has no kernels for
-Blackwell cards (RTX 50xx, B200), which then fail at their first CUDA call.
+checks that torch itself was built for that GPU: torch 2.5.1+cu121 (the default image) has
+no kernels for Blackwell cards (RTX 50xx, B200), which then fail at their first CUDA call;
+the Blackwell image (CUDA_STACK=blackwell, torch 2.8.0+cu128) has.
 """
 
 import glob
@@ -14,8 +15,10 @@ import os
 import sys
 import sysconfig
 
-# (package, compiled library inside it); nvdiffrast >= 0.4 installs `_nvdiffrast_c` at top level
-EXTENSIONS = [("pytorch3d", "_C*.so"), ("gsplat", "csrc*.so"), (None, "_nvdiffrast_c*.so")]
+# (package, compiled library inside it); nvdiffrast >= 0.4 installs `_nvdiffrast_c` at top
+# level; kaolin is NVIDIA's wheel on the default stack, built here on the Blackwell one
+EXTENSIONS = [("pytorch3d", "_C*.so"), ("gsplat", "csrc*.so"), (None, "_nvdiffrast_c*.so"),
+              ("kaolin", "_C*.so")]
 
 
 def missing(site: str) -> list[str]:
@@ -65,7 +68,7 @@ if __name__ == "__main__":
     absent = missing(sysconfig.get_paths()["purelib"])
     if absent:
         sys.exit("CUDA extensions not compiled: " + ", ".join(absent))
-    print("CUDA extensions present: pytorch3d, gsplat, nvdiffrast")
+    print("CUDA extensions present: pytorch3d, gsplat, nvdiffrast, kaolin")
     import torch
 
     problem = torch_gpu_problem(torch)

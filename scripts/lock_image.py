@@ -1,0 +1,243 @@
+"""Write the image's locks (docker/*.lock), which its pip installs use as constraints.
+
+  sam3d-<stack>.lock  SAM 3D Objects' layer: upstream's four requirements files at the
+                      Dockerfile's SAM3D_COMMIT (with docker/<stack>-pins.txt applied),
+                      resolved once, together, by pip against PyPI for Python 3.11.
+  server.lock         our layer: the versions CI installs (requirements-serverless.txt,
+                      the Makefile's constraints) for every package our layer brings that
+                      SAM 3D Objects' layer does not already hold.
+
+What PyPI cannot resolve is resolved as what it declares (RESOLVED_AS, each from its own
+setup file) and left out of the lock: the git requirements (the image pins their commits),
+kaolin 0.17.0 (NVIDIA's wheel index only), flash_attn (its metadata needs torch to build),
+nvidia-pyindex (its install rewrites pip's configuration). torch's CUDA wheels (nvidia-*,
+triton) are left out too: torch's own pins choose them, and PyPI's torch 2.5.1 is the
+cu124 build where the image's is cu121. `+cu121` local versions resolve as the release.
+
+    python scripts/lock_image.py SAM3D_GIT_DIR [CI_PYTHON] [--server-only]
+    (Python 3.11, as upstream's; CI_PYTHON: the python of an environment `make test`
+    installed, default .venv/bin/python; --server-only keeps the sam3d locks)
+"""
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from repin_sam3d import REQUIREMENT_FILES, read_pins, repin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ["default", "blackwell"]
+# What each unresolvable requirement declares (requirements lines), from its setup file.
+RESOLVED_AS = {
+    # MoGe pyproject.toml @a8c3734 `dependencies`, with utils3d's @3913c65 (moderngl, plyfile)
+    "moge": ["click", "opencv-python", "scipy", "matplotlib", "trimesh", "pillow",
+             "huggingface_hub", "numpy", "torchvision", "gradio", "moderngl", "plyfile"],
+    "gsplat": ["ninja", "numpy", "jaxtyping", "rich>=12"],  # setup.py @2323de5 install_requires
+    "pytorch3d": ["iopath"],  # setup.py @75ebeea:156 install_requires
+    # kaolin tools/requirements.txt (v0.17.0; v0.18.0 drops numpy's <2.0)
+    "kaolin==0.17.0": ["usd-core", "numpy<2.0", "pybind11", "Pillow>=8.0.0", "tqdm>=4.51.0",
+                       "scipy", "pygltflib", "warp-lang"],
+    "kaolin": ["usd-core", "numpy", "pybind11", "Pillow>=8.0.0", "tqdm>=4.51.0", "scipy",
+               "pygltflib", "warp-lang"],
+    "flash-attn": ["torch", "einops"],  # setup.py install_requires
+    "nvidia-pyindex": [],
+}
+# CI tests onnxruntime 1.32 (CPU); PyPI's onnxruntime-gpu 1.31.1 links CUDA 13
+# (libcudart.so.13), which neither image has. 1.23.2's CUDA provider links libcudart.so.12,
+# libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and libcudnn.so.9 (readelf -d): the
+# CUDA 12 and cuDNN 9 libraries both images' torch wheels bring.
+ONNXRUNTIME_GPU = "1.23.2"
+# Where our layer's version (CI's) wins over SAM 3D Objects' resolution: the Lotus-D stack
+# (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs;
+# what our code imports and upstream leaves unpinned (trimesh, pydantic; not urllib3: oci,
+# through mosaicml-streaming, wants 2.8 where CI pins 2.3); and
+# cryptography, which runpod 1.7.7 wants below 45. The image's build leaves these out of
+# what SAM 3D Objects' layer holds; lock_server() proves the whole image still resolves.
+OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors", "tokenizers",
+        "trimesh", "pydantic", "pydantic-core", "cryptography"}
+# Upstream requirements whose own requirements our layer breaks, each harmless: left out of
+# lock_server()'s resolution, named by the image's `pip check` (DEPLOY.md says why).
+KNOWN_CONFLICTS = {"optimum"}  # 1.18.1 wants transformers<4.40; nothing imports optimum
+TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
+
+
+def name_of(requirement: str) -> str:
+    return re.split(r"[\s=<>!~@\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def dockerfile_arg(name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)[1]
+
+
+def resolvable(requirements: list[str]) -> tuple[list[str], set[str]]:
+    """The requirements as pip can resolve them from PyPI, and the names left out of the lock."""
+    out, left_out = [], set()
+    for line in requirements:
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = name_of(line)
+        key = line.strip() if line.strip() in RESOLVED_AS else name
+        if key in RESOLVED_AS:
+            out += RESOLVED_AS[key]
+            left_out.add(name)
+        else:
+            out.append(re.sub(r"\+cu\d+", "", line.strip()))
+    return out, left_out
+
+
+def sam3d_requirements(git_dir: str, stack: str) -> list[str]:
+    commit = dockerfile_arg("SAM3D_COMMIT")
+    files = {name: subprocess.run(["git", "--git-dir", git_dir, "show", f"{commit}:{name}"],
+                                  check=True, capture_output=True, text=True).stdout
+             for name in REQUIREMENT_FILES}
+    pins = ROOT / "docker" / f"{stack}-pins.txt"
+    if pins.exists():
+        files = repin(files, read_pins(pins.read_text()))
+    return [line for text in files.values() for line in text.splitlines()]
+
+
+class Conflict(Exception):
+    """pip found no resolution; `names` are the packages its explanation names."""
+
+    def __init__(self, names: set[str], explanation: str):
+        super().__init__(explanation)
+        self.names = names
+
+
+def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, str]:
+    """pip's resolution (name -> version) of `requirements` for this interpreter, from PyPI."""
+    with tempfile.TemporaryDirectory() as folder:
+        listed, report = Path(folder, "in.txt"), Path(folder, "report.json")
+        listed.write_text("\n".join(requirements) + "\n")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar=off", "--dry-run",
+                               "--ignore-installed", "--report", str(report), "-r", str(listed),
+                               *(f"--constraint={path}" for path in constraints)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            output = done.stdout + done.stderr
+            cause = output.partition("The conflict is caused by:")[2].partition("To fix")[0]
+            names = set(re.findall(r"^\s+(\S+) \S+ depends on", cause, re.M)) | set(
+                re.findall(r"\(constraint\) ([^=<>!\s]+)", cause))
+            raise Conflict({name_of(n) for n in names}, cause or output[-2000:])
+        return {item["metadata"]["name"]: item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+
+
+def write_lock(path: Path, header: str, pins: dict[str, str]) -> None:
+    lines = [f"{name}=={version}" for name, version in sorted(pins.items(), key=lambda p: p[0].lower())]
+    path.write_text(header + "\n".join(lines) + "\n")
+    print(f"{path.relative_to(ROOT)}: {len(lines)} pins")
+
+
+def ci_versions(ci_python: str) -> dict[str, str]:
+    """What CI's environment holds (the Makefile's: torch's CPU wheel, then the project with
+    requirements-serverless.txt as constraints), less torch and the project itself, plus
+    onnxruntime-gpu for rembg's `gpu` extra (ONNXRUNTIME_GPU)."""
+    frozen = subprocess.run([ci_python, "-m", "pip", "freeze", "--exclude-editable"],
+                            check=True, capture_output=True, text=True).stdout
+    pins = dict(line.split("==") for line in frozen.splitlines() if "==" in line)
+    pins.pop("torch", None)
+    pins["onnxruntime-gpu"] = ONNXRUNTIME_GPU
+    return pins
+
+
+def server_requirements() -> list[str]:
+    """What the image's server layer installs: pyproject.toml's dependencies, its serverless
+    extra and rembg with its gpu extra (the segment extra, on the GPU)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    rembg = [r for r in project["optional-dependencies"]["segment"] if name_of(r) == "rembg"]
+    return (project["dependencies"] + project["optional-dependencies"]["serverless"]
+            + [r.replace("rembg", "rembg[gpu]", 1) for r in rembg])
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    return dict(line.split("==") for line in path.read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+
+
+def lock_sam3d(git_dir: str) -> None:
+    for stack in STACKS:
+        requirements, left_out = resolvable(sam3d_requirements(git_dir, stack))
+        pins = {name: version for name, version in resolve(requirements).items()
+                if not TORCH_CUDA_WHEELS.match(name.lower()) and name_of(name) not in left_out}
+        write_lock(ROOT / "docker" / f"sam3d-{stack}.lock",
+                   f"# SAM 3D Objects' layer, CUDA_STACK={stack}: written by scripts/lock_image.py\n"
+                   f"# (what it resolved, and what it leaves out: its docstring). Not in this\n"
+                   f"# list: {', '.join(sorted(left_out))}, torch's nvidia-*/triton wheels.\n",
+                   pins)
+
+
+def lock_server(git_dir: str, ci_python: str) -> None:
+    """server.lock, then the whole image resolved as it is built, for each stack: SAM 3D
+    Objects' requirements (less KNOWN_CONFLICTS) and ours, constrained to what that layer
+    holds (its lock, less OURS) and to server.lock. Where CI's version of a package only our
+    layer brings conflicts with that layer (prettytable 3.18 wants wcwidth>=0.3.5, upstream's
+    ftfy 6.2.0 below 0.3), pip's choice replaces it, and the header says so."""
+    held: dict[str, set[str]] = {}
+    for stack in STACKS:
+        for name, version in read_lock(ROOT / "docker" / f"sam3d-{stack}.lock").items():
+            held.setdefault(name_of(name), set()).add(version)
+    ci = ci_versions(ci_python)
+    pins = {name: version for name, version in ci.items()
+            if name_of(name) not in held or name_of(name) in OURS}
+    replaced: dict[str, str] = {}
+    for stack in STACKS:
+        requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
+        requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS]
+        layer_pins = {name: version for name, version in read_lock(
+            ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS}
+        while True:
+            with tempfile.TemporaryDirectory() as folder:
+                layer, server = Path(folder, "layer.txt"), Path(folder, "server.txt")
+                layer.write_text("".join(f"{n}=={v}\n" for n, v in layer_pins.items()))
+                server.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+                try:
+                    resolved = resolve(requirements + server_requirements(), [layer, server])
+                    break
+                except Conflict as conflict:
+                    movable = {n for n in pins if name_of(n) in conflict.names
+                               and name_of(n) not in OURS | {"onnxruntime-gpu"}
+                               and n not in replaced}
+                    if not movable:
+                        raise
+                    print(f"{stack}: CI's {sorted(movable)} conflict with SAM 3D Objects' layer")
+                    for name in movable:
+                        replaced[name] = pins.pop(name)
+        chosen = {name_of(n): v for n, v in resolved.items()}
+        for name in replaced:
+            pins.setdefault(name, chosen[name_of(name)])
+        print(f"{stack}: the image resolves ({len(resolved)} packages)")
+
+    def differing(names: set[str]) -> str:
+        return "".join(f"#   {name} {'/'.join(sorted(held[name_of(name)]))}, CI {version}\n"
+                       for name, version in sorted(ci.items()) if name_of(name) in names
+                       and version not in held[name_of(name)])
+
+    write_lock(ROOT / "docker" / "server.lock",
+               "# Our layer of the image: the versions CI installs (the Makefile's environment,\n"
+               "# requirements-serverless.txt as constraints) of every package SAM 3D Objects'\n"
+               "# layer (docker/sam3d-*.lock) does not hold, and of OURS (scripts/lock_image.py,\n"
+               "# which wrote this and resolved the whole image with it), which win over it.\n"
+               "# Ours over SAM 3D Objects' (default/blackwell):\n" + differing(OURS & set(held))
+               + "# Held at SAM 3D Objects' version (default/blackwell), not CI's:\n"
+               + differing(set(held) - OURS)
+               + "# CI's version conflicts with SAM 3D Objects' layer; pip's choice instead:\n"
+               + "".join(f"#   {name} {pins[name]}, CI {version}\n"
+                         for name, version in sorted(replaced.items())),
+               pins)
+
+
+if __name__ == "__main__":
+    if sys.version_info[:2] != (3, 11):
+        sys.exit("run with Python 3.11, the version of upstream's environment")
+    arguments = [a for a in sys.argv[1:] if a != "--server-only"]
+    if "--server-only" not in sys.argv:
+        lock_sam3d(arguments[0])
+    lock_server(arguments[0],
+                arguments[1] if len(arguments) > 1 else str(ROOT / ".venv" / "bin" / "python"))
