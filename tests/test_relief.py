@@ -137,3 +137,17 @@ def test_a_bad_field_of_view_is_400(make_client, lotus, value):
     response = client.post("/depth", json={"image": image_b64(), "output": "glb",
                                            "fov_degrees": value})
     assert response.status_code == 400 and "fov_degrees" in response.get_json()["error"]
+
+
+def test_the_runpod_depth_task_answers_a_relief_ply(lotus, tmp_path, monkeypatch):
+    from handler import Worker
+    from settings import load_settings
+
+    monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
+    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
+    answer = worker.handle({"id": "relief", "input": {
+        "api_key": "worker-key-0123456789", "task": "depth", "output": "ply",
+        "image_base64": image_b64(width=40, height=30), "processing_res": 32}})
+    assert answer["geometry"].startswith("relief:") and answer["fov_degrees"] == 60
+    cloud = trimesh.load(io.BytesIO(answer_file(answer)), file_type="ply")
+    assert len(cloud.vertices) == 40 * 30
