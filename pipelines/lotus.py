@@ -357,6 +357,8 @@ class LotusDepth:
             return PipelineError("the model produced non-finite values", status=500)
         try:
             return cls._write(options, prediction, photo, output_stem)
+        except PipelineError as exc:  # a relief with no surface fails this job alone
+            return exc
         except OSError as exc:  # a full or read-only disk fails this job, not its batch
             return describe_failure(exc)
 

@@ -10,6 +10,7 @@ import trimesh
 from PIL import Image
 
 from conftest import image_b64, image_bytes, wait_until
+from pipelines.base import PipelineError
 from pipelines.lotus import LotusDepth
 from pipelines.relief import MAX_GRID_SIDE, relief_glb, relief_grid, relief_ply
 
@@ -82,6 +83,12 @@ def test_a_depth_discontinuity_drops_the_faces_across_it():
     assert len(cut.faces) == 2 * 29 * 38  # the column of cells between x=19 and x=20 is gone
     spans = cut.vertices[cut.faces][:, :, 2]
     assert (spans.max(axis=1) - spans.min(axis=1)).max() == 0
+
+
+def test_a_map_with_no_surface_is_refused_rather_than_an_empty_glb():
+    with pytest.raises(PipelineError, match="no surface") as raised:
+        relief_glb(np.zeros((1, 5), dtype=np.float32), red(5, 1), True, 60)
+    assert raised.value.status == 422
 
 
 def answer_file(body):
