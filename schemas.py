@@ -144,12 +144,16 @@ class JobStatus(BaseModel):
 
 class DepthResult(BaseModel):
     job_id: str
-    image_base64: str
+    image_base64: str = Field(description="The file, base64: a PNG, an .npy, or for output "
+                              "glb / ply a relief mesh or point cloud")
     model: str | None = Field(None, description="The Lotus model that made it")
     min: float
     max: float
     disparity: bool | None = Field(None, description="true: affine-invariant disparity "
                                    "(larger = nearer); false: affine-invariant depth")
+    geometry: str | None = Field(None, description="glb, ply: how the relief is built from "
+                                 "the prediction (relief, not metric depth)")
+    fov_degrees: float | None = Field(None, description="glb, ply: the field of view assumed")
     width: int
     height: int
     file_path: str = Field(description="The file's name inside OUTPUT_DIR")

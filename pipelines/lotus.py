@@ -29,6 +29,8 @@ from .checkpoints import (DEFAULT_MODELS, LOTUS_FOLDER, LOTUS_MODELS, LotusModel
                           is_test_checkpoint, present_models)
 from .images import ImageInput, ImageLimits, JobInputs
 from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
+from .relief import (DEFAULT_FOV_DEGREES, GEOMETRY, MAX_FOV_DEGREES, MIN_FOV_DEGREES,
+                     RELIEF_FORMATS)
 
 if TYPE_CHECKING:
     from .lotus_model import LotusDPipeline
@@ -121,7 +123,14 @@ class DepthRequest(LotusRequest):
         DEFAULT_MODELS["depth"], description="Which of upstream's depth checkpoints "
         "(/health lists the ones served): depth-*-disparity predict disparity, "
         "-g- models are Lotus-G (generative), -d- Lotus-D (regression)")
-    output: Literal["png", "png16", "npy", "color"] = "png"
+    output: Literal["png", "png16", "npy", "color", "glb", "ply"] = Field(
+        "png", description="png, png16: the map stretched min..max to 8 or 16 bits; npy: the "
+        "raw float32 prediction; color: Spectral, near in red; glb: a relief mesh textured "
+        "with the photo; ply: a point cloud coloured from the photo (glb, ply: relief, not "
+        "metric depth; the answer's `geometry` says how it is built)")
+    fov_degrees: float = Field(DEFAULT_FOV_DEGREES, ge=MIN_FOV_DEGREES, le=MAX_FOV_DEGREES,
+                               description="glb, ply: the assumed field of view across the "
+                               "photo's longer side (the photo does not say)")
     disparity: bool | None = Field(None, description="What the model predicts: true for "
                                    "the *-disparity models (affine-invariant disparity), false "
                                    "for the v1-0 ones (affine-invariant depth); if given, it "
@@ -306,8 +315,8 @@ class LotusDepth:
         complete. A failing forward pass (out of memory) raises for the whole batch."""
         predictions = self._predict([(options, image) for options, image, _ in jobs], progress)
         progress("writing", 0.9)
-        return [self._finish(options, prediction, stem)
-                for (options, _, stem), prediction in zip(jobs, predictions)]
+        return [self._finish(options, prediction, image, stem)
+                for (options, image, stem), prediction in zip(jobs, predictions)]
 
     def _predict(self, jobs: Sequence[tuple[LotusRequest, Image.Image]],
                  progress: Progress | None) -> list[np.ndarray]:
@@ -342,21 +351,28 @@ class LotusDepth:
         return predictions
 
     @classmethod
-    def _finish(cls, options: LotusRequest, prediction: np.ndarray,
+    def _finish(cls, options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
                 output_stem: Path) -> Result | PipelineError:
         if not np.isfinite(prediction).all():
             return PipelineError("the model produced non-finite values", status=500)
         try:
-            return cls._write(options, prediction, output_stem)
+            return cls._write(options, prediction, photo, output_stem)
+        except PipelineError as exc:  # a relief with no surface fails this job alone
+            return exc
         except OSError as exc:  # a full or read-only disk fails this job, not its batch
             return describe_failure(exc)
 
     @staticmethod
-    def _write(options: LotusRequest, prediction: np.ndarray, output_stem: Path) -> Result:
+    def _write(options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
+               output_stem: Path) -> Result:
         model = options.lotus_model
-        formats = DEPTH_FORMATS if model.task == "depth" else NORMAL_FORMATS
+        formats = ({**DEPTH_FORMATS, **RELIEF_FORMATS} if model.task == "depth"
+                   else NORMAL_FORMATS)
         encode, suffix, media_type, download_name = formats[options.output]
-        if model.task == "depth" and options.output == "color":
+        if options.output in RELIEF_FORMATS:
+            data = encode(prediction, photo, disparity=model.disparity,
+                          fov_degrees=options.fov_degrees)
+        elif model.task == "depth" and options.output == "color":
             data = encode(prediction, disparity=model.disparity)
         else:
             data = encode(prediction)
@@ -366,6 +382,8 @@ class LotusDepth:
         if model.task == "depth":
             info.update(min=float(prediction.min()), max=float(prediction.max()),
                         disparity=model.disparity)
+            if options.output in RELIEF_FORMATS:
+                info.update(geometry=GEOMETRY, fov_degrees=options.fov_degrees)
         else:
             info.update(NORMAL_CONVENTION)
         return Result(path=path, media_type=media_type, download_name=download_name, info=info)

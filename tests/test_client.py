@@ -191,6 +191,15 @@ def test_depth_writes_the_depth_file(client_venv, server, photo, tmp_path):
     assert '"min"' in done.stdout
 
 
+def test_depth_to_a_glb_file_asks_for_the_relief_mesh(client_venv, server, photo, tmp_path):
+    out = tmp_path / "relief.glb"
+    done = sam3d_client(client_venv, server, "depth", photo, "-o", out, "--fov-degrees", "75",
+                        "--processing-res", "32")
+    assert done.returncode == 0, done.stderr
+    (mesh,) = trimesh.load(out, file_type="glb").geometry.values()
+    assert len(mesh.vertices) == 80 * 60 and '"fov_degrees": 75' in done.stdout
+
+
 def test_status_and_health_print_the_servers_json(client_venv, server, photo, tmp_path):
     health = sam3d_client(client_venv, server, "health")
     assert health.returncode == 0 and json.loads(health.stdout)["status"] == "healthy"

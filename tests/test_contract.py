@@ -38,7 +38,9 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert generate["seed"]["default"] == 42 and generate["with_texture"]["default"] is True
     depth = document["components"]["schemas"]["DepthRequest"]["properties"]
     assert depth["processing_res"]["default"] == 768
-    assert set(depth["output"]["enum"]) == {"png", "png16", "npy", "color"}
+    assert set(depth["output"]["enum"]) == {"png", "png16", "npy", "color", "glb", "ply"}
+    assert (depth["fov_degrees"]["minimum"], depth["fov_degrees"]["maximum"]) == (10, 150)
+    assert "geometry" in document["components"]["schemas"]["DepthResult"]["properties"]
     assert depth["model"]["default"] == "depth-d-v2-0-disparity"
     normal = document["components"]["schemas"]["NormalRequest"]["properties"]
     assert set(normal["output"]["enum"]) == {"png", "png16", "npy"}

@@ -121,6 +121,13 @@ def test_a_glb_is_shown_in_model_viewer(page):
     assert_no_console_errors(page)
 
 
+def test_a_depth_relief_is_turned_in_model_viewer(page):
+    assert run_job(page, "depth", output="glb") == "glb"
+    assert page.execute_script("return document.getElementById('model').loaded") is True
+    page.save_screenshot(str(ARTIFACTS / "relief.png"))
+    assert_no_console_errors(page)
+
+
 def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     from selenium.webdriver.common.by import By
 

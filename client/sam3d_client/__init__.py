@@ -32,7 +32,8 @@ FINISHED = ("completed", "failed", "cancelled")
 # /generate's output_format, /depth's output.
 GENERATE_SUFFIXES = {"glb": ".glb", "ply": ".ply", "obj": ".zip", "stl": ".stl",
                      "usdz": ".usdz"}
-DEPTH_SUFFIXES = {"png": ".png", "png16": ".png", "color": ".png", "npy": ".npy"}
+DEPTH_SUFFIXES = {"png": ".png", "png16": ".png", "color": ".png", "npy": ".npy",
+                  "glb": ".glb", "ply": ".ply"}
 
 ImageSource = Union[str, os.PathLike, bytes]
 

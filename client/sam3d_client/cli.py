@@ -2,7 +2,8 @@
 
     sam3d-client generate photo.jpg -o model.glb [--format ply|glb|obj|stl|usdz] [--no-texture]
                                                  [--seed N] [--mask mask.png ...]
-    sam3d-client depth photo.jpg -o depth.png [--output png|png16|npy|color]
+    sam3d-client depth photo.jpg -o depth.png [--output png|png16|npy|color|glb|ply]
+    sam3d-client depth photo.jpg -o relief.glb [--fov-degrees 60]   a relief to turn in 3D
     sam3d-client generate --image-url https://example.com/photo.jpg -o model.glb
     sam3d-client wait JOB [-o FILE]       follow a job submitted earlier, then download it
     sam3d-client download JOB [-o FILE]   a finished job's file
@@ -33,6 +34,8 @@ from . import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, Client, OutputPathError, Serve
 
 DEFAULT_URL = "http://localhost:8000"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# a depth job's -o suffix -> the output it asks for (.png: png, the default)
+DEPTH_OUTPUT_OF_SUFFIX = {".npy": "npy", ".glb": "glb", ".ply": "ply"}
 # an -o suffix -> the output format it asks for (.obj too: refused, the OBJ comes zipped)
 SUFFIX_FORMATS = {".glb": "glb", ".ply": "ply", ".zip": "obj", ".obj": "obj", ".stl": "stl",
                   ".usdz": "usdz"}
@@ -82,10 +85,13 @@ def parser() -> argparse.ArgumentParser:
     depth = commands.add_parser("depth", help="photo to a depth map")
     add_image_arguments(depth)
     depth.add_argument("-o", "--out", type=Path, default=None,
-                       help="file to write (default depth.png, or depth.npy)")
+                       help="file to write (default depth.png, depth.npy, relief.glb or "
+                       "relief.ply, as --output says)")
     depth.add_argument("--output", choices=sorted(DEPTH_SUFFIXES),
-                       help="default: npy for a .npy file, else png")
+                       help="default: from the -o suffix (.npy, .glb, .ply), else png")
     depth.add_argument("--processing-res", type=int)
+    depth.add_argument("--fov-degrees", type=float,
+                       help="glb, ply: the field of view assumed (server default 60)")
     depth.set_defaults(command=run_depth)
 
     wait = commands.add_parser("wait", help="follow a job until it finishes, then download "
@@ -153,13 +159,16 @@ def run_generate(client: Client, args) -> int:
 
 
 def run_depth(client: Client, args) -> int:
-    output = args.output or ("npy" if args.out and args.out.suffix.lower() == ".npy" else "png")
+    output = args.output or DEPTH_OUTPUT_OF_SUFFIX.get((args.out or Path()).suffix.lower(), "png")
     suffix = DEPTH_SUFFIXES[output]
-    out = check_output_path(args.out or Path("depth" + suffix), suffix,
+    stem = "relief" if output in ("glb", "ply") else "depth"
+    out = check_output_path(args.out or Path(stem + suffix), suffix,
                             f"a depth map (output {output})")
     body = {**image_body(args), "output": output}
     if args.processing_res is not None:
         body["processing_res"] = args.processing_res
+    if args.fov_degrees is not None:
+        body["fov_degrees"] = args.fov_degrees
     return run_job(client, args, "depth", body, out)
 
 
@@ -204,7 +213,8 @@ def follow_and_download(client: Client, args, job_id: str, out: Path | None) -> 
               f"{resume_command(args, resume_verb(last['status']), job_id, out)}",
               file=sys.stderr)
         return 2
-    extra = {key: final[key] for key in ("min", "max", "vertices", "faces", "gaussians")
+    extra = {key: final[key] for key in ("min", "max", "fov_degrees", "vertices", "faces",
+                                          "gaussians")
              if key in final}
     print(f"{written} ({written.stat().st_size} bytes, job {job_id}, "
           f"{final.get('processing_time', 0):.1f} s){' ' + json.dumps(extra) if extra else ''}")

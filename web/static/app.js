@@ -478,7 +478,9 @@ async function showResult(status, response) {
   const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
     .map((key) => `${status[key].toLocaleString()} ${key}`);
   $("facts").textContent = [...facts, `${status.processing_time} s on ${status.worker || "the server"}`].join(" · ");
-  const view = VIEW_OF_SUFFIX[name.split(".").pop()] || "none";
+  // a depth job's PLY is a plain coloured point cloud, which the splat viewer cannot read
+  const suffix = name.split(".").pop();
+  const view = suffix === "ply" && status.geometry ? "none" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
     if (view === "depth" || view === "npy") {
       $("depth-range").textContent = `min ${status.min.toFixed(4)} · max ${status.max.toFixed(4)}` +

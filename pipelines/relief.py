@@ -1,0 +1,127 @@
+"""Depth in 3D: a Lotus prediction and its photo as a relief mesh (GLB) or point cloud (PLY).
+
+Lotus predicts affine-invariant disparity (the *-disparity models) or depth (v1-0): the
+scale and offset are unknown, so what comes out is relief, not metric depth. The rule,
+stated in every answer (`GEOMETRY`): the prediction is stretched min..max onto distances
+1 (nearest) to DEPTH_RANGE (farthest), through 1/disparity for disparity models, and each
+pixel is placed along its ray through a pinhole camera whose field of view across the
+photo's longer side is `fov_degrees`. The camera sits at the origin looking down -z, y up
+(glTF's frame); a pixel at distance d has z = -d.
+
+Pure numpy geometry (`relief_grid`); trimesh only writes the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .base import PipelineError
+
+DEFAULT_FOV_DEGREES = 60.0
+MIN_FOV_DEGREES, MAX_FOV_DEGREES = 10.0, 150.0
+DEPTH_RANGE = 4.0  # the farthest point is assumed this many times as far as the nearest
+MAX_GRID_SIDE = 512  # vertices along the grid's longer side (a 4K photo: 512 x 288)
+MAX_TEXTURE_SIDE = 2048
+# A triangle whose farthest corner is more than EDGE_RATIO times as far as its nearest spans
+# a depth discontinuity (an object's edge in front of the background) and is left out.
+EDGE_RATIO = 1.15
+GEOMETRY = (f"relief: affine-invariant Lotus output, not metric depth; stretched onto "
+            f"distances 1 (nearest) to {DEPTH_RANGE:g} (farthest), through 1/disparity for "
+            "disparity models, on a pinhole camera with fov_degrees across the photo's longer "
+            "side, looking down -z with y up; triangles whose corners' distances differ by "
+            f"more than a factor {EDGE_RATIO:g} are dropped")
+
+
+@dataclass
+class ReliefGrid:
+    vertices: np.ndarray  # (n, 3) float32, one per grid sample, row-major
+    faces: np.ndarray  # (m, 3) int64, counter-clockwise seen from the camera
+    uvs: np.ndarray  # (n, 2) float32: the sample's place in the photo, v up (OpenGL)
+    colors: np.ndarray  # (n, 3) uint8: the photo at each sample
+
+
+def relief_distance(prediction: np.ndarray, disparity: bool) -> np.ndarray:
+    """Distances in [1, DEPTH_RANGE]: larger disparity nearer, larger depth farther."""
+    low, high = float(prediction.min()), float(prediction.max())
+    unit = (prediction - low) / (high - low) if high > low else np.zeros_like(prediction)
+    if disparity:  # disparity 1/DEPTH_RANGE .. 1 -> distance DEPTH_RANGE .. 1
+        return 1.0 / (1.0 / DEPTH_RANGE + unit * (1.0 - 1.0 / DEPTH_RANGE))
+    return 1.0 + unit * (DEPTH_RANGE - 1.0)
+
+
+def _samples(size: int, count: int) -> np.ndarray:
+    """`count` pixel indices spread evenly over `size` pixels (each a cell's centre)."""
+    return ((np.arange(count) + 0.5) * size / count).astype(np.int64)
+
+
+def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
+                fov_degrees: float = DEFAULT_FOV_DEGREES,
+                max_side: int = MAX_GRID_SIDE) -> ReliefGrid:
+    """The prediction (height, width) as a grid of at most `max_side` samples along its
+    longer side (nearest pixel, so no sample averages across an edge), coloured from the
+    photo (resized to the prediction's size when they differ)."""
+    height, width = prediction.shape
+    scale = min(1.0, max_side / max(height, width))
+    rows = _samples(height, max(1, round(height * scale)))
+    cols = _samples(width, max(1, round(width * scale)))
+    distance = relief_distance(prediction.astype(np.float64), disparity)[np.ix_(rows, cols)]
+
+    focal = max(height, width) / 2 / np.tan(np.radians(fov_degrees) / 2)  # pixels
+    u, v = np.meshgrid(cols + 0.5, rows + 0.5)
+    vertices = np.stack([(u - width / 2) / focal * distance, -(v - height / 2) / focal * distance,
+                         -distance], axis=-1).reshape(-1, 3).astype(np.float32)
+    uvs = np.stack([u / width, 1.0 - v / height], axis=-1).reshape(-1, 2).astype(np.float32)
+
+    rgb = np.asarray(photo.convert("RGB").resize((width, height), Image.BILINEAR)
+                     if photo.size != (width, height) else photo.convert("RGB"))
+    colors = rgb[np.ix_(rows, cols)].reshape(-1, 3)
+
+    grid_rows, grid_cols = len(rows), len(cols)
+    index = np.arange(grid_rows * grid_cols).reshape(grid_rows, grid_cols)
+    top_left, top_right = index[:-1, :-1].ravel(), index[:-1, 1:].ravel()
+    bottom_left, bottom_right = index[1:, :-1].ravel(), index[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([top_left, bottom_left, top_right], axis=1),
+                            np.stack([top_right, bottom_left, bottom_right], axis=1)])
+    corner = distance.ravel()[faces]
+    faces = faces[corner.max(axis=1) <= EDGE_RATIO * corner.min(axis=1)]
+    return ReliefGrid(vertices, faces, uvs, colors)
+
+
+def relief_glb(prediction: np.ndarray, photo: Image.Image, disparity: bool,
+               fov_degrees: float) -> bytes:
+    """The grid as a mesh textured with the photo (base colour, at most MAX_TEXTURE_SIDE
+    pixels), matte, with vertex normals so a viewer's lights shade the relief."""
+    import trimesh
+
+    grid = relief_grid(prediction, photo, disparity, fov_degrees)
+    if not len(grid.faces):  # an empty GLB would open as nothing, without a word
+        raise PipelineError("no surface to mesh: the map is under 2 pixels on a side or every "
+                            "triangle spans a depth jump; output ply keeps every point",
+                            status=422)
+    texture = photo.convert("RGB")
+    texture.thumbnail((MAX_TEXTURE_SIDE, MAX_TEXTURE_SIDE))
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True)
+    mesh = trimesh.Trimesh(grid.vertices, grid.faces, process=False,
+                           visual=trimesh.visual.TextureVisuals(uv=grid.uvs, material=material))
+    return trimesh.Scene(mesh).export(file_type="glb", include_normals=True)
+
+
+def relief_ply(prediction: np.ndarray, photo: Image.Image, disparity: bool,
+               fov_degrees: float) -> bytes:
+    """One point per grid sample, coloured from the photo (binary PLY, vertex colours)."""
+    import trimesh
+
+    grid = relief_grid(prediction, photo, disparity, fov_degrees)
+    cloud = trimesh.PointCloud(grid.vertices, colors=grid.colors)
+    return cloud.export(file_type="ply")
+
+
+# output name -> (encoder, suffix, media type, download name), as outputs.DEPTH_FORMATS
+RELIEF_FORMATS = {
+    "glb": (relief_glb, ".glb", "model/gltf-binary", "relief.glb"),
+    "ply": (relief_ply, ".ply", "application/octet-stream", "relief.ply"),
+}
