@@ -203,12 +203,13 @@ class LotusDepth:
     def checkpoint_present(checkpoints_dir: Path, model_id: str | None = None) -> bool:
         return bool(model_id) or bool(present_models(checkpoints_dir))
 
-    @property
+    @cached_property
     def served(self) -> list[str]:
-        """The table's models this server loads: those whose folder is in CHECKPOINTS_DIR,
-        and the default depth model when MODEL_ID names its repository or no folder is
-        there (it is then read from the Hugging Face cache, `resolve_checkpoint`, or fails
-        to load and says so). Needs no model."""
+        """The table's models this server loads: those whose folder is in CHECKPOINTS_DIR
+        when it starts, and the default depth model when MODEL_ID names its repository or
+        no folder is there (it is then read from the Hugging Face cache,
+        `resolve_checkpoint`, or fails to load and says so). Needs no model; read once (a
+        folder copied in later is served from the next start)."""
         present = present_models(self.checkpoints_dir)
         default = DEFAULT_MODELS["depth"]
         if default not in present and (self.model_id or not present):
