@@ -119,7 +119,7 @@ class ObjectResult(BaseModel):
 class JobStatus(BaseModel):
     """Fields beyond `job_id, status, position, stage, progress` depend on the state."""
 
-    model_config = ConfigDict(extra="allow")  # a pipeline's result info (depth: min, max)
+    model_config = ConfigDict(extra="allow")  # a pipeline's result info (width, height, ...)
 
     job_id: str
     status: JobStateName
@@ -140,6 +140,15 @@ class JobStatus(BaseModel):
     vertices: int | None = None
     faces: int | None = None
     gaussians: int | None = None
+    model: str | None = Field(None, description="A depth or normal job: the Lotus model that "
+                              "ran it")
+    min: float | None = Field(None, description="A completed depth job: the map's least value")
+    max: float | None = Field(None, description="A completed depth job: its greatest value")
+    disparity: bool | None = Field(None, description="A completed depth job: true for "
+                                   "affine-invariant disparity, false for depth")
+    frame: str | None = Field(None, description="A completed normal job: the camera frame "
+                              "of its normals")
+    range: str | None = Field(None, description="A completed normal job: what its values mean")
 
 
 class DepthResult(BaseModel):

@@ -65,6 +65,16 @@ def checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def checkpoints_with_normals(tmp_path_factory, checkpoints) -> Path:
+    """`checkpoints` and the tiny Lotus-D normal model (normal-d-v1-1): a server that serves
+    depth and surface normals."""
+    root = tmp_path_factory.mktemp("checkpoints-normals")
+    shutil.copytree(checkpoints, root, dirs_exist_ok=True)
+    make_lotus(root, 1, "normal-d-v1-1")
+    return root
+
+
 def wait_until(predicate, timeout=30.0, interval=0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

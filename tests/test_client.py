@@ -1,5 +1,6 @@
-"""`sam3d-client` against the real server (tiny Lotus-D, SAM 3D stand-in), installed on its own
-in a venv without torch, as a user on any machine would install it; its Python API in-process."""
+"""`sam3d-client` against the real server (tiny Lotus-D depth and normals, SAM 3D stand-in),
+installed on its own in a venv without torch, as a user on any machine would install it; its
+Python API in-process."""
 
 import argparse
 import base64
@@ -37,8 +38,9 @@ STAND_IN_SECONDS = 3  # each 3D job on the slow server: long enough to queue one
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoints):
-    with running_server(tmp_path_factory.mktemp("client"), checkpoints, API_KEY=KEY,
+def server(tmp_path_factory, checkpoints_with_normals):
+    with running_server(tmp_path_factory.mktemp("client"), checkpoints_with_normals,
+                        API_KEY=KEY,
                         ALLOW_PRIVATE_URLS="true") as started:  # --image-url from loopback
         yield started
 
@@ -198,6 +200,23 @@ def test_depth_to_a_glb_file_asks_for_the_relief_mesh(client_venv, server, photo
     assert done.returncode == 0, done.stderr
     (mesh,) = trimesh.load(out, file_type="glb").geometry.values()
     assert len(mesh.vertices) == 80 * 60 and '"fov_degrees": 75' in done.stdout
+
+
+def test_normal_writes_the_normal_map_and_prints_its_convention(client_venv, server, photo,
+                                                                tmp_path):
+    out = tmp_path / "normals.png"
+    done = sam3d_client(client_venv, server, "normal", photo, "-o", out, "--model",
+                        "normal-d-v1-1", "--processing-res", 64, "--seed", 3)
+    assert done.returncode == 0, done.stderr
+    written = Image.open(out)
+    assert (written.mode, written.size) == ("RGB", (80, 60))
+    assert "z toward the camera" in done.stdout and '"model": "normal-d-v1-1"' in done.stdout
+    wrong = sam3d_client(client_venv, server, "normal", photo, "-o", tmp_path / "normals.jpg")
+    assert wrong.returncode == 2 and "name it" in wrong.stderr and "normals.png" in wrong.stderr
+    unserved = sam3d_client(client_venv, server, "depth", photo, "-o", tmp_path / "depth.png",
+                            "--model", "depth-g-v1-0")
+    assert unserved.returncode == 1
+    assert "model depth-g-v1-0 is not served here" in unserved.stderr
 
 
 def test_status_and_health_print_the_servers_json(client_venv, server, photo, tmp_path):
@@ -363,6 +382,14 @@ def test_the_python_api_comes_back_to_a_job_by_its_id(server, photo, tmp_path, m
         client.depth(photo, image_url="http://example.com/photo.png")
 
 
+def test_the_python_api_submits_a_normal_job(server, photo, tmp_path):
+    job = Client(server["url"], api_key=KEY).normal(photo, output="npy", processing_res=64)
+    final = job.wait()
+    assert final["status"] == "completed" and final["range"].startswith("each channel in [0, 1]")
+    normals = np.load(job.download(tmp_path / "normals.npy"))
+    assert normals.shape == (60, 80, 3) and normals.dtype == np.float32
+
+
 @pytest.fixture
 def stub():
     """A server answering POSTs with scripted (status, headers); the statuses it gave."""
@@ -426,4 +453,4 @@ def test_the_readme_documents_every_command_and_option():
     assert all(option in readme for option in ("--url", "--api-key", "--version"))
     for method in ("status", "wait", "download", "cancel"):
         assert f".{method}(" in readme and callable(getattr(Job, method))
-    assert all(f"client.{name}(" in readme for name in ("generate", "depth", "job"))
+    assert all(f"client.{name}(" in readme for name in ("generate", "depth", "normal", "job"))

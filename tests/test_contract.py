@@ -44,6 +44,14 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert depth["model"]["default"] == "depth-d-v2-0-disparity"
     normal = document["components"]["schemas"]["NormalRequest"]["properties"]
     assert set(normal["output"]["enum"]) == {"png", "png16", "npy"}
+    sync = document["paths"]["/normal/sync"]["post"]
+    assert sync["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] == \
+        "#/components/schemas/NormalResult"
+    assert "image" in sync["requestBody"]["content"]["multipart/form-data"]["schema"][
+        "properties"]
+    assert {"frame", "range"} <= set(document["components"]["schemas"]["NormalResult"][
+        "properties"])
+    assert {"model", "frame", "range", "min", "max"} <= set(status)  # a map job's status
 
 
 @pytest.mark.skipif(shutil.which("schemathesis") is None and not (

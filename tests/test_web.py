@@ -1,5 +1,6 @@
 """The web page at `/`, driven in headless Chromium (Debian's chromium and chromium-driver)
-against the real server on the tiny Lotus-D and the SAM 3D stand-in: upload, progress, the
+against the real server on tiny Lotus checkpoints (depth, two normal models) and the SAM 3D
+stand-in: upload, progress, the
 result in its viewer, no console errors. Screenshots of each result view are kept in
 artifacts/web/ (CI's artifacts)."""
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, image_b64, image_bytes, running_server, wait_until
+from make_tiny_checkpoints import make_lotus
 
 KEY = "web-test-key"
 ARTIFACTS = ROOT / "artifacts" / "web"
@@ -25,8 +27,13 @@ pytestmark = pytest.mark.skipif(bool(MISSING) and not os.environ.get("CI"),
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoints):
-    with running_server(tmp_path_factory.mktemp("web"), checkpoints, API_KEY=KEY) as started:
+def server(tmp_path_factory, checkpoints_with_normals):
+    """One depth model, two normal ones (Lotus-D and Lotus-G): the page offers a choice of
+    model for normals only."""
+    models = tmp_path_factory.mktemp("web-checkpoints")
+    shutil.copytree(checkpoints_with_normals, models, dirs_exist_ok=True)
+    make_lotus(models, 3, "normal-g-v1-1")
+    with running_server(tmp_path_factory.mktemp("web"), models, API_KEY=KEY) as started:
         yield started
 
 
@@ -114,6 +121,44 @@ def test_a_depth_map_is_shown_with_its_range(page):
     assert_no_console_errors(page)
 
 
+def test_surface_normals_run_from_the_page_with_the_model_chosen(page, server, tmp_path):
+    """The normal task lists the two served normal models (depth, with one, has no choice);
+    the map is shown with the convention the answer states; the curl snippet makes it."""
+    import subprocess
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=normal]").click()
+    choice = Select(page.find_element(By.NAME, "model"))
+    assert [option.get_attribute("value") for option in choice.options] == [
+        "normal-g-v1-1", "normal-d-v1-1"]  # upstream's table's order
+    assert page.find_element(By.ID, "model-choice").is_displayed()
+    assert page.find_element(By.ID, "map-legend").text == "Normal options"
+    assert run_job(page, "normal", model="normal-g-v1-1", normal_output="png") == "normal"
+    assert page.execute_script(
+        "return document.getElementById('normal-image').naturalWidth") == 96
+    convention = page.find_element(By.ID, "normal-convention").text
+    assert "Frame: camera: x to the left, y up, z toward the camera" in convention
+    assert "Values: each channel in [0, 1]" in convention
+    assert "model normal-g-v1-1" in page.find_element(By.ID, "facts").text
+    page.save_screenshot(str(ARTIFACTS / "normal.png"))
+    assert_no_console_errors(page)
+
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    assert 'client.normal("photo.jpg", model="normal-g-v1-1", output="png"' in \
+        page.find_element(By.ID, "code-python").text
+    assert "sam3d-client normal photo.jpg -o normals.png --model normal-g-v1-1 --output png" in \
+        page.find_element(By.ID, "code-cli").text
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(width=80, height=60, fmt="JPEG"))
+    subprocess.run(["bash", "-euc", page.find_element(By.ID, "code-curl").text], cwd=tmp_path,
+                   env={**os.environ, "SAM3D_API_KEY": KEY}, check=True, capture_output=True,
+                   timeout=60)
+    answer = json.loads((tmp_path / "normals.json").read_text())
+    assert answer["model"] == "normal-g-v1-1" and answer["width"] == 80 and "frame" in answer
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+    assert not page.find_element(By.ID, "model-choice").is_displayed()  # one depth model
+
+
 def test_a_glb_is_shown_in_model_viewer(page):
     assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
     assert page.execute_script("return document.getElementById('model').loaded") is True
@@ -140,8 +185,9 @@ def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
 
 
 def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_path):
-    """A server without SAM 3D Objects: "3D object" is disabled and says why, the depth map
-    is chosen, and the baked texture is off for formats without one."""
+    """A server without SAM 3D Objects and without a normal model: "3D object" and "Surface
+    normals" are disabled and say why, the depth map is chosen, and the baked texture is off
+    for formats without one."""
     from selenium.webdriver.common.by import By
 
     with running_server(tmp_path, checkpoints, PIPELINES="lotus") as depth_only:
@@ -152,7 +198,11 @@ def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_p
         depth = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]")
         assert not generate.is_enabled() and depth.is_selected()
         assert "not served here" in generate.find_element(By.XPATH, "..").text
-        assert browser.find_element(By.ID, "depth-options").is_displayed()
+        normal = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=normal]")
+        assert not normal.is_enabled()
+        assert "no normal model on this server" in normal.find_element(By.XPATH, "..").text
+        assert browser.find_element(By.ID, "map-options").is_displayed()
+        assert not browser.find_element(By.ID, "model-choice").is_displayed()  # one model
         assert not browser.find_element(By.ID, "generate-options").is_displayed()
         browser.save_screenshot(str(ARTIFACTS / "depth_only.png"))
     browser.execute_script("document.querySelector('select[name=output_format]').value = 'ply';"
@@ -197,7 +247,7 @@ def test_input_and_result_sit_side_by_side_and_stack_on_a_phone(page):
     from selenium.webdriver.common.by import By
 
     facts = page.find_element(By.ID, "server-facts").text
-    assert "No GPU" in facts and "Queue:" in facts and "depth maps 0 waiting" in facts
+    assert "No GPU" in facts and "Queue:" in facts and "depth and normal maps 0 waiting" in facts
     form, result = box(page, "input-pane"), box(page, "result-pane")
     assert result["left"] >= form["right"] and abs(result["top"] - form["top"]) < 5
     page.save_screenshot(str(ARTIFACTS / "wide.png"))

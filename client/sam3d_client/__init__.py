@@ -26,14 +26,15 @@ import requests
 
 __version__ = "0.1.0"
 __all__ = ["Client", "Job", "ServerError", "OutputPathError", "check_output_path",
-           "encode_file", "GENERATE_SUFFIXES", "DEPTH_SUFFIXES"]
+           "encode_file", "GENERATE_SUFFIXES", "DEPTH_SUFFIXES", "NORMAL_SUFFIXES"]
 FINISHED = ("completed", "failed", "cancelled")
 # The suffix of the file the server sends for each output (its download name):
-# /generate's output_format, /depth's output.
+# /generate's output_format, /depth's and /normal's output.
 GENERATE_SUFFIXES = {"glb": ".glb", "ply": ".ply", "obj": ".zip", "stl": ".stl",
                      "usdz": ".usdz"}
 DEPTH_SUFFIXES = {"png": ".png", "png16": ".png", "color": ".png", "npy": ".npy",
                   "glb": ".glb", "ply": ".ply"}
+NORMAL_SUFFIXES = {"png": ".png", "png16": ".png", "npy": ".npy"}
 
 ImageSource = Union[str, os.PathLike, bytes]
 
@@ -103,8 +104,15 @@ class Client:
     def depth(self, image: ImageSource | None = None, *, image_url: str | None = None,
               **options) -> "Job":
         """Submit a depth job (POST /depth); `options` are the server's fields (output,
-        processing_res, ...)."""
+        model, processing_res, ...)."""
         return Job(self, self.submit("depth", {**image_fields(image, image_url), **options}))
+
+    def normal(self, image: ImageSource | None = None, *, image_url: str | None = None,
+               **options) -> "Job":
+        """Submit a surface-normal job (POST /normal); `options` are the server's fields
+        (output, model, processing_res, ...). The completed status says the convention
+        (`frame`, `range`)."""
+        return Job(self, self.submit("normal", {**image_fields(image, image_url), **options}))
 
     def job(self, job_id: str) -> "Job":
         """A handle on a job submitted earlier (by this process or another)."""
@@ -145,7 +153,7 @@ class Client:
         return self.request("GET", f"/job/{job_id}").json()
 
     def submit(self, endpoint: str, body: dict) -> dict:
-        """POST /generate or /depth: the job's id, position and status URL."""
+        """POST /generate, /depth or /normal: the job's id, position and status URL."""
         return self.request("POST", f"/{endpoint}", json=body).json()
 
     def cancel(self, job_id: str) -> dict:

@@ -1,9 +1,10 @@
-"""`sam3d-client`: photo to 3D model or depth map from the command line.
+"""`sam3d-client`: photo to 3D model, depth map or surface normals from the command line.
 
     sam3d-client generate photo.jpg -o model.glb [--format ply|glb|obj|stl|usdz] [--no-texture]
                                                  [--seed N] [--mask mask.png ...]
     sam3d-client depth photo.jpg -o depth.png [--output png|png16|npy|color|glb|ply]
     sam3d-client depth photo.jpg -o relief.glb [--fov-degrees 60]   a relief to turn in 3D
+    sam3d-client normal photo.jpg -o normals.png [--output png|png16|npy] [--model NAME]
     sam3d-client generate --image-url https://example.com/photo.jpg -o model.glb
     sam3d-client wait JOB [-o FILE]       follow a job submitted earlier, then download it
     sam3d-client download JOB [-o FILE]   a finished job's file
@@ -29,13 +30,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, Client, OutputPathError, ServerError,
-               __version__, check_output_path, encode_file)
+from . import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, NORMAL_SUFFIXES, Client, OutputPathError,
+               ServerError, __version__, check_output_path, encode_file)
 
 DEFAULT_URL = "http://localhost:8000"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # a depth job's -o suffix -> the output it asks for (.png: png, the default)
-DEPTH_OUTPUT_OF_SUFFIX = {".npy": "npy", ".glb": "glb", ".ply": "ply"}
 # an -o suffix -> the output format it asks for (.obj too: refused, the OBJ comes zipped)
 SUFFIX_FORMATS = {".glb": "glb", ".ply": "ply", ".zip": "obj", ".obj": "obj", ".stl": "stl",
                   ".usdz": "usdz"}
@@ -82,17 +82,24 @@ def parser() -> argparse.ArgumentParser:
                                "several objects")
     generate.set_defaults(command=run_generate)
 
-    depth = commands.add_parser("depth", help="photo to a depth map")
-    add_image_arguments(depth)
-    depth.add_argument("-o", "--out", type=Path, default=None,
-                       help="file to write (default depth.png, depth.npy, relief.glb or "
-                       "relief.ply, as --output says)")
-    depth.add_argument("--output", choices=sorted(DEPTH_SUFFIXES),
-                       help="default: from the -o suffix (.npy, .glb, .ply), else png")
-    depth.add_argument("--processing-res", type=int)
-    depth.add_argument("--fov-degrees", type=float,
-                       help="glb, ply: the field of view assumed (server default 60)")
-    depth.set_defaults(command=run_depth)
+    for task, what, stem, suffixes in (("depth", "a depth map", "depth", DEPTH_SUFFIXES),
+                                       ("normal", "surface normals", "normals", NORMAL_SUFFIXES)):
+        command = commands.add_parser(task, help=f"photo to {what}")
+        add_image_arguments(command)
+        command.add_argument("-o", "--out", type=Path, default=None,
+                             help=f"file to write (default {stem}.png, or as --output says)")
+        command.add_argument("--output", choices=sorted(suffixes),
+                             help="default: from the -o suffix (.npy, .glb, .ply), else png")
+        command.add_argument("--model", help=f"which Lotus {task} model (`health` lists "
+                             "those served; default: the server's)")
+        command.add_argument("--processing-res", type=int)
+        command.add_argument("--seed", type=int, help="seeds the VAE sample and a "
+                             "generative (-g-) model's noise")
+        if task == "depth":
+            command.add_argument("--fov-degrees", type=float,
+                                 help="glb, ply: the field of view assumed (server default 60)")
+        command.set_defaults(command=run_map, task=task, what=what, stem=stem,
+                             suffixes=suffixes)
 
     wait = commands.add_parser("wait", help="follow a job until it finishes, then download "
                                "its file")
@@ -158,18 +165,19 @@ def run_generate(client: Client, args) -> int:
     return run_job(client, args, "generate", body, out)
 
 
-def run_depth(client: Client, args) -> int:
-    output = args.output or DEPTH_OUTPUT_OF_SUFFIX.get((args.out or Path()).suffix.lower(), "png")
-    suffix = DEPTH_SUFFIXES[output]
-    stem = "relief" if output in ("glb", "ply") else "depth"
+def run_map(client: Client, args) -> int:
+    """`depth` and `normal`: one Lotus map of the photo (depth also in 3D: glb, ply)."""
+    by_suffix = {suffix: output for output, suffix in args.suffixes.items() if suffix != ".png"}
+    output = args.output or by_suffix.get((args.out or Path()).suffix.lower(), "png")
+    suffix = args.suffixes[output]
+    stem = "relief" if output in ("glb", "ply") else args.stem
     out = check_output_path(args.out or Path(stem + suffix), suffix,
-                            f"a depth map (output {output})")
+                            f"{args.what} (output {output})")
     body = {**image_body(args), "output": output}
-    if args.processing_res is not None:
-        body["processing_res"] = args.processing_res
-    if args.fov_degrees is not None:
-        body["fov_degrees"] = args.fov_degrees
-    return run_job(client, args, "depth", body, out)
+    for name in ("model", "processing_res", "seed", "fov_degrees"):
+        if getattr(args, name, None) is not None:
+            body[name] = getattr(args, name)
+    return run_job(client, args, args.task, body, out)
 
 
 def run_job(client: Client, args, endpoint: str, body: dict, out: Path) -> int:
@@ -213,9 +221,8 @@ def follow_and_download(client: Client, args, job_id: str, out: Path | None) -> 
               f"{resume_command(args, resume_verb(last['status']), job_id, out)}",
               file=sys.stderr)
         return 2
-    extra = {key: final[key] for key in ("min", "max", "fov_degrees", "vertices", "faces",
-                                          "gaussians")
-             if key in final}
+    extra = {key: final[key] for key in ("model", "min", "max", "fov_degrees", "frame", "range",
+                                         "vertices", "faces", "gaussians") if key in final}
     print(f"{written} ({written.stat().st_size} bytes, job {job_id}, "
           f"{final.get('processing_time', 0):.1f} s){' ' + json.dumps(extra) if extra else ''}")
     return 0

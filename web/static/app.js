@@ -10,10 +10,11 @@ import { hideViewers, showGlb, showMesh, showSplat } from "./viewers.js";
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
 const keyStore = window.sessionStorage;
-const PIPELINE_OF_TASK = { generate: "sam3d", depth: "lotus" };
+const PIPELINE_OF_TASK = { generate: "sam3d", depth: "lotus", normal: "lotus" };
+const MAP_TASKS = ["depth", "normal"];  // Lotus: one model per request, from /health `models`
 const FINISHED = ["completed", "failed", "cancelled"];
-const TASK_NAMES = { generate: "3D object", depth: "Depth map" };
-const LANE_NAMES = { generate: "3D objects", depth: "depth maps" };
+const TASK_NAMES = { generate: "3D object", depth: "Depth map", normal: "Surface normals" };
+const MAP_NAMES = { depth: "depth", normal: "normal" };
 // /health is read at start, on each change of a followed job, and every HEALTH_SECONDS
 // while the tab is visible: the queue and the models change slowly, jobs tell the rest.
 const HEALTH_SECONDS = 30;
@@ -28,6 +29,7 @@ let photo = null;        // the File (chosen, dropped or an example) the next jo
 let current = null;      // the followed job: { id, task, status, since, processingAt }
 let pendingOpen = null;  // a /?job=<id> waiting for the API key
 let needsKey = false;    // the server answers 401 without a key
+let servedModels = {};   // task -> [[name, {mode, ...}]] of the Lotus models served here
 const running = () => Boolean(current && !current.done);
 
 // -- the server -----------------------------------------------------------------------
@@ -96,40 +98,55 @@ function gpuText(body) {
   return `GPU: ${names.join(", ")}`;
 }
 
+// A lane's jobs: the sam3d lane makes 3D objects, the lotus one the maps served here.
+function laneName(pipeline) {
+  if (pipeline === "sam3d") return "3D objects";
+  const maps = MAP_TASKS.filter((name) => servedModels[name]?.length).map((name) => MAP_NAMES[name]);
+  return `${(maps.length ? maps : ["depth"]).join(" and ")} maps`;
+}
+
 function queueText(body) {
   const lanes = body.queue?.lanes || {};
-  const parts = Object.entries(PIPELINE_OF_TASK).filter(([, name]) => lanes[name])
-    .map(([task, name]) => `${LANE_NAMES[task]} ${lanes[name].queued} waiting, ` +
-                           `${lanes[name].processing} running`);
+  const parts = [...new Set(Object.values(PIPELINE_OF_TASK))].filter((name) => lanes[name])
+    .map((name) => `${laneName(name)} ${lanes[name].queued} waiting, ` +
+                   `${lanes[name].processing} running`);
   return parts.length ? `Queue: ${parts.join("; ")}` : `Queue: ${body.queue?.queued ?? 0} waiting`;
 }
 
 function showHealth(body) {
+  servedModels = Object.fromEntries(MAP_TASKS.map((name) => [name, Object.entries(body.models || {})
+    .filter(([, model]) => model.task === name && model.served)]));
   const state = { ready: "ready", busy: "busy", starting: "starting up (models loading)",
                   setup_failed: "a model failed to load", unhealthy: "unhealthy" }[body.state];
   $("server-facts").textContent = `Server ${state || body.status} · ${gpuText(body)} · ${queueText(body)}`;
   const notices = Object.values(body.notices || {});
   $("notices").textContent = notices.join(" ");
   $("notices").hidden = notices.length === 0;
-  offerServedTasks(body.pipelines || {});
+  offerServedTasks(body);
   offerOutputs(body.capabilities?.sam3d);
   if (running() && current.status) showEta();
 }
 
 // -- what is offered --------------------------------------------------------------------
 
-// Only what the server serves: a task whose model is not loaded here is disabled and says
-// why, and the first served one is chosen.
-function offerServedTasks(pipelines) {
+// Only what the server serves: a task whose pipeline is not loaded here, or (depth, normals)
+// that has no model of its own among those served, is disabled and says why, and the first
+// served one is chosen.
+function offerServedTasks(body) {
+  const pipelines = body.pipelines || {};
+  const listed = (name) => Object.values(body.models || {}).some((model) => model.task === name);
   let chosen = null;
   for (const radio of form.elements.task) {
     const state = pipelines[PIPELINE_OF_TASK[radio.value]];
-    radio.disabled = state !== "ready" && state !== "loading";
+    const noModel = MAP_TASKS.includes(radio.value) && listed(radio.value) &&
+      !servedModels[radio.value]?.length;
+    radio.disabled = (state !== "ready" && state !== "loading") || noModel;
     const why = radio.parentElement.querySelector(".unserved") ||
       radio.parentElement.appendChild(Object.assign(document.createElement("span"),
                                                     { className: "unserved" }));
-    why.textContent = radio.disabled ? (state === "failed" ? " (failed to load on this server)"
-                                        : " (not served here)")
+    why.textContent = state === "failed" ? " (failed to load on this server)"
+      : radio.disabled ? (noModel && state ? ` (no ${MAP_NAMES[radio.value]} model on this server)`
+                          : " (not served here)")
       : state === "loading" ? " (loading: jobs wait until it is ready)" : "";
     if (!radio.disabled && chosen === null) chosen = radio;
   }
@@ -174,9 +191,28 @@ function task() {
 function showTaskOptions() {
   const chosen = task();
   $("generate-options").hidden = chosen !== "generate";
-  $("depth-options").hidden = chosen !== "depth";
+  $("map-options").hidden = !MAP_TASKS.includes(chosen);
+  $("map-legend").textContent = chosen === "normal" ? "Normal options" : "Depth options";
   for (const element of form.querySelectorAll(".generate-only")) element.hidden = chosen !== "generate";
+  for (const element of form.querySelectorAll(".depth-only")) element.hidden = chosen !== "depth";
+  for (const element of form.querySelectorAll(".normal-only")) element.hidden = chosen !== "normal";
+  offerModels(chosen);
   updateSnippets();
+}
+
+// The served models of a depth or normal task (the one chosen is kept); a choice only where
+// there are several. The job always names its model: the one served may not be the default.
+function offerModels(chosen) {
+  const select = form.elements.model;
+  const models = servedModels[chosen] || [];
+  const names = models.map(([name]) => name);
+  if (names.join() !== [...select.options].map((option) => option.value).join()) {
+    const keep = select.value;
+    select.replaceChildren(...models.map(([name, model]) => new Option(
+      `${name} (${model.mode === "generation" ? "Lotus-G, generative" : "Lotus-D, regression"})`, name)));
+    if (names.includes(keep)) select.value = keep;
+  }
+  $("model-choice").hidden = names.length < 2;
 }
 
 // What the job sends besides the image: only the options its endpoint takes, and the
@@ -185,8 +221,10 @@ function jobOptions(chosen = task()) {
   const data = new FormData(form);  // disabled fields are left out
   const number = (name) => (data.get(name) === null || data.get(name) === "" ? null : Number(data.get(name)));
   const seed = number("seed") ?? 42;
-  if (chosen === "depth") {
-    return { output: data.get("output"), processing_res: number("processing_res") ?? 768, seed };
+  if (MAP_TASKS.includes(chosen)) {
+    const model = data.get("model");
+    return { ...(model ? { model } : {}), output: data.get(chosen === "depth" ? "output" : "normal_output"),
+             processing_res: number("processing_res") ?? 768, seed };
   }
   const options = { output_format: data.get("output_format"),
                     with_texture: !form.elements.with_texture.disabled && data.get("with_texture") === "on",
@@ -423,7 +461,7 @@ async function runToEnd(id, jobTask) {
   } finally {
     current.done = true;
     $("cancel").hidden = true;
-    offerServedTasks(health?.pipelines || {});
+    offerServedTasks(health || {});
   }
 }
 
@@ -473,18 +511,34 @@ async function showResult(status, response) {
   $("download").href = resultUrl;
   $("download").download = name;
   $("download").textContent = `Download ${name}`;
-  for (const id of ["model", "splat", "mesh-view", "depth", "usdz-help", "no-preview"]) $(id).hidden = true;
+  for (const id of ["model", "splat", "mesh-view", "depth", "normal", "usdz-help", "no-preview"]) $(id).hidden = true;
   $("result").hidden = false;
   const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
     .map((key) => `${status[key].toLocaleString()} ${key}`);
+  if (status.model) facts.push(`model ${status.model}`);
   $("facts").textContent = [...facts, `${status.processing_time} s on ${status.worker || "the server"}`].join(" · ");
-  // a depth job's PLY is a plain coloured point cloud, which the splat viewer cannot read
   const suffix = name.split(".").pop();
-  const view = suffix === "ply" && status.geometry ? "none" : VIEW_OF_SUFFIX[suffix] || "none";
+  // a normal map's status says its convention (frame, range); a depth job's PLY is a plain
+  // coloured point cloud, which the splat viewer cannot read
+  const view = "frame" in status ? "normal"
+    : suffix === "ply" && status.geometry ? "none" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
-    if (view === "depth" || view === "npy") {
+    if (view === "normal") {
+      $("normal-convention").replaceChildren(...[["Frame", status.frame], ["Values", status.range]]
+        .map(([label, text]) => {
+          const line = document.createElement("span");
+          line.append(Object.assign(document.createElement("strong"), { textContent: `${label}: ` }), text);
+          return line;
+        }));
+      $("normal").hidden = false;
+      $("normal-image").hidden = suffix !== "png";
+      if (suffix === "png") {
+        $("normal-image").src = resultUrl;
+        await $("normal-image").decode();
+      }
+    } else if (view === "depth" || view === "npy") {
       $("depth-range").textContent = `min ${status.min.toFixed(4)} · max ${status.max.toFixed(4)}` +
-        " (disparity: larger is nearer)";
+        (status.disparity === false ? " (depth: larger is farther)" : " (disparity: larger is nearer)");
       $("depth").hidden = false;
       if (view === "depth") {
         $("depth-image").hidden = false;
@@ -547,7 +601,8 @@ async function openJob(id) {
       : error.status === 404 ? `Job ${id} is not known to this server.` : error.message);
   }
   const known = history.find(id);
-  const jobTask = known?.task || ("min" in status || status.worker?.startsWith("lotus") ? "depth" : "generate");
+  const jobTask = known?.task || ("frame" in status ? "normal"
+    : "min" in status || status.worker?.startsWith("lotus") ? "depth" : "generate");
   if (!known) {  // a link from elsewhere: this browser's list keeps it from now on
     history.remember({ id, task: jobTask, photo: "", status: status.status,
                        at: new Date().toISOString(), label: TASK_NAMES[jobTask] });

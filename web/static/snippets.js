@@ -1,5 +1,5 @@
 // "Use from code": the job the form would send, as curl, Python (sam3d_client.Client, its
-// generate/depth and the Job handle: client/README.md) and
+// generate/depth/normal and the Job handle: client/README.md) and
 // sam3d-client lines. The photo is photo.jpg; the key, when the server needs one, comes
 // from SAM3D_API_KEY (never the key typed here).
 
@@ -9,8 +9,12 @@ function pythonLiteral(value) {
   return JSON.stringify(value).replace(/\b(true|false|null)\b/g, (word) => PYTHON_LITERALS[word]);
 }
 
+// The file each task's job makes; a depth or normal map answers /<task>/sync as JSON.
+const MAP_STEMS = { depth: "depth", normal: "normals" };
+const SYNC_FIELDS = { depth: "min, max", normal: "frame, range (the convention)" };
+
 export function outputFile(task, options) {
-  if (task === "depth") return options.output === "npy" ? "depth.npy" : "depth.png";
+  if (task in MAP_STEMS) return `${MAP_STEMS[task]}.${options.output === "npy" ? "npy" : "png"}`;
   return `model.${options.output_format === "obj" ? "zip" : options.output_format}`;
 }
 
@@ -18,11 +22,11 @@ function curl(task, options, base, keyed) {
   // A form upload (app.py's _form): the photo as a file, each option as a field.
   const fields = Object.entries(options).map(([key, value]) => `-F ${key}=${value}`);
   const auth = keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "";
-  const out = task === "depth" ? "depth.json" : outputFile(task, options);
+  const out = task in MAP_STEMS ? `${MAP_STEMS[task]}.json` : outputFile(task, options);
   return [
     `curl -s ${base}/${task}/sync${auth} -F image=@photo.jpg \\`,
     `  ${fields.length ? `${fields.join(" ")} ` : ""}-o ${out}`,
-    ...(task === "depth" ? ["# depth.json: image_base64 (the file), min, max; or POST /depth and GET /job/<id>/download"] : []),
+    ...(task in MAP_STEMS ? [`# ${out}: image_base64 (the file), ${SYNC_FIELDS[task]}; or POST /${task} and GET /job/<id>/download`] : []),
   ].join("\n");
 }
 
@@ -50,8 +54,9 @@ function cli(task, options, base, keyed) {
     missing.push(...["stage1_steps", "stage2_steps", "texture_size", "simplify"]
       .filter((name) => name in options));
   } else {
+    if (options.model) flags.push(`--model ${options.model}`);
     flags.push(`--output ${options.output}`, `--processing-res ${options.processing_res}`);
-    if (options.seed !== 42) missing.push("seed");
+    if (options.seed !== 42) flags.push(`--seed ${options.seed}`);
   }
   return [
     `export SAM3D_URL=${base}${keyed ? " SAM3D_API_KEY=..." : ""}`,
