@@ -73,6 +73,8 @@ def probe_video(data: bytes, limits: VideoLimits) -> Video:
             if not container.streams.video:
                 raise InvalidVideo("video has no video stream")
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise InvalidVideo("video's codec is not one this server decodes")
             width, height = stream.codec_context.width, stream.codec_context.height
             rate = stream.average_rate or stream.guessed_rate or Fraction(0)
             if stream.duration is not None and stream.time_base:
@@ -111,13 +113,18 @@ def _open(data: bytes):
 def decode_frames(video: Video) -> Iterator[Image.Image]:
     """The frames as RGB images, in order; more than the limit is refused (a container
     whose metadata undercounted)."""
-    with _open(video.data) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index >= video.max_frames:
-                raise InvalidVideo(f"video has more than {video.max_frames} frames")
-            if (frame.width, frame.height) != video.size:
-                raise InvalidVideo("video changes its frame size mid-stream")
-            yield frame.to_image()
+    import av
+
+    try:
+        with _open(video.data) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index >= video.max_frames:
+                    raise InvalidVideo(f"video has more than {video.max_frames} frames")
+                if (frame.width, frame.height) != video.size:
+                    raise InvalidVideo("video changes its frame size mid-stream")
+                yield frame.to_image()
+    except av.FFmpegError as exc:  # a damaged stream is the client's, not a server error
+        raise InvalidVideo(f"video could not be decoded: {exc.strerror}") from None
 
 
 def color_frames(predictions: list[np.ndarray], task: str, disparity: bool) -> list[np.ndarray]:
