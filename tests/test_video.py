@@ -158,3 +158,30 @@ def test_cancelling_mid_video_stops_it_between_batches(make_client, checkpoints,
     assert poll(client, job_id)["status"] == "cancelled"
     wait_until(lambda: not any((tmp_path / "outputs").glob(f"*{job_id}*")))
     assert pipeline.calls == 2  # 12 frames in batches of 4: the third never ran
+
+
+def test_a_lotus_g_video_is_a_400_naming_why(make_client, tmp_path):
+    from make_tiny_checkpoints import make_lotus
+
+    make_lotus(tmp_path / "g", name="depth-g-v2-1-disparity")
+    client = make_client({"lotus": LotusDepth(tmp_path / "g")})
+    response = submit_video(client, make_video(frames=2), model="depth-g-v2-1-disparity")
+    assert response.status_code == 400
+    assert "Lotus-G, whose frame-to-frame latent" in response.get_json()["error"]
+
+
+def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, tmp_path):
+    from make_tiny_checkpoints import make_lotus
+
+    make_lotus(tmp_path / "n", name="normal-d-v1-1")
+    client = make_client({"lotus": LotusDepth(tmp_path / "n")})
+    accepted = client.post("/normal", json={"video": base64.b64encode(make_video(frames=3))
+                                            .decode(), "processing_res": 64})
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed" and status["frame"].startswith("camera"), status
+    with zipfile.ZipFile(io.BytesIO(client.get(status["download_url"]).data)) as archive:
+        assert sorted(archive.namelist()) == ["normal.mp4", "normal.npz"]
+        frames = np.load(io.BytesIO(archive.read("normal.npz")))["frames"]
+        assert len(decoded_frames(archive.read("normal.mp4"))) == 3
+    assert frames.shape == (3, HEIGHT, WIDTH, 3) and 0 <= frames.min() <= frames.max() <= 1
