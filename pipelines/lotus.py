@@ -145,7 +145,10 @@ class LotusRequest(ImageInput):
             raise InvalidInput(f"video is served by the Lotus-D models only; {self.model} is "
                                "Lotus-G, whose frame-to-frame latent is not implemented here")
         if self.video_url is None:
-            data = image_data(self.video)
+            try:
+                data = image_data(self.video)
+            except InvalidInput as exc:  # its messages name the image field
+                raise InvalidInput(str(exc).replace("image", "video", 1)) from None
         else:
             data = fetch_url(self.video_url, max_bytes=min(limits.url_max_bytes,
                                                            limits.video.max_bytes),

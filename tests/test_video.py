@@ -117,6 +117,13 @@ def test_what_is_not_a_video_is_a_400(make_client, checkpoints, data):
     assert "not a supported video" in response.get_json()["error"]
 
 
+def test_video_that_is_not_base64_is_a_400_naming_the_video(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = client.post("/depth", json={"video": "not base64!"})
+    assert response.status_code == 400 and response.get_json()["error"] == \
+        "video is not valid base64"
+
+
 def test_the_sync_form_refuses_a_video_and_names_the_async_one(make_client, checkpoints):
     client = make_client({"lotus": LotusDepth(checkpoints)})
     response = client.post("/depth/sync", json={"video": base64.b64encode(make_video()).decode()})
