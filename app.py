@@ -241,7 +241,7 @@ def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
     return payload, identity.encode()
 
 
-def _submit(endpoint: str) -> tuple[JobView, bool]:
+def _submit(endpoint: str, sync: bool = False) -> tuple[JobView, bool]:
     """Validate and queue a job; the job, and whether it is one an Idempotency-Key found."""
     pipeline, model = ENDPOINTS[endpoint]
     if request.mimetype == "multipart/form-data":
@@ -249,6 +249,9 @@ def _submit(endpoint: str) -> tuple[JobView, bool]:
     else:
         raw = _body()
         payload = _parse(model, raw)
+    if sync and getattr(payload, "is_video", False):
+        raise ApiError(400, f"video: POST /{endpoint} takes videos (a job to poll, then "
+                            f"/job/<id>/download); /{endpoint}/sync answers images only")
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
@@ -524,7 +527,7 @@ def _add_routes(app: Flask) -> None:
 
     @app.post("/depth/sync")
     def depth_sync():
-        return _map_result(_wait(_submit("depth")[0]), DepthResult)
+        return _map_result(_wait(_submit("depth", sync=True)[0]), DepthResult)
 
     @app.post("/normal")
     def normal():
@@ -532,7 +535,7 @@ def _add_routes(app: Flask) -> None:
 
     @app.post("/normal/sync")
     def normal_sync():
-        return _map_result(_wait(_submit("normal")[0]), NormalResult)
+        return _map_result(_wait(_submit("normal", sync=True)[0]), NormalResult)
 
     @app.get("/job/<job_id>")
     def job_status(job_id):

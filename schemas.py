@@ -183,7 +183,7 @@ class NormalResult(BaseModel):
 
 
 FILE_TYPES = {"model/gltf-binary": "GLB mesh", "application/octet-stream": "PLY or NPY",
-              "application/zip": "OBJ with its material and texture", "model/stl": "STL mesh",
+              "application/zip": "OBJ with its material and texture, or a video job's mp4 and npz", "model/stl": "STL mesh",
               "model/vnd.usdz+zip": "USDZ", "image/png": "PNG"}
 
 
@@ -215,7 +215,7 @@ SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
              "contentSchema": {"$ref": "#/components/schemas/JobStatus"}},
     "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
 # Fields a multipart/form-data upload sends as files (app.py's _form); the rest as text.
-FORM_FILES = {"image": False, "mask": False, "masks": True}
+FORM_FILES = {"image": False, "mask": False, "masks": True, "video": False}
 
 
 def _form_schema(schema: dict) -> dict:

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.images import ImageLimits
+from pipelines.video import VideoLimits
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     max_image_side: int = Field(4096, ge=1)
     url_max_bytes: int = Field(DEFAULT_MAX_CONTENT_LENGTH, ge=1024)
     url_timeout_seconds: float = Field(10, gt=0)
+    # A video sent to /depth or /normal: refused from its container's metadata beyond these.
+    video_max_seconds: float = Field(10, gt=0)
+    video_max_frames: int = Field(120, ge=1)
+    video_max_side: int = Field(1280, ge=1)
+    video_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
 
     @field_validator("pipelines")
     @classmethod
@@ -127,7 +133,9 @@ class Settings(BaseSettings):
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_side=self.max_image_side, url_max_bytes=self.url_max_bytes,
                            url_timeout_seconds=self.url_timeout_seconds,
-                           allow_private_urls=self.allow_private_urls)
+                           allow_private_urls=self.allow_private_urls,
+                           video=VideoLimits(self.video_max_seconds, self.video_max_frames,
+                                             self.video_max_side, self.video_max_bytes))
 
     @property
     def pipeline_names(self) -> list[str]:

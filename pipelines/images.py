@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 
 from .base import InvalidInput
 from .fetch import fetch_url
+from .video import VideoLimits
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 # Pillow handles PNG chunks one by one in Python: millions of empty ones cost seconds of
@@ -49,6 +50,7 @@ class ImageLimits:
     url_max_bytes: int
     url_timeout_seconds: float
     allow_private_urls: bool
+    video: VideoLimits = VideoLimits()
 
 
 class JobInputs(NamedTuple):

@@ -27,10 +27,12 @@ from pydantic import Field, model_validator
 from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
 from .checkpoints import (DEFAULT_MODELS, LOTUS_FOLDER, LOTUS_MODELS, LotusModel,
                           is_test_checkpoint, present_models)
-from .images import ImageInput, ImageLimits, JobInputs
+from .fetch import fetch_url
+from .images import ImageData, ImageInput, ImageLimits, JobInputs, image_data
 from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
 from .relief import (DEFAULT_FOV_DEGREES, GEOMETRY, MAX_FOV_DEGREES, MIN_FOV_DEGREES,
                      RELIEF_FORMATS)
+from .video import Video, decode_frames, probe_video, write_video_result
 
 if TYPE_CHECKING:
     from .lotus_model import LotusDPipeline
@@ -73,6 +75,9 @@ SECONDS_PER_MEGAPIXEL = {"cpu": 800.0, "cuda": 4.0}
 ATTENTION_MEGAPIXELS = 1.5
 SLACK = 5  # a job this many times over its estimate is stuck, not slow
 WARM_UP_SECONDS = 120  # first-call kernel selection, a cold page cache
+# A video's frames go through the model this many at a time (one forward pass each); the
+# job checks for cancellation and reports progress between them.
+VIDEO_BATCH_FRAMES = 4
 
 
 def _model_names(task: str) -> tuple[str, ...]:
@@ -94,6 +99,25 @@ class LotusRequest(ImageInput):
                       "and Lotus-G's noise latent, as upstream's --seed does")
     latent: Literal["sample", "mode"] = Field(
         "sample", description="Encode by sampling the VAE posterior (the reference) or its mode")
+    video: ImageData | None = Field(
+        None, description="Instead of an image: a base64 mp4, mov or webm (a file in a "
+        "multipart/form-data upload), at most VIDEO_MAX_SECONDS, VIDEO_MAX_FRAMES, "
+        "VIDEO_MAX_SIDE and VIDEO_MAX_BYTES; the result is a zip of the colourised mp4 and "
+        "an .npz of the raw frames. Lotus-D models, async endpoints only")
+    video_url: str | None = Field(None, description="http(s) URL of such a video")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        """Replaces ImageInput's check (same name): a video is a source too."""
+        sources = [self.image, self.image_base64, self.image_url, self.video, self.video_url]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("send exactly one of 'image' (base64 in JSON, a file in a form "
+                             "upload), 'image_url', 'video' or 'video_url'")
+        return self
+
+    @property
+    def is_video(self) -> bool:
+        return self.video is not None or self.video_url is not None
 
     @property
     def lotus_model(self) -> LotusModel:
@@ -101,7 +125,10 @@ class LotusRequest(ImageInput):
 
     def load(self, limits: ImageLimits) -> JobInputs:
         """The image, with processing_res checked against it at submission, so a request
-        that would upscale far beyond the photo is a 400, never a queued job."""
+        that would upscale far beyond the photo is a 400, never a queued job; or the video,
+        refused from its metadata before any frame is decoded."""
+        if self.is_video:
+            return self._load_video(limits)
         inputs = super().load(limits)
         options, image = inputs.options, inputs.image
         limit = max_processing_res(image.size)
@@ -112,6 +139,33 @@ class LotusRequest(ImageInput):
                 f"max({FREE_PROCESSING_RES}, {MAX_UPSCALE} x its longer side) = {limit} "
                 "is served (0 = its native size)")
         return inputs
+
+    def _load_video(self, limits: ImageLimits) -> JobInputs:
+        if self.lotus_model.mode != "regression":
+            # Upstream's infer_pipe_video (app.py:70-110, called at 164-170) carries each
+            # frame's predicted latent into the next frame's noise: not served yet.
+            raise InvalidInput(f"video is served by the Lotus-D models only; {self.model} is "
+                               "Lotus-G, whose frame-to-frame latent is not implemented here")
+        if getattr(self, "output", None) in ("glb", "ply"):
+            raise InvalidInput(f"output {self.output} is a photo's relief; a video's result is "
+                               "a zip of the coloured maps as mp4 and the raw frames as npz")
+        if self.video_url is None:
+            try:
+                data = image_data(self.video)
+            except InvalidInput as exc:  # its messages name the image field
+                raise InvalidInput(str(exc).replace("image", "video", 1)) from None
+        else:
+            data = fetch_url(self.video_url, max_bytes=min(limits.url_max_bytes,
+                                                           limits.video.max_bytes),
+                             timeout=limits.url_timeout_seconds,
+                             allow_private=limits.allow_private_urls)
+        video = probe_video(data, limits.video)
+        limit = max_processing_res(video.size)
+        if self.processing_res > limit:
+            raise InvalidInput(f"processing_res {self.processing_res} would upscale this "
+                               f"{video.width}x{video.height} video; at most {limit} is served")
+        options = self.without_image().model_copy(update={"video": None, "video_url": None})
+        return JobInputs(options, video, data)
 
 
 class DepthRequest(LotusRequest):
@@ -283,12 +337,16 @@ class LotusDepth:
         megapixels = width * height / 1e6
         rate = SECONDS_PER_MEGAPIXEL[self.device_kind]
         work = rate * megapixels * (1 + megapixels / ATTENTION_MEGAPIXELS)
-        return WARM_UP_SECONDS + SLACK * work
+        frames = image.frames if isinstance(image, Video) else 1
+        return WARM_UP_SECONDS + SLACK * work * frames
 
     @staticmethod
     def batch_key(options: LotusRequest, image: Image.Image) -> Hashable:
         """Jobs with equal keys may share one forward pass (`run_batch`): the model, the
-        image size and every option that changes the computation. Needs no model."""
+        image size and every option that changes the computation; a video is a batch of its
+        own (its frames are batched in `run_batch`). Needs no model."""
+        if isinstance(image, Video):
+            return ("video", id(image))
         return (options.model, image.size, *(getattr(options, name) for name in BATCH_OPTIONS))
 
     def predict(self, options: LotusRequest, image: Image.Image,
@@ -313,11 +371,56 @@ class LotusDepth:
         """Each job's result, in order: one forward pass per batch key (one for jobs of
         equal keys), each job with its own seed, output format and file. A job whose output
         is not finite or cannot be written gets a PipelineError in its place; the others
-        complete. A failing forward pass (out of memory) raises for the whole batch."""
+        complete. A failing forward pass (out of memory) raises for the whole batch. A
+        video job (its `image` a `Video`) runs alone, `run_video`."""
+        if len(jobs) == 1 and isinstance(jobs[0][1], Video):
+            return [self.run_video(*jobs[0], progress)]
         predictions = self._predict([(options, image) for options, image, _ in jobs], progress)
         progress("writing", 0.9)
         return [self._finish(options, prediction, image, stem)
                 for (options, image, stem), prediction in zip(jobs, predictions)]
+
+    def run_video(self, options: LotusRequest, video: Video, output_stem: Path,
+                  progress: Progress) -> Result:
+        """A video's frames through `_predict`, VIDEO_BATCH_FRAMES at a time, each frame
+        as a job of its own with the request's seed (so each equals the image request of
+        that frame, as upstream's demo runs Lotus-D on each frame with a fresh generator of
+        the seed, app.py:28-32,166); progress per frame, cancellable between batches (the
+        progress callback raises JobCancelled). Written as `write_video_result` zips it."""
+        predictions: list[np.ndarray] = []
+        batch: list[Image.Image] = []
+
+        def flush() -> None:
+            predictions.extend(self._predict([(options, frame) for frame in batch], None))
+            batch.clear()
+            progress(f"frame {len(predictions)} of {video.frames}",
+                     0.9 * min(len(predictions) / video.frames, 1.0))
+
+        progress("decoding", 0.0)
+        for frame in decode_frames(video):
+            batch.append(frame)
+            if len(batch) == VIDEO_BATCH_FRAMES:
+                flush()
+        if batch:
+            flush()
+        if not predictions:
+            raise InvalidInput("video has no frames")
+        if not all(np.isfinite(prediction).all() for prediction in predictions):
+            raise PipelineError("the model produced non-finite values", status=500)
+        progress("writing", 0.9)
+        model = options.lotus_model
+        path = write_video_result(Path(f"{output_stem}.zip"), model.task, predictions,
+                                  video.fps, model.disparity)
+        height, width = predictions[0].shape[:2]
+        info: dict = {"model": options.model, "width": int(width), "height": int(height),
+                      "frames": len(predictions), "fps": video.fps}
+        if model.task == "depth":
+            info.update(min=float(min(p.min() for p in predictions)),
+                        max=float(max(p.max() for p in predictions)), disparity=model.disparity)
+        else:
+            info.update(NORMAL_CONVENTION)
+        return Result(path=path, media_type="application/zip",
+                      download_name=f"{model.task}_video.zip", info=info)
 
     def _predict(self, jobs: Sequence[tuple[LotusRequest, Image.Image]],
                  progress: Progress | None) -> list[np.ndarray]:

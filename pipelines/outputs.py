@@ -60,14 +60,20 @@ def depth_npy(depth: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def depth_color(depth: np.ndarray, disparity: bool = True) -> bytes:
+def colorize_depth(depth: np.ndarray, disparity: bool = True) -> np.ndarray:
     """Matplotlib's Spectral, near in red, as the Lotus demo shows it: on 1 - disparity, or
-    on depth itself (utils/image_utils.py:48-57, reverse_color=--disparity, infer.py:211)."""
+    on depth itself (utils/image_utils.py:48-57, reverse_color=--disparity, infer.py:211);
+    height x width x 3 uint8."""
     from matplotlib import colormaps
 
     normalized = _normalized(depth)
     rgba = colormaps["Spectral"](1.0 - normalized if disparity else normalized, bytes=True)
-    return _png_bytes(Image.fromarray(np.ascontiguousarray(rgba[..., :3])))
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def depth_color(depth: np.ndarray, disparity: bool = True) -> bytes:
+    """`colorize_depth` as a PNG."""
+    return _png_bytes(Image.fromarray(colorize_depth(depth, disparity)))
 
 
 def normal_png8(normals: np.ndarray) -> bytes:

@@ -1,0 +1,172 @@
+"""Video in and out for the Lotus jobs, with PyAV (FFmpeg's libraries in-process: no
+subprocess, no temporary file).
+
+A video is refused from its container's metadata (format, duration, frame count, frame
+size) before one frame is decoded; decoding then stops at the frame limit whatever the
+metadata said. The result is one zip: the colourised maps as an H.264 mp4 at the input's
+frame rate, and the raw float32 frames as a `.npz`.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from .base import InvalidInput
+from .outputs import atomic_write, colorize_depth
+
+# The container is told from its first bytes and FFmpeg opens it with that demuxer alone:
+# left to probe, FFmpeg would also open playlists (hls, concat) that read other files and URLs.
+# ISO BMFF (mp4, mov) has a box type at bytes 4-8; Matroska (webm) an EBML header.
+MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What one video may be (VIDEO_MAX_SECONDS, VIDEO_MAX_FRAMES, VIDEO_MAX_SIDE,
+    VIDEO_MAX_BYTES)."""
+
+    max_seconds: float = 10.0
+    max_frames: int = 120
+    max_side: int = 1280
+    max_bytes: int = 50 * 1024 * 1024
+
+
+class InvalidVideo(InvalidInput):
+    """The client sent something that is not a usable video; the message says why."""
+
+
+@dataclass(frozen=True, eq=False)
+class Video:
+    """A probed video, not yet decoded: its file and what its container says. Stands where
+    a job's image stands (`size` is the frame size); each job's is its own batch."""
+
+    data: bytes
+    width: int
+    height: int
+    frames: int
+    fps: float
+    seconds: float
+    max_frames: int  # VIDEO_MAX_FRAMES when it was probed: decoding stops there
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def probe_video(data: bytes, limits: VideoLimits) -> Video:
+    """The video's metadata, checked against `limits`; nothing is decoded."""
+    import av
+
+    if len(data) > limits.max_bytes:
+        raise InvalidVideo(f"video is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        with _open(data) as container:
+            if not container.streams.video:
+                raise InvalidVideo("video has no video stream")
+            stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise InvalidVideo("video's codec is not one this server decodes")
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+            if stream.duration is not None and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            else:  # webm keeps the duration on the container, in microseconds
+                seconds = (container.duration or 0) / 1e6
+            frames = stream.frames or round(seconds * float(rate))
+    except InvalidVideo:
+        raise
+    except (av.FFmpegError, ValueError, OSError, EOFError):
+        raise InvalidVideo("not a supported video (mp4, mov or webm expected)") from None
+    if width < 1 or height < 1 or frames < 1 or rate <= 0:
+        raise InvalidVideo("video has no frames its container describes")
+    if width > limits.max_side or height > limits.max_side:
+        raise InvalidVideo(f"video is {width}x{height} pixels; the limit is "
+                           f"{limits.max_side}x{limits.max_side}")
+    if seconds > limits.max_seconds:
+        raise InvalidVideo(f"video is {seconds:.1f} s long; the limit is {limits.max_seconds:g} s")
+    if frames > limits.max_frames:
+        raise InvalidVideo(f"video has {frames} frames; the limit is {limits.max_frames}")
+    return Video(data, width, height, frames, float(rate), seconds, limits.max_frames)
+
+
+def _open(data: bytes):
+    import av
+
+    if data[4:8] in MP4_BOXES:
+        demuxer = "mp4"
+    elif data.startswith(EBML_MAGIC):
+        demuxer = "matroska"
+    else:
+        raise InvalidVideo("not a supported video (mp4, mov or webm expected)")
+    return av.open(io.BytesIO(data), mode="r", format=demuxer)
+
+
+def decode_frames(video: Video) -> Iterator[Image.Image]:
+    """The frames as RGB images, in order; more than the limit is refused (a container
+    whose metadata undercounted)."""
+    import av
+
+    try:
+        with _open(video.data) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index >= video.max_frames:
+                    raise InvalidVideo(f"video has more than {video.max_frames} frames")
+                if (frame.width, frame.height) != video.size:
+                    raise InvalidVideo("video changes its frame size mid-stream")
+                yield frame.to_image()
+    except av.FFmpegError as exc:  # a damaged stream is the client's, not a server error
+        raise InvalidVideo(f"video could not be decoded: {exc.strerror}") from None
+
+
+def color_frames(predictions: list[np.ndarray], task: str, disparity: bool) -> list[np.ndarray]:
+    """Each prediction as 8-bit RGB: depth as the colour PNG output colours it, normals as
+    upstream writes them (infer.py:214: times 255, truncated)."""
+    if task == "depth":
+        return [colorize_depth(prediction, disparity) for prediction in predictions]
+    return [(prediction * 255).astype(np.uint8) for prediction in predictions]
+
+
+def encode_mp4(frames: list[np.ndarray], fps: float) -> bytes:
+    """H.264 in yuv420p (what browsers play), each side padded to even by repeating the
+    last row or column (the format's chroma is half size)."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            rgb = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def write_video_result(path: Path, task: str, predictions: list[np.ndarray], fps: float,
+                       disparity: bool) -> Path:
+    """The job's zip: `<task>.mp4` (colourised) and `<task>.npz` (`frames`: float32, one
+    map per input frame; `fps`)."""
+    movie = encode_mp4(color_frames(predictions, task, disparity), fps)
+    arrays = io.BytesIO()
+    np.savez_compressed(arrays, frames=np.stack(predictions).astype(np.float32),
+                        fps=np.float64(fps))
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr(f"{task}.mp4", movie)
+            archive.writestr(f"{task}.npz", arrays.getvalue())
+
+    return atomic_write(path, write)

@@ -1,0 +1,203 @@
+"""Video through /depth: a zip of the colourised mp4 and the raw frames, each frame the depth
+its own image request gives; limits refused from the container's metadata; cancellable."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import zipfile
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from conftest import image_b64, wait_until
+from pipelines.lotus import LotusDepth
+from test_app import poll
+
+FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 24
+
+
+def make_video(frames=FRAMES, width=WIDTH, height=HEIGHT, container="mp4") -> bytes:
+    """A moving gradient, H.264 (mp4) or VP9 (webm)."""
+    buffer = io.BytesIO()
+    codec = "libx264" if container == "mp4" else "libvpx-vp9"
+    with av.open(buffer, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=Fraction(FPS))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        y, x = np.mgrid[0:height, 0:width]
+        for index in range(frames):
+            rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
+                            np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def decoded_frames(data: bytes) -> list:
+    with av.open(io.BytesIO(data)) as container:
+        return [frame.to_image() for frame in container.decode(video=0)]
+
+
+def png_b64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def submit_video(client, data: bytes, **fields):
+    return client.post("/depth", json={"video": base64.b64encode(data).decode(),
+                                       "processing_res": 64, **fields})
+
+
+def test_video_gives_one_depth_frame_per_input_frame_equal_to_each_frames_image(
+        make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    data = make_video()
+    accepted = submit_video(client, data, seed=7)
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed", status
+    assert status["frames"] == FRAMES and (status["width"], status["height"]) == (WIDTH, HEIGHT)
+    download = client.get(status["download_url"])
+    assert download.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(download.data)) as archive:
+        assert sorted(archive.namelist()) == ["depth.mp4", "depth.npz"]
+        raw = np.load(io.BytesIO(archive.read("depth.npz")))
+        movie = archive.read("depth.mp4")
+    assert raw["frames"].shape == (FRAMES, HEIGHT, WIDTH) and raw["frames"].dtype == np.float32
+    assert float(raw["fps"]) == FPS
+    colour = decoded_frames(movie)
+    assert len(colour) == FRAMES and colour[0].size == (WIDTH, HEIGHT)
+    # Each frame against /depth/sync on that frame alone (the same decoded pixels, the same
+    # seed): batched CPU convolutions differ from single ones in the last float32 bits.
+    for index, frame in enumerate(decoded_frames(data)):
+        single = client.post("/depth/sync", json={"image": png_b64(frame), "output": "npy",
+                                                  "processing_res": 64, "seed": 7}).get_json()
+        expected = np.load(io.BytesIO(base64.b64decode(single["image_base64"])))
+        np.testing.assert_allclose(raw["frames"][index], expected, atol=1e-5, rtol=0,
+                                   err_msg=f"frame {index}")
+
+
+@pytest.mark.parametrize("limit, words", [
+    ({"video_max_frames": FRAMES - 1}, f"has {FRAMES} frames; the limit is {FRAMES - 1}"),
+    ({"video_max_seconds": 0.25}, "s long; the limit is 0.25 s"),
+    ({"video_max_side": WIDTH - 1}, f"is {WIDTH}x{HEIGHT} pixels"),
+    ({"video_max_bytes": 1024}, "bytes; the limit is 1024"),
+])
+def test_a_video_over_a_limit_is_a_400_before_any_frame_is_decoded(
+        make_client, checkpoints, tmp_path, monkeypatch, limit, words):
+    import pipelines.lotus
+
+    def no_decoding(*args):
+        raise AssertionError("a frame was decoded")
+
+    monkeypatch.setattr(pipelines.lotus, "decode_frames", no_decoding)
+    client = make_client({"lotus": LotusDepth(checkpoints)}, **limit)
+    data = make_video() if "video_max_bytes" not in limit else make_video(frames=FRAMES * 4)
+    response = submit_video(client, data)
+    assert response.status_code == 400 and words in response.get_json()["error"], \
+        response.get_json()
+    stats = client.get("/queue").get_json()
+    assert stats["queued"] == stats["processing"] == 0
+    server_files = {".server.lock", ".jobs.sqlite3", ".jobs.sqlite3-wal", ".jobs.sqlite3-shm"}
+    assert not [path for path in (tmp_path / "outputs").rglob("*") if path.is_file()
+                and path.name not in server_files]  # no result, no kept input
+
+
+@pytest.mark.parametrize("data", [base64.b64decode(image_b64()), b"\x00\x00\x00\x18ftypmp42junk"])
+def test_what_is_not_a_video_is_a_400(make_client, checkpoints, data):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = submit_video(client, data)
+    assert response.status_code == 400
+    assert "not a supported video" in response.get_json()["error"]
+
+
+def test_video_that_is_not_base64_is_a_400_naming_the_video(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = client.post("/depth", json={"video": "not base64!"})
+    assert response.status_code == 400 and response.get_json()["error"] == \
+        "video is not valid base64"
+
+
+def test_the_sync_form_refuses_a_video_and_names_the_async_one(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = client.post("/depth/sync", json={"video": base64.b64encode(make_video()).decode()})
+    assert response.status_code == 400 and "POST /depth takes videos" in response.get_json()["error"]
+
+
+def test_webm_is_served(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    accepted = submit_video(client, make_video(frames=3, container="webm"))
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed" and status["frames"] == 3, status
+
+
+class HeldAtSecondBatch(LotusDepth):
+    """Lotus-D whose second forward pass waits until the test has cancelled the job."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls, self.reached, self.release = 0, threading.Event(), threading.Event()
+
+    def _predict(self, jobs, progress):
+        self.calls += 1
+        if self.calls == 2:
+            self.reached.set()
+            self.release.wait(30)
+        return super()._predict(jobs, progress)
+
+
+def test_cancelling_mid_video_stops_it_between_batches(make_client, checkpoints, tmp_path):
+    pipeline = HeldAtSecondBatch(checkpoints)
+    client = make_client({"lotus": pipeline}, model_process=False)
+    job_id = submit_video(client, make_video()).get_json()["job_id"]
+    assert pipeline.reached.wait(60)
+    running = client.get(f"/job/{job_id}").get_json()
+    assert running["stage"] == "frame 4 of 12", running
+    assert client.delete(f"/job/{job_id}").status_code == 202
+    pipeline.release.set()
+    assert poll(client, job_id)["status"] == "cancelled"
+    wait_until(lambda: not any((tmp_path / "outputs").glob(f"*{job_id}*")))
+    assert pipeline.calls == 2  # 12 frames in batches of 4: the third never ran
+
+
+def test_a_lotus_g_video_is_a_400_naming_why(make_client, tmp_path):
+    from make_tiny_checkpoints import make_lotus
+
+    make_lotus(tmp_path / "g", name="depth-g-v2-1-disparity")
+    client = make_client({"lotus": LotusDepth(tmp_path / "g")})
+    response = submit_video(client, make_video(frames=2), model="depth-g-v2-1-disparity")
+    assert response.status_code == 400
+    assert "Lotus-G, whose frame-to-frame latent" in response.get_json()["error"]
+
+
+def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, tmp_path):
+    from make_tiny_checkpoints import make_lotus
+
+    make_lotus(tmp_path / "n", name="normal-d-v1-1")
+    client = make_client({"lotus": LotusDepth(tmp_path / "n")})
+    accepted = client.post("/normal", json={"video": base64.b64encode(make_video(frames=3))
+                                            .decode(), "processing_res": 64})
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed" and status["frame"].startswith("camera"), status
+    with zipfile.ZipFile(io.BytesIO(client.get(status["download_url"]).data)) as archive:
+        assert sorted(archive.namelist()) == ["normal.mp4", "normal.npz"]
+        frames = np.load(io.BytesIO(archive.read("normal.npz")))["frames"]
+        assert len(decoded_frames(archive.read("normal.mp4"))) == 3
+    assert frames.shape == (3, HEIGHT, WIDTH, 3) and 0 <= frames.min() <= frames.max() <= 1
+
+
+def test_a_video_cannot_ask_for_a_relief(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    for output in ("glb", "ply"):
+        refused = submit_video(client, make_video(frames=3), output=output)
+        assert refused.status_code == 400 and "a video's result is a zip" in refused.get_json()[
+            "error"]
+    assert client.get("/queue").get_json()["queued"] == 0
