@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args, get_origin
 
@@ -399,44 +400,69 @@ def _wait(view: JobView) -> JobView:
     return view
 
 
-def _problems() -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class _Reading:
+    """One look at the server, each figure read once, for /health and /readyz."""
+
+    pipelines: dict[str, str]
+    workers: list[dict]
+    stats: dict
+    storage: str | None  # why results cannot be written now
+
+    @classmethod
+    def now(cls) -> "_Reading":
+        queue = _queue()
+        return cls(_registry().status(), queue.workers(), queue.stats(), queue.output_problem())
+
+
+def _problems(reading: _Reading) -> dict[str, list[str]]:
     """What stops this server from serving, by the `state` it puts /health in."""
-    registry, queue = _registry(), _queue()
-    pipelines = registry.status()
+    queue, pipelines = _queue(), reading.pipelines
     unhealthy = []
     if queue.workers_alive() < queue.workers_expected():
         unhealthy.append("a queue worker is dead")
     if not queue.janitor_alive():
         unhealthy.append("the queue's janitor is dead")
-    if (problem := queue.output_problem()) is not None:
-        unhealthy.append(problem)
+    if reading.storage is not None:
+        unhealthy.append(reading.storage)
     setup_failed = [f"model {name!r} failed to load" for name, state in pipelines.items()
                     if state == "failed"] or ([] if pipelines else ["no model to serve"])
     starting = [f"model {name!r} is loading" for name, state in pipelines.items()
                 if state == "loading"]
-    workers = queue.workers()
     for name in [name for name, state in pipelines.items() if state == "ready"]:
-        own = [worker for worker in workers if worker["pipeline"] == name]
+        own = [worker for worker in reading.workers if worker["pipeline"] == name]
         if own and not any(worker["state"] in ("ready", "busy") for worker in own):
             starting.append(f"model {name!r} has no worker up: "
                             f"{own[0]['reason'] or own[0]['state']}")
     return {"unhealthy": unhealthy, "setup_failed": setup_failed, "starting": starting}
 
 
-def _state(problems: dict[str, list[str]]) -> str:
+def _state(problems: dict[str, list[str]], stats: dict) -> str:
     """Cog's states, plus unhealthy: the first kind of problem found, else ready or busy."""
     for state in ("unhealthy", "setup_failed", "starting"):
         if problems[state]:
             return state
-    stats = _queue().stats()
     return "busy" if stats["processing"] or stats["queued"] else "ready"
 
 
-def _health() -> tuple[Health, int]:
+def _health_answer() -> Response:
+    """/health, built and serialised anew only when one of its readings changed: a load
+    balancer polling it costs a few reads, not a model validated and dumped each time."""
+    reading, queue = _Reading.now(), _queue()
+    key = repr((reading, queue.workers_alive(), queue.janitor_alive(), queue.journal_notice))
+    cached = current_app.extensions.get("health")
+    if cached is None or cached[0] != key:
+        body, status = _health(reading)
+        cached = current_app.extensions["health"] = (key, body.model_dump_json(), status)
+    return Response(cached[1], cached[2], mimetype="application/json")
+
+
+def _health(reading: _Reading) -> tuple[Health, int]:
+    """Everything else in /health (models, capabilities, notices, GPUs) is fixed once the
+    pipelines have loaded, which `reading.pipelines` tells."""
     registry, queue = _registry(), _queue()
-    pipelines = registry.status()
-    workers_alive = queue.workers_alive()
-    state = _state(_problems())
+    pipelines = reading.pipelines
+    state = _state(_problems(reading), reading.stats)
     ready = bool(pipelines) and all(s == "ready" for s in pipelines.values()) and \
         state in ("ready", "busy")
     broken = state in ("unhealthy", "setup_failed")
@@ -449,12 +475,12 @@ def _health() -> tuple[Health, int]:
               for name, info in pipeline.model_table().items()}
     if queue.journal_notice:
         notices["journal"] = queue.journal_notice
-    if (problem := queue.output_problem()) is not None:
-        notices["storage"] = problem
+    if reading.storage is not None:
+        notices["storage"] = reading.storage
     body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
-                  queue=queue.stats(), pipelines=pipelines, capabilities=capabilities,
-                  models=models,
-                  workers_alive=workers_alive, workers=queue.workers(), notices=notices)
+                  queue=reading.stats, pipelines=pipelines, capabilities=capabilities,
+                  models=models, workers_alive=queue.workers_alive(), workers=reading.workers,
+                  notices=notices)
     return body, 503 if broken else 200
 
 
@@ -474,7 +500,7 @@ def _gpus() -> dict:
 def _add_routes(app: Flask) -> None:
     @app.get("/health")
     def health():
-        return _json(*_health())
+        return _health_answer()
 
     @app.get("/livez")
     def livez():
@@ -482,8 +508,9 @@ def _add_routes(app: Flask) -> None:
 
     @app.get("/readyz")
     def readyz():
-        problems = _problems()
-        state = _state(problems)
+        reading = _Reading.now()
+        problems = _problems(reading)
+        state = _state(problems, reading.stats)
         reasons = [reason for kind in problems.values() for reason in kind]
         return jsonify(ready=not reasons, state=state, reasons=reasons), 503 if reasons else 200
 
