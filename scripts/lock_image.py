@@ -55,10 +55,13 @@ ONNXRUNTIME_GPU = "1.23.2"
 # (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs;
 # what our code imports and upstream leaves unpinned (trimesh, pydantic; not urllib3: oci,
 # through mosaicml-streaming, wants 2.8 where CI pins 2.3); and
-# cryptography, which runpod 1.7.7 wants below 45. The image's build leaves these out of
-# what SAM 3D Objects' layer holds; lock_server() proves the whole image still resolves.
+# cryptography, which runpod 1.7.7 wants below 45; av, which our video decoding imports
+# (pyproject.toml: av>=14) and upstream pins (requirements.txt:5, av==12.0.0) but never
+# imports (`git grep "import av"` at SAM3D_COMMIT finds nothing). The image's build leaves
+# these out of what SAM 3D Objects' layer holds; lock_server() proves the whole image
+# still resolves.
 OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors", "tokenizers",
-        "trimesh", "pydantic", "pydantic-core", "cryptography"}
+        "trimesh", "pydantic", "pydantic-core", "cryptography", "av"}
 # Upstream requirements whose own requirements our layer breaks, each harmless: left out of
 # lock_server()'s resolution, named by the image's `pip check` (DEPLOY.md says why).
 KNOWN_CONFLICTS = {"optimum"}  # 1.18.1 wants transformers<4.40; nothing imports optimum
@@ -175,7 +178,8 @@ def lock_sam3d(git_dir: str) -> None:
 
 def lock_server(git_dir: str, ci_python: str) -> None:
     """server.lock, then the whole image resolved as it is built, for each stack: SAM 3D
-    Objects' requirements (less KNOWN_CONFLICTS) and ours, constrained to what that layer
+    Objects' requirements (less KNOWN_CONFLICTS, and less its own pins of OURS, which our
+    layer replaces: upstream's sam3d_objects then names them in `pip check`) and ours, constrained to what that layer
     holds (its lock, less OURS) and to server.lock. Where CI's version of a package only our
     layer brings conflicts with that layer (prettytable 3.18 wants wcwidth>=0.3.5, upstream's
     ftfy 6.2.0 below 0.3), pip's choice replaces it, and the header says so."""
@@ -189,7 +193,7 @@ def lock_server(git_dir: str, ci_python: str) -> None:
     replaced: dict[str, str] = {}
     for stack in STACKS:
         requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
-        requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS]
+        requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS | OURS]
         layer_pins = {name: version for name, version in read_lock(
             ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS}
         while True:
