@@ -245,7 +245,11 @@ function jobOptions(chosen = task()) {
 
 // -- the object's mask (3D jobs) ------------------------------------------------------
 
-const editor = new MaskEditor($("mask-slot"), () => updateSnippets());
+let emptyRefused = false;  // the error shown is Run refused for an object with no pixel
+const editor = new MaskEditor($("mask-slot"), () => {
+  if (emptyRefused && !editor.emptyObjects().length) $("error").hidden = true;
+  updateSnippets();
+});
 const MASK_SOURCES = {
   alpha: "the photo's transparency",
   rembg: "background removal",
@@ -552,14 +556,16 @@ form.addEventListener("submit", async (event) => {
   if (!photo) return showError("Choose a photo first, or an example.");
   const chosen = task();
   const empty = chosen === "generate" && maskShown() ? editor.emptyObjects() : [];
-  if (empty.length) {
+  emptyRefused = empty.length > 0;
+  if (emptyRefused) {
     return showError(`${empty.join(" and ")}: no pixel is marked. Paint or draw a box, or remove it.`);
   }
+  const masks = maskFields(chosen);  // as shown when Run was pressed
+  document.body.dataset.state = "submitting";
   await clearResult();
   $("run").disabled = true;
-  document.body.dataset.state = "submitting";
   try {
-    const body = { image: await readAsDataUrl(photo), ...jobOptions(chosen), ...maskFields(chosen) };
+    const body = { image: await readAsDataUrl(photo), ...jobOptions(chosen), ...masks };
     const job = await (await api(`/${chosen}`, { method: "POST", body: JSON.stringify(body) })).json();
     const options = jobOptions(chosen);
     history.remember({ id: job.job_id, task: chosen, photo: photo.name, status: "queued",

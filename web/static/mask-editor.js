@@ -123,7 +123,6 @@ export class MaskEditor {
     for (const button of this.root.querySelectorAll("[data-tool]")) {
       button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
     }
-    this.view.dataset.tool = tool;
   }
 
   addObject(pixels = null, announce = true) {
@@ -301,6 +300,7 @@ export class MaskEditor {
     if (!this.photo) return;
     const { width, height } = this.view;
     context.globalAlpha = 1;
+    context.clearRect(0, 0, width, height);  // a transparent photo hides nothing drawn before
     context.drawImage(this.photo, 0, 0, width, height);
     this.objects.forEach((object, index) => {
       context.globalAlpha = index === this.chosen ? TINT.chosen : TINT.other;

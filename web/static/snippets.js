@@ -40,7 +40,7 @@ function curl(task, options, base, keyed, masks) {
 
 function python(task, options, base, keyed, masks) {
   const keywords = [...(masks.length === 1 ? [`mask="${masks[0]}"`]
-    : masks.length ? [`masks=${pythonLiteral(masks)}`] : []),
+    : masks.length ? [`masks=[${masks.map((name) => `"${name}"`).join(", ")}]`] : []),
   ...Object.entries(options).map(([key, value]) => `${key}=${pythonLiteral(value)}`)];
   return [
     ...(keyed ? ["import os", ""] : []),
