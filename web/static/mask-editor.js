@@ -51,6 +51,9 @@ export class MaskEditor {
     root.querySelector("#mask-clear").addEventListener("click", () => this.edit(
       () => this.fill(null), "cleared"));
     root.querySelector("#mask-add").addEventListener("click", () => this.addObject());
+    root.querySelector("#brush-size").addEventListener("input", (event) => {
+      root.querySelector("#brush-size-shown").textContent = `${event.target.value} px`;
+    });
     root.querySelector("#mask-file").addEventListener("change", (event) => {
       if (event.target.files[0]) this.upload(event.target.files[0]);
       event.target.value = "";
