@@ -6,6 +6,7 @@ artifacts/web/ (CI's artifacts)."""
 
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -194,12 +195,12 @@ OBJECT_BOX = (30, 20, 59, 44)  # left, top, right, bottom, inclusive
 RED = (230, 25, 75)  # mask-editor.js's first object's tint, at 0.55 over the photo
 
 
-def transparent_photo(path):
-    rgba = np.asarray(Image.open(io.BytesIO(image_bytes(*PHOTO_SIZE))).convert("RGBA")).copy()
+def transparent_photo(path, size=PHOTO_SIZE, box=OBJECT_BOX):
+    rgba = np.asarray(Image.open(io.BytesIO(image_bytes(*size))).convert("RGBA")).copy()
     rgba[..., 3] = 0
-    left, top, right, bottom = OBJECT_BOX
+    left, top, right, bottom = box
     rgba[top:bottom + 1, left:right + 1, 3] = 255
-    Image.fromarray(rgba).save(path)
+    Image.fromarray(rgba).save(path, format="PNG")
     return rgba
 
 
@@ -218,16 +219,15 @@ def show_mask(page, path):
 
 
 def drag(page, view, start, end, steps=4):
-    """A press at photo pixel `start`, moved to `end`, released: the photo fills the canvas's
-    width (no letterbox at this size); selenium's offsets count from the element's centre."""
+    """A press at photo pixel `start`, moved to `end`, released. The photo is scaled to fit
+    the canvas's box and centred in it (object-fit: contain), as selenium's offsets are."""
     from selenium.webdriver.common.action_chains import ActionChains
 
-    shown = view.size["width"] / PHOTO_SIZE[0]
-    assert abs(view.size["height"] - PHOTO_SIZE[1] * shown) < 2
+    width, height = int(view.get_attribute("width")), int(view.get_attribute("height"))
+    shown = min(view.size["width"] / width, view.size["height"] / height)
 
     def offset(x, y):
-        return (round((x + 0.5 - PHOTO_SIZE[0] / 2) * shown),
-                round((y + 0.5 - PHOTO_SIZE[1] / 2) * shown))
+        return round((x + 0.5 - width / 2) * shown), round((y + 0.5 - height / 2) * shown)
 
     actions = ActionChains(page).move_to_element_with_offset(view, *offset(*start)).click_and_hold()
     for step in range(1, steps + 1):
@@ -247,11 +247,16 @@ def sent_objects(page, server):
     return requests.get(f"{server['url']}/job/{job_id}", headers=AUTH, timeout=5).json()["objects"]
 
 
-def box_of(obj):
-    """The mask's box (left, right, in pixels) the stand-in's pose says it was given."""
-    width = obj["scale"][0] * PHOTO_SIZE[0]
-    centre = (0.5 - obj["translation"][0] / 4) * PHOTO_SIZE[0]
-    return round(centre - width / 2), round(centre + width / 2) - 1
+def box_of(obj, size=PHOTO_SIZE):
+    """The mask's box (left, top, right, bottom, in pixels) the stand-in's pose says it was
+    given: its width in the scale, its centre in the translation, its height-to-width ratio
+    in the turn about +Y."""
+    width = obj["scale"][0] * size[0]
+    height = width * math.tan(2 * math.atan2(obj["rotation"][2], obj["rotation"][0]))
+    x = (0.5 - obj["translation"][0] / 4) * size[0]
+    y = (0.5 - obj["translation"][1] / 4) * size[1]
+    return tuple(round(value) for value in (
+        x - width / 2, y - height / 2, x + width / 2 - 1, y + height / 2 - 1))
 
 
 def test_the_editor_shows_the_servers_mask_over_the_photo_and_a_kept_one_is_sent(
@@ -274,7 +279,7 @@ def test_the_editor_shows_the_servers_mask_over_the_photo_and_a_kept_one_is_sent
     page.save_screenshot(str(ARTIFACTS / "mask_server.png"))
     assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
     (obj,) = sent_objects(page, server)
-    assert box_of(obj) == (30, 59)
+    assert box_of(obj) == OBJECT_BOX
     assert_no_console_errors(page)
 
 
@@ -291,9 +296,9 @@ def test_painting_and_erasing_change_the_mask_the_job_is_sent(page, server, tmp_
     assert "Object 1 erased" in page.find_element(By.ID, "mask-status").text
     assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
     (obj,) = sent_objects(page, server)
-    left, right = box_of(obj)
+    left, top, right, bottom = box_of(obj)
     radius = 16 / 2 * PHOTO_SIZE[0] / view.size["width"]  # the brush: 16 CSS pixels wide
-    assert abs(left - (10 - radius)) <= 1.5 and right == 59
+    assert abs(left - (10 - radius)) <= 1.5 and (top, right, bottom) == (20, 59, 44)
 
 
 def test_a_box_from_the_keyboards_x_adds_its_area_and_an_upload_replaces_the_mask(
@@ -311,8 +316,8 @@ def test_a_box_from_the_keyboards_x_adds_its_area_and_an_upload_replaces_the_mas
     page.save_screenshot(str(ARTIFACTS / "mask_box.png"))
     assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
     (obj,) = sent_objects(page, server)
-    left, right = box_of(obj)
-    assert left == 30 and abs(right - 85) <= 1
+    left, top, right, bottom = box_of(obj)
+    assert (left, bottom) == (30, 44) and abs(top - 5) <= 1 and abs(right - 85) <= 1
 
     mask = np.zeros(PHOTO_SIZE[::-1], dtype=np.uint8)
     mask[10:50, 5:25] = 255
@@ -322,9 +327,56 @@ def test_a_box_from_the_keyboards_x_adds_its_area_and_an_upload_replaces_the_mas
     wait_until(lambda: "replaced by mine.png" in status.text, timeout=10)
     assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
     (obj,) = sent_objects(page, server)
-    assert box_of(obj) == (5, 24)  # exactly the uploaded mask's
+    assert box_of(obj) == (5, 10, 24, 49)  # exactly the uploaded mask's
     page.find_element(By.ID, "mask-reset").click()
     assert "12% of the photo" in page.find_element(By.ID, "mask-objects").text
+    assert_no_console_errors(page)
+
+
+def test_the_code_panel_saves_the_mask_it_names_and_its_curl_line_sends_it(
+        page, server, tmp_path):
+    """The mask file "Use from code" saves is the one shown, pixel for pixel (here an
+    uploaded one); the curl line, run beside it, makes the object."""
+    import subprocess
+    from selenium.webdriver.common.by import By
+
+    transparent_photo(tmp_path / "photo.jpg")  # a PNG under the snippets' name for the photo
+    show_mask(page, tmp_path / "photo.jpg")
+    mask = np.zeros(PHOTO_SIZE[::-1], dtype=np.uint8)
+    mask[10:50, 5:25] = 255
+    Image.fromarray(mask).save(tmp_path / "mine.png")
+    page.find_element(By.ID, "mask-file").send_keys(str(tmp_path / "mine.png"))
+    wait_until(lambda: "replaced" in page.find_element(By.ID, "mask-status").text, timeout=10)
+    page.execute_cdp_cmd("Browser.setDownloadBehavior",
+                         {"behavior": "allow", "downloadPath": str(tmp_path)})
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    assert page.find_element(By.ID, "mask-files-names").text == "mask.png"
+    page.find_element(By.ID, "mask-download").click()
+    wait_until(lambda: (tmp_path / "mask.png").is_file(), timeout=10)
+    saved = np.asarray(Image.open(tmp_path / "mask.png").convert("L"))
+    assert np.array_equal(saved, mask)
+    page.find_element(By.NAME, "with_texture").click()  # vertex colours: no texture_size
+    curl = page.find_element(By.ID, "code-curl").text
+    assert "-F mask=@mask.png" in curl
+    subprocess.run(["bash", "-euc", curl], cwd=tmp_path, env={**os.environ, "SAM3D_API_KEY": KEY},
+                   check=True, capture_output=True, timeout=60)
+    assert (tmp_path / "model.glb").read_bytes()[:4] == b"glTF"
+
+
+def test_a_portrait_photo_is_letterboxed_and_the_box_lands_where_it_was_drawn(
+        page, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    size, box = (40, 120), (10, 20, 29, 59)
+    transparent_photo(tmp_path / "tall.png", size, box)
+    view = show_mask(page, tmp_path / "tall.png")
+    assert view.size["width"] > 2 * size[0] * view.size["height"] / size[1]  # room either side
+    page.find_element(By.CSS_SELECTOR, "[data-tool=box]").click()
+    drag(page, view, (5, 100), (15, 110))
+    page.save_screenshot(str(ARTIFACTS / "mask_portrait.png"))
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    (obj,) = sent_objects(page, server)
+    assert np.abs(np.array(box_of(obj, size)) - (5, 20, 29, 110)).max() <= 1
     assert_no_console_errors(page)
 
 
@@ -349,7 +401,8 @@ def test_two_objects_send_masks_with_two_entries_up_to_the_servers_limit(page, s
     assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
     scene = sent_objects(page, server)
     assert len(scene) == 2
-    assert box_of(scene[0]) == (30, 59) and abs(box_of(scene[1])[1] - 20) <= 1
+    assert box_of(scene[0]) == OBJECT_BOX
+    assert np.abs(np.array(box_of(scene[1])) - (2, 2, 20, 20)).max() <= 1
 
     add = page.find_element(By.ID, "mask-add")
     while add.is_enabled():

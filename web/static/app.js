@@ -303,6 +303,9 @@ async function offerMask() {
       maskFor = null;  // asked again once the key is typed
       $("key-box").hidden = false;
       $("mask-source").textContent = "Enter the API key below to see the object's mask.";
+    } else if (error.status === 503) {
+      maskFor = null;  // asked again on the next read of /health
+      $("mask-source").textContent = `No mask yet (${error.message}): the page asks again shortly.`;
     } else {
       $("mask-source").textContent = `No mask to show (${error.message}): the job finds the object itself.`;
     }

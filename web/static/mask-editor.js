@@ -46,10 +46,14 @@ export class MaskEditor {
     for (const button of root.querySelectorAll("[data-tool]")) {
       button.addEventListener("click", () => this.useTool(button.dataset.tool));
     }
-    root.querySelector("#mask-reset").addEventListener("click", () => this.edit(
-      () => this.fill(this.serverMask), "reset to the server's mask"));
-    root.querySelector("#mask-clear").addEventListener("click", () => this.edit(
-      () => this.fill(null), "cleared"));
+    root.querySelector("#mask-reset").addEventListener("click", () => {
+      this.fill(this.serverMask);
+      this.edited("reset to the server's mask");
+    });
+    root.querySelector("#mask-clear").addEventListener("click", () => {
+      this.fill(null);
+      this.edited("cleared");
+    });
     root.querySelector("#mask-add").addEventListener("click", () => this.addObject());
     root.querySelector("#brush-size").addEventListener("input", (event) => {
       root.querySelector("#brush-size-shown").textContent = `${event.target.value} px`;
@@ -185,8 +189,7 @@ export class MaskEditor {
     object.area = area;
   }
 
-  edit(change, what) {
-    change();
+  edited(what) {
     this.changed(`${this.objects[this.chosen].name} ${what}`);
   }
 
@@ -203,8 +206,8 @@ export class MaskEditor {
     context.drawImage(bitmap, 0, 0, width, height);
     const scaled = bitmap.width !== width || bitmap.height !== height
       ? ` (scaled from ${bitmap.width}x${bitmap.height} to the photo's ${width}x${height})` : "";
-    this.edit(() => this.fill(objectPixels(context.getImageData(0, 0, width, height).data)),
-              `replaced by ${file.name}${scaled}`);
+    this.fill(objectPixels(context.getImageData(0, 0, width, height).data));
+    this.edited(`replaced by ${file.name}${scaled}`);
   }
 
   // -- the pointer: mouse, pen or touch ------------------------------------------------
@@ -253,8 +256,7 @@ export class MaskEditor {
       context.fillRect(Math.min(start.x, at.x), Math.min(start.y, at.y),
                        Math.abs(at.x - start.x), Math.abs(at.y - start.y));
     }
-    const what = { paint: "painted", erase: "erased", box: "given a box" }[this.tool];
-    this.edit(() => {}, what);
+    this.edited({ paint: "painted", erase: "erased", box: "given a box" }[this.tool]);
   }
 
   // One step of the brush: a disc at `to`, joined to the previous one.
@@ -291,6 +293,7 @@ export class MaskEditor {
     this.root.querySelector("#mask-status").textContent = message;
   }
 
+  // The pointer's moves: at most one paint a frame.
   draw() {
     cancelAnimationFrame(this.frame);
     this.frame = requestAnimationFrame(() => this.paint());
@@ -331,7 +334,7 @@ export class MaskEditor {
   // The canvas, and the list of objects: each names its colour and share of the photo,
   // is chosen by its button, and (in a scene) removed by its own.
   render() {
-    this.draw();
+    this.paint();
     const pixels = this.view.width * this.view.height;
     const list = this.root.querySelector("#mask-objects");
     list.replaceChildren(...this.objects.map((object, index) => {
