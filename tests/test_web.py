@@ -219,12 +219,12 @@ def show_mask(page, path):
 
 
 def drag(page, view, start, end, steps=4):
-    """A press at photo pixel `start`, moved to `end`, released. The photo is scaled to fit
-    the canvas's box and centred in it (object-fit: contain), as selenium's offsets are."""
+    """A press at photo pixel `start`, moved to `end`, released; selenium's offsets count
+    from the element's centre."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     width, height = int(view.get_attribute("width")), int(view.get_attribute("height"))
-    shown = min(view.size["width"] / width, view.size["height"] / height)
+    shown = view.size["width"] / width
 
     def offset(x, y):
         return round((x + 0.5 - width / 2) * shown), round((y + 0.5 - height / 2) * shown)
@@ -363,14 +363,15 @@ def test_the_code_panel_saves_the_mask_it_names_and_its_curl_line_sends_it(
     assert (tmp_path / "model.glb").read_bytes()[:4] == b"glTF"
 
 
-def test_a_portrait_photo_is_letterboxed_and_the_box_lands_where_it_was_drawn(
+def test_a_portrait_photo_keeps_its_shape_and_the_box_lands_where_it_was_drawn(
         page, server, tmp_path):
     from selenium.webdriver.common.by import By
 
     size, box = (40, 120), (10, 20, 29, 59)
     transparent_photo(tmp_path / "tall.png", size, box)
     view = show_mask(page, tmp_path / "tall.png")
-    assert view.size["width"] > 2 * size[0] * view.size["height"] / size[1]  # room either side
+    assert abs(view.size["width"] * size[1] / size[0] - view.size["height"]) <= 2
+    assert view.size["height"] > 300  # scaled up, as high as the editor lets it
     page.find_element(By.CSS_SELECTOR, "[data-tool=box]").click()
     drag(page, view, (5, 100), (15, 110))
     page.save_screenshot(str(ARTIFACTS / "mask_portrait.png"))
@@ -412,6 +413,28 @@ def test_two_objects_send_masks_with_two_entries_up_to_the_servers_limit(page, s
         page.find_element(By.CSS_SELECTOR, "#mask-objects button.remove").click()
     assert page.find_elements(By.CSS_SELECTOR, "#mask-objects button.remove") == []
     assert "-F mask=@mask.png" in page.find_element(By.ID, "code-curl").text
+    assert_no_console_errors(page)
+
+
+def test_an_opaque_example_gets_the_centre_box_said_in_plain_words_and_fits_a_phone(page):
+    """No background-removal model on the test server (U2NET_HOME is empty): the job's
+    mask is the centre box (pipelines/masks.py center_mask, 80% of each side)."""
+    from selenium.webdriver.common.by import By
+
+    page.find_element(By.CSS_SELECTOR, ".example[data-src$='vase.jpg']").click()
+    source = page.find_element(By.ID, "mask-source")
+    wait_until(lambda: "centre box" in source.text, timeout=30)
+    assert "a centre box: no background-removal model on this server" in source.text
+    assert "64% of the photo" in page.find_element(By.ID, "mask-objects").text  # 0.8 x 0.8
+    page.save_screenshot(str(ARTIFACTS / "mask_centre.png"))
+    page.set_window_size(400, 900)
+    try:
+        wait_until(lambda: box(page, "mask-slot")["right"] <= 400, timeout=5)
+        assert box(page, "mask-view")["right"] <= box(page, "mask-slot")["right"]
+        page.execute_script("document.getElementById('mask-slot').scrollIntoView()")
+        page.save_screenshot(str(ARTIFACTS / "mask_phone.png"))
+    finally:
+        page.set_window_size(1100, 1500)
     assert_no_console_errors(page)
 
 

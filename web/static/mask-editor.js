@@ -90,6 +90,7 @@ export class MaskEditor {
     reading.drawImage(maskImage, 0, 0);
     this.serverMask = objectPixels(reading.getImageData(0, 0, width, height).data);
     Object.assign(this.view, { width, height });
+    this.view.style.setProperty("--aspect", width / height);
     this.root.querySelector("#mask-edit").hidden = false;
     this.objects = [];
     this.chosen = 0;
@@ -212,14 +213,12 @@ export class MaskEditor {
 
   // -- the pointer: mouse, pen or touch ------------------------------------------------
 
-  // The pointer's place in photo pixels, and photo pixels per CSS pixel; the photo is
-  // letterboxed in the canvas's box (object-fit: contain).
+  // The pointer's place in photo pixels, and photo pixels per CSS pixel (the canvas has
+  // the photo's shape: --aspect).
   point(event) {
     const box = this.view.getBoundingClientRect();
-    const shown = Math.min(box.width / this.view.width, box.height / this.view.height);
-    const left = box.left + (box.width - this.view.width * shown) / 2;
-    const top = box.top + (box.height - this.view.height * shown) / 2;
-    return { x: (event.clientX - left) / shown, y: (event.clientY - top) / shown, scale: 1 / shown };
+    const scale = this.view.width / box.width;
+    return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * scale, scale };
   }
 
   brushRadius(scale) {
