@@ -214,6 +214,8 @@ def show_mask(page, path):
         key.send_keys(Keys.TAB)  # typed, not yet given: leaving the field gives it
     page.find_element(By.CSS_SELECTOR, "input[name=task][value=generate]").click()
     page.find_element(By.ID, "photo").send_keys(str(path))
+    # the page names the photo as it asks for its mask (the fixture's photo had one too)
+    wait_until(lambda: page.find_element(By.ID, "drop-text").text == path.name, timeout=10)
     wait_until(lambda: page.find_element(By.ID, "mask-edit").is_displayed(), timeout=30)
     return page.find_element(By.ID, "mask-view")
 
@@ -352,9 +354,15 @@ def test_the_code_panel_saves_the_mask_it_names_and_its_curl_line_sends_it(
     page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
     assert page.find_element(By.ID, "mask-files-names").text == "mask.png"
     page.find_element(By.ID, "mask-download").click()
-    wait_until(lambda: (tmp_path / "mask.png").is_file(), timeout=10)
-    saved = np.asarray(Image.open(tmp_path / "mask.png").convert("L"))
-    assert np.array_equal(saved, mask)
+
+    def saved():
+        try:
+            return np.asarray(Image.open(tmp_path / "mask.png").convert("L"))
+        except OSError:  # not there yet, or still being written
+            return None
+
+    wait_until(lambda: saved() is not None, timeout=10)
+    assert np.array_equal(saved(), mask)
     page.find_element(By.NAME, "with_texture").click()  # vertex colours: no texture_size
     curl = page.find_element(By.ID, "code-curl").text
     assert "-F mask=@mask.png" in curl
@@ -422,6 +430,7 @@ def test_an_opaque_example_gets_the_centre_box_said_in_plain_words_and_fits_a_ph
     from selenium.webdriver.common.by import By
 
     page.find_element(By.CSS_SELECTOR, ".example[data-src$='vase.jpg']").click()
+    wait_until(lambda: page.find_element(By.ID, "drop-text").text == "vase.jpg", timeout=10)
     source = page.find_element(By.ID, "mask-source")
     wait_until(lambda: "centre box" in source.text, timeout=30)
     assert "a centre box: no background-removal model on this server" in source.text
