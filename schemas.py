@@ -81,7 +81,9 @@ class Health(BaseModel):
     gpus: list[GPU] = Field(default_factory=list, description="Every GPU workers run on")
     queue: QueueStats
     pipelines: dict[str, Literal["loading", "ready", "failed"]]
-    capabilities: dict[str, dict[str, bool]]
+    capabilities: dict[str, dict[str, bool]] = Field(
+        description="sam3d: the outputs this GPU fits; segment.offered: whether POST /segment "
+        "answers now (SAM 3D Objects and its mask worker ready)")
     models: dict[str, LotusModelInfo] = Field(
         default_factory=dict, description="Upstream Lotus's six checkpoints by short name "
         "(a depth or normal request's `model`); `served`: present here")
