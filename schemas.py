@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.lotus import DepthRequest, NormalRequest
+from pipelines.masks import MaskSource
 from pipelines.sam3d import GenerateRequest
 from pipelines.segment import SegmentRequest
 from workers.lanes import RECENT_JOBS
@@ -190,7 +191,7 @@ class SegmentResult(BaseModel):
 
     mask: str = Field(description="Base64 PNG, 8-bit greyscale, the image's size: 255 is the "
                       "object, 0 the rest; send it as /generate's `mask` to use it")
-    source: Literal["alpha", "rembg", "center"] = Field(
+    source: MaskSource = Field(
         description="alpha: the image's own transparency; rembg: background removal; "
         "center: a centre box (no rembg model on this server)")
     width: int = Field(description="The image's width as a job sees it (EXIF orientation "

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints
+from settings import load_settings
+from pipelines.catalog import configured_pipelines, http_pipelines
 from pipelines.masks import Masker
 from pipelines.sam3d import Sam3DObjects
 from pipelines.segment import Segmenter
@@ -115,6 +117,11 @@ def test_rembg_segments_with_the_model_the_job_uses(make_client, tmp_path, monke
     mask = decoded(body)
     assert mask[24, 32] == 255 and mask[2, 2] == 0
     np.testing.assert_array_equal(mask, job_alpha(client, image=photo))
+    # A photo in which background removal finds nothing: told now, not after a 3D job.
+    dark = png_b64(np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
+    refused = client.post("/segment", json={"image": dark})
+    assert refused.status_code == 400
+    assert "no object found: background removal" in refused.get_json()["error"]
 
 
 def test_a_form_upload_gives_the_same_mask_as_json(client):
@@ -202,6 +209,16 @@ def test_the_api_key_is_required_as_for_generate(make_client, tmp_path):
 
 
 # -- offered only with 3D objects ---------------------------------------------------------
+
+def test_the_http_server_serves_masks_wherever_it_serves_3d_objects(tmp_path, checkpoints):
+    folder = sam3d_checkpoints(tmp_path / "ck")
+    assert set(http_pipelines(load_settings(checkpoints_dir=folder))) == {"sam3d", "segment"}
+    assert set(http_pipelines(load_settings(checkpoints_dir=folder, pipelines="sam3d"))) == {
+        "sam3d", "segment"}
+    assert set(http_pipelines(load_settings(checkpoints_dir=checkpoints))) == {"lotus"}
+    # RunPod's handler has no /segment: it loads what is configured, and no mask model
+    assert set(configured_pipelines(load_settings(checkpoints_dir=folder))) == {"sam3d"}
+
 
 def test_health_offers_segment_when_3d_objects_are_served(client):
     assert client.get("/health").get_json()["capabilities"]["segment"] == {"offered": True}
