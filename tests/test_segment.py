@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints
+from jobs.journal import JOURNAL_NAME
 from settings import load_settings
 from pipelines.catalog import configured_pipelines, http_pipelines
 from pipelines.masks import Masker
@@ -77,9 +78,10 @@ def job_alpha(client, **body) -> np.ndarray:
 
 
 def outputs_listing(tmp_path) -> list[str]:
+    """Every file in OUTPUT_DIR (results, kept images), the journal's database aside."""
     return sorted(str(path.relative_to(tmp_path / "outputs"))
                   for path in (tmp_path / "outputs").rglob("*")
-                  if not path.name.startswith("journal"))
+                  if not path.name.startswith(JOURNAL_NAME))
 
 
 # -- the job's own mask ---------------------------------------------------------------
@@ -178,7 +180,7 @@ def test_a_mask_does_not_wait_behind_a_running_3d_job(make_client, tmp_path):
     {},
     {"image": image_b64(), "colour": "red"},
 ], ids=["not-an-image", "bad-base64", "too-large", "private-url", "no-image", "unknown-field"])
-def test_bad_input_is_generates_4xx_and_leaves_nothing(make_client, tmp_path, body):
+def test_bad_input_gets_generates_400_and_leaves_nothing(make_client, tmp_path, body):
     client = make_client({"sam3d": sam3d(tmp_path, Masker(None)),
                           "segment": Segmenter(Masker(None))}, max_image_side=64)
     before = outputs_listing(tmp_path)
