@@ -297,8 +297,8 @@ def _require_ready(pipeline: str) -> None:
         try:
             _require_ready(NEEDS[pipeline])
         except ApiError as exc:
-            exc.message = f"{pipeline!r} serves {NEEDS[pipeline]!r} jobs only: {exc.message}"
-            raise
+            raise ApiError(exc.status, f"{pipeline!r} serves {NEEDS[pipeline]!r} jobs only: "
+                           f"{exc.message}", retry_after=exc.retry_after) from None
     status = _registry().status().get(pipeline)
     if status == "ready":
         return

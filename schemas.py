@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.lotus import DepthRequest, NormalRequest
+from pipelines.masks import MaskSource
 from pipelines.sam3d import GenerateRequest
 from pipelines.segment import SegmentRequest
 from workers.lanes import RECENT_JOBS
@@ -81,7 +82,9 @@ class Health(BaseModel):
     gpus: list[GPU] = Field(default_factory=list, description="Every GPU workers run on")
     queue: QueueStats
     pipelines: dict[str, Literal["loading", "ready", "failed"]]
-    capabilities: dict[str, dict[str, bool]]
+    capabilities: dict[str, dict[str, bool]] = Field(
+        description="sam3d: the outputs this GPU fits; segment.offered: whether POST /segment "
+        "answers now (SAM 3D Objects and its mask worker ready)")
     models: dict[str, LotusModelInfo] = Field(
         default_factory=dict, description="Upstream Lotus's six checkpoints by short name "
         "(a depth or normal request's `model`); `served`: present here")
@@ -188,7 +191,7 @@ class SegmentResult(BaseModel):
 
     mask: str = Field(description="Base64 PNG, 8-bit greyscale, the image's size: 255 is the "
                       "object, 0 the rest; send it as /generate's `mask` to use it")
-    source: Literal["alpha", "rembg", "center"] = Field(
+    source: MaskSource = Field(
         description="alpha: the image's own transparency; rembg: background removal; "
         "center: a centre box (no rembg model on this server)")
     width: int = Field(description="The image's width as a job sees it (EXIF orientation "

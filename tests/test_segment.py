@@ -12,6 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints
+from jobs.journal import JOURNAL_NAME
+from settings import load_settings
+from pipelines.catalog import configured_pipelines, http_pipelines
 from pipelines.masks import Masker
 from pipelines.sam3d import Sam3DObjects
 from pipelines.segment import Segmenter
@@ -75,9 +78,10 @@ def job_alpha(client, **body) -> np.ndarray:
 
 
 def outputs_listing(tmp_path) -> list[str]:
+    """Every file in OUTPUT_DIR (results, kept images), the journal's database aside."""
     return sorted(str(path.relative_to(tmp_path / "outputs"))
                   for path in (tmp_path / "outputs").rglob("*")
-                  if not path.name.startswith("journal"))
+                  if not path.name.startswith(JOURNAL_NAME))
 
 
 # -- the job's own mask ---------------------------------------------------------------
@@ -115,6 +119,11 @@ def test_rembg_segments_with_the_model_the_job_uses(make_client, tmp_path, monke
     mask = decoded(body)
     assert mask[24, 32] == 255 and mask[2, 2] == 0
     np.testing.assert_array_equal(mask, job_alpha(client, image=photo))
+    # A photo in which background removal finds nothing: told now, not after a 3D job.
+    dark = png_b64(np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
+    refused = client.post("/segment", json={"image": dark})
+    assert refused.status_code == 400
+    assert "no object found: background removal" in refused.get_json()["error"]
 
 
 def test_a_form_upload_gives_the_same_mask_as_json(client):
@@ -171,7 +180,7 @@ def test_a_mask_does_not_wait_behind_a_running_3d_job(make_client, tmp_path):
     {},
     {"image": image_b64(), "colour": "red"},
 ], ids=["not-an-image", "bad-base64", "too-large", "private-url", "no-image", "unknown-field"])
-def test_bad_input_is_generates_4xx_and_leaves_nothing(make_client, tmp_path, body):
+def test_bad_input_gets_generates_400_and_leaves_nothing(make_client, tmp_path, body):
     client = make_client({"sam3d": sam3d(tmp_path, Masker(None)),
                           "segment": Segmenter(Masker(None))}, max_image_side=64)
     before = outputs_listing(tmp_path)
@@ -202,6 +211,16 @@ def test_the_api_key_is_required_as_for_generate(make_client, tmp_path):
 
 
 # -- offered only with 3D objects ---------------------------------------------------------
+
+def test_the_http_server_serves_masks_wherever_it_serves_3d_objects(tmp_path, checkpoints):
+    folder = sam3d_checkpoints(tmp_path / "ck")
+    assert set(http_pipelines(load_settings(checkpoints_dir=folder))) == {"sam3d", "segment"}
+    assert set(http_pipelines(load_settings(checkpoints_dir=folder, pipelines="sam3d"))) == {
+        "sam3d", "segment"}
+    assert set(http_pipelines(load_settings(checkpoints_dir=checkpoints))) == {"lotus"}
+    # RunPod's handler has no /segment: it loads what is configured, and no mask model
+    assert set(configured_pipelines(load_settings(checkpoints_dir=folder))) == {"sam3d"}
+
 
 def test_health_offers_segment_when_3d_objects_are_served(client):
     assert client.get("/health").get_json()["capabilities"]["segment"] == {"offered": True}
