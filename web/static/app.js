@@ -262,8 +262,8 @@ const maskShown = () => !$("mask-slot").hidden && editor.active;
 async function readSceneLimit() {
   const response = await fetch("/openapi.json", { headers: headers() });
   if (!response.ok) return 1;
-  const masks = (await response.json()).components.schemas.GenerateRequest.properties.masks;
-  sceneLimit = (masks.anyOf || [masks]).map((schema) => schema.maxItems)
+  const masks = (await response.json()).components?.schemas?.GenerateRequest?.properties?.masks;
+  sceneLimit = (masks?.anyOf || [masks]).map((schema) => schema?.maxItems)
     .find(Number.isInteger) || 1;
   return sceneLimit;
 }
@@ -306,6 +306,8 @@ async function offerMask() {
     } else if (error.status === 503) {
       maskFor = null;  // asked again on the next read of /health
       $("mask-source").textContent = `No mask yet (${error.message}): the page asks again shortly.`;
+    } else if (error.status === 400) {  // the photo itself: a 3D job would be refused too
+      $("mask-source").textContent = `No mask for this photo: ${error.message}`;
     } else {
       $("mask-source").textContent = `No mask to show (${error.message}): the job finds the object itself.`;
     }

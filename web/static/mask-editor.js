@@ -40,7 +40,7 @@ export class MaskEditor {
     this.maxObjects = 1;
     this.photo = null;
     this.serverMask = null;  // the object pixels /segment answered
-    this.stroke = null;      // the pointer's gesture under way: { id, last, start, at }
+    this.stroke = null;      // the pointer's gesture under way: { id, start, at }
     this.hover = null;
     this.frame = 0;
     for (const button of root.querySelectorAll("[data-tool]")) {
@@ -104,7 +104,8 @@ export class MaskEditor {
     this.root.querySelector("#mask-edit").hidden = true;
   }
 
-  // The masks as sent: PNG data URLs at the photo's size, white (255) object on black (0).
+  // The masks as sent: PNG data URLs at the photo's size, white (255) object on black (0),
+  // opaque, which the server reads by colour (pipelines/masks.py read_client_mask).
   pngs() {
     return this.objects.map(({ mask }) => {
       const out = canvas(mask.width, mask.height);
