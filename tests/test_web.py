@@ -426,6 +426,26 @@ def test_two_objects_send_masks_with_two_entries_up_to_the_servers_limit(page, s
     assert_no_console_errors(page)
 
 
+def test_an_exif_rotated_photo_is_shown_and_masked_upright_as_the_job_sees_it(page, tmp_path):
+    """A JPEG stored 96 x 64 with EXIF orientation 6 (turn 90 degrees clockwise): the job
+    sees it 64 x 96 (pipelines/images.py open_image), and so does the editor, photo and mask:
+    the stored top-left corner, painted black, is shown at the top right."""
+    from selenium.webdriver.common.by import By
+
+    stored = np.full((64, 96, 3), 200, dtype=np.uint8)
+    stored[:16, :16] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", format="JPEG", exif=exif)
+    view = show_mask(page, tmp_path / "turned.jpg")
+    assert (view.get_attribute("width"), view.get_attribute("height")) == ("64", "96")
+    assert view.size["height"] > view.size["width"]
+    corners = page.execute_script(
+        "const c = arguments[0].getContext('2d');"
+        "return [[58, 2], [2, 2]].map(([x, y]) => c.getImageData(x, y, 1, 1).data[1]);", view)
+    assert corners[0] < 40 < 80 < corners[1]  # dark top right, light top left (untinted)
+
+
 def test_an_opaque_example_gets_the_centre_box_said_in_plain_words_and_fits_a_phone(page):
     """No background-removal model on the test server (U2NET_HOME is empty): the job's
     mask is the centre box (pipelines/masks.py center_mask, 80% of each side)."""

@@ -291,7 +291,7 @@ async function offerMask() {
     if (!response.ok) throw await answerError(response);
     const answer = await response.json();
     const [mask, picture, limit] = await Promise.all([
-      decodedImage(`data:image/png;base64,${answer.mask}`), createImageBitmap(asked),
+      decodedImage(`data:image/png;base64,${answer.mask}`), createImageBitmap(asked, { imageOrientation: "from-image" }),
       sceneLimit ?? readSceneLimit()]);
     if (maskFor !== asked) return;  // another photo was chosen meanwhile
     editor.show(picture, mask, limit);
