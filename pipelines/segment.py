@@ -20,8 +20,9 @@ from .images import ImageSource
 from .masks import Masker
 from .outputs import atomic_write
 
-# rembg on a CPU takes a few seconds a photo (it runs u2net at 320x320 whatever the size):
-# a mask job still running after this is stuck, and its worker is started again.
+# rembg on a CPU takes a few seconds a photo: it runs u2net at 320x320 whatever the size
+# (rembg 2.0.69, sessions/u2net_custom.py:50). A mask job still running after this is
+# stuck, and its worker is started again.
 TIME_LIMIT_SECONDS = 60.0
 
 
