@@ -34,10 +34,11 @@ from pipelines.device import gpu_info
 from pipelines.fetch import check_url
 from pipelines.lotus import DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
+from pipelines.segment import SegmentRequest
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
 from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, NormalResult,
-                     QueueStats, openapi_document)
+                     QueueStats, SegmentResult, openapi_document)
 from settings import Settings, SettingsError, load_settings
 from jobs.storage import OutputDirInUse
 from webhooks import WebhookSender
@@ -50,7 +51,10 @@ ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
     "generate": ("sam3d", GenerateRequest),
     "depth": ("lotus", DepthRequest),
     "normal": ("lotus", NormalRequest),
+    "segment": ("segment", SegmentRequest),
 }
+# A pipeline served only where another is: /segment's masks are of use to 3D jobs alone.
+NEEDS = {"segment": "sam3d"}
 RETRY_AFTER_SECONDS = "10"
 OPEN_PATHS = {"/health", "/livez", "/readyz", "/"}
 OPEN_PREFIXES = ("/static/", "/vendor/")  # the web page: public, the API behind it is not
@@ -260,7 +264,7 @@ def _submit(endpoint: str, sync: bool = False) -> tuple[JobView, bool]:
 
     def submit() -> JobView:
         _registry()[pipeline].check(payload)
-        if payload.webhook is not None:
+        if getattr(payload, "webhook", None) is not None:
             _check_webhook(payload.webhook)
         # The image is fetched and decoded holding a queue slot: a full queue says 503 first.
         return _queue().submit(pipeline, lambda: payload.load(_settings().image_limits))
@@ -289,6 +293,12 @@ def _check_webhook(url: str) -> None:
 
 
 def _require_ready(pipeline: str) -> None:
+    if pipeline in NEEDS:
+        try:
+            _require_ready(NEEDS[pipeline])
+        except ApiError as exc:
+            raise ApiError(exc.status, f"{pipeline!r} serves {NEEDS[pipeline]!r} jobs only: "
+                           f"{exc.message}", retry_after=exc.retry_after) from None
     status = _registry().status().get(pipeline)
     if status == "ready":
         return
@@ -375,16 +385,23 @@ def _result_file(view: JobView) -> Response:
         raise ApiError(410, "job results have expired", job_id=view.id) from None
 
 
-def _map_result(view: JobView, schema: type[BaseModel]) -> Response:
-    """A finished depth or normal job as JSON: the file inline (base64) and its info."""
+def _inline_file(view: JobView) -> str:
+    """A finished job's file in base64, for an answer that carries it; the job's error as
+    JSON if it failed."""
     if view.state is not JobState.COMPLETED:
-        return _result_file(view)  # the job's error, as JSON
+        _result_file(view)  # raises the job's error
     try:
         data = Path(view.result.path).read_bytes()
     except FileNotFoundError:  # expired between the wait and the read
         raise ApiError(410, "job results have expired", job_id=view.id) from None
-    return jsonify(schema(job_id=view.id, image_base64=base64.b64encode(data).decode(),
-                          **view.result.info, file_path=view.result.path.name,
+    return base64.b64encode(data).decode()
+
+
+def _map_result(view: JobView, schema: type[BaseModel]) -> Response:
+    """A finished depth or normal job as JSON: the file inline (base64) and its info."""
+    data = _inline_file(view)
+    return jsonify(schema(job_id=view.id, image_base64=data, **view.result.info,
+                          file_path=view.result.path.name,
                           download_url=f"/job/{view.id}/download").model_dump())
 
 
@@ -469,6 +486,8 @@ def _health(reading: _Reading) -> tuple[Health, int]:
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if hasattr(pipeline, "capabilities")}
+    capabilities["segment"] = {"offered": all(pipelines.get(name) == "ready"
+                                              for name in ("segment", NEEDS["segment"]))}
     notices = {name: pipeline.notice for name, pipeline in registry.items()
                if getattr(pipeline, "notice", None)}
     models = {name: info for pipeline in registry.values() if hasattr(pipeline, "model_table")
@@ -563,6 +582,12 @@ def _add_routes(app: Flask) -> None:
     @app.post("/normal/sync")
     def normal_sync():
         return _map_result(_wait(_submit("normal", sync=True)[0]), NormalResult)
+
+    @app.post("/segment")
+    def segment():
+        view = _wait(_submit("segment", sync=True)[0])
+        return jsonify(SegmentResult(mask=_inline_file(view), job_id=view.id,
+                                     **view.result.info).model_dump())
 
     @app.get("/job/<job_id>")
     def job_status(job_id):

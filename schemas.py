@@ -12,7 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.lotus import DepthRequest, NormalRequest
+from pipelines.masks import MaskSource
 from pipelines.sam3d import GenerateRequest
+from pipelines.segment import SegmentRequest
 from workers.lanes import RECENT_JOBS
 
 JobStateName = Literal["queued", "processing", "completed", "failed", "cancelled"]
@@ -80,7 +82,9 @@ class Health(BaseModel):
     gpus: list[GPU] = Field(default_factory=list, description="Every GPU workers run on")
     queue: QueueStats
     pipelines: dict[str, Literal["loading", "ready", "failed"]]
-    capabilities: dict[str, dict[str, bool]]
+    capabilities: dict[str, dict[str, bool]] = Field(
+        description="sam3d: the outputs this GPU fits; segment.offered: whether POST /segment "
+        "answers now (SAM 3D Objects and its mask worker ready)")
     models: dict[str, LotusModelInfo] = Field(
         default_factory=dict, description="Upstream Lotus's six checkpoints by short name "
         "(a depth or normal request's `model`); `served`: present here")
@@ -182,6 +186,20 @@ class NormalResult(BaseModel):
     download_url: str
 
 
+class SegmentResult(BaseModel):
+    """The mask a 3D job would give the model for this image (no `mask` of the client's)."""
+
+    mask: str = Field(description="Base64 PNG, 8-bit greyscale, the image's size: 255 is the "
+                      "object, 0 the rest; send it as /generate's `mask` to use it")
+    source: MaskSource = Field(
+        description="alpha: the image's own transparency; rembg: background removal; "
+        "center: a centre box (no rembg model on this server)")
+    width: int = Field(description="The image's width as a job sees it (EXIF orientation "
+                       "applied)")
+    height: int
+    job_id: str = Field(description="The job that made it (its file: /job/<id>/download)")
+
+
 FILE_TYPES = {"model/gltf-binary": "GLB mesh", "application/octet-stream": "PLY or NPY",
               "application/zip": "OBJ with its material and texture, or a video job's mp4 and npz", "model/stl": "STL mesh",
               "model/vnd.usdz+zip": "USDZ", "image/png": "PNG"}
@@ -229,7 +247,8 @@ def _form_schema(schema: dict) -> dict:
 
 def openapi_document(secured: bool) -> dict:
     models = [ErrorResponse, QueueStats, GPU, Health, Readiness, JobAccepted, JobStatus,
-              DepthResult, NormalResult, GenerateRequest, DepthRequest, NormalRequest]
+              DepthResult, NormalResult, SegmentResult, GenerateRequest, DepthRequest,
+              NormalRequest, SegmentRequest]
     schemas: dict = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -288,6 +307,8 @@ def openapi_document(secured: bool) -> dict:
         "/normal": submit(NormalRequest, "Queue a surface-normal job"),
         "/normal/sync": submit_sync(NormalRequest, "Surface normals, answered as JSON",
                                     _json(NormalResult, "The normal map and its convention")),
+        "/segment": submit_sync(SegmentRequest, "The mask a 3D job would use for this image, "
+                                "made on the CPU", _json(SegmentResult, "The mask")),
         "/job/{job_id}": {
             "parameters": job_id,
             "get": {"summary": "Job status", "responses": {

@@ -62,7 +62,7 @@ class JobInputs(NamedTuple):
     source: bytes | None = None
 
 
-class ImageInput(BaseModel):
+class ImageSource(BaseModel):
     """The image fields every request shares: one of base64 `image` (or the serverless
     plan's `image_base64`) and `image_url`."""
 
@@ -74,12 +74,6 @@ class ImageInput(BaseModel):
     image_base64: str | None = Field(None, description="Same as image (the serverless plan's name)")
     image_url: str | None = Field(None, description="http(s) URL of the image; private and "
                                   "loopback addresses are refused")
-    webhook: str | None = Field(None, max_length=2048, description="http(s) URL the server "
-                                "POSTs the job's status to, signed (Standard Webhooks); "
-                                "https advised. HTTP server only")
-    webhook_events: list[Literal["start", "completed", "failed", "cancelled"]] | None = Field(
-        None, min_length=1, description="When to call `webhook` (default: completed, failed, "
-        "cancelled)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -100,7 +94,19 @@ class ImageInput(BaseModel):
         return JobInputs(self.without_image(), open_image(data, limits.max_side), data)
 
 
-def read_image_bytes(source: ImageInput, limits: ImageLimits) -> bytes:
+class ImageInput(ImageSource):
+    """A job's image and the webhook told of its progress (a job one polls or is told of;
+    an answer given at once, `POST /segment`, takes an `ImageSource` alone)."""
+
+    webhook: str | None = Field(None, max_length=2048, description="http(s) URL the server "
+                                "POSTs the job's status to, signed (Standard Webhooks); "
+                                "https advised. HTTP server only")
+    webhook_events: list[Literal["start", "completed", "failed", "cancelled"]] | None = Field(
+        None, min_length=1, description="When to call `webhook` (default: completed, failed, "
+        "cancelled)")
+
+
+def read_image_bytes(source: ImageSource, limits: ImageLimits) -> bytes:
     """The request's image file: base64-decoded, or downloaded within `limits`."""
     if source.image_url is None:
         return image_data(source.image if source.image is not None else source.image_base64)

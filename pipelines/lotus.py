@@ -108,7 +108,7 @@ class LotusRequest(ImageInput):
 
     @model_validator(mode="after")
     def _one_source(self):
-        """Replaces ImageInput's check (same name): a video is a source too."""
+        """Replaces ImageSource's check (same name): a video is a source too."""
         sources = [self.image, self.image_base64, self.image_url, self.video, self.video_url]
         if sum(source is not None for source in sources) != 1:
             raise ValueError("send exactly one of 'image' (base64 in JSON, a file in a form "

@@ -11,7 +11,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # Upstream crops to every non-zero mask pixel (img_and_mask_transforms.py:357), so a soft
 # mask's faint haze would make the whole photo the object.
 MASK_THRESHOLD = 128
+MaskSource = Literal["alpha", "rembg", "center"]
 
 
 def read_client_mask(source: str | bytes, image_size: tuple[int, int], where: str, *,
@@ -101,17 +102,22 @@ class Masker:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGBA uint8 with a 0/255 mask in alpha, as SAM 3D Objects reads it."""
+        return with_mask(image, self.mask(image)[0])
+
+    def mask(self, image: Image.Image) -> tuple[np.ndarray, MaskSource]:
+        """The 0/255 mask a 3D job gives the model, and where it came from (what
+        `POST /segment` shows before the job is sent)."""
         if image.mode == "RGBA":
             alpha = np.asarray(image.getchannel("A"))
             if alpha.min() < 255 and alpha.max() > 0:
-                return with_mask(image, binarise(alpha, "the image's alpha channel"))
+                return binarise(alpha, "the image's alpha channel"), "alpha"
         if self.session is not None:
             import rembg
 
             mask = rembg.remove(image.convert("RGB"), session=self.session, only_mask=True)
-            return with_mask(image, binarise(np.asarray(mask.convert("L")), "background removal"))
+            return binarise(np.asarray(mask.convert("L")), "background removal"), "rembg"
         log.info("Using center mask (rembg not available)")
-        return with_mask(image, center_mask(image.height, image.width))
+        return center_mask(image.height, image.width), "center"
 
 
 def binarise(mask: np.ndarray, source: str) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""A scriptable test pipeline for the queue and HTTP tests (a stand-in, not a model).
+"""Stand-ins for the tests: a scriptable pipeline for the queue and HTTP tests (not a model),
+and a tiny ONNX model where rembg looks for u2net.
 
-It implements `pipelines.base.Pipeline`; what each job does is chosen by its `seed`:
+The pipeline implements `pipelines.base.Pipeline`; what each job does is chosen by its `seed`:
 `pipeline.actions[seed] = "block" | "fail" | "oom" | "die" | "invalid"`, default "ok".
 A blocked job waits for `pipeline.release` (or its own event in `pipeline.gates`).
 """
@@ -12,6 +13,7 @@ import threading
 from pathlib import Path
 
 import torch
+from onnx import TensorProto, helper, save
 
 from pipelines.base import InvalidInput, Result
 from pipelines.lotus import DepthRequest
@@ -69,3 +71,17 @@ class ScriptedPipeline:
         finally:
             with self._lock:
                 self.running -= 1
+
+
+def brightness_onnx(path: Path) -> Path:
+    """A tiny stand-in for u2net (`U2NET_HOME/u2net.onnx`): the mask is the image's
+    brightness, so rembg's soft mask is known from the photo."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input.1"], ["mean"], axes=[1], keepdims=1)],
+        "brightness", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
+                                                     [1, 3, 320, 320])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 1, 320, 320])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+         path)
+    return path

@@ -5,6 +5,7 @@ Python API in-process."""
 import argparse
 import base64
 import fcntl
+import io
 import json
 import os
 import pty
@@ -183,6 +184,22 @@ def test_masks_make_a_scene(client_venv, server, photo, tmp_path):
                         *masks)
     assert done.returncode == 0, done.stderr
     assert len(trimesh.load(out, file_type="glb").geometry) == 2
+
+
+def test_segment_writes_the_mask_that_generate_mask_then_sends(client_venv, server, photo,
+                                                              tmp_path):
+    out = tmp_path / "mask.png"
+    done = sam3d_client(client_venv, server, "segment", photo, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{out} (80x60, from center)"  # no rembg model there
+    mask = Image.open(out)
+    assert (mask.mode, mask.size) == ("L", (80, 60))
+    assert set(np.unique(np.asarray(mask))) == {0, 255}
+    model = tmp_path / "model.ply"
+    sent = sam3d_client(client_venv, server, "generate", photo, "--mask", out, "-o", model)
+    assert sent.returncode == 0, sent.stderr
+    refused = sam3d_client(client_venv, server, "segment", photo, "-o", tmp_path / "mask.jpg")
+    assert refused.returncode == 2 and "the mask is a .png file" in refused.stderr
 
 
 def test_depth_writes_the_depth_file(client_venv, server, photo, tmp_path):
@@ -382,6 +399,15 @@ def test_the_python_api_comes_back_to_a_job_by_its_id(server, photo, tmp_path, m
         client.depth(photo, image_url="http://example.com/photo.png")
 
 
+def test_the_python_api_shows_the_mask_then_sends_it(server, photo):
+    client = Client(server["url"], api_key=KEY)
+    answer = client.segment(photo)
+    assert (answer["source"], answer["width"], answer["height"]) == ("center", 80, 60)
+    assert Image.open(io.BytesIO(answer["mask"])).size == (80, 60)
+    assert client.generate(photo, mask=answer["mask"], output_format="ply").wait()[
+        "status"] == "completed"
+
+
 def test_the_python_api_submits_a_normal_job(server, photo, tmp_path):
     job = Client(server["url"], api_key=KEY).normal(photo, output="npy", processing_res=64)
     final = job.wait()
@@ -453,4 +479,5 @@ def test_the_readme_documents_every_command_and_option():
     assert all(option in readme for option in ("--url", "--api-key", "--version"))
     for method in ("status", "wait", "download", "cancel"):
         assert f".{method}(" in readme and callable(getattr(Job, method))
-    assert all(f"client.{name}(" in readme for name in ("generate", "depth", "normal", "job"))
+    assert all(f"client.{name}(" in readme for name in ("generate", "depth", "normal", "segment",
+                                                   "job"))

@@ -27,7 +27,7 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert set(document["paths"]) == {"/health", "/livez", "/readyz", "/metrics", "/queue",
                                       "/generate", "/generate/sync",
                                       "/depth", "/depth/sync", "/normal", "/normal/sync",
-                                      "/job/{job_id}",
+                                      "/segment", "/job/{job_id}",
                                       "/job/{job_id}/download", "/job/{job_id}/events",
                                       "/openapi.json"}
     generate = document["components"]["schemas"]["GenerateRequest"]["properties"]
@@ -52,6 +52,14 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert {"frame", "range"} <= set(document["components"]["schemas"]["NormalResult"][
         "properties"])
     assert {"model", "frame", "range", "min", "max"} <= set(status)  # a map job's status
+    segment = document["paths"]["/segment"]["post"]
+    assert segment["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] == \
+        "#/components/schemas/SegmentResult"
+    assert "image" in segment["requestBody"]["content"]["multipart/form-data"]["schema"][
+        "properties"]
+    mask = document["components"]["schemas"]["SegmentResult"]["properties"]
+    assert mask["source"]["enum"] == ["alpha", "rembg", "center"]
+    assert "webhook" not in document["components"]["schemas"]["SegmentRequest"]["properties"]
 
 
 @pytest.mark.skipif(shutil.which("schemathesis") is None and not (

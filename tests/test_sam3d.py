@@ -10,11 +10,9 @@ import struct
 import sys
 
 import numpy as np
-import onnx
 import pytest
 import torch
 import trimesh
-from onnx import TensorProto, helper
 from PIL import Image
 
 from conftest import SAM3D_STAND_IN, sam3d_checkpoints
@@ -23,6 +21,7 @@ from pipelines.masks import Masker, center_mask
 from pipelines.sam3d import (GenerateRequest, Sam3DObjects, find_config, import_inference,
                              servable_outputs)
 from queue_manager import JobQueue, JobState
+from stand_ins import brightness_onnx
 
 PLY_3DGS_FIELDS = (["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
                    + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
@@ -190,17 +189,6 @@ def test_sam3d_compile_turns_on_upstreams_compile(tmp_path):
                          vram_gib=40.0, compile=True)
     sam3d.load()
     assert sam3d.inference._pipeline.compile_model is True
-
-
-def brightness_onnx(path):
-    """A tiny stand-in for u2net: the mask is the image's brightness."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["input.1"], ["mean"], axes=[1], keepdims=1)],
-        "brightness", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
-                                                     [1, 3, 320, 320])],
-        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 1, 320, 320])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
-                                ir_version=8), path)
 
 
 def test_rembg_segments_when_its_model_is_present(tmp_path, monkeypatch):

@@ -1,14 +1,18 @@
 """The web page at `/`, driven in headless Chromium (Debian's chromium and chromium-driver)
 against the real server on tiny Lotus checkpoints (depth, two normal models) and the SAM 3D
 stand-in: upload, progress, the
-result in its viewer, no console errors. Screenshots of each result view are kept in
-artifacts/web/ (CI's artifacts)."""
+result in its viewer, no console errors; the mask editor, checked by the masks the server's
+job was given (the stand-in's pose says each mask's box). Screenshots of each result view and
+each state of the editor are kept in artifacts/web/ (CI's artifacts)."""
 
+import io
 import json
+import math
 import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -182,6 +186,306 @@ def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     assert_no_console_errors(page)
 
 
+
+
+# -- the object's mask (POST /segment, the editor over the photo) --------------------------
+
+# The photo with transparency: its alpha marks the object, columns 30-59 and rows 20-44.
+PHOTO_SIZE = (96, 64)
+OBJECT_BOX = (30, 20, 59, 44)  # left, top, right, bottom, inclusive
+RED = (230, 25, 75)  # mask-editor.js's first object's tint, at 0.55 over the photo
+
+
+def transparent_photo(path, size=PHOTO_SIZE, box=OBJECT_BOX):
+    rgba = np.asarray(Image.open(io.BytesIO(image_bytes(*size))).convert("RGBA")).copy()
+    rgba[..., 3] = 0
+    left, top, right, bottom = box
+    rgba[top:bottom + 1, left:right + 1, 3] = 255
+    Image.fromarray(rgba).save(path, format="PNG")
+    return rgba
+
+
+def show_mask(page, path):
+    """Choose `path` for a 3D object: the editor shows the server's mask for it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    key = page.find_element(By.ID, "api-key")
+    if key.is_displayed() and key.get_attribute("value"):
+        key.send_keys(Keys.TAB)  # typed, not yet given: leaving the field gives it
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=generate]").click()
+    page.find_element(By.ID, "photo").send_keys(str(path))
+    # the page names the photo as it asks for its mask (the fixture's photo had one too)
+    wait_until(lambda: page.find_element(By.ID, "drop-text").text == path.name, timeout=10)
+    wait_until(lambda: page.find_element(By.ID, "mask-edit").is_displayed(), timeout=30)
+    return page.find_element(By.ID, "mask-view")
+
+
+def drag(page, view, start, end, steps=4):
+    """A press at photo pixel `start`, moved to `end`, released; selenium's offsets count
+    from the element's centre."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = int(view.get_attribute("width")), int(view.get_attribute("height"))
+    shown = view.size["width"] / width
+
+    def offset(x, y):
+        return round((x + 0.5 - width / 2) * shown), round((y + 0.5 - height / 2) * shown)
+
+    actions = ActionChains(page).move_to_element_with_offset(view, *offset(*start)).click_and_hold()
+    for step in range(1, steps + 1):
+        actions.move_to_element_with_offset(view, *offset(
+            start[0] + (end[0] - start[0]) * step / steps,
+            start[1] + (end[1] - start[1]) * step / steps))
+    actions.release().perform()
+
+
+def sent_objects(page, server):
+    """The objects of the page's last job as the server made them: the SAM 3D stand-in
+    places and sizes each by its mask's box (+X left, size = box width / photo width)."""
+    import requests
+    from selenium.webdriver.common.by import By
+
+    job_id = page.find_element(By.ID, "job-anchor").text
+    return requests.get(f"{server['url']}/job/{job_id}", headers=AUTH, timeout=5).json()["objects"]
+
+
+def box_of(obj, size=PHOTO_SIZE):
+    """The mask's box (left, top, right, bottom, in pixels) the stand-in's pose says it was
+    given: its width in the scale, its centre in the translation, its height-to-width ratio
+    in the turn about +Y."""
+    width = obj["scale"][0] * size[0]
+    height = width * math.tan(2 * math.atan2(obj["rotation"][2], obj["rotation"][0]))
+    x = (0.5 - obj["translation"][0] / 4) * size[0]
+    y = (0.5 - obj["translation"][1] / 4) * size[1]
+    return tuple(round(value) for value in (
+        x - width / 2, y - height / 2, x + width / 2 - 1, y + height / 2 - 1))
+
+
+def test_the_editor_shows_the_servers_mask_over_the_photo_and_a_kept_one_is_sent(
+        page, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    rgba = transparent_photo(tmp_path / "cup.png")
+    view = show_mask(page, tmp_path / "cup.png")
+    assert "the photo's transparency" in page.find_element(By.ID, "mask-source").text
+    assert (view.get_attribute("width"), view.get_attribute("height")) == ("96", "64")
+    objects = page.find_element(By.ID, "mask-objects").text
+    assert "Object 1 (red, 12% of the photo)" in objects  # 30 x 25 of 96 x 64 pixels
+    shown = page.execute_script(
+        "const c = arguments[0].getContext('2d');"
+        "return [c.getImageData(40, 30, 1, 1).data, c.getImageData(5, 5, 1, 1).data]"
+        ".map(d => [...d]);", view)
+    inside = 0.45 * rgba[30, 40, :3] + 0.55 * np.array(RED)
+    assert np.abs(np.array(shown[0][:3]) - inside).max() <= 2  # the photo seen through the tint
+    assert shown[1] == [0, 0, 0, 0]  # the rest untinted: as transparent as the photo there
+    page.save_screenshot(str(ARTIFACTS / "mask_server.png"))
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    (obj,) = sent_objects(page, server)
+    assert box_of(obj) == OBJECT_BOX
+    assert_no_console_errors(page)
+
+
+def test_painting_and_erasing_change_the_mask_the_job_is_sent(page, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    transparent_photo(tmp_path / "cup.png")
+    view = show_mask(page, tmp_path / "cup.png")
+    page.find_element(By.CSS_SELECTOR, "[data-tool=paint]").click()
+    drag(page, view, (10, 30), (20, 32))  # a stroke left of the object
+    page.find_element(By.CSS_SELECTOR, "[data-tool=erase]").click()
+    drag(page, view, (58, 16), (58, 48))  # down the object's right edge, and past it
+    page.save_screenshot(str(ARTIFACTS / "mask_painted.png"))
+    assert "Object 1 erased" in page.find_element(By.ID, "mask-status").text
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    (obj,) = sent_objects(page, server)
+    left, top, right, bottom = box_of(obj)
+    radius = 16 / 2 * PHOTO_SIZE[0] / view.size["width"]  # the brush: 16 CSS pixels wide
+    assert abs(left - (10 - radius)) <= 1.5 and abs(right - (58 - radius)) <= 1.5
+    assert (top, bottom) == (20, 44)
+
+
+def test_a_box_from_the_keyboards_x_adds_its_area_and_an_upload_replaces_the_mask(
+        page, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    transparent_photo(tmp_path / "cup.png")
+    view = show_mask(page, tmp_path / "cup.png")
+    paint = page.find_element(By.CSS_SELECTOR, "[data-tool=paint]")
+    paint.send_keys("x")  # the shortcut, from the focused tool button
+    box_tool = page.find_element(By.CSS_SELECTOR, "[data-tool=box]")
+    assert box_tool.get_attribute("aria-pressed") == "true"
+    assert paint.get_attribute("aria-pressed") == "false"
+    drag(page, view, (70, 5), (85, 15))
+    page.save_screenshot(str(ARTIFACTS / "mask_box.png"))
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    (obj,) = sent_objects(page, server)
+    left, top, right, bottom = box_of(obj)
+    assert (left, bottom) == (30, 44) and abs(top - 5) <= 1 and abs(right - 85) <= 1
+
+    mask = np.zeros(PHOTO_SIZE[::-1], dtype=np.uint8)
+    mask[10:50, 5:25] = 255
+    Image.fromarray(mask).save(tmp_path / "mine.png")
+    page.find_element(By.ID, "mask-file").send_keys(str(tmp_path / "mine.png"))
+    status = page.find_element(By.ID, "mask-status")
+    wait_until(lambda: "replaced by mine.png" in status.text, timeout=10)
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    (obj,) = sent_objects(page, server)
+    assert box_of(obj) == (5, 10, 24, 49)  # exactly the uploaded mask's
+    page.find_element(By.ID, "mask-reset").click()
+    assert "12% of the photo" in page.find_element(By.ID, "mask-objects").text
+    assert_no_console_errors(page)
+
+
+def test_the_code_panel_saves_the_mask_it_names_and_its_curl_line_sends_it(
+        page, server, tmp_path):
+    """The mask file "Use from code" saves is the one shown, pixel for pixel (here an
+    uploaded one); the curl line, run beside it, makes the object."""
+    import subprocess
+    from selenium.webdriver.common.by import By
+
+    transparent_photo(tmp_path / "photo.jpg")  # a PNG under the snippets' name for the photo
+    show_mask(page, tmp_path / "photo.jpg")
+    mask = np.zeros(PHOTO_SIZE[::-1], dtype=np.uint8)
+    mask[10:50, 5:25] = 255
+    Image.fromarray(mask).save(tmp_path / "mine.png")
+    page.find_element(By.ID, "mask-file").send_keys(str(tmp_path / "mine.png"))
+    wait_until(lambda: "replaced" in page.find_element(By.ID, "mask-status").text, timeout=10)
+    page.execute_cdp_cmd("Browser.setDownloadBehavior",
+                         {"behavior": "allow", "downloadPath": str(tmp_path)})
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    assert page.find_element(By.ID, "mask-files-names").text == "mask.png"
+    page.find_element(By.ID, "mask-download").click()
+
+    def saved():
+        try:
+            return np.asarray(Image.open(tmp_path / "mask.png").convert("L"))
+        except OSError:  # not there yet, or still being written
+            return None
+
+    wait_until(lambda: saved() is not None, timeout=10)
+    assert np.array_equal(saved(), mask)
+    page.find_element(By.NAME, "with_texture").click()  # vertex colours: no texture_size
+    curl = page.find_element(By.ID, "code-curl").text
+    assert "-F mask=@mask.png" in curl
+    subprocess.run(["bash", "-euc", curl], cwd=tmp_path, env={**os.environ, "SAM3D_API_KEY": KEY},
+                   check=True, capture_output=True, timeout=60)
+    assert (tmp_path / "model.glb").read_bytes()[:4] == b"glTF"
+
+
+def test_a_portrait_photo_keeps_its_shape_and_the_box_lands_where_it_was_drawn(
+        page, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    size, box = (40, 120), (10, 20, 29, 59)
+    transparent_photo(tmp_path / "tall.png", size, box)
+    view = show_mask(page, tmp_path / "tall.png")
+    assert abs(view.size["width"] * size[1] / size[0] - view.size["height"]) <= 2
+    assert view.size["height"] > 300  # scaled up, as high as the editor lets it
+    page.find_element(By.CSS_SELECTOR, "[data-tool=box]").click()
+    drag(page, view, (5, 100), (15, 110))
+    page.save_screenshot(str(ARTIFACTS / "mask_portrait.png"))
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    (obj,) = sent_objects(page, server)
+    assert np.abs(np.array(box_of(obj, size)) - (5, 20, 29, 110)).max() <= 1
+    assert_no_console_errors(page)
+
+
+def test_two_objects_send_masks_with_two_entries_up_to_the_servers_limit(page, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    transparent_photo(tmp_path / "cup.png")
+    view = show_mask(page, tmp_path / "cup.png")
+    page.find_element(By.ID, "mask-add").click()
+    assert "Object 2 (blue, 0% of the photo)" in page.find_element(By.ID, "mask-objects").text
+    page.find_element(By.ID, "run").click()  # an empty object is refused before sending
+    error = page.find_element(By.ID, "error")
+    assert error.is_displayed() and "Object 2: no pixel is marked" in error.text
+    page.find_element(By.CSS_SELECTOR, "[data-tool=box]").click()
+    drag(page, view, (2, 2), (20, 20))
+    assert not error.is_displayed()  # the refusal's reason is gone
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    assert "-F masks=@mask1.png -F masks=@mask2.png" in page.find_element(By.ID, "code-curl").text
+    assert 'masks=["mask1.png", "mask2.png"]' in page.find_element(By.ID, "code-python").text
+    assert "--mask mask1.png --mask mask2.png" in page.find_element(By.ID, "code-cli").text
+    page.save_screenshot(str(ARTIFACTS / "mask_scene.png"))
+    assert run_job(page, "generate", output_format="glb", with_texture=False) == "glb"
+    scene = sent_objects(page, server)
+    assert len(scene) == 2
+    assert box_of(scene[0]) == OBJECT_BOX
+    assert np.abs(np.array(box_of(scene[1])) - (2, 2, 20, 20)).max() <= 1
+
+    add = page.find_element(By.ID, "mask-add")
+    while add.is_enabled():
+        add.click()
+    assert page.find_element(By.ID, "mask-limit").text == "8 of at most 8 objects"  # MAX_OBJECTS
+    for _ in range(7):
+        page.find_element(By.CSS_SELECTOR, "#mask-objects button.remove").click()
+    assert page.find_elements(By.CSS_SELECTOR, "#mask-objects button.remove") == []
+    assert "-F mask=@mask.png" in page.find_element(By.ID, "code-curl").text
+    assert_no_console_errors(page)
+
+
+def test_an_exif_rotated_photo_is_shown_and_masked_upright_as_the_job_sees_it(page, tmp_path):
+    """A JPEG stored 96 x 64 with EXIF orientation 6 (turn 90 degrees clockwise): the job
+    sees it 64 x 96 (pipelines/images.py open_image), and so does the editor, photo and mask:
+    the stored top-left corner, painted black, is shown at the top right."""
+    from selenium.webdriver.common.by import By
+
+    stored = np.full((64, 96, 3), 200, dtype=np.uint8)
+    stored[:16, :16] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", format="JPEG", exif=exif)
+    view = show_mask(page, tmp_path / "turned.jpg")
+    assert (view.get_attribute("width"), view.get_attribute("height")) == ("64", "96")
+    assert view.size["height"] > view.size["width"]
+    corners = page.execute_script(
+        "const c = arguments[0].getContext('2d');"
+        "return [[58, 2], [2, 2]].map(([x, y]) => c.getImageData(x, y, 1, 1).data[1]);", view)
+    assert corners[0] < 40 < 80 < corners[1]  # dark top right, light top left (untinted)
+
+
+def test_an_opaque_example_gets_the_centre_box_said_in_plain_words_and_fits_a_phone(page):
+    """No background-removal model on the test server (U2NET_HOME is empty): the job's
+    mask is the centre box (pipelines/masks.py center_mask, 80% of each side)."""
+    from selenium.webdriver.common.by import By
+
+    page.find_element(By.CSS_SELECTOR, ".example[data-src$='vase.jpg']").click()
+    wait_until(lambda: page.find_element(By.ID, "drop-text").text == "vase.jpg", timeout=10)
+    source = page.find_element(By.ID, "mask-source")
+    wait_until(lambda: "centre box" in source.text, timeout=30)
+    assert "a centre box: no background-removal model on this server" in source.text
+    assert "64% of the photo" in page.find_element(By.ID, "mask-objects").text  # 0.8 x 0.8
+    page.save_screenshot(str(ARTIFACTS / "mask_centre.png"))
+    page.set_window_size(400, 900)
+    try:
+        wait_until(lambda: box(page, "mask-slot")["right"] <= 400, timeout=5)
+        assert box(page, "mask-view")["right"] <= box(page, "mask-slot")["right"]
+        page.execute_script("document.getElementById('mask-slot').scrollIntoView()")
+        page.save_screenshot(str(ARTIFACTS / "mask_phone.png"))
+    finally:
+        page.set_window_size(1100, 1500)
+    assert_no_console_errors(page)
+
+
+def test_the_editor_is_hidden_for_depth_and_back_for_3d_with_the_edits(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    transparent_photo(tmp_path / "cup.png")
+    show_mask(page, tmp_path / "cup.png")
+    page.find_element(By.ID, "mask-clear").click()
+    assert "0% of the photo" in page.find_element(By.ID, "mask-objects").text
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+    assert not page.find_element(By.ID, "mask-slot").is_displayed()
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    assert "mask" not in page.find_element(By.ID, "code-curl").text
+    page.save_screenshot(str(ARTIFACTS / "mask_depth_hidden.png"))
+    assert run_job(page, "depth", output="color") == "depth"
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=generate]").click()
+    assert page.find_element(By.ID, "mask-slot").is_displayed()
+    assert "0% of the photo" in page.find_element(By.ID, "mask-objects").text
+    assert_no_console_errors(page)
 
 
 def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_path):

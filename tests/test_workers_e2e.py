@@ -3,6 +3,7 @@ a model process that dies between jobs, a second server on the same folder, and 
 fills up under the server."""
 
 import base64
+import io
 import os
 import shutil
 import signal
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from conftest import (ROOT, image_bytes, running_server, slow_depth_job, tmpfs,
                       wait_until)
+from stand_ins import brightness_onnx
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 PHOTO = base64.b64encode(image_bytes(width=64, height=48)).decode()
@@ -54,6 +57,10 @@ def loads_torch(pid):
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
+def loads_onnxruntime(pid):
+    return "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def depth(base, **body):
     answer = requests.post(f"{base}/depth", json={"image": PHOTO, **body}, timeout=30)
     assert answer.status_code == 202, answer.text
@@ -67,8 +74,9 @@ def test_two_devices_run_two_3d_jobs_at_once_and_a_killed_worker_fails_only_its_
         base = started["url"]
         workers = health(base)["workers"]
         assert sorted((w["pipeline"], w["device"]) for w in workers) == [
-            ("lotus", "cpu:0"), ("lotus", "cpu:1"), ("sam3d", "cpu:0"), ("sam3d", "cpu:1")]
-        assert len({w["pid"] for w in workers}) == 4
+            ("lotus", "cpu:0"), ("lotus", "cpu:1"), ("sam3d", "cpu:0"), ("sam3d", "cpu:1"),
+            ("segment", "cpu:0")]  # masks: one CPU worker, whatever the devices
+        assert len({w["pid"] for w in workers}) == 5
 
         jobs = [requests.post(f"{base}/generate", json={"image": PHOTO, "output_format": "ply"},
                               timeout=30).json()["job_id"] for _ in range(2)]
@@ -95,6 +103,32 @@ def test_two_devices_run_two_3d_jobs_at_once_and_a_killed_worker_fails_only_its_
         again = requests.post(f"{base}/generate", json={"image": PHOTO, "output_format": "ply"},
                               timeout=30).json()["job_id"]
         assert finished(base, again)["status"] == "completed"
+
+
+def test_a_mask_comes_from_its_own_cpu_worker_while_a_3d_job_runs(tmp_path, checkpoints):
+    """rembg runs in the segment worker (and the 3D one), never in the HTTP process, and a
+    mask does not wait for the minute a 3D job takes."""
+    brightness_onnx(tmp_path / "u2net" / "u2net.onnx")
+    with running_server(tmp_path, checkpoints, PIPELINES="sam3d", SAM3D_STAND_IN_SECONDS="120",
+                        U2NET_HOME=str(tmp_path / "u2net")) as started:
+        base = started["url"]
+        assert health(base)["capabilities"]["segment"] == {"offered": True}
+        job = requests.post(f"{base}/generate", json={"image": PHOTO, "output_format": "ply"},
+                            timeout=30).json()["job_id"]
+        wait_until(lambda: status(base, job)["status"] == "processing", timeout=30)
+        photo = Image.new("RGB", (64, 48), (10, 10, 10))
+        photo.paste((250, 250, 250), (16, 8, 48, 40))
+        buffer = io.BytesIO()
+        photo.save(buffer, format="PNG")
+        answer = requests.post(f"{base}/segment", files={"image": ("photo.png", buffer.getvalue())},
+                               timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["source"] == "rembg"
+        assert status(base, job)["status"] == "processing"
+        segment = next(w for w in health(base)["workers"] if w["pipeline"] == "segment")
+        [http_worker] = children(started["pid"])
+        assert loads_onnxruntime(segment["pid"]) and not loads_onnxruntime(http_worker)
+        requests.delete(f"{base}/job/{job}?force=true", timeout=5)
 
 
 def test_a_model_process_that_dies_between_jobs_is_noticed_and_restarted(tmp_path,

@@ -4,6 +4,8 @@ each pipeline they run.
 One worker per device and MAX_CONCURRENT slot for each pipeline: SAM 3D Objects and
 Lotus-D on every device (Lotus-D needs a few GB beside SAM 3D's admission figures), so a
 pod with four GPUs runs four 3D jobs at once and a depth map never waits for a 3D one.
+`segment` (`POST /segment`'s masks) has one worker, on the CPU: rembg there takes seconds,
+and it takes no GPU memory from the models.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pipelines.base import Pipeline, Progress, Result
-from pipelines.catalog import configured_pipelines
+from pipelines.catalog import http_pipelines
 
-from .devices import depth_batch, discover
+from .devices import Device, depth_batch, discover
 from .model_process import ModelWorker
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ class RemotePipeline:
 def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[str, list]]:
     """What the HTTP server runs: the configured pipelines and, unless MODEL_PROCESS=0,
     their model workers (started here, loading in the background)."""
-    twins = configured_pipelines(settings)
+    twins = http_pipelines(settings)
     if not settings.model_process or not twins:
         return twins, {}
     devices = discover(settings.gpus)
@@ -76,9 +78,15 @@ def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[s
         for d in devices))
     workers: dict[str, list[ModelWorker]] = {}
     for name in twins:
-        workers[name] = [ModelWorker(settings, name, device, slot,
-                                     depth_batch(settings, device) if name == "lotus" else 1)
-                         for device in devices for slot in range(settings.max_concurrent)]
+        workers[name] = _workers(settings, name, devices)
         for worker in workers[name]:
             worker.start()
     return {name: RemotePipeline(twin, workers[name]) for name, twin in twins.items()}, workers
+
+
+def _workers(settings: "Settings", name: str, devices: list[Device]) -> list[ModelWorker]:
+    if name == "segment":
+        return [ModelWorker(settings, name, Device("cpu", 0))]
+    return [ModelWorker(settings, name, device, slot,
+                        depth_batch(settings, device) if name == "lotus" else 1)
+            for device in devices for slot in range(settings.max_concurrent)]

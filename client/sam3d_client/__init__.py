@@ -114,6 +114,14 @@ class Client:
         (`frame`, `range`)."""
         return Job(self, self.submit("normal", {**image_fields(image, image_url), **options}))
 
+    def segment(self, image: ImageSource | None = None, *,
+                image_url: str | None = None) -> dict:
+        """The mask a 3D job would use for the photo (POST /segment, answered at once):
+        `mask` (PNG bytes, 255 = the object), `source` (alpha, rembg or center), `width`,
+        `height`. Look at it first, then send it: `generate(photo, mask=answer["mask"])`."""
+        answer = self.request("POST", "/segment", json=image_fields(image, image_url)).json()
+        return {**answer, "mask": base64.b64decode(answer["mask"])}
+
     def job(self, job_id: str) -> "Job":
         """A handle on a job submitted earlier (by this process or another)."""
         return Job(self, {"job_id": job_id})

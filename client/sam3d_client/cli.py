@@ -6,6 +6,7 @@
     sam3d-client depth photo.jpg -o relief.glb [--fov-degrees 60]   a relief to turn in 3D
     sam3d-client normal photo.jpg -o normals.png [--output png|png16|npy] [--model NAME]
     sam3d-client generate --image-url https://example.com/photo.jpg -o model.glb
+    sam3d-client segment photo.jpg -o mask.png   the mask a 3D job would use, at once
     sam3d-client wait JOB [-o FILE]       follow a job submitted earlier, then download it
     sam3d-client download JOB [-o FILE]   a finished job's file
     sam3d-client cancel JOB
@@ -101,6 +102,13 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(command=run_map, task=task, what=what, stem=stem,
                              suffixes=suffixes)
 
+    segment = commands.add_parser("segment", help="the mask a 3D job would use for the "
+                                  "photo (to check, edit, then send with generate --mask)")
+    add_photo_arguments(segment)
+    segment.add_argument("-o", "--out", type=Path, default=Path("mask.png"),
+                         help="file to write (default mask.png)")
+    segment.set_defaults(command=run_segment)
+
     wait = commands.add_parser("wait", help="follow a job until it finishes, then download "
                                "its file")
     wait.add_argument("job_id")
@@ -130,11 +138,16 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-def add_image_arguments(command: argparse.ArgumentParser) -> None:
+def add_photo_arguments(command: argparse.ArgumentParser) -> None:
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument("photo", type=Path, nargs="?", help="the photo to send")
     source.add_argument("--image-url", help="an http(s) URL the server fetches the photo "
                         "from, instead of a file")
+
+
+def add_image_arguments(command: argparse.ArgumentParser) -> None:
+    """A job's photo, and what Ctrl-C does to the job."""
+    add_photo_arguments(command)
     command.add_argument("--cancel-on-interrupt", action="store_true",
                          help="cancel the job on Ctrl-C (default: it goes on, and the "
                               "command to come back to it is printed)")
@@ -178,6 +191,16 @@ def run_map(client: Client, args) -> int:
         if getattr(args, name, None) is not None:
             body[name] = getattr(args, name)
     return run_job(client, args, args.task, body, out)
+
+
+def run_segment(client: Client, args) -> int:
+    out = check_output_path(args.out, ".png", "the mask")
+    answer = client.segment(args.photo, image_url=args.image_url)
+    partial = out.with_name(out.name + ".part")
+    partial.write_bytes(answer["mask"])
+    os.replace(partial, out)
+    print(f"{out} ({answer['width']}x{answer['height']}, from {answer['source']})")
+    return 0
 
 
 def run_job(client: Client, args, endpoint: str, body: dict, out: Path) -> int:

@@ -4,7 +4,8 @@
 // The API key (when the server has one) lives in sessionStorage: this tab only.
 
 import * as history from "./history.js";
-import { snippets } from "./snippets.js";
+import { MaskEditor } from "./mask-editor.js";
+import { maskFiles, snippets } from "./snippets.js";
 import { hideViewers, showGlb, showMesh, showSplat } from "./viewers.js";
 
 const $ = (id) => document.getElementById(id);
@@ -30,6 +31,8 @@ let current = null;      // the followed job: { id, task, status, since, process
 let pendingOpen = null;  // a /?job=<id> waiting for the API key
 let needsKey = false;    // the server answers 401 without a key
 let servedModels = {};   // task -> [[name, {mode, ...}]] of the Lotus models served here
+let maskFor = null;      // the photo whose mask the editor shows (or is fetching)
+let sceneLimit = null;   // the objects one 3D job takes (the OpenAPI's masks maxItems)
 const running = () => Boolean(current && !current.done);
 
 // -- the server -----------------------------------------------------------------------
@@ -48,6 +51,11 @@ class ApiError extends Error {
   }
 }
 
+async function answerError(response) {
+  const body = await response.json().catch(() => ({}));
+  return new ApiError(response.status, body.error || `${response.status} ${response.statusText}`);
+}
+
 async function api(path, options = {}) {
   for (;;) {
     const response = await fetch(path, { ...options, headers: headers(Boolean(options.body)) });
@@ -58,10 +66,7 @@ async function api(path, options = {}) {
       continue;
     }
     if (response.status === 401) $("key-box").hidden = false;
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new ApiError(response.status, body.error || `${response.status} ${response.statusText}`);
-    }
+    if (!response.ok) throw await answerError(response);
     return response;
   }
 }
@@ -197,6 +202,7 @@ function showTaskOptions() {
   for (const element of form.querySelectorAll(".depth-only")) element.hidden = chosen !== "depth";
   for (const element of form.querySelectorAll(".normal-only")) element.hidden = chosen !== "normal";
   offerModels(chosen);
+  offerMask();
   updateSnippets();
 }
 
@@ -234,18 +240,101 @@ function jobOptions(chosen = task()) {
   }
   if (number("texture_size") !== null) options.texture_size = number("texture_size");
   if (number("simplify") !== null) options.simplify = number("simplify");
-  return { ...options, ...maskFields() };
+  return options;
 }
 
-// Where the mask editor will plug in: POST /segment (to come) returns the mask a 3D job
-// would use; the page will show it in #mask-slot and send what is shown, as `mask` (one
-// object) or `masks` (a scene). Until then the server picks the mask (background removal).
-function maskFields() {
-  return {};
+// -- the object's mask (3D jobs) ------------------------------------------------------
+
+let emptyRefused = false;  // the error shown is Run refused for an object with no pixel
+const editor = new MaskEditor($("mask-slot"), () => {
+  if (emptyRefused && !editor.emptyObjects().length) $("error").hidden = true;
+  updateSnippets();
+});
+const MASK_SOURCES = {
+  alpha: "the photo's transparency",
+  rembg: "background removal",
+  center: "a centre box: no background-removal model on this server",
+};
+const maskShown = () => !$("mask-slot").hidden && editor.active;
+
+// The objects a scene may hold: the masks field's maxItems in /openapi.json (behind the key,
+// as /segment is); 1 (no scene) where it cannot be read.
+async function readSceneLimit() {
+  const response = await fetch("/openapi.json", { headers: headers() });
+  if (!response.ok) return 1;
+  const masks = (await response.json()).components?.schemas?.GenerateRequest?.properties?.masks;
+  sceneLimit = (masks?.anyOf || [masks]).map((schema) => schema?.maxItems)
+    .find(Number.isInteger) || 1;
+  return sceneLimit;
 }
+
+function decodedImage(url) {
+  const image = new Image();
+  image.src = url;
+  return image.decode().then(() => image);
+}
+
+// A 3D job on a chosen photo, where the server offers /segment: the mask the job would use,
+// fetched once per photo (switching tasks keeps the edits), shown for keeping or editing.
+async function offerMask() {
+  const offered = task() === "generate" && photo !== null &&
+    Boolean(health?.capabilities?.segment?.offered);
+  $("mask-slot").hidden = !offered;
+  if (!offered || maskFor === photo) return;
+  const asked = maskFor = photo;
+  editor.hide();
+  $("mask-source").textContent = "Finding the object in the photo…";
+  try {
+    const response = await fetch("/segment", {
+      method: "POST", headers: headers(true),
+      body: JSON.stringify({ image: await readAsDataUrl(asked) }) });
+    if (!response.ok) throw await answerError(response);
+    const answer = await response.json();
+    const [mask, picture, limit] = await Promise.all([
+      decodedImage(`data:image/png;base64,${answer.mask}`), createImageBitmap(asked, { imageOrientation: "from-image" }),
+      sceneLimit ?? readSceneLimit()]);
+    if (maskFor !== asked) return;  // another photo was chosen meanwhile
+    editor.show(picture, mask, limit);
+    $("mask-source").textContent = `The server's mask, from ${MASK_SOURCES[answer.source] || answer.source}.` +
+      " Keep it, or change it with the tools below.";
+  } catch (error) {
+    if (maskFor !== asked) return;
+    if (error.status === 401) {
+      maskFor = null;  // asked again once the key is typed
+      $("key-box").hidden = false;
+      $("mask-source").textContent = "Enter the API key below to see the object's mask.";
+    } else if (error.status === 503) {
+      maskFor = null;  // asked again on the next read of /health
+      $("mask-source").textContent = `No mask yet (${error.message}): the page asks again shortly.`;
+    } else if (error.status === 400) {  // the photo itself: a 3D job would be refused too
+      $("mask-source").textContent = `No mask for this photo: ${error.message}`;
+    } else {
+      $("mask-source").textContent = `No mask to show (${error.message}): the job finds the object itself.`;
+    }
+  }
+  updateSnippets();
+}
+
+// What the editor shows, as the job sends it: one object's `mask`, a scene's `masks`.
+function maskFields(chosen) {
+  if (chosen !== "generate" || !maskShown()) return {};
+  const masks = editor.pngs();
+  return masks.length === 1 ? { mask: masks[0] } : { masks };
+}
+
+// The mask files the code panel's snippets name, saved from what the editor shows.
+$("mask-download").addEventListener("click", () => {
+  const names = maskFiles(editor.objects.length);
+  editor.pngs().forEach((url, index) => {
+    Object.assign(document.createElement("a"), { href: url, download: names[index] }).click();
+  });
+});
 
 function updateSnippets() {
-  const code = snippets(task(), jobOptions(), needsKey);
+  const masks = task() === "generate" && maskShown() ? editor.objects.length : 0;
+  $("mask-files").hidden = masks === 0;
+  $("mask-files-names").textContent = maskFiles(masks).join(", ");
+  const code = snippets(task(), jobOptions(), needsKey, masks);
   $("code-curl").textContent = code.curl;
   $("code-python").textContent = code.python;
   $("code-cli").textContent = code.cli;
@@ -280,6 +369,7 @@ function choosePhoto(file, example = null) {
   for (const button of document.querySelectorAll(".example")) {
     button.setAttribute("aria-pressed", String(button === example));
   }
+  offerMask();
 }
 
 $("photo").addEventListener("change", () => $("photo").files[0] && choosePhoto($("photo").files[0]));
@@ -470,11 +560,17 @@ form.addEventListener("submit", async (event) => {
   useTypedKey();
   if (!photo) return showError("Choose a photo first, or an example.");
   const chosen = task();
+  const empty = chosen === "generate" && maskShown() ? editor.emptyObjects() : [];
+  emptyRefused = empty.length > 0;
+  if (emptyRefused) {
+    return showError(`${empty.join(" and ")}: no pixel is marked. Paint or draw a box, or remove it.`);
+  }
+  const masks = maskFields(chosen);  // as shown when Run was pressed
+  document.body.dataset.state = "submitting";
   await clearResult();
   $("run").disabled = true;
-  document.body.dataset.state = "submitting";
   try {
-    const body = { image: await readAsDataUrl(photo), ...jobOptions(chosen) };
+    const body = { image: await readAsDataUrl(photo), ...jobOptions(chosen), ...masks };
     const job = await (await api(`/${chosen}`, { method: "POST", body: JSON.stringify(body) })).json();
     const options = jobOptions(chosen);
     history.remember({ id: job.job_id, task: chosen, photo: photo.name, status: "queued",
@@ -575,6 +671,7 @@ function useTypedKey() {
 $("api-key").addEventListener("change", () => {
   useTypedKey();
   if (pendingOpen) openJob(pendingOpen);
+  offerMask();
 });
 
 $("history-clear").addEventListener("click", () => {

@@ -1,7 +1,8 @@
 // "Use from code": the job the form would send, as curl, Python (sam3d_client.Client, its
 // generate/depth/normal and the Job handle: client/README.md) and
-// sam3d-client lines. The photo is photo.jpg; the key, when the server needs one, comes
-// from SAM3D_API_KEY (never the key typed here).
+// sam3d-client lines. The photo is photo.jpg, the masks the editor shows (a 3D job) mask.png
+// or mask1.png, mask2.png, ... (the panel saves them); the key, when the server needs one,
+// comes from SAM3D_API_KEY (never the key typed here).
 
 const PYTHON_LITERALS = { true: "True", false: "False", null: "None" };
 
@@ -13,14 +14,21 @@ function pythonLiteral(value) {
 const MAP_STEMS = { depth: "depth", normal: "normals" };
 const SYNC_FIELDS = { depth: "min, max", normal: "frame, range (the convention)" };
 
+// One object's mask is `mask`, a scene's are `masks` (pipelines/sam3d.py GenerateRequest).
+export function maskFiles(count) {
+  return count === 1 ? ["mask.png"] : Array.from({ length: count }, (_, index) => `mask${index + 1}.png`);
+}
+
 export function outputFile(task, options) {
   if (task in MAP_STEMS) return `${MAP_STEMS[task]}.${options.output === "npy" ? "npy" : "png"}`;
   return `model.${options.output_format === "obj" ? "zip" : options.output_format}`;
 }
 
-function curl(task, options, base, keyed) {
-  // A form upload (app.py's _form): the photo as a file, each option as a field.
-  const fields = Object.entries(options).map(([key, value]) => `-F ${key}=${value}`);
+function curl(task, options, base, keyed, masks) {
+  // A form upload (app.py's _form): the photo and masks as files, each option as a field.
+  const field = masks.length === 1 ? "mask" : "masks";
+  const fields = [...masks.map((name) => `-F ${field}=@${name}`),
+                  ...Object.entries(options).map(([key, value]) => `-F ${key}=${value}`)];
   const auth = keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "";
   const out = task in MAP_STEMS ? `${MAP_STEMS[task]}.json` : outputFile(task, options);
   return [
@@ -30,8 +38,10 @@ function curl(task, options, base, keyed) {
   ].join("\n");
 }
 
-function python(task, options, base, keyed) {
-  const keywords = Object.entries(options).map(([key, value]) => `${key}=${pythonLiteral(value)}`);
+function python(task, options, base, keyed, masks) {
+  const keywords = [...(masks.length === 1 ? [`mask="${masks[0]}"`]
+    : masks.length ? [`masks=[${masks.map((name) => `"${name}"`).join(", ")}]`] : []),
+  ...Object.entries(options).map(([key, value]) => `${key}=${pythonLiteral(value)}`)];
   return [
     ...(keyed ? ["import os", ""] : []),
     "from sam3d_client import Client",
@@ -45,8 +55,8 @@ function python(task, options, base, keyed) {
 }
 
 // sam3d-client's flags (client/sam3d_client/cli.py); what it has no flag for is said.
-function cli(task, options, base, keyed) {
-  const flags = [];
+function cli(task, options, base, keyed, masks) {
+  const flags = masks.map((name) => `--mask ${name}`);
   const missing = [];
   if (task === "generate") {
     if (!options.with_texture) flags.push("--no-texture");
@@ -65,8 +75,10 @@ function cli(task, options, base, keyed) {
   ].join("\n");
 }
 
-export function snippets(task, options, keyed) {
+export function snippets(task, options, keyed, maskCount = 0) {
   const base = window.location.origin;
-  return { curl: curl(task, options, base, keyed), python: python(task, options, base, keyed),
-           cli: cli(task, options, base, keyed) };
+  const masks = maskFiles(maskCount);
+  return { curl: curl(task, options, base, keyed, masks),
+           python: python(task, options, base, keyed, masks),
+           cli: cli(task, options, base, keyed, masks) };
 }
