@@ -9,7 +9,8 @@ torchvision's tensor `resize`, which upstream calls (utils/image_utils.py:96, 11
 antialias=antialias)` for bilinear and bicubic and `mode="nearest-exact"` for NEAREST_EXACT
 (torchvision/transforms/_functional_tensor.py, `resize`), skipped when the size is already
 right (torchvision/transforms/functional.py:470); PyPI's torchvision needs a CUDA
-build of torch, so it is written out here. bench/depth.py runs upstream's own file.
+build of torch, so it is written out here. bench/depth.py runs upstream's own file where
+it imports, and these functions as its baseline where it does not.
 """
 
 import numpy as np
