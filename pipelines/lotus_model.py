@@ -152,7 +152,8 @@ class LotusDPipeline:
 
 class LotusGPipeline(LotusDPipeline):
     """Lotus-G: as Lotus-D, with a seeded noise latent beside the photo's (upstream's
-    LotusGPipeline.__call__, pipeline.py:1166-1360, with infer.py's single timestep)."""
+    LotusGPipeline.__call__, pipeline.py:1166-1360, with infer.py's single timestep); `video`
+    is upstream's video demo loop around it (app.py:152-170)."""
 
     mode: ClassVar[str] = "generation"
 
