@@ -1,18 +1,34 @@
 #!/usr/bin/env python3
-"""Lotus-D speed: our pipeline and upstream's LotusDPipeline side by side, same weights, one run.
+"""Lotus speed: our pipelines beside upstream's on the same weights, one run.
 
-    python bench/depth.py                                     # tiny checkpoint, ours only
-    python bench/depth.py --upstream ../Lotus                 # and upstream's pipeline.py
-    python bench/depth.py --arch sd2 --upstream ../Lotus      # SD 2 sizes, random weights
+    python bench/depth.py                                     # tiny weights, all rows
+    python bench/depth.py --upstream ../Lotus                 # baseline: upstream's pipeline.py
+    python bench/depth.py --arch sd2 --res 256 --frames 100 --video-res 256   # SD 2 sizes
+    python bench/depth.py --arch sd2 --tasks normal,video --res 256 --runs 1 \
+        --frames 4 --video-res 64                             # SD 2, minutes on 2 CPU cores
     python bench/depth.py --arch sd2 --res 256 --batches 1,2,4,8   # batched forward passes
 
-`--upstream` is a checkout of EnVision-Research/Lotus (its pipeline.py imports torchvision
-and tensorboard; without them, or without the path, upstream's row is skipped). `--arch sd2`
-builds the real architecture (UNet 865M, VAE 84M, CLIP-H text 340M) with random weights.
-CPU: fp32. CUDA: fp32 weights under torch.autocast, as upstream's infer.py runs. Prints
-images/s, peak memory, the ratio ours/upstream (must not be below 1) and the largest
-difference between the two outputs. `--batches` prints instead images/s for each batch size
-(one forward pass over that many images) beside batch 1's, to choose DEPTH_BATCH.
+Rows: depth and normals (Lotus-D, `--batch` images of `--res` px), then a video of `--frames`
+frames of `--video-res` px (longer side, 4:3), processed at that size: Lotus-D, ours
+VIDEO_BATCH_FRAMES frames a forward pass, and Lotus-G, ours `LotusGPipeline.video` (the
+latent carried from frame to frame), each beside upstream's own loop, one pipeline call per
+frame (app.py:164-171). The video rows time the model alone (frames in as images, maps out:
+no decoding, no mp4). `--frames 0` or `--tasks` without `video` leaves the video out.
+
+The baseline is upstream's pipeline.py from `--upstream` (a checkout of
+EnVision-Research/Lotus; it imports torchvision and tensorboard), run as infer.py and app.py
+run it. Where it does not import, or without the path, it is tests/lotus_reference.py,
+upstream's code written out for the tests (the CPU only); each row names the one that ran.
+`--arch sd2` builds the real architecture (UNet 865M, VAE 84M, CLIP-H text 340M; Lotus-G's
+UNet with 8 input channels, train_lotus_g.py:733-750) with random weights; normals run the
+same Lotus-D weights (the architecture is the same, only the per-task step differs,
+infer.py:209-213). CPU: fp32. CUDA: fp32 weights under torch.autocast, as upstream's
+infer.py runs. Both sides encode with the posterior's mean, so the outputs can be compared.
+Prints images (frames)/s, peak memory, the speed ratio ours/baseline (not below 1; about 1
+for Lotus-G's video, whose frames can no more be batched than upstream's) and the largest
+difference between the two outputs. `--batches` prints instead images/s for
+each batch size (one forward pass over that many images) beside batch 1's, to choose
+DEPTH_BATCH.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,17 +51,29 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from lotus_reference import upstream_lotus_d, upstream_lotus_g_video  # noqa: E402
 from make_tiny_checkpoints import make_lotus, write_tokenizer  # noqa: E402
-from pipelines.lotus_model import LotusDPipeline  # noqa: E402
+from pipelines.lotus import VIDEO_BATCH_FRAMES  # noqa: E402
+from pipelines.lotus_model import LotusDPipeline, LotusGPipeline  # noqa: E402
+
+TASKS = ("depth", "normal", "video")
+# Lotus-G's scheduler, as scripts/make_tiny_checkpoints.py writes it
+G_SCHEDULER = {"prediction_type": "sample"}
+SEED = 0
+
+
+def sd2_unet(in_channels: int) -> UNet2DConditionModel:
+    """Stable Diffusion 2's UNet as Lotus uses it, with random weights."""
+    return UNet2DConditionModel(
+        sample_size=96, in_channels=in_channels, cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+        class_embed_type="projection", projection_class_embeddings_input_dim=4)
 
 
 def sd2_parts(folder: Path):
     """Stable Diffusion 2's shapes, as Lotus-D uses them, with random weights."""
-    unet = UNet2DConditionModel(
-        sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-        use_linear_projection=True, class_embed_type="projection",
-        projection_class_embeddings_input_dim=4)
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
@@ -53,44 +82,128 @@ def sd2_parts(folder: Path):
         vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096,
         num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
-    return unet, vae, text_encoder, tokenizer
+    return sd2_unet(4), vae, text_encoder, tokenizer
 
 
-def tiny_parts(folder: Path):
-    path = make_lotus(folder)
+def tiny_parts(folder: Path, seed: int = 0, name: str = "depth-d-v2-0-disparity"):
+    path = make_lotus(folder, seed, name)
     return (UNet2DConditionModel.from_pretrained(path / "unet"),
             AutoencoderKL.from_pretrained(path / "vae"),
             CLIPTextModel.from_pretrained(path / "text_encoder"),
             CLIPTokenizer.from_pretrained(path / "tokenizer"))
 
 
-def upstream_runner(path: str | None, parts, device: str):
-    """A callable running upstream's LotusDPipeline as infer.py does, or a reason it can't."""
+def g_parts(arch: str, folder: Path, d_parts):
+    """Lotus-G's parts: SD 2's beside Lotus-D's (the same VAE and text encoder, as
+    upstream's G and D checkpoints share SD 2's), or the tiny Lotus-G checkpoint's."""
+    if arch == "sd2":
+        return (sd2_unet(8), *d_parts[1:])
+    return tiny_parts(folder, 2, "depth-g-v2-1-disparity")
+
+
+def on(device: str, parts):
+    return tuple(part.to(device).eval() if hasattr(part, "to") else part for part in parts)
+
+
+def upstream_module(path: str | None):
+    """Upstream's pipeline.py as a module, or None and why not."""
     if not path:
         return None, "no --upstream path"
     sys.path.insert(0, str(Path(path).resolve()))
     try:
-        from pipeline import LotusDPipeline  # type: ignore[import-not-found]
+        import pipeline  # type: ignore[import-not-found]
     except Exception as exc:  # torchvision, tensorboard or the file itself missing
         return None, f"upstream's pipeline.py does not import here ({type(exc).__name__}: {exc})"
-    unet, vae, text_encoder, tokenizer = parts
-    pipe = LotusDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                          scheduler=DDIMScheduler(), safety_checker=None,
-                          feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    task = torch.tensor([[1.0, 0.0]])
-    task = torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(device)
+    return pipeline, None
 
-    def run(images, res):
-        pixels = torch.cat([  # infer.py:183-186, one image after the other
-            torch.tensor(np.array(image).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
-            / 127.5 - 1.0 for image in images])
-        autocast = torch.autocast("cuda") if device == "cuda" else contextlib.nullcontext()
-        with torch.no_grad(), autocast:
-            return pipe(rgb_in=pixels.to(device), prompt="", num_inference_steps=1,
-                        output_type="np", timesteps=[999], task_emb=task.repeat(len(images), 1),
-                        processing_res=res).images.mean(axis=-1)
-    return run, None
+
+def task_output(task: str, maps: np.ndarray) -> np.ndarray:
+    """infer.py:209-213: depth is the mean of the three channels, normals all three."""
+    return maps.mean(axis=-1) if task == "depth" else maps
+
+
+def pixels(image: Image.Image, device: str) -> torch.Tensor:
+    """infer.py:183-186."""
+    return (torch.tensor(np.array(image).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
+            / 127.5 - 1.0).to(device)
+
+
+def autocast(device: str):
+    return torch.autocast("cuda") if device == "cuda" else contextlib.nullcontext()
+
+
+def task_emb(device: str, batch: int = 1) -> torch.Tensor:
+    task = torch.tensor([[1.0, 0.0]])  # infer.py:189-190
+    return torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(device).repeat(batch, 1)
+
+
+def upstream_pipe(cls, parts, scheduler):
+    """One of upstream's pipelines on our parts, as from_pretrained builds it without a
+    safety checker."""
+    unet, vae, text_encoder, tokenizer = parts
+    pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+               scheduler=scheduler, safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Baseline:
+    """Upstream's loops: its pipeline.py where it imports, else tests/lotus_reference.py."""
+
+    def __init__(self, module, reason: str | None, parts, gparts, device: str):
+        self.parts, self.gparts, self.device = parts, gparts, device
+        self.pipes = module and (
+            upstream_pipe(module.LotusDPipeline, parts, DDIMScheduler()),
+            gparts and upstream_pipe(module.LotusGPipeline, gparts,
+                                     DDIMScheduler(**G_SCHEDULER)))
+        if self.pipes:
+            self.name, self.reason = "upstream", None
+        elif device == "cpu":
+            self.name, self.reason = "reference", f"tests/lotus_reference.py ({reason})"
+        else:
+            self.name, self.reason = None, f"{reason}; tests/lotus_reference.py is CPU only"
+
+    def images(self, images: list[Image.Image], res: int, task: str) -> np.ndarray:
+        """One Lotus-D call on the batch (upstream), or one image after another (reference)."""
+        if not self.pipes:
+            return np.stack([upstream_lotus_d(*self.parts, image, processing_res=res,
+                                              latent="mode", task=task) for image in images])
+        with torch.no_grad(), autocast(self.device):
+            maps = self.pipes[0](
+                rgb_in=torch.cat([pixels(image, self.device) for image in images]), prompt="",
+                num_inference_steps=1, output_type="np", timesteps=[999],
+                task_emb=task_emb(self.device, len(images)), processing_res=res).images
+        return task_output(task, maps)
+
+    def video_d(self, frames: list[Image.Image], res: int) -> list[np.ndarray]:
+        """app.py:169: Lotus-D on each frame alone."""
+        return [self.images([frame], res, "depth")[0] for frame in frames]
+
+    def video_g(self, frames: list[Image.Image], res: int) -> list[np.ndarray]:
+        """app.py:152-170: the common latent, then 0.9 of it + 0.1 of the previous frame's
+        final latent (`output[2]`, pipeline.py:1357-1358) for every frame after the first;
+        frames are at the processing size, so the demo's frame-size latent fits."""
+        if not self.pipes:
+            return upstream_lotus_g_video(*self.gparts, DDIMScheduler(**G_SCHEDULER), frames,
+                                          processing_res=res, seed=SEED, latent="mode")
+        pipe = self.pipes[1]
+        width, height = frames[0].size
+        generator = torch.Generator(device=self.device).manual_seed(SEED)
+        common = torch.randn((1, 4, height // pipe.vae_scale_factor,
+                              width // pipe.vae_scale_factor), generator=generator,
+                             dtype=pipe.dtype, device=self.device)
+        last, maps = None, []
+        for frame in frames:
+            latents = common if last is None else 0.9 * common + 0.1 * last
+            with torch.no_grad(), autocast(self.device):
+                output = pipe(rgb_in=pixels(frame, self.device), prompt="",
+                              num_inference_steps=1, latents=latents, output_type="np",
+                              timesteps=[999], task_emb=task_emb(self.device),
+                              return_dict=False, processing_res=res)
+            maps.append(task_output("depth", output[0][0]))
+            last = output[2]
+        return maps
 
 
 def peak_memory_mb(device: str) -> float:
@@ -99,8 +212,9 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB, process-wide
 
 
-def timed(run, runs: int, device: str) -> tuple[float, np.ndarray]:
-    output = run()  # warm-up
+def timed(run: Callable, runs: int, device: str,
+          warm_up: Callable | None = None) -> tuple[float, np.ndarray]:
+    (warm_up or run)()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -111,7 +225,37 @@ def timed(run, runs: int, device: str) -> tuple[float, np.ndarray]:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    return float(np.median(times)), output
+    return float(np.median(times)), np.asarray(output)
+
+
+def compare(label: str, count: int, unit: str, ours: tuple[float, np.ndarray],
+            baseline: Baseline, theirs: Callable[[], tuple[float, np.ndarray]],
+            device: str) -> None:
+    """Our row, then the baseline's and the ratio (or why there is none)."""
+    ours_s, ours_out = ours
+    print(f"  {label:9s} ours      {count / ours_s:8.2f} {unit}/s  {ours_s * 1000:9.0f} ms  "
+          f"peak {peak_memory_mb(device):.0f} MiB", flush=True)
+    if baseline.name is None:
+        print(f"  {label:9s} baseline  skipped: {baseline.reason}")
+        return
+    base_s, base_out = theirs()
+    print(f"  {label:9s} {baseline.name:9s} {count / base_s:8.2f} {unit}/s  "
+          f"{base_s * 1000:9.0f} ms  peak {peak_memory_mb(device):.0f} MiB (process peak "
+          f"so far on CPU)")
+    print(f"  {label:9s} ours/{baseline.name} speed {base_s / ours_s:.2f}x; largest output "
+          f"difference {float(np.abs(ours_out - base_out).max()):.2e}", flush=True)
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(
+        0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def video_frames(count: int, width: int, height: int) -> list[Image.Image]:
+    """A random picture sliding one pixel a frame (consecutive frames alike, as in film)."""
+    wide = np.asarray(photo(width + count, height))
+    return [Image.fromarray(np.ascontiguousarray(wide[:, index:index + width]))
+            for index in range(count)]
 
 
 def main() -> None:
@@ -121,39 +265,72 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--res", type=int, default=768)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated rows among {', '.join(TASKS)}")
+    parser.add_argument("--frames", type=int, default=100, help="frames of the video rows")
+    parser.add_argument("--video-res", type=int, default=64,
+                        help="the video frame's longer side (4:3), also its processing_res")
     parser.add_argument("--batches", help="comma-separated batch sizes, e.g. 1,2,4,8")
     args = parser.parse_args()
+    tasks = [task for task in args.tasks.split(",") if task]
+    if not set(tasks) <= set(TASKS):
+        parser.error(f"--tasks takes {', '.join(TASKS)}")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
+    video = "video" in tasks and args.frames > 0
     with tempfile.TemporaryDirectory() as folder:
         parts = (sd2_parts if args.arch == "sd2" else tiny_parts)(Path(folder))
-    parts = tuple(part.to(device).eval() if hasattr(part, "to") else part for part in parts)
+        gparts = g_parts(args.arch, Path(folder), parts) if video else None
+    parts = on(device, parts)
     ours = LotusDPipeline(*parts)
-    upstream, reason = upstream_runner(args.upstream, parts, device)
-    photo = Image.fromarray(np.random.default_rng(0).integers(
-        0, 256, (args.res * 3 // 4, args.res, 3), dtype=np.uint8))
     if args.batches:
-        batch_table(ours, photo, [int(size) for size in args.batches.split(",")], args, device)
+        batch_table(ours, photo(args.res, args.res * 3 // 4), [int(size) for size in
+                                                                args.batches.split(",")],
+                    args, device)
         return
-    images = [photo] * args.batch
-    print(f"Lotus-D {args.arch}, {device} ({'autocast fp16' if device == 'cuda' else 'fp32'}), "
-          f"batch {args.batch} of {args.res}x{args.res * 3 // 4} px, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, median of {args.runs}")
-    # the posterior's mean in both, so the outputs can be compared
+    gparts = gparts and on(device, gparts)
+    baseline = Baseline(*upstream_module(args.upstream), parts, gparts, device)
+    print(f"Lotus {args.arch}, {device} ({'autocast fp16' if device == 'cuda' else 'fp32'}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; baseline: "
+          f"{baseline.reason or 'upstream pipeline.py'}")
     with posterior_mean():
-        ours_s, ours_out = timed(lambda: ours(images, processing_res=args.res).mean(axis=-1),
-                               args.runs, device)
-        print(f"  ours      {args.batch / ours_s:7.2f} images/s  {ours_s * 1000:8.0f} ms  "
-              f"peak {peak_memory_mb(device):.0f} MiB")
-        if upstream is None:
-            print(f"  upstream  skipped: {reason}")
-            return
-        up_s, up_out = timed(lambda: upstream(images, args.res), args.runs, device)
-    print(f"  upstream  {args.batch / up_s:7.2f} images/s  {up_s * 1000:8.0f} ms  "
-          f"peak {peak_memory_mb(device):.0f} MiB (process peak so far on CPU)")
-    print(f"  ours/upstream speed {up_s / ours_s:.2f}x; largest output difference "
-          f"{float(np.abs(ours_out - up_out).max()):.2e}")
+        images = [photo(args.res, args.res * 3 // 4)] * args.batch
+        for task in (task for task in tasks if task != "video"):
+            print(f"Lotus-D {task}, batch {args.batch} of {args.res}x{args.res * 3 // 4} px, "
+                  f"median of {args.runs}")
+            compare(task, args.batch, "images", timed(
+                lambda: task_output(task, ours(images, processing_res=args.res)),
+                args.runs, device), baseline,
+                lambda: timed(lambda: baseline.images(images, args.res, task), args.runs,
+                              device), device)
+        if video:
+            time_video(args, parts, gparts, baseline, device)
+
+
+def time_video(args, parts, gparts, baseline: Baseline, device: str) -> None:
+    """The video rows: one timed run each, after a one-frame warm-up."""
+    width, height = args.video_res, args.video_res * 3 // 4
+    frames, res = video_frames(args.frames, width, height), args.video_res
+    print(f"video, {args.frames} frames of {width}x{height} px at processing_res {res}, "
+          f"depth, one run each")
+    ours_d, ours_g = LotusDPipeline(*parts), LotusGPipeline(
+        *gparts, scheduler=DDIMScheduler(**G_SCHEDULER))
+
+    def batched(frames):
+        return [task_output("depth", map_) for start in range(0, len(frames), VIDEO_BATCH_FRAMES)
+                for map_ in ours_d(frames[start:start + VIDEO_BATCH_FRAMES], processing_res=res)]
+
+    def carried(frames):
+        return [task_output("depth", map_) for map_ in ours_g.video(frames, seed=SEED,
+                                                                   processing_res=res)]
+
+    for label, run, theirs in (("Lotus-D", batched, baseline.video_d),
+                               ("Lotus-G", carried, baseline.video_g)):
+        compare(label, args.frames, "frames",
+                timed(lambda: run(frames), 1, device, lambda: run(frames[:1])), baseline,
+                lambda: timed(lambda: theirs(frames, res), 1, device,
+                              lambda: theirs(frames[:1], res)), device)
 
 
 def batch_table(ours: LotusDPipeline, photo: Image.Image, sizes: list[int], args,

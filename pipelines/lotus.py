@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Hashable, Literal, Sequence
+from typing import TYPE_CHECKING, ClassVar, Hashable, Iterator, Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -103,7 +103,7 @@ class LotusRequest(ImageInput):
         None, description="Instead of an image: a base64 mp4, mov or webm (a file in a "
         "multipart/form-data upload), at most VIDEO_MAX_SECONDS, VIDEO_MAX_FRAMES, "
         "VIDEO_MAX_SIDE and VIDEO_MAX_BYTES; the result is a zip of the colourised mp4 and "
-        "an .npz of the raw frames. Lotus-D models, async endpoints only")
+        "an .npz of the raw frames. Async endpoints only")
     video_url: str | None = Field(None, description="http(s) URL of such a video")
 
     @model_validator(mode="after")
@@ -141,11 +141,6 @@ class LotusRequest(ImageInput):
         return inputs
 
     def _load_video(self, limits: ImageLimits) -> JobInputs:
-        if self.lotus_model.mode != "regression":
-            # Upstream's infer_pipe_video (app.py:70-110, called at 164-170) carries each
-            # frame's predicted latent into the next frame's noise: not served yet.
-            raise InvalidInput(f"video is served by the Lotus-D models only; {self.model} is "
-                               "Lotus-G, whose frame-to-frame latent is not implemented here")
         if getattr(self, "output", None) in ("glb", "ply"):
             raise InvalidInput(f"output {self.output} is a photo's relief; a video's result is "
                                "a zip of the coloured maps as mp4 and the raw frames as npz")
@@ -382,27 +377,15 @@ class LotusDepth:
 
     def run_video(self, options: LotusRequest, video: Video, output_stem: Path,
                   progress: Progress) -> Result:
-        """A video's frames through `_predict`, VIDEO_BATCH_FRAMES at a time, each frame
-        as a job of its own with the request's seed (so each equals the image request of
-        that frame, as upstream's demo runs Lotus-D on each frame with a fresh generator of
-        the seed, app.py:28-32,166); progress per frame, cancellable between batches (the
-        progress callback raises JobCancelled). Written as `write_video_result` zips it."""
+        """A video's frames through the model (`_video_passes`), progress per frame and
+        cancellable between forward passes (the progress callback raises JobCancelled).
+        Written as `write_video_result` zips it."""
         predictions: list[np.ndarray] = []
-        batch: list[Image.Image] = []
-
-        def flush() -> None:
-            predictions.extend(self._predict([(options, frame) for frame in batch], None))
-            batch.clear()
+        progress("decoding", 0.0)
+        for passed in self._video_passes(options, decode_frames(video)):
+            predictions.extend(passed)
             progress(f"frame {len(predictions)} of {video.frames}",
                      0.9 * min(len(predictions) / video.frames, 1.0))
-
-        progress("decoding", 0.0)
-        for frame in decode_frames(video):
-            batch.append(frame)
-            if len(batch) == VIDEO_BATCH_FRAMES:
-                flush()
-        if batch:
-            flush()
         if not predictions:
             raise InvalidInput("video has no frames")
         if not all(np.isfinite(prediction).all() for prediction in predictions):
@@ -422,6 +405,47 @@ class LotusDepth:
         return Result(path=path, media_type="application/zip",
                       download_name=f"{model.task}_video.zip", info=info)
 
+    def _video_passes(self, options: LotusRequest,
+                      frames: Iterator[Image.Image]) -> Iterator[list[np.ndarray]]:
+        """Each forward pass's predictions, in frame order. Lotus-D: VIDEO_BATCH_FRAMES
+        frames a pass through `_predict`, each frame as a job of its own with the request's
+        seed (so each equals the image request of that frame, as upstream's demo runs
+        Lotus-D on each frame with a fresh generator of the seed, app.py:28-32,169).
+        Lotus-G: one frame a pass (`LotusGPipeline.video`), each frame's noise carrying the
+        previous frame's latent, so no frame can start before the one before it ends."""
+        if options.lotus_model.mode == "generation":
+            for annotation in self._model(options).video(frames, seed=options.seed,
+                                                         **self._call_options(options)):
+                yield [self._task_output(options, annotation)]
+            return
+        batch: list[Image.Image] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == VIDEO_BATCH_FRAMES:
+                yield self._predict([(options, frame) for frame in batch], None)
+                batch = []
+        if batch:
+            yield self._predict([(options, frame) for frame in batch], None)
+
+    def _model(self, options: LotusRequest) -> "LotusDPipeline":
+        model = self.models.get(options.model)
+        if model is None:
+            raise PipelineError(f"Lotus model {options.model} is not loaded", status=503)
+        return model
+
+    @staticmethod
+    def _call_options(options: LotusRequest) -> dict:
+        """The request's options as the pipeline takes them."""
+        return {"processing_res": options.processing_res,
+                "match_input_res": not options.output_processing_res,
+                "resample_method": options.resample_method, "timestep": options.timestep,
+                "latent": options.latent}
+
+    @staticmethod
+    def _task_output(options: LotusRequest, annotation: np.ndarray) -> np.ndarray:
+        """infer.py:209-213: depth is the mean of the three channels, normals all three."""
+        return annotation.mean(axis=-1) if options.lotus_model.task == "depth" else annotation
+
     def _predict(self, jobs: Sequence[tuple[LotusRequest, Image.Image]],
                  progress: Progress | None) -> list[np.ndarray]:
         """One raw prediction per (options, image), in order; one forward pass per key."""
@@ -431,9 +455,7 @@ class LotusDepth:
         predictions: list[np.ndarray] = [np.empty(0)] * len(jobs)
         for indices in groups.values():
             options = jobs[indices[0]][0]
-            model = self.models.get(options.model)
-            if model is None:
-                raise PipelineError(f"Lotus model {options.model} is not loaded", status=503)
+            model = self._model(options)
             # Upstream seeds the global generator and its own with seed_all(seed) and
             # torch.Generator(device).manual_seed(seed) (infer.py:105-106, 169-172): the
             # posterior is sampled from the first (pipeline.py:1121, 1297), Lotus-G's noise
@@ -441,17 +463,11 @@ class LotusDepth:
             # model's device with the same seed draw the same numbers, one pair per job, so
             # each job equals upstream's run of its image alone.
             seeds = [jobs[i][0].seed for i in indices]
-            batch = model([jobs[i][1] for i in indices],
-                          processing_res=options.processing_res,
-                          match_input_res=not options.output_processing_res,
-                          resample_method=options.resample_method,
-                          timestep=options.timestep, generator=model.generators(seeds),
-                          noise_generator=model.generators(seeds), latent=options.latent,
-                          on_stage=progress)
+            batch = model([jobs[i][1] for i in indices], generator=model.generators(seeds),
+                          noise_generator=model.generators(seeds), on_stage=progress,
+                          **self._call_options(options))
             for index, prediction in zip(indices, batch):
-                # infer.py:209-213: depth is the mean of the three channels, normals all three
-                predictions[index] = (prediction.mean(axis=-1)
-                                      if options.lotus_model.task == "depth" else prediction)
+                predictions[index] = self._task_output(options, prediction)
         return predictions
 
     @classmethod

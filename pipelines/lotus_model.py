@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 
 import diffusers
 import numpy as np
@@ -88,20 +88,29 @@ class LotusDPipeline:
         CPU autocast is bfloat16, a choice for speed our CPU tests do not need)."""
         return torch.autocast("cuda") if self.device.type == "cuda" else nullcontext()
 
+    def __call__(self, images: Sequence[Image.Image], **options) -> np.ndarray:
+        """`annotate`'s maps alone."""
+        return self.annotate(images, **options)[0]
+
     @torch.inference_mode()
-    def __call__(self, images: Sequence[Image.Image], *, processing_res: int = 768,
+    def annotate(self, images: Sequence[Image.Image], *, processing_res: int = 768,
                  match_input_res: bool = True, resample_method: ResampleMethod = "bilinear",
                  timestep: int = 999,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  noise_generator: torch.Generator | list[torch.Generator] | None = None,
+                 noise: torch.Tensor | None = None,
                  latent: Literal["sample", "mode"] = "sample",
-                 on_stage: Callable[[str, float], None] | None = None) -> np.ndarray:
+                 on_stage: Callable[[str, float], None] | None = None
+                 ) -> tuple[np.ndarray, torch.Tensor]:
         """Images of one size -> float32 array (batch, height, width, 3) in [0, 1], as
-        upstream's pipeline returns it (output_type="np"). `generator` may be a list, one per
+        upstream's pipeline returns it (output_type="np"), and the predicted latent the VAE
+        decoded (what upstream's LotusGPipeline returns third with return_dict=False,
+        pipeline.py:1327,1357-1358). `generator` may be a list, one per
         image: each image's posterior sample then comes from its own (diffusers'
         randn_tensor draws one batch item per generator, utils/torch_utils.py:69-79, called
         by DiagonalGaussianDistribution.sample, models/autoencoders/vae.py:793-802, diffusers
-        0.32.2). `noise_generator`, the same, draws Lotus-G's noise latent."""
+        0.32.2). `noise_generator`, the same, draws Lotus-G's noise latent; `noise`, if given,
+        is that latent instead (upstream's `latents` argument, pipeline.py:1178,646-652)."""
         stage = on_stage or (lambda name, fraction: None)
         pixels = _to_tensor(images)
         height, width = pixels.shape[-2:]
@@ -118,7 +127,8 @@ class LotusDPipeline:
 
             stage("predicting", 0.4)
             prediction = self.predict_latent(
-                rgb_latent, torch.tensor(timestep, device=self.device).long(), noise_generator)
+                rgb_latent, torch.tensor(timestep, device=self.device).long(), noise_generator,
+                noise)
 
             stage("decoding", 0.7)
             decoded = self.vae.decode(prediction / self.vae.config.scaling_factor,
@@ -128,11 +138,12 @@ class LotusDPipeline:
         annotation = annotation[..., :max(proc_h, 1), :max(proc_w, 1)]
         if match_input_res:  # pipeline.py:1150-1153: always nearest, exact
             annotation = F.interpolate(annotation, size=(height, width), mode="nearest-exact")
-        return annotation.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        return annotation.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32), prediction
 
     def predict_latent(self, rgb_latent: torch.Tensor, timestep: torch.Tensor,
-                       noise_generator) -> torch.Tensor:
-        """pipeline.py:1111-1122: one UNet call on the photo's latent."""
+                       noise_generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """pipeline.py:1111-1122: one UNet call on the photo's latent (Lotus-D draws no
+        noise: `noise_generator` and `noise` are Lotus-G's)."""
         batch = rgb_latent.shape[0]
         return self.unet(rgb_latent, timestep,
                          encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1),
@@ -141,7 +152,8 @@ class LotusDPipeline:
 
 class LotusGPipeline(LotusDPipeline):
     """Lotus-G: as Lotus-D, with a seeded noise latent beside the photo's (upstream's
-    LotusGPipeline.__call__, pipeline.py:1166-1360, with infer.py's single timestep)."""
+    LotusGPipeline.__call__, pipeline.py:1166-1360, with infer.py's single timestep); `video`
+    is upstream's video demo loop around it (app.py:152-170)."""
 
     mode: ClassVar[str] = "generation"
 
@@ -153,16 +165,47 @@ class LotusGPipeline(LotusDPipeline):
             path, subfolder="scheduler")
 
     def predict_latent(self, rgb_latent: torch.Tensor, timestep: torch.Tensor,
-                       noise_generator) -> torch.Tensor:
-        """prepare_latents (pipeline.py:633-653: randn_tensor from the generator in the text
-        encoder's dtype, times init_noise_sigma), then the loop (pipeline.py:1308-1327) for
-        the one timestep infer.py passes: scale, concatenate after the photo's latent, and
-        the UNet's x0 prediction is the result (no scheduler step for a single timestep)."""
-        noise = randn_tensor(tuple(rgb_latent.shape), generator=noise_generator,
-                             device=self.device, dtype=self.prompt_embeds.dtype)
-        noise = noise * self.scheduler.init_noise_sigma
+                       noise_generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """prepare_latents (pipeline.py:633-653: the given noise, or one drawn, times
+        init_noise_sigma), then the loop (pipeline.py:1308-1327) for the one timestep
+        infer.py passes: scale, concatenate after the photo's latent, and the UNet's x0
+        prediction is the result (no scheduler step for a single timestep)."""
+        if noise is None:
+            noise = self.draw_noise(tuple(rgb_latent.shape), noise_generator)
+        noise = noise.to(self.device) * self.scheduler.init_noise_sigma
         noise = self.scheduler.scale_model_input(noise, timestep)
-        return super().predict_latent(torch.cat([rgb_latent, noise], dim=1), timestep, None)
+        return super().predict_latent(torch.cat([rgb_latent, noise], dim=1), timestep)
+
+    def draw_noise(self, shape: tuple[int, ...], generator) -> torch.Tensor:
+        """prepare_latents' draw (pipeline.py:646-647): randn_tensor from the generator(s)
+        in the text encoder's dtype."""
+        return randn_tensor(shape, generator=generator, device=self.device,
+                            dtype=self.prompt_embeds.dtype)
+
+    def video(self, frames: Iterable[Image.Image], *, seed: int,
+              **options) -> Iterator[np.ndarray]:
+        """Each frame's annotation (height, width, 3), in order, with the latent carried
+        from frame to frame as upstream's video demo does (app.py:152-170): one common noise
+        latent from the seed's generator, and for each frame after the first
+        `0.9 * common + 0.1 * the previous frame's latent` as its initial noise
+        (app.py:165-168). That latent is `output[2]` of upstream's pipeline call
+        (app.py:95-98): LotusGPipeline's final denoised latent, the UNet's x0 prediction the
+        VAE decodes (pipeline.py:1327,1334,1357-1358). Every frame is seeded as an image
+        request is (a fresh generator of `seed` for its posterior sample), and the common
+        noise is the one that image request draws: the shape of the processed frame's
+        latent (upstream draws it at the frame's own size, app.py:158-160, which its
+        pipeline can only concatenate when the frame is already at the processing size,
+        pipeline.py:1258-1266,1310). Frames cannot share a forward pass: each one's noise
+        needs the frame before it finished."""
+        common = carried = None
+        for frame in frames:
+            noise = None if carried is None else 0.9 * common + 0.1 * carried
+            annotation, carried = self.annotate([frame], generator=self.generators([seed]),
+                                                noise_generator=self.generators([seed]),
+                                                noise=noise, **options)
+            if common is None:  # frame 1's own noise: the same generator, seed and shape
+                common = self.draw_noise(tuple(carried.shape), self.generators([seed]))
+            yield annotation[0]
 
 
 PIPELINES = {cls.mode: cls for cls in (LotusDPipeline, LotusGPipeline)}

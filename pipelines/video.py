@@ -112,7 +112,9 @@ def _open(data: bytes):
 
 def decode_frames(video: Video) -> Iterator[Image.Image]:
     """The frames as RGB images, in order; more than the limit is refused (a container
-    whose metadata undercounted)."""
+    whose metadata undercounted). RGB deliberately: upstream's demo reads frames with OpenCV
+    (BGR) and never converts them (EnVision-Research/Lotus app.py:139-149,76); a frame here
+    is what its infer.py feeds the model for a photo (infer.py:183)."""
     import av
 
     try:

@@ -2,13 +2,15 @@
 
 `upstream_lotus_d` follows `LotusDPipeline.__call__` (pipeline.py:1016-1164),
 `upstream_lotus_g` `LotusGPipeline.__call__` (pipeline.py:1166-1360), both with infer.py's
-seeding and per-task step (infer.py:105-106, 169-172, 183-214), line by line, with the same
+seeding and per-task step (infer.py:105-106, 169-172, 183-214), and `upstream_lotus_g_video`
+app.py's video loop around it (app.py:152-170), line by line, with the same
 diffusers and transformers parts, and none of our pipeline's code. The one substitution:
 torchvision's tensor `resize`, which upstream calls (utils/image_utils.py:96, 119), is `F.interpolate(..., align_corners=False,
 antialias=antialias)` for bilinear and bicubic and `mode="nearest-exact"` for NEAREST_EXACT
 (torchvision/transforms/_functional_tensor.py, `resize`), skipped when the size is already
 right (torchvision/transforms/functional.py:470); PyPI's torchvision needs a CUDA
-build of torch, so it is written out here. bench/depth.py runs upstream's own file.
+build of torch, so it is written out here. bench/depth.py runs upstream's own file where
+it imports, and these functions as its baseline where it does not.
 """
 
 import numpy as np
@@ -94,12 +96,45 @@ def upstream_lotus_d(unet, vae, text_encoder, tokenizer, image, processing_res=7
     return _output(decoded, input_size, match_input_res, task)
 
 
-@torch.no_grad()
-def upstream_lotus_g(unet, vae, text_encoder, tokenizer, scheduler, image, processing_res=768,
-                     match_input_res=True, resample_method="bilinear", timestep=999,
-                     latent="sample", seed=0, task="depth") -> np.ndarray:
+def upstream_lotus_g(*parts, **options) -> np.ndarray:
     """Lotus-G's depth (height, width) or normals (height, width, 3) for one PIL image, on
     the CPU in fp32, seeded as infer.py --seed seeds it."""
+    return _lotus_g(*parts, **options)[0]
+
+
+def upstream_lotus_g_video(unet, vae, text_encoder, tokenizer, scheduler, frames,
+                           processing_res=768, seed=0, **options) -> list[np.ndarray]:
+    """Each frame's map as upstream's lotus_video runs Lotus-G (app.py:152-170), with two
+    choices where the demo cannot be run as written: the common latent has the processed
+    frame's shape (app.py:158-160 uses the frame's own size, which pipeline.py:1310 can
+    only concatenate when no resize happened), and each frame's posterior sample is seeded
+    as infer.py seeds an image (the demo leaves it to the unseeded global generator,
+    pipeline.py:1297). The carried latent is `output[2]` (app.py:98): LotusGPipeline's
+    third return, the final `latents` (pipeline.py:1327,1357-1358)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # app.py:153-156
+    _, rgb_in = _rgb_in(frames[0], processing_res, options.get("resample_method", "bilinear"))
+    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_common = torch.randn(  # app.py:158-160
+        (1, 4, rgb_in.shape[2] // vae_scale_factor, rgb_in.shape[3] // vae_scale_factor),
+        generator=generator, dtype=unet.dtype, device="cpu")
+    last_frame_latent, outputs = None, []
+    for frame in frames:  # app.py:164-171
+        latents = latent_common
+        if last_frame_latent is not None:
+            latents = 0.9 * latents + 0.1 * last_frame_latent
+        output, last_frame_latent = _lotus_g(unet, vae, text_encoder, tokenizer, scheduler,
+                                             frame, processing_res=processing_res, seed=seed,
+                                             latents=latents, **options)
+        outputs.append(output)
+    return outputs
+
+
+@torch.no_grad()
+def _lotus_g(unet, vae, text_encoder, tokenizer, scheduler, image, processing_res=768,
+             match_input_res=True, resample_method="bilinear", timestep=999,
+             latent="sample", seed=0, task="depth", latents=None):
+    """LotusGPipeline.__call__ on one image, given `latents` or drawing them: the map and
+    the final latent (return_dict=False's third item, pipeline.py:1357-1358)."""
     torch.manual_seed(seed)  # infer.py:105-106 seed_all(seed): the global generator
     generator = torch.Generator(device="cpu").manual_seed(seed)  # infer.py:169-172
     input_size, rgb_in = _rgb_in(image, processing_res, resample_method)
@@ -114,8 +149,9 @@ def upstream_lotus_g(unet, vae, text_encoder, tokenizer, scheduler, image, proce
     vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     shape = (batch_size, unet.config.in_channels // 2, int(height) // vae_scale_factor,
              int(width) // vae_scale_factor)
-    latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"),
-                           dtype=prompt_embeds.dtype)
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"),
+                               dtype=prompt_embeds.dtype)
     latents = latents * scheduler.init_noise_sigma
 
     posterior = vae.encode(rgb_in).latent_dist  # pipeline.py:1297: .sample(), global RNG
@@ -135,4 +171,4 @@ def upstream_lotus_g(unet, vae, text_encoder, tokenizer, scheduler, image, proce
 
     decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False,  # :1334
                          generator=generator)[0]
-    return _output(decoded, input_size, match_input_res, task)
+    return _output(decoded, input_size, match_input_res, task), latents

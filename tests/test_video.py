@@ -1,5 +1,6 @@
-"""Video through /depth: a zip of the colourised mp4 and the raw frames, each frame the depth
-its own image request gives; limits refused from the container's metadata; cancellable."""
+"""Video through /depth and /normal: a zip of the colourised mp4 and the raw frames, each
+Lotus-D frame the map its own image request gives, Lotus-G's frames with upstream's latent
+carried from frame to frame; limits refused from the container's metadata; cancellable."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import io
 import threading
 import zipfile
 from fractions import Fraction
+from unittest import mock
 
 import av
 import numpy as np
 import pytest
 
 from conftest import image_b64, wait_until
-from pipelines.lotus import LotusDepth
+from lotus_reference import upstream_lotus_g_video
+from pipelines.base import JobCancelled
+from pipelines.checkpoints import LOTUS_MODELS
+from pipelines.lotus import DepthRequest, LotusDepth
+from pipelines.video import VideoLimits, probe_video
 from test_app import poll
+from test_lotus_models import parts, photo
 
 FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 24
 
@@ -167,14 +174,75 @@ def test_cancelling_mid_video_stops_it_between_batches(make_client, checkpoints,
     assert pipeline.calls == 2  # 12 frames in batches of 4: the third never ran
 
 
-def test_a_lotus_g_video_is_a_400_naming_why(make_client, tmp_path):
+@pytest.fixture(scope="module")
+def lotus_g(tmp_path_factory):
+    """The two tiny Lotus-G checkpoints, loaded."""
     from make_tiny_checkpoints import make_lotus
 
-    make_lotus(tmp_path / "g", name="depth-g-v2-1-disparity")
-    client = make_client({"lotus": LotusDepth(tmp_path / "g")})
-    response = submit_video(client, make_video(frames=2), model="depth-g-v2-1-disparity")
-    assert response.status_code == 400
-    assert "Lotus-G, whose frame-to-frame latent" in response.get_json()["error"]
+    folder = tmp_path_factory.mktemp("lotus-g")
+    for seed, name in enumerate(("depth-g-v2-1-disparity", "normal-g-v1-1")):
+        make_lotus(folder, seed + 2, name)
+    lotus = LotusDepth(folder)
+    lotus.load()
+    return lotus
+
+
+@pytest.mark.parametrize("name", ["depth-g-v2-1-disparity", "normal-g-v1-1"])
+def test_a_lotus_g_video_equals_upstreams_loop_with_the_latent_carried(make_client, lotus_g,
+                                                                       name):
+    """Each frame's map, bit for bit, as upstream's lotus_video computes it frame after
+    frame (tests/lotus_reference.py), on the frames PyAV decodes, with the request's seed."""
+    task = LOTUS_MODELS[name].task
+    client = make_client({"lotus": LotusDepth(lotus_g.checkpoints_dir)})
+    data = make_video(frames=5)
+    accepted = client.post(f"/{task}", json={"video": base64.b64encode(data).decode(),
+                                             "processing_res": 64, "model": name, "seed": 7})
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed" and status["frames"] == 5, status
+    with zipfile.ZipFile(io.BytesIO(client.get(status["download_url"]).data)) as archive:
+        raw = np.load(io.BytesIO(archive.read(f"{task}.npz")))["frames"]
+        assert len(decoded_frames(archive.read(f"{task}.mp4"))) == 5
+    expected = upstream_lotus_g_video(*parts(lotus_g.checkpoints_dir, name),
+                                      decoded_frames(data), processing_res=64, seed=7, task=task)
+    np.testing.assert_array_equal(raw, np.stack(expected))
+
+
+def test_a_lotus_g_frame_depends_on_the_frame_before_it(lotus_g):
+    """The carry cannot silently be dropped: another first frame changes the second frame's
+    map, and the second frame differs from that frame run alone; the first frame is the
+    image request of that frame (the same seed rule)."""
+    first, other_first, second = photo(64, 48, 0), photo(64, 48, 1), photo(64, 48, 2)
+    model = lotus_g.models["depth-g-v2-1-disparity"]
+    video = list(model.video([first, second], seed=3, processing_res=64))
+    other = list(model.video([other_first, second], seed=3, processing_res=64))
+    assert not np.allclose(video[1], other[1], atol=1e-4)
+    alone = model([second], processing_res=64, generator=model.generators([3]),
+                  noise_generator=model.generators([3]))[0]
+    assert not np.allclose(video[1], alone, atol=1e-4)
+    request = DepthRequest(image="x", model="depth-g-v2-1-disparity", processing_res=64, seed=3)
+    np.testing.assert_array_equal(video[0].mean(axis=-1), lotus_g.predict(request, first))
+
+
+def test_a_lotus_g_video_reports_each_frame_and_stops_between_frames(lotus_g, tmp_path):
+    """Cancelled at frame 2 of 5 (the progress callback raises, as the queue's does): no
+    third frame goes through the model."""
+    video = probe_video(make_video(frames=5), VideoLimits())
+    request = DepthRequest(image="x", model="depth-g-v2-1-disparity", processing_res=64)
+    model = lotus_g.models[request.model]
+    stages = []
+
+    def progress(stage, fraction):
+        stages.append(stage)
+        if stage == "frame 2 of 5":
+            raise JobCancelled()
+
+    with mock.patch.object(model, "annotate", wraps=model.annotate) as annotate:
+        with pytest.raises(JobCancelled):
+            lotus_g.run_video(request, video, tmp_path / "out", progress)
+        calls = annotate.call_count
+    assert stages == ["decoding", "frame 1 of 5", "frame 2 of 5"] and calls == 2
+    assert not list(tmp_path.iterdir())
 
 
 def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, tmp_path):
