@@ -18,7 +18,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import Literal, get_args, get_origin
 
 from flask import Flask, Response, current_app, jsonify, request, send_file
 from pydantic import BaseModel, ValidationError
@@ -222,6 +222,15 @@ def _is_list(annotation) -> bool:
     return get_origin(annotation) is list or any(map(_is_list, get_args(annotation)))
 
 
+def _literal_numbers(annotation) -> dict[str, object]:
+    """A form's text for each number a field's Literal allows (`texture_size=1024`): pydantic
+    does not turn "1024" into Literal[512, 1024, 2048]'s 1024, even in lax mode."""
+    if get_origin(annotation) is Literal:
+        return {str(value): value for value in get_args(annotation) if not isinstance(value, str)}
+    return {text: value for arg in get_args(annotation)
+            for text, value in _literal_numbers(arg).items()}
+
+
 def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
     """A multipart/form-data upload (`curl -F image=@photo.jpg -F output_format=ply`) as the
     JSON body it stands for: each file as its bytes (werkzeug spools big ones to disk, within
@@ -234,13 +243,16 @@ def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
                                                  request.files.getlist(name))]
         if name not in lists and len(values) > 1:
             raise ApiError(400, f"{name}: send one value, not {len(values)}")
+        if name in model.model_fields:
+            numbers = _literal_numbers(model.model_fields[name].annotation)
+            values = [numbers.get(v, v) if isinstance(v, str) else v for v in values]
         body[name] = values if name in lists else values[0]
     try:
         payload = model.model_validate(body, strict=False)
     except ValidationError as exc:
         raise ApiError(400, validation_message(exc)) from None
     identity = json.dumps(sorted(
-        (name, [hashlib.sha256(value if isinstance(value, bytes) else value.encode()).hexdigest()
+        (name, [hashlib.sha256(value if isinstance(value, bytes) else str(value).encode()).hexdigest()
                 for value in (values if isinstance(values, list) else [values])])
         for name, values in body.items()))
     return payload, identity.encode()

@@ -390,6 +390,16 @@ def test_a_form_upload_runs_the_same_job_as_json(make_client, checkpoints):
     assert form.get_json()["image_base64"] == sent.get_json()["image_base64"]
 
 
+def test_a_form_sends_numbers_a_field_allows_as_text(client):
+    """`curl -F texture_size=2048` is text; the field allows the numbers 512, 1024, 2048."""
+    form = upload(client, "/generate/sync", image=image_bytes(), output_format="glb",
+                  with_texture="true", texture_size="2048")
+    assert form.status_code == 200, form.get_json()
+    refused = upload(client, "/generate", image=image_bytes(), texture_size="777")
+    assert refused.status_code == 400
+    assert "texture_size: Input should be 512, 1024 or 2048" in refused.get_json()["error"]
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"image": b""}, "image is empty"),
     ({"image": b"not an image"}, "not a supported image"),
