@@ -68,6 +68,7 @@ VENDOR_FILES = {
     "gaussian-splats-3d.module.js": "@mkkellogg/gaussian-splats-3d/build/gaussian-splats-3d.module.js",
     **{name: f"three/examples/jsm/{folder}/{name}" for folder, name in (
         ("loaders", "OBJLoader.js"), ("loaders", "MTLLoader.js"), ("loaders", "STLLoader.js"),
+        ("loaders", "PLYLoader.js"),
         ("controls", "OrbitControls.js"), ("libs", "fflate.module.js"))},
 }
 

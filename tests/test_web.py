@@ -177,6 +177,33 @@ def test_a_depth_relief_is_turned_in_model_viewer(page):
     assert_no_console_errors(page)
 
 
+DRAWN_COLOURS = """
+    const canvas = document.querySelector('#mesh-view canvas');
+    if (!canvas) return 0;
+    const copy = Object.assign(document.createElement('canvas'),
+                               {width: canvas.width, height: canvas.height});
+    const context = copy.getContext('2d');
+    context.drawImage(canvas, 0, 0);
+    const data = context.getImageData(0, 0, copy.width, copy.height).data;
+    const seen = new Set();
+    for (let i = 0; i < data.length; i += 4 * 97) seen.add(data.slice(i, i + 3).join());
+    return seen.size;"""
+
+
+@pytest.mark.parametrize("task, choices, view", [
+    ("generate", {"output_format": "stl"}, "stl"),
+    ("generate", {"output_format": "obj", "with_texture": False}, "obj"),
+    ("depth", {"output": "ply"}, "cloud"),
+])
+def test_meshes_and_point_clouds_are_drawn_with_three_js(page, task, choices, view):
+    """STL, OBJ and a depth map's PLY point cloud (not splats) are drawn, not only loaded."""
+    assert run_job(page, task, **choices) == view
+    # more than the background's one colour and its edge: the object's own pixels
+    wait_until(lambda: page.execute_script(DRAWN_COLOURS) > 4, timeout=20)
+    page.save_screenshot(str(ARTIFACTS / f"three-{view}.png"))
+    assert_no_console_errors(page)
+
+
 def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     from selenium.webdriver.common.by import By
 

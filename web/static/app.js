@@ -615,9 +615,9 @@ async function showResult(status, response) {
   $("facts").textContent = [...facts, `${status.processing_time} s on ${status.worker || "the server"}`].join(" · ");
   const suffix = name.split(".").pop();
   // a normal map's status says its convention (frame, range); a depth job's PLY is a plain
-  // coloured point cloud, which the splat viewer cannot read
+  // coloured point cloud, which the splat viewer cannot read: three.js draws its points
   const view = "frame" in status ? "normal"
-    : suffix === "ply" && status.geometry ? "none" : VIEW_OF_SUFFIX[suffix] || "none";
+    : suffix === "ply" && status.geometry ? "cloud" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
     if (view === "normal") {
       $("normal-convention").replaceChildren(...[["Frame", status.frame], ["Values", status.range]]
@@ -647,7 +647,7 @@ async function showResult(status, response) {
       await showGlb($("model"), resultUrl);
     } else if (view === "ply") {
       await showSplat($("splat"), resultUrl);
-    } else if (view === "obj" || view === "stl") {
+    } else if (view === "obj" || view === "stl" || view === "cloud") {
       await showMesh($("mesh-view"), view, blob);
     } else if (view === "usdz") {
       $("usdz-help").hidden = false;

@@ -1,5 +1,6 @@
 // The result's preview, one viewer per kind of file: model-viewer for GLB, the splat viewer
-// for PLY, three.js for OBJ (a zip: model.obj, model.mtl, its textures) and STL. Each
+// for a 3D job's PLY, three.js for OBJ (a zip: model.obj, model.mtl, its textures), STL and
+// a depth map's point cloud (a PLY of coloured points, not splats). Each
 // show*() resolves once the file is on screen (or throws: the page says it could not show it).
 
 import * as THREE from "three";
@@ -49,6 +50,16 @@ async function stlObject(blob) {
     { color: 0x8d9db6, roughness: 0.55, metalness: 0.05, side: THREE.DoubleSide })), urls: [] };
 }
 
+async function cloudObject(blob) {
+  const { PLYLoader } = await import("/vendor/PLYLoader.js");
+  const geometry = new PLYLoader().parse(await blob.arrayBuffer());
+  geometry.computeBoundingSphere();
+  // a point a few hundredths of the cloud across: the relief grid is at most 512 points wide
+  const size = (geometry.boundingSphere?.radius || 1) / 200;
+  return { object: new THREE.Points(geometry, new THREE.PointsMaterial(
+    { size, vertexColors: Boolean(geometry.attributes.color) })), urls: [] };
+}
+
 async function objObject(blob) {
   const [{ OBJLoader }, { MTLLoader }, { unzipSync, strFromU8 }] = await Promise.all([
     import("/vendor/OBJLoader.js"), import("/vendor/MTLLoader.js"),
@@ -87,11 +98,14 @@ function disposeMesh() {
   meshView = null;
 }
 
-// OBJ or STL in a three.js scene: framed, lit, turning, with orbit controls (mouse, touch,
-// and the arrow keys once the canvas has the focus).
+const OBJECT_OF = { stl: stlObject, obj: objObject, cloud: cloudObject };
+const NAME_OF = { stl: "STL mesh", obj: "OBJ mesh", cloud: "point cloud" };
+
+// OBJ, STL or a point cloud in a three.js scene: framed, lit, turning, with orbit controls
+// (mouse, touch, and the arrow keys once the canvas has the focus).
 export async function showMesh(root, kind, blob) {
   const [{ OrbitControls }, { object, urls }] = await Promise.all([
-    import("/vendor/OrbitControls.js"), kind === "stl" ? stlObject(blob) : objObject(blob)]);
+    import("/vendor/OrbitControls.js"), OBJECT_OF[kind](blob)]);
   disposeMesh();
   root.hidden = false;
   root.replaceChildren();
@@ -111,7 +125,7 @@ export async function showMesh(root, kind, blob) {
   const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
   renderer.setPixelRatio(window.devicePixelRatio);
   renderer.domElement.tabIndex = 0;
-  renderer.domElement.setAttribute("aria-label", `The ${kind.toUpperCase()} mesh: drag or use the arrow keys to turn it`);
+  renderer.domElement.setAttribute("aria-label", `The ${NAME_OF[kind]}: drag or use the arrow keys to turn it`);
   root.appendChild(renderer.domElement);
   const controls = new OrbitControls(camera, renderer.domElement);
   controls.autoRotate = true;
