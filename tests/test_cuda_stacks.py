@@ -114,6 +114,42 @@ def test_the_server_lock_is_what_ci_installs_and_leaves_sam3d_versions_alone():
     assert {"runpod", "gunicorn", "trimesh", "flask", "pydantic", "urllib3", "numpy"} <= held
 
 
+# pip 24's answer when the whole image did not resolve (abridged from a lock_image.py run):
+# every requirement on cryptography is listed, only pyOpenSSL's excludes the pinned 44.0.3.
+PIP_CONFLICT = """\
+Processing /pypi/pyopenssl-26.4.0-py3-none-any.whl (from oci<3,>=2.88->mosaicml-streaming==0.7.5)
+INFO: pip is looking at multiple versions of pyopenssl to determine which version is compatible
+Collecting pyOpenSSL<27.0.0,>=26.2.0 (from oci<3,>=2.88->mosaicml-streaming==0.7.5->-r in.txt)
+ERROR: Cannot install -r in.txt (line 140), mosaicml-streaming and oci because these package \
+versions have conflicting dependencies.
+
+The conflict is caused by:
+    runpod 1.7.7 depends on cryptography<45.0.0
+    oci 2.189.0 depends on cryptography<51.0.0 and >=3.2.1; python_version >= "3.8"
+    paramiko 3.5.1 depends on cryptography>=3.3
+    pyopenssl 26.3.0 depends on cryptography<50 and >=49.0.0
+    The user requested (constraint) cryptography==44.0.3
+
+To fix this you could try to:
+"""
+
+
+def test_the_lock_script_blames_the_requirement_that_excludes_the_pinned_version():
+    """runpod 1.7.7 allows cryptography 44.0.3, so it is not to blame (the script must never
+    move it); pyOpenSSL 26.3 is, and oci, whose range left pip no older pyOpenSSL."""
+    from scripts.lock_image import blamed_in
+
+    blamed = blamed_in(PIP_CONFLICT)
+    assert set(blamed) == {"pyopenssl", "oci"}
+    assert blamed["pyopenssl"] == ("wants cryptography<50,>=49.0.0, 44.0.3 pinned", "cryptography")
+    assert blamed["oci"][0].startswith("wants pyOpenSSL<27.0.0,>=26.2.0") and \
+        blamed["oci"][1] == "cryptography"
+    # where no constraint is named, every package the explanation names is suspect
+    unpinned = PIP_CONFLICT.replace("    The user requested (constraint) cryptography==44.0.3\n", "")
+    assert set(blamed_in(unpinned)) == {"runpod", "oci", "paramiko", "pyopenssl"}
+    assert blamed_in(unpinned)["runpod"] is None
+
+
 def lock_lines(path: Path) -> dict[str, str]:
     return dict(line.lower().split("==") for line in path.read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
