@@ -5,7 +5,8 @@
                       resolved once, together, by pip against PyPI for Python 3.11.
   server.lock         our layer: the versions CI installs (requirements-serverless.txt,
                       the Makefile's constraints) for every package our layer brings that
-                      SAM 3D Objects' layer does not already hold.
+                      SAM 3D Objects' layer does not already hold, and OURS; pip's choice
+                      where the whole image did not resolve with them (lock_server).
 
 What PyPI cannot resolve is resolved as what it declares (RESOLVED_AS, each from its own
 setup file) and left out of the lock: the git requirements (the image pins their commits),
@@ -46,10 +47,11 @@ RESOLVED_AS = {
     "flash-attn": ["torch", "einops"],  # setup.py install_requires
     "nvidia-pyindex": [],
 }
-# CI tests onnxruntime 1.32 (CPU); PyPI's onnxruntime-gpu 1.31.1 links CUDA 13
-# (libcudart.so.13), which neither image has. 1.23.2's CUDA provider links libcudart.so.12,
-# libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and libcudnn.so.9 (readelf -d): the
-# CUDA 12 and cuDNN 9 libraries both images' torch wheels bring.
+# CI tests this release's CPU build (pyproject.toml's test extra); PyPI's onnxruntime-gpu
+# 1.31.1 links CUDA 13 (libcudart.so.13), which neither image has. 1.23.2's CUDA provider
+# links libcudart.so.12, libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and
+# libcudnn.so.9 (readelf -d): the CUDA 12 and cuDNN 9 libraries both images' torch wheels
+# bring.
 ONNXRUNTIME_GPU = "1.23.2"
 # Where our layer's version (CI's) wins over SAM 3D Objects' resolution: the Lotus-D stack
 # (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs;
@@ -263,7 +265,7 @@ def lock_server(git_dir: str, ci_python: str) -> None:
     def differing(names: set[str]) -> str:
         return "".join(f"#   {name} {'/'.join(sorted(held[name_of(name)]))}, CI {version}\n"
                        for name, version in sorted(ci.items()) if name_of(name) in names
-                       and version not in held[name_of(name)] and name not in moved)
+                       and version not in held[name_of(name)])
 
     write_lock(ROOT / "docker" / "server.lock",
                "# Our layer of the image: the versions CI installs (the Makefile's environment,\n"
