@@ -99,8 +99,10 @@ RUN if [ -f "/opt/docker/${CUDA_STACK}-pins.txt" ]; then \
 # v0.4.0 compiles its CUDA extension at install, for TORCH_CUDA_ARCH_LIST; v0.3.x compiled
 # on first use, for the GPU present, minutes into the first GLB request of every container.
 # Then everything this layer holds is recorded (/etc/sam3d-layer.txt) and every later
-# install is constrained to it, except what docker/server.lock pins (the Lotus-D stack,
-# transformers 4.49 where this layer resolved 4.39): our layer moves nothing else.
+# install is constrained to it, except what docker/server.lock pins: OURS in
+# scripts/lock_image.py (the Lotus-D stack, transformers 4.49 where this layer resolved 4.39;
+# cryptography 44 for runpod) and what its whole-image resolution moved to pip's choice
+# (server.lock's header): our layer moves nothing else.
 ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
 RUN pip install -c /opt/docker/server.lock ninja \
     && pip install --no-build-isolation -c "/opt/docker/sam3d-${CUDA_STACK}.lock" \
@@ -118,13 +120,18 @@ RUN python /tmp/check_cuda_extensions.py
 # as a serverless worker, `python handler.py`) and rembg with its gpu extra (onnxruntime-gpu,
 # whose CUDA provider uses the CUDA 12 and cuDNN 9 libraries torch's wheels bring), at the
 # versions CI tests (docker/server.lock) where SAM 3D Objects' layer does not hold them.
+# What server.lock pins of what that layer holds is installed too (/tmp/replaced.txt): pip
+# leaves an installed package it is not asked for alone, so pyOpenSSL 26.4 (it wants
+# cryptography>=49) would stay beside runpod's cryptography 44 instead of the lock's 25.1.
 # One OpenCV: rembg's opencv-python-headless and upstream's opencv-python both write cv2/,
 # so headless goes and opencv-python (upstream's pin) is written back whole.
 WORKDIR /app
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serverless'] + [r.replace('rembg', 'rembg[gpu]') for r in p['optional-dependencies']['segment'] if r.startswith('rembg')]))" \
       > /tmp/requirements.txt \
-    && pip install -c /opt/docker/server.lock -r /tmp/requirements.txt \
+    && awk -F'==' 'NR == FNR { held[tolower($1)]; next } tolower($1) in held' \
+      /tmp/sam3d-freeze.txt /opt/docker/server.lock > /tmp/replaced.txt \
+    && pip install -c /opt/docker/server.lock -r /tmp/requirements.txt -r /tmp/replaced.txt \
     && pip uninstall -y opencv-python-headless \
     && grep -i '^opencv-python==' /etc/sam3d-layer.txt > /tmp/opencv.txt \
     && pip install --no-deps --force-reinstall -r /tmp/opencv.txt \

@@ -5,7 +5,8 @@
                       resolved once, together, by pip against PyPI for Python 3.11.
   server.lock         our layer: the versions CI installs (requirements-serverless.txt,
                       the Makefile's constraints) for every package our layer brings that
-                      SAM 3D Objects' layer does not already hold.
+                      SAM 3D Objects' layer does not already hold, and OURS; pip's choice
+                      where the whole image did not resolve with them (lock_server).
 
 What PyPI cannot resolve is resolved as what it declares (RESOLVED_AS, each from its own
 setup file) and left out of the lock: the git requirements (the image pins their commits),
@@ -46,10 +47,11 @@ RESOLVED_AS = {
     "flash-attn": ["torch", "einops"],  # setup.py install_requires
     "nvidia-pyindex": [],
 }
-# CI tests onnxruntime 1.32 (CPU); PyPI's onnxruntime-gpu 1.31.1 links CUDA 13
-# (libcudart.so.13), which neither image has. 1.23.2's CUDA provider links libcudart.so.12,
-# libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and libcudnn.so.9 (readelf -d): the
-# CUDA 12 and cuDNN 9 libraries both images' torch wheels bring.
+# CI tests this release's CPU build (pyproject.toml's test extra); PyPI's onnxruntime-gpu
+# 1.31.1 links CUDA 13 (libcudart.so.13), which neither image has. 1.23.2's CUDA provider
+# links libcudart.so.12, libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and
+# libcudnn.so.9 (readelf -d): the CUDA 12 and cuDNN 9 libraries both images' torch wheels
+# bring.
 ONNXRUNTIME_GPU = "1.23.2"
 # Where our layer's version (CI's) wins over SAM 3D Objects' resolution: the Lotus-D stack
 # (requirements-serverless.txt's direct pins) and tokenizers, which transformers 4.49 needs;
@@ -65,6 +67,9 @@ OURS = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetenso
 # Upstream requirements whose own requirements our layer breaks, each harmless: left out of
 # lock_server()'s resolution, named by the image's `pip check` (DEPLOY.md says why).
 KNOWN_CONFLICTS = {"optimum"}  # 1.18.1 wants transformers<4.40; nothing imports optimum
+# Never moved to pip's choice: runpod 1.7.7 is the SDK the RunPod worker is tested with;
+# onnxruntime-gpu is ONNXRUNTIME_GPU for its CUDA libraries.
+FIXED = {"runpod", "onnxruntime-gpu"}
 TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
 
 
@@ -104,11 +109,40 @@ def sam3d_requirements(git_dir: str, stack: str) -> list[str]:
 
 
 class Conflict(Exception):
-    """pip found no resolution; `names` are the packages its explanation names."""
+    """pip found no resolution. `blamed`: what blamed_in finds in its output."""
 
-    def __init__(self, names: set[str], explanation: str):
+    def __init__(self, blamed: dict[str, tuple[str, str] | None], explanation: str):
         super().__init__(explanation)
-        self.names = names
+        self.blamed = blamed
+
+
+def blamed_in(output: str) -> dict[str, tuple[str, str] | None]:
+    """Who pip's failed resolution blames: name -> (why, the package whose pinned version it
+    excludes), or, where no line shows that, every package its explanation names (-> None).
+    The explanation ("The conflict is caused by") names every requirement on the package in
+    conflict, satisfiable or not (`runpod 1.7.7 depends on cryptography<45.0.0` beside
+    `pyopenssl 26.4.0 depends on cryptography<51 and >=49.0.0`, with `(constraint)
+    cryptography==44.0.3`): only those the pinned version fails are to blame. A blamed
+    package pip chose freely (each version it tried failed) was narrowed by whoever
+    required a range of it (`Collecting pyOpenSSL<27.0.0,>=26.2.0 (from oci<3,>=2.88->...`):
+    those are blamed too."""
+    from packaging.specifiers import SpecifierSet
+
+    cause = output.partition("The conflict is caused by:")[2].partition("To fix")[0]
+    pinned = {name_of(n): v for n, v in re.findall(r"\(constraint\) ([^=<>!\s]+)==(\S+)", cause)}
+    needs = re.findall(r"^\s+(\S+) \S+ depends on ([\w.-]+)(?:\[[^\]]*\])?([^;\n]*)", cause, re.M)
+    blamed = {}
+    for who, needed, spec in needs:
+        spec = spec.strip().replace(" and ", ",")
+        if name_of(needed) in pinned and pinned[name_of(needed)] not in SpecifierSet(spec):
+            blamed[name_of(who)] = (f"wants {needed}{spec}, {pinned[name_of(needed)]} pinned",
+                                    name_of(needed))
+    for name, (why, root) in list(blamed.items()):
+        for wanted, requirer in re.findall(r"^Collecting ([\w.-]+[<>=!~]\S*) \(from ([\w.-]+)",
+                                           output, re.M):
+            if name_of(wanted) == name:
+                blamed.setdefault(name_of(requirer), (f"wants {wanted}, which {why}", root))
+    return blamed or {name_of(n): None for n in {who for who, _, _ in needs} | set(pinned)}
 
 
 def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, str]:
@@ -123,9 +157,7 @@ def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, 
         if done.returncode:
             output = done.stdout + done.stderr
             cause = output.partition("The conflict is caused by:")[2].partition("To fix")[0]
-            names = set(re.findall(r"^\s+(\S+) \S+ depends on", cause, re.M)) | set(
-                re.findall(r"\(constraint\) ([^=<>!\s]+)", cause))
-            raise Conflict({name_of(n) for n in names}, cause or output[-2000:])
+            raise Conflict(blamed_in(output), cause or output[-2000:])
         return {item["metadata"]["name"]: item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
 
@@ -179,10 +211,14 @@ def lock_sam3d(git_dir: str) -> None:
 def lock_server(git_dir: str, ci_python: str) -> None:
     """server.lock, then the whole image resolved as it is built, for each stack: SAM 3D
     Objects' requirements (less KNOWN_CONFLICTS, and less its own pins of OURS, which our
-    layer replaces: upstream's sam3d_objects then names them in `pip check`) and ours, constrained to what that layer
-    holds (its lock, less OURS) and to server.lock. Where CI's version of a package only our
-    layer brings conflicts with that layer (prettytable 3.18 wants wcwidth>=0.3.5, upstream's
-    ftfy 6.2.0 below 0.3), pip's choice replaces it, and the header says so."""
+    layer replaces: upstream's sam3d_objects then names them in `pip check`) and ours,
+    constrained to server.lock and to what that layer holds less what server.lock pins (as
+    the Dockerfile's /etc/sam3d-layer.txt is). Where pip finds none, what it blames
+    (blamed_in) moves to pip's choice, pinned in server.lock and named in its header: CI's
+    version of a package only our layer brings (prettytable 3.18 wants wcwidth>=0.3.5, the
+    layer holds 0.2.14 for upstream's ftfy), or the layer's version of one that needs more
+    than our pins allow (pyOpenSSL 26.4 wants cryptography>=49, ours is 44.0.3). Never OURS
+    or FIXED."""
     held: dict[str, set[str]] = {}
     for stack in STACKS:
         for name, version in read_lock(ROOT / "docker" / f"sam3d-{stack}.lock").items():
@@ -190,13 +226,15 @@ def lock_server(git_dir: str, ci_python: str) -> None:
     ci = ci_versions(ci_python)
     pins = {name: version for name, version in ci.items()
             if name_of(name) not in held or name_of(name) in OURS}
-    replaced: dict[str, str] = {}
+    moved: dict[str, str] = {}  # name -> what it was and why it moved, for the header
     for stack in STACKS:
         requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
         requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS | OURS]
-        layer_pins = {name: version for name, version in read_lock(
-            ROOT / "docker" / f"sam3d-{stack}.lock").items() if name_of(name) not in OURS}
+        layer_lock = read_lock(ROOT / "docker" / f"sam3d-{stack}.lock")
         while True:
+            ours = {name_of(n) for n in pins} | OURS
+            layer_pins = {name: version for name, version in layer_lock.items()
+                          if name_of(name) not in ours and name not in moved}
             with tempfile.TemporaryDirectory() as folder:
                 layer, server = Path(folder, "layer.txt"), Path(folder, "server.txt")
                 layer.write_text("".join(f"{n}=={v}\n" for n, v in layer_pins.items()))
@@ -205,17 +243,23 @@ def lock_server(git_dir: str, ci_python: str) -> None:
                     resolved = resolve(requirements + server_requirements(), [layer, server])
                     break
                 except Conflict as conflict:
-                    movable = {n for n in pins if name_of(n) in conflict.names
-                               and name_of(n) not in OURS | {"onnxruntime-gpu"}
-                               and n not in replaced}
+                    blamed = conflict.blamed
+                    movable = {n for n in [*pins, *layer_pins]
+                               if name_of(n) in blamed and name_of(n) not in OURS | FIXED
+                               and (n in pins or blamed[name_of(n)] is not None
+                                    and blamed[name_of(n)][1] in ours)}
                     if not movable:
                         raise
-                    print(f"{stack}: CI's {sorted(movable)} conflict with SAM 3D Objects' layer")
-                    for name in movable:
-                        replaced[name] = pins.pop(name)
+                    for name in sorted(movable):
+                        why = blamed[name_of(name)]
+                        was = f"CI {pins.pop(name)}" if name in pins else \
+                            f"SAM 3D Objects' {layer_pins[name]}"
+                        moved.setdefault(name, was + (f" {why[0]}" if why else ""))
+                        print(f"{stack}: {name} ({moved[name]}) moves to pip's choice")
         chosen = {name_of(n): v for n, v in resolved.items()}
-        for name in replaced:
-            pins.setdefault(name, chosen[name_of(name)])
+        for name in moved:
+            if name_of(name) in chosen:
+                pins.setdefault(name, chosen[name_of(name)])
         print(f"{stack}: the image resolves ({len(resolved)} packages)")
 
     def differing(names: set[str]) -> str:
@@ -231,9 +275,9 @@ def lock_server(git_dir: str, ci_python: str) -> None:
                "# Ours over SAM 3D Objects' (default/blackwell):\n" + differing(OURS & set(held))
                + "# Held at SAM 3D Objects' version (default/blackwell), not CI's:\n"
                + differing(set(held) - OURS)
-               + "# CI's version conflicts with SAM 3D Objects' layer; pip's choice instead:\n"
-               + "".join(f"#   {name} {pins[name]}, CI {version}\n"
-                         for name, version in sorted(replaced.items())),
+               + "# pip's choice where the whole image did not resolve with its version (was; why):\n"
+               + "".join(f"#   {name} {pins[name]} ({why})\n"
+                         for name, why in sorted(moved.items()) if name in pins),
                pins)
 
 

@@ -95,23 +95,92 @@ def test_the_blackwell_pins_are_in_its_lock_and_nothing_pinned_is_left_to_float(
     assert blackwell["torch"] == blackwell["torchaudio"] == "2.8.0"
 
 
+def moved_to_pips_choice() -> set[str]:
+    """What server.lock's header names as pip's choice: where the whole image did not
+    resolve with CI's (or SAM 3D Objects' layer's) version."""
+    header = (ROOT / "docker" / "server.lock").read_text().partition("pip's choice where")[2]
+    return {normal(name) for name in re.findall(r"^#   (\S+) ", header, re.M)}
+
+
 def test_the_server_lock_is_what_ci_installs_and_leaves_sam3d_versions_alone():
     server = lock("server.lock")
     ci = lock_lines(ROOT / "requirements-serverless.txt")
+    moved = moved_to_pips_choice()
     for name, version in server.items():
-        if name in ci:
+        if name in ci and normal(name) not in moved:
             assert ci[name] == version, f"{name}: image {version}, CI {ci[name]}"
-    # what DEPLOY.md ("every version locked") says wins over SAM 3D Objects' layer; any other
-    # package both locks pinned would hold two versions in the image build
+    # what DEPLOY.md ("every version locked") says wins over SAM 3D Objects' layer, and what
+    # moved to pip's choice (the header says why); any other package both locks pinned would
+    # hold two versions in the image build
     ours = {"diffusers", "transformers", "huggingface-hub", "accelerate", "safetensors",
-            "tokenizers", "trimesh", "pydantic", "pydantic-core", "cryptography"}
+            "tokenizers", "trimesh", "pydantic", "pydantic-core", "cryptography", "av"}
     for stack in STACKS:
         shared = {normal(n) for n in server} & {normal(n) for n in lock(f"sam3d-{stack}.lock")}
-        assert shared <= ours, f"both locks pin {sorted(shared - ours)}"
+        assert shared <= ours | moved, f"both locks pin {sorted(shared - ours - moved)}"
     assert all(server[name] == ci[name] for name in ours - {"tokenizers", "pydantic-core"})
+    # runpod is the SDK the worker is tested with: never pip's choice
+    assert "runpod" not in moved and server["runpod"] == ci["runpod"]
+    # the tests run the onnxruntime release the image's rembg runs on the GPU
+    assert server["onnxruntime"] == server["onnxruntime-gpu"]
     # what floated before (issue 22): pinned now, by one lock or the other
     held = set(server) | set(lock("sam3d-default.lock"))
     assert {"runpod", "gunicorn", "trimesh", "flask", "pydantic", "urllib3", "numpy"} <= held
+
+
+def test_our_layer_installs_what_the_server_lock_pins_over_sam3d_objects_layer(tmp_path):
+    """pip leaves an installed package it is not asked for alone: our layer asks for each
+    server.lock pin of a package SAM 3D Objects' layer holds (run here on a stand-in freeze),
+    or pyOpenSSL 26.4 would stay beside runpod's cryptography 44."""
+    run = next(line for line in DOCKERFILE.replace("\\\n", " ").splitlines()
+               if line.startswith("RUN ") and "/tmp/replaced.txt" in line)
+    write, install = (next(c for c in run.split("&&") if text in c)
+                      for text in ("> /tmp/replaced.txt", "pip install -c /opt/docker/server.lock"))
+    assert "-r /tmp/replaced.txt" in install
+    freeze, out = tmp_path / "freeze.txt", tmp_path / "replaced.txt"
+    freeze.write_text("pyOpenSSL==26.4.0\nnumpy==1.26.4\ntransformers==4.39.3\n")
+    command = (write.replace("/tmp/sam3d-freeze.txt", str(freeze))
+               .replace("/opt/docker/server.lock", str(ROOT / "docker" / "server.lock"))
+               .replace("/tmp/replaced.txt", str(out)))
+    subprocess.run(["bash", "-c", command], check=True)
+    server = lock("server.lock")
+    assert {line.lower() for line in out.read_text().split()} == \
+        {f"{name}=={server[name]}" for name in ("pyopenssl", "transformers")}
+
+
+# pip 24's answer when the whole image did not resolve (abridged from a lock_image.py run):
+# every requirement on cryptography is listed, only pyOpenSSL's excludes the pinned 44.0.3.
+PIP_CONFLICT = """\
+Processing /pypi/pyopenssl-26.4.0-py3-none-any.whl (from oci<3,>=2.88->mosaicml-streaming==0.7.5)
+INFO: pip is looking at multiple versions of pyopenssl to determine which version is compatible
+Collecting pyOpenSSL<27.0.0,>=26.2.0 (from oci<3,>=2.88->mosaicml-streaming==0.7.5->-r in.txt)
+ERROR: Cannot install -r in.txt (line 140), mosaicml-streaming and oci because these package \
+versions have conflicting dependencies.
+
+The conflict is caused by:
+    runpod 1.7.7 depends on cryptography<45.0.0
+    oci 2.189.0 depends on cryptography<51.0.0 and >=3.2.1; python_version >= "3.8"
+    paramiko 3.5.1 depends on cryptography>=3.3
+    pyopenssl 26.3.0 depends on cryptography<50 and >=49.0.0
+    The user requested (constraint) cryptography==44.0.3
+
+To fix this you could try to:
+"""
+
+
+def test_the_lock_script_blames_the_requirement_that_excludes_the_pinned_version():
+    """runpod 1.7.7 allows cryptography 44.0.3, so it is not to blame (the script must never
+    move it); pyOpenSSL 26.3 is, and oci, whose range left pip no older pyOpenSSL."""
+    from scripts.lock_image import blamed_in
+
+    blamed = blamed_in(PIP_CONFLICT)
+    assert set(blamed) == {"pyopenssl", "oci"}
+    assert blamed["pyopenssl"] == ("wants cryptography<50,>=49.0.0, 44.0.3 pinned", "cryptography")
+    assert blamed["oci"][0].startswith("wants pyOpenSSL<27.0.0,>=26.2.0") and \
+        blamed["oci"][1] == "cryptography"
+    # where no constraint is named, every package the explanation names is suspect
+    unpinned = PIP_CONFLICT.replace("    The user requested (constraint) cryptography==44.0.3\n", "")
+    assert set(blamed_in(unpinned)) == {"runpod", "oci", "paramiko", "pyopenssl"}
+    assert blamed_in(unpinned)["runpod"] is None
 
 
 def lock_lines(path: Path) -> dict[str, str]:
