@@ -104,13 +104,18 @@ def make_lotus(root: Path, seed: int = 0, name: str = DEFAULT_MODELS["depth"]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="checkpoints folder to write into")
-    parser.add_argument("models", nargs="*", choices=list(LOTUS_MODELS),
-                        default=[DEFAULT_MODELS["depth"]], metavar="MODEL",
+    # checked below, not with `choices`: Python 3.11's argparse checks an empty list against
+    # the choices as one value, so naming no model was an error
+    parser.add_argument("models", nargs="*", metavar="MODEL",
                         help=f"short names, of {', '.join(LOTUS_MODELS)} "
                              f"(default {DEFAULT_MODELS['depth']})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for name in args.models:
+        if name not in LOTUS_MODELS:
+            parser.error(f"argument MODEL: invalid choice: {name!r} "
+                         f"(choose from {', '.join(LOTUS_MODELS)})")
+    for name in args.models or [DEFAULT_MODELS["depth"]]:
         print(make_lotus(args.dir, args.seed, name))
 
 

@@ -237,3 +237,14 @@ def test_one_prefetch_default_everywhere():
     documented = re.findall(r"^\| `PREFETCH` \| (\d) \|", (ROOT / "DEPLOY.md").read_text(),
                             re.MULTILINE)
     assert bootstrap and set(bootstrap) == {offered} == set(documented) == {"1"}
+
+
+def test_make_tiny_checkpoints_writes_the_default_lotus_d_given_only_a_folder(tmp_path):
+    """As `make serve` runs it on a fresh clone: no model named, the served default."""
+    done = subprocess.run([sys.executable, "scripts/make_tiny_checkpoints.py", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / CHECKPOINT_FOLDER / "unet" / "config.json").is_file()
+    refused = subprocess.run([sys.executable, "scripts/make_tiny_checkpoints.py", str(tmp_path),
+                              "depth-x"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "invalid choice: 'depth-x'" in refused.stderr
