@@ -167,6 +167,9 @@ class DepthResult(BaseModel):
     geometry: str | None = Field(None, description="glb, ply: how the relief is built from "
                                  "the prediction (relief, not metric depth)")
     fov_degrees: float | None = Field(None, description="glb, ply: the field of view assumed")
+    normals: str | None = Field(None, description="glb, and ply lit by a normal_model: where "
+                                "the relief's vertex normals come from")
+    normal_model: str | None = Field(None, description="The normal model that lit the relief")
     width: int
     height: int
     file_path: str = Field(description="The file's name inside OUTPUT_DIR")

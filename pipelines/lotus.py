@@ -31,7 +31,7 @@ from .fetch import fetch_url
 from .images import ImageData, ImageInput, ImageLimits, JobInputs, image_data
 from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
 from .relief import (DEFAULT_FOV_DEGREES, GEOMETRY, MAX_FOV_DEGREES, MIN_FOV_DEGREES,
-                     RELIEF_FORMATS)
+                     NORMALS_FROM_LOTUS, NORMALS_FROM_MESH, RELIEF_FORMATS)
 from .video import Video, decode_frames, probe_video, write_video_result
 
 if TYPE_CHECKING:
@@ -184,6 +184,18 @@ class DepthRequest(LotusRequest):
                                    "the *-disparity models (affine-invariant disparity), false "
                                    "for the v1-0 ones (affine-invariant depth); if given, it "
                                    "must match the model")
+    normal_model: Literal[_model_names("normal")] | None = Field(  # type: ignore[valid-type]
+        None, description="glb, ply: light the relief with this normal model's prediction "
+        "of the same photo (its vertex normals; /health lists the models served), so a "
+        "viewer shades the surface as Lotus sees it; the job runs both models. Default: "
+        "normals from the relief's triangles (glb), none (ply)")
+
+    @model_validator(mode="after")
+    def _normals_light_a_relief(self):
+        if self.normal_model is not None and self.output not in RELIEF_FORMATS:
+            raise ValueError(f"normal_model lights a relief: it needs output glb or ply, not "
+                             f"{self.output}; for the normal map itself, POST /normal")
+        return self
 
     @model_validator(mode="after")
     def _disparity_of_the_model(self):
@@ -297,12 +309,15 @@ class LotusDepth:
         """A model that is not served here is a 400 naming those that are (DepthRequest.load
         checks processing_res against the image). Needs no model."""
         served = self.served
-        if options.model not in served:
-            task = options.lotus_model.task
-            same_task = [name for name in served if LOTUS_MODELS[name].task == task]
-            raise InvalidInput(
-                f"model {options.model} is not served here; {task} models served: "
-                f"{', '.join(same_task) or 'none'} (all served: {', '.join(served) or 'none'})")
+        for field, name in (("model", options.model),
+                            ("normal_model", getattr(options, "normal_model", None))):
+            if name is not None and name not in served:
+                task = LOTUS_MODELS[name].task
+                same_task = [model for model in served if LOTUS_MODELS[model].task == task]
+                raise InvalidInput(
+                    f"{field} {name} is not served here; {task} models served: "
+                    f"{', '.join(same_task) or 'none'} (all served: "
+                    f"{', '.join(served) or 'none'})")
 
     def load(self) -> None:
         import torch
@@ -332,8 +347,10 @@ class LotusDepth:
         megapixels = width * height / 1e6
         rate = SECONDS_PER_MEGAPIXEL[self.device_kind]
         work = rate * megapixels * (1 + megapixels / ATTENTION_MEGAPIXELS)
-        frames = image.frames if isinstance(image, Video) else 1
-        return WARM_UP_SECONDS + SLACK * work * frames
+        passes = image.frames if isinstance(image, Video) else 1
+        if getattr(options, "normal_model", None):  # the relief's normals: a second model
+            passes *= 2
+        return WARM_UP_SECONDS + SLACK * work * passes
 
     @staticmethod
     def batch_key(options: LotusRequest, image: Image.Image) -> Hashable:
@@ -371,9 +388,29 @@ class LotusDepth:
         if len(jobs) == 1 and isinstance(jobs[0][1], Video):
             return [self.run_video(*jobs[0], progress)]
         predictions = self._predict([(options, image) for options, image, _ in jobs], progress)
+        normal_maps = self._relief_normals(jobs, progress)
         progress("writing", 0.9)
-        return [self._finish(options, prediction, image, stem)
-                for (options, image, stem), prediction in zip(jobs, predictions)]
+        return [self._finish(options, prediction, image, stem, normal_map)
+                for (options, image, stem), prediction, normal_map
+                in zip(jobs, predictions, normal_maps)]
+
+    def _relief_normals(self, jobs: Sequence[tuple[LotusRequest, Image.Image, Path]],
+                        progress: Progress) -> list[np.ndarray | None]:
+        """Each job's normal map for its relief (`normal_model`), else None: the normal
+        model run with the job's own options (size, seed, processing), so its map lines up
+        with the depth map pixel for pixel; jobs asking the same share a forward pass."""
+        asking = [index for index, (options, _, _) in enumerate(jobs)
+                  if getattr(options, "normal_model", None)]
+        normal_maps: list[np.ndarray | None] = [None] * len(jobs)
+        if asking:
+            normal_jobs = [(options.model_copy(update={"model": options.normal_model}), image)
+                           for options, image, _ in (jobs[i] for i in asking)]
+            # after the depth pass's stages (at most 0.7), before writing (0.9)
+            passes = self._predict(normal_jobs, lambda stage, fraction: progress(
+                f"normals: {stage}", 0.7 + 0.2 * fraction))
+            for index, normal_map in zip(asking, passes):
+                normal_maps[index] = normal_map
+        return normal_maps
 
     def run_video(self, options: LotusRequest, video: Video, output_stem: Path,
                   progress: Progress) -> Result:
@@ -472,11 +509,13 @@ class LotusDepth:
 
     @classmethod
     def _finish(cls, options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
-                output_stem: Path) -> Result | PipelineError:
-        if not np.isfinite(prediction).all():
+                output_stem: Path, normal_map: np.ndarray | None = None
+                ) -> Result | PipelineError:
+        if not all(np.isfinite(array).all() for array in (prediction, normal_map)
+                   if array is not None):
             return PipelineError("the model produced non-finite values", status=500)
         try:
-            return cls._write(options, prediction, photo, output_stem)
+            return cls._write(options, prediction, photo, output_stem, normal_map)
         except PipelineError as exc:  # a relief with no surface fails this job alone
             return exc
         except OSError as exc:  # a full or read-only disk fails this job, not its batch
@@ -484,14 +523,14 @@ class LotusDepth:
 
     @staticmethod
     def _write(options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
-               output_stem: Path) -> Result:
+               output_stem: Path, normal_map: np.ndarray | None) -> Result:
         model = options.lotus_model
         formats = ({**DEPTH_FORMATS, **RELIEF_FORMATS} if model.task == "depth"
                    else NORMAL_FORMATS)
         encode, suffix, media_type, download_name = formats[options.output]
         if options.output in RELIEF_FORMATS:
             data = encode(prediction, photo, disparity=model.disparity,
-                          fov_degrees=options.fov_degrees)
+                          fov_degrees=options.fov_degrees, normal_map=normal_map)
         elif model.task == "depth" and options.output == "color":
             data = encode(prediction, disparity=model.disparity)
         else:
@@ -504,6 +543,11 @@ class LotusDepth:
                         disparity=model.disparity)
             if options.output in RELIEF_FORMATS:
                 info.update(geometry=GEOMETRY, fov_degrees=options.fov_degrees)
+                if normal_map is not None:
+                    info.update(normal_model=options.normal_model,
+                                normals=NORMALS_FROM_LOTUS.format(model=options.normal_model))
+                elif options.output == "glb":
+                    info["normals"] = NORMALS_FROM_MESH
         else:
             info.update(NORMAL_CONVENTION)
         return Result(path=path, media_type=media_type, download_name=download_name, info=info)

@@ -8,6 +8,11 @@ pixel is placed along its ray through a pinhole camera whose field of view acros
 photo's longer side is `fov_degrees`. The camera sits at the origin looking down -z, y up
 (glTF's frame); a pixel at distance d has z = -d.
 
+A viewer's lights shade the relief by its vertex normals: by default the triangles' own
+(as trimesh averages them), or, given a Lotus normal map of the same photo (`normal_model`),
+the surface as Lotus sees it, each sample's predicted normal turned into the relief's frame
+(`relief_normals`): finer than the grid's shape, which is only as good as the depth.
+
 Pure numpy geometry (`relief_grid`); trimesh only writes the files.
 """
 
@@ -33,6 +38,10 @@ GEOMETRY = (f"relief: affine-invariant Lotus output, not metric depth; stretched
             "disparity models, on a pinhole camera with fov_degrees across the photo's longer "
             "side, looking down -z with y up; triangles whose corners' distances differ by "
             f"more than a factor {EDGE_RATIO:g} are dropped")
+NORMALS_FROM_MESH = "from the relief's triangles"
+NORMALS_FROM_LOTUS = ("from Lotus model {model}'s normal map of the photo: its x (to the left) "
+                      "negated to the relief's x to the right, y up, z toward the camera, "
+                      "renormalised to unit length")
 
 
 @dataclass
@@ -41,6 +50,7 @@ class ReliefGrid:
     faces: np.ndarray  # (m, 3) int64, counter-clockwise seen from the camera
     uvs: np.ndarray  # (n, 2) float32: the sample's place in the photo, v up (OpenGL)
     colors: np.ndarray  # (n, 3) uint8: the photo at each sample
+    normals: np.ndarray | None = None  # (n, 3) float32 unit vectors, given a normal map
 
 
 def relief_distance(prediction: np.ndarray, disparity: bool) -> np.ndarray:
@@ -52,18 +62,36 @@ def relief_distance(prediction: np.ndarray, disparity: bool) -> np.ndarray:
     return 1.0 + unit * (DEPTH_RANGE - 1.0)
 
 
+def relief_normals(normal_map: np.ndarray) -> np.ndarray:
+    """Unit normals in the relief's frame (x right, y up, z toward the camera) from a Lotus
+    normal map (height, width, 3) in [0, 1], whose normal is 2 * value - 1 with x to the
+    left, y up, z toward the camera (pipelines/lotus.py, NORMAL_CONVENTION): x is negated.
+    A zero-length prediction faces the camera."""
+    vectors = normal_map.astype(np.float64) * 2.0 - 1.0
+    vectors[..., 0] *= -1.0
+    length = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    facing = np.zeros_like(vectors)
+    facing[..., 2] = 1.0
+    unit = np.divide(vectors, length, out=facing, where=length > 1e-6)
+    return unit.astype(np.float32)
+
+
 def _samples(size: int, count: int) -> np.ndarray:
     """`count` pixel indices spread evenly over `size` pixels (each a cell's centre)."""
     return ((np.arange(count) + 0.5) * size / count).astype(np.int64)
 
 
 def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
-                fov_degrees: float = DEFAULT_FOV_DEGREES,
-                max_side: int = MAX_GRID_SIDE) -> ReliefGrid:
+                fov_degrees: float = DEFAULT_FOV_DEGREES, max_side: int = MAX_GRID_SIDE,
+                normal_map: np.ndarray | None = None) -> ReliefGrid:
     """The prediction (height, width) as a grid of at most `max_side` samples along its
     longer side (nearest pixel, so no sample averages across an edge), coloured from the
-    photo (resized to the prediction's size when they differ)."""
+    photo (resized to the prediction's size when they differ), with each sample's normal
+    from `normal_map` (height, width, 3; Lotus's, of the same photo and size) if given."""
     height, width = prediction.shape
+    if normal_map is not None and normal_map.shape != (height, width, 3):
+        raise ValueError(f"normal map {normal_map.shape} does not match the depth map "
+                         f"{prediction.shape}")
     scale = min(1.0, max_side / max(height, width))
     rows = _samples(height, max(1, round(height * scale)))
     cols = _samples(width, max(1, round(width * scale)))
@@ -78,6 +106,8 @@ def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
     rgb = np.asarray(photo.convert("RGB").resize((width, height), Image.BILINEAR)
                      if photo.size != (width, height) else photo.convert("RGB"))
     colors = rgb[np.ix_(rows, cols)].reshape(-1, 3)
+    normals = (None if normal_map is None
+               else relief_normals(normal_map[np.ix_(rows, cols)]).reshape(-1, 3))
 
     grid_rows, grid_cols = len(rows), len(cols)
     index = np.arange(grid_rows * grid_cols).reshape(grid_rows, grid_cols)
@@ -87,16 +117,17 @@ def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
                             np.stack([top_right, bottom_left, bottom_right], axis=1)])
     corner = distance.ravel()[faces]
     faces = faces[corner.max(axis=1) <= EDGE_RATIO * corner.min(axis=1)]
-    return ReliefGrid(vertices, faces, uvs, colors)
+    return ReliefGrid(vertices, faces, uvs, colors, normals)
 
 
 def relief_glb(prediction: np.ndarray, photo: Image.Image, disparity: bool,
-               fov_degrees: float) -> bytes:
+               fov_degrees: float, normal_map: np.ndarray | None = None) -> bytes:
     """The grid as a mesh textured with the photo (base colour, at most MAX_TEXTURE_SIDE
-    pixels), matte, with vertex normals so a viewer's lights shade the relief."""
+    pixels), matte, with vertex normals so a viewer's lights shade the relief: the
+    normal map's, if given, else the triangles'."""
     import trimesh
 
-    grid = relief_grid(prediction, photo, disparity, fov_degrees)
+    grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map)
     if not len(grid.faces):  # an empty GLB would open as nothing, without a word
         raise PipelineError("no surface to mesh: the map is under 2 pixels on a side or every "
                             "triangle spans a depth jump; output ply keeps every point",
@@ -105,19 +136,25 @@ def relief_glb(prediction: np.ndarray, photo: Image.Image, disparity: bool,
     texture.thumbnail((MAX_TEXTURE_SIDE, MAX_TEXTURE_SIDE))
     material = trimesh.visual.material.PBRMaterial(
         baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True)
-    mesh = trimesh.Trimesh(grid.vertices, grid.faces, process=False,
+    mesh = trimesh.Trimesh(grid.vertices, grid.faces, vertex_normals=grid.normals,
+                           process=False,
                            visual=trimesh.visual.TextureVisuals(uv=grid.uvs, material=material))
     return trimesh.Scene(mesh).export(file_type="glb", include_normals=True)
 
 
 def relief_ply(prediction: np.ndarray, photo: Image.Image, disparity: bool,
-               fov_degrees: float) -> bytes:
-    """One point per grid sample, coloured from the photo (binary PLY, vertex colours)."""
+               fov_degrees: float, normal_map: np.ndarray | None = None) -> bytes:
+    """One point per grid sample, coloured from the photo (binary PLY, vertex colours), with
+    the normal map's normals as nx, ny, nz if given (a point has no triangles to take them
+    from)."""
     import trimesh
 
-    grid = relief_grid(prediction, photo, disparity, fov_degrees)
+    grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map)
     cloud = trimesh.PointCloud(grid.vertices, colors=grid.colors)
-    return cloud.export(file_type="ply")
+    if grid.normals is None:
+        return cloud.export(file_type="ply")
+    cloud.vertex_normals = grid.normals  # what trimesh's PLY writer reads for nx, ny, nz
+    return cloud.export(file_type="ply", vertex_normal=True)
 
 
 # output name -> (encoder, suffix, media type, download name), as outputs.DEPTH_FORMATS

@@ -217,6 +217,16 @@ def test_depth_to_a_glb_file_asks_for_the_relief_mesh(client_venv, server, photo
     assert done.returncode == 0, done.stderr
     (mesh,) = trimesh.load(out, file_type="glb").geometry.values()
     assert len(mesh.vertices) == 80 * 60 and '"fov_degrees": 75' in done.stdout
+    lit_out = tmp_path / "lit.glb"
+    lit = sam3d_client(client_venv, server, "depth", photo, "-o", lit_out, "--normal-model",
+                       "normal-d-v1-1", "--processing-res", "32")
+    assert lit.returncode == 0, lit.stderr
+    assert "normal-d-v1-1's normal map" in lit.stdout
+    (lit_mesh,) = trimesh.load(lit_out, file_type="glb").geometry.values()
+    assert not np.allclose(lit_mesh.vertex_normals, mesh.vertex_normals)
+    typo = sam3d_client(client_venv, server, "depth", photo, "-o", tmp_path / "x.glb",
+                        "--normal-model", "normal-x")
+    assert typo.returncode != 0 and "normal_model" in typo.stderr
 
 
 def test_normal_writes_the_normal_map_and_prints_its_convention(client_venv, server, photo,

@@ -85,6 +85,55 @@ def test_a_depth_discontinuity_drops_the_faces_across_it():
     assert (spans.max(axis=1) - spans.min(axis=1)).max() == 0
 
 
+def lotus_normal_map(height, width, normal):
+    """A Lotus normal map of one normal as upstream encodes it: 2 * value - 1 is the normal,
+    x to the left, y up, z toward the camera (Hypersim's camera frame with x negated,
+    utils/hypersim_dataset.py:74-75; DSINE's "LUB" in evaluation/dataset_normal/oasis)."""
+    return np.broadcast_to((np.asarray(normal, np.float32) + 1) / 2,
+                           (height, width, 3)).copy()
+
+
+def ply_normals(data: bytes) -> np.ndarray:
+    vertex = trimesh.load(io.BytesIO(data), file_type="ply").metadata["_ply_raw"]["vertex"]
+    return np.stack([vertex["data"][axis] for axis in ("nx", "ny", "nz")], axis=1)
+
+
+def test_lotus_normals_shade_the_relief_as_its_own_shape_does():
+    # the right side nearer: the surface faces the camera and the left. Lotus says "left"
+    # with a positive x; the relief's own triangles, with a negative one (x to the right).
+    values = ramp(30, 40)
+    own = load_mesh(relief_glb(values, red(40, 30), True, 60)).vertex_normals
+    lit = load_mesh(relief_glb(values, red(40, 30), True, 60,
+                               normal_map=lotus_normal_map(30, 40, (0.6, 0.0, 0.8))))
+    assert (own[:, 0] < 0).all() and (own[:, 2] > 0).all()
+    np.testing.assert_allclose(lit.vertex_normals, np.tile([-0.6, 0.0, 0.8], (30 * 40, 1)),
+                               atol=1e-6)
+    assert (np.einsum("ij,ij->i", own, lit.vertex_normals) > 0.5).all()
+
+
+def test_each_vertex_takes_its_own_pixels_normal():
+    rng = np.random.default_rng(0)
+    normal_map = rng.uniform(0.05, 0.95, (30, 40, 3)).astype(np.float32)
+    expected = normal_map * 2 - 1
+    expected[..., 0] *= -1
+    expected = (expected / np.linalg.norm(expected, axis=-1, keepdims=True)).reshape(-1, 3)
+    mesh = load_mesh(relief_glb(ramp(30, 40), red(40, 30), True, 60, normal_map=normal_map))
+    np.testing.assert_allclose(mesh.vertex_normals, expected, atol=1e-6)
+    np.testing.assert_allclose(
+        ply_normals(relief_ply(ramp(30, 40), red(40, 30), True, 60, normal_map=normal_map)),
+        expected, atol=1e-6)
+
+
+def test_a_big_photos_normals_are_sampled_with_its_grid():
+    normal_map = np.zeros((1080, 1920, 3), dtype=np.float32)
+    normal_map[:, 960:] = (0.5, 0.5, 1.0)  # the right half faces the camera
+    normal_map[:, :960] = (0.5, 1.0, 0.5)  # the left half faces up
+    grid = relief_grid(ramp(1080, 1920), red(1920, 1080), True, normal_map=normal_map)
+    normals = grid.normals.reshape(288, 512, 3)
+    np.testing.assert_array_equal(normals[:, :256], np.broadcast_to([0, 1, 0], (288, 256, 3)))
+    np.testing.assert_array_equal(normals[:, 256:], np.broadcast_to([0, 0, 1], (288, 256, 3)))
+
+
 def test_a_map_with_no_surface_is_refused_rather_than_an_empty_glb():
     with pytest.raises(PipelineError, match="no surface") as raised:
         relief_glb(np.zeros((1, 5), dtype=np.float32), red(5, 1), True, 60)
@@ -146,15 +195,90 @@ def test_a_bad_field_of_view_is_400(make_client, lotus, value):
     assert response.status_code == 400 and "fov_degrees" in response.get_json()["error"]
 
 
-def test_the_runpod_depth_task_answers_a_relief_ply(lotus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("normal_model", [None, "normal-d-v1-1"])
+def test_the_runpod_depth_task_answers_a_relief_ply(lotus_with_normals, tmp_path, monkeypatch,
+                                                     normal_model):
     from handler import Worker
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
-    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
+    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus_with_normals})
+    lighting = {"normal_model": normal_model} if normal_model else {}
     answer = worker.handle({"id": "relief", "input": {
-        "api_key": "worker-key-0123456789", "task": "depth", "output": "ply",
+        "api_key": "worker-key-0123456789", "task": "depth", "output": "ply", **lighting,
         "image_base64": image_b64(width=40, height=30), "processing_res": 32}})
     assert answer["geometry"].startswith("relief:") and answer["fov_degrees"] == 60
     cloud = trimesh.load(io.BytesIO(answer_file(answer)), file_type="ply")
     assert len(cloud.vertices) == 40 * 30
+    names = cloud.metadata["_ply_raw"]["vertex"]["data"].dtype.names
+    assert ("nx" in names) == (normal_model is not None)
+    assert answer.get("normal_model") == normal_model
+
+
+@pytest.fixture(scope="module")
+def lotus_with_normals(checkpoints_with_normals):
+    model = LotusDepth(checkpoints_with_normals)
+    model.load()
+    return model
+
+
+@pytest.mark.parametrize("output", ["glb", "ply"])
+def test_a_relief_lit_by_the_normal_model_carries_its_normals(make_client, lotus_with_normals,
+                                                              output):
+    client = make_client({"lotus": lotus_with_normals})
+    request = {"image_base64": image_b64(width=40, height=30), "processing_res": 32, "seed": 7}
+    relief = client.post("/depth/sync", json={**request, "output": output,
+                                              "normal_model": "normal-d-v1-1"})
+    body = relief.get_json()
+    assert relief.status_code == 200, body
+    assert "normal-d-v1-1" in body["normals"]
+    # the reference: the same photo and options through /normal, its raw map turned into
+    # the relief's frame as upstream's convention says (x left in Lotus, right in glTF)
+    normal = client.post("/normal/sync", json={**request, "output": "npy"}).get_json()
+    expected = np.load(io.BytesIO(answer_file(normal))) * 2 - 1
+    expected[..., 0] *= -1
+    expected = (expected / np.linalg.norm(expected, axis=-1, keepdims=True)).reshape(-1, 3)
+    data = answer_file(body)
+    normals = load_mesh(data).vertex_normals if output == "glb" else ply_normals(data)
+    np.testing.assert_allclose(normals, expected, atol=1e-5)
+    # and the depth is the plain relief's: the normal pass changed only the normals
+    plain = client.post("/depth/sync", json={**request, "output": output}).get_json()
+    assert plain.get("normals") != body["normals"]
+    np.testing.assert_array_equal(
+        trimesh.load(io.BytesIO(answer_file(plain)), file_type=output, force="mesh"
+                     if output == "glb" else None).vertices,
+        trimesh.load(io.BytesIO(data), file_type=output, force="mesh"
+                     if output == "glb" else None).vertices)
+
+
+@pytest.mark.parametrize("request_fields, says", [
+    ({"output": "png", "normal_model": "normal-d-v1-1"}, "needs output glb or ply"),
+    ({"output": "glb", "normal_model": "normal-g-v1-1"}, "normal_model normal-g-v1-1 is not served"),
+    ({"output": "glb", "normal_model": "depth-d-v1-0"}, "normal_model"),
+])
+def test_a_normal_model_that_cannot_light_the_relief_is_400(make_client, lotus_with_normals,
+                                                            request_fields, says):
+    client = make_client({"lotus": lotus_with_normals})
+    response = client.post("/depth", json={"image": image_b64(), **request_fields})
+    assert response.status_code == 400 and says in response.get_json()["error"]
+    queue = client.get("/health").get_json()["queue"]
+    assert queue["queued"] == queue["processing"] == 0  # refused before it was queued
+
+
+def test_a_batch_lights_only_the_reliefs_that_ask(lotus_with_normals, tmp_path):
+    from pipelines.lotus import DepthRequest
+
+    photo = Image.open(io.BytesIO(image_bytes(width=40, height=30)))
+    asks = DepthRequest(image="x", output="glb", processing_res=32, normal_model="normal-d-v1-1")
+    plain = asks.model_copy(update={"normal_model": None})
+    stages = []
+    lit, unlit = lotus_with_normals.run_batch(
+        [(asks, photo, tmp_path / "lit"), (plain, photo, tmp_path / "unlit")],
+        lambda stage, fraction: stages.append((stage, fraction)))
+    assert "normal-d-v1-1" in lit.info["normals"]
+    assert unlit.info["normals"] == "from the relief's triangles"
+    lit_mesh, unlit_mesh = (load_mesh(result.path.read_bytes()) for result in (lit, unlit))
+    np.testing.assert_array_equal(lit_mesh.vertices, unlit_mesh.vertices)  # one depth pass
+    assert not np.allclose(lit_mesh.vertex_normals, unlit_mesh.vertex_normals)
+    fractions = [fraction for _, fraction in stages]
+    assert fractions == sorted(fractions) and any(s.startswith("normals:") for s, _ in stages)

@@ -171,10 +171,27 @@ def test_a_glb_is_shown_in_model_viewer(page):
 
 
 def test_a_depth_relief_is_turned_in_model_viewer(page):
-    assert run_job(page, "depth", output="glb") == "glb"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+    lighting = page.find_element(By.ID, "relief-lighting")
+    assert not lighting.is_displayed()  # a PNG has nothing to light
+    Select(page.find_element(By.NAME, "output")).select_by_value("glb")
+    assert lighting.is_displayed()
+    assert [option.get_attribute("value") for option in
+            Select(page.find_element(By.NAME, "normal_model")).options] == [
+        "", "normal-g-v1-1", "normal-d-v1-1"]  # the served normal models
+    assert run_job(page, "depth", output="glb", normal_model="normal-d-v1-1") == "glb"
     assert page.execute_script("return document.getElementById('model').loaded") is True
+    assert "lit by normal-d-v1-1's normals" in page.find_element(By.ID, "facts").text
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    assert ("sam3d-client depth photo.jpg -o relief.glb --model depth-d-v2-0-disparity "
+            "--output glb --processing-res 768 --normal-model normal-d-v1-1") in page.find_element(By.ID, "code-cli").text
     page.save_screenshot(str(ARTIFACTS / "relief.png"))
     assert_no_console_errors(page)
+    Select(page.find_element(By.NAME, "output")).select_by_value("png")
+    assert not lighting.is_displayed()
 
 
 DRAWN_COLOURS = """

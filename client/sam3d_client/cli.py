@@ -3,7 +3,8 @@
     sam3d-client generate photo.jpg -o model.glb [--format ply|glb|obj|stl|usdz] [--no-texture]
                                                  [--seed N] [--mask mask.png ...]
     sam3d-client depth photo.jpg -o depth.png [--output png|png16|npy|color|glb|ply]
-    sam3d-client depth photo.jpg -o relief.glb [--fov-degrees 60]   a relief to turn in 3D
+    sam3d-client depth photo.jpg -o relief.glb [--fov-degrees 60] [--normal-model normal-d-v1-1]
+                                                                    a relief to turn in 3D
     sam3d-client normal photo.jpg -o normals.png [--output png|png16|npy] [--model NAME]
     sam3d-client generate --image-url https://example.com/photo.jpg -o model.glb
     sam3d-client segment photo.jpg -o mask.png   the mask a 3D job would use, at once
@@ -99,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
         if task == "depth":
             command.add_argument("--fov-degrees", type=float,
                                  help="glb, ply: the field of view assumed (server default 60)")
+            command.add_argument("--normal-model", help="glb, ply: light the relief with this "
+                                 "Lotus normal model's normals (`health` lists those served)")
         command.set_defaults(command=run_map, task=task, what=what, stem=stem,
                              suffixes=suffixes)
 
@@ -187,7 +190,7 @@ def run_map(client: Client, args) -> int:
     out = check_output_path(args.out or Path(stem + suffix), suffix,
                             f"{args.what} (output {output})")
     body = {**image_body(args), "output": output}
-    for name in ("model", "processing_res", "seed", "fov_degrees"):
+    for name in ("model", "processing_res", "seed", "fov_degrees", "normal_model"):
         if getattr(args, name, None) is not None:
             body[name] = getattr(args, name)
     return run_job(client, args, args.task, body, out)
@@ -244,8 +247,9 @@ def follow_and_download(client: Client, args, job_id: str, out: Path | None) -> 
               f"{resume_command(args, resume_verb(last['status']), job_id, out)}",
               file=sys.stderr)
         return 2
-    extra = {key: final[key] for key in ("model", "min", "max", "fov_degrees", "frame", "range",
-                                         "vertices", "faces", "gaussians") if key in final}
+    extra = {key: final[key] for key in ("model", "min", "max", "fov_degrees", "normals", "frame",
+                                         "range", "vertices", "faces", "gaussians")
+             if key in final}
     print(f"{written} ({written.stat().st_size} bytes, job {job_id}, "
           f"{final.get('processing_time', 0):.1f} s){' ' + json.dumps(extra) if extra else ''}")
     return 0

@@ -202,8 +202,27 @@ function showTaskOptions() {
   for (const element of form.querySelectorAll(".depth-only")) element.hidden = chosen !== "depth";
   for (const element of form.querySelectorAll(".normal-only")) element.hidden = chosen !== "normal";
   offerModels(chosen);
+  offerLighting(chosen);
   offerMask();
   updateSnippets();
+}
+
+// A relief (depth as glb or ply) may be lit by a served normal model's normals: offered
+// only for those outputs and only when a normal model is served.
+function offerLighting(chosen = task()) {
+  const select = form.elements.normal_model;
+  const models = servedModels.normal || [];
+  const names = ["", ...models.map(([name]) => name)];
+  if (names.join() !== [...select.options].map((option) => option.value).join()) {
+    const keep = select.value;
+    select.replaceChildren(new Option("From the relief's shape", ""),
+                           ...models.map(([name]) => new Option(`Lotus normals (${name})`, name)));
+    if (names.includes(keep)) select.value = keep;
+  }
+  const offered = chosen === "depth" && ["glb", "ply"].includes(form.elements.output.value) &&
+    models.length > 0;
+  $("relief-lighting").hidden = !offered;
+  select.disabled = !offered;  // FormData leaves it out
 }
 
 // The served models of a depth or normal task (the one chosen is kept); a choice only where
@@ -229,8 +248,10 @@ function jobOptions(chosen = task()) {
   const seed = number("seed") ?? 42;
   if (MAP_TASKS.includes(chosen)) {
     const model = data.get("model");
+    const normalModel = chosen === "depth" && data.get("normal_model");
     return { ...(model ? { model } : {}), output: data.get(chosen === "depth" ? "output" : "normal_output"),
-             processing_res: number("processing_res") ?? 768, seed };
+             processing_res: number("processing_res") ?? 768, seed,
+             ...(normalModel ? { normal_model: normalModel } : {}) };
   }
   const options = { output_format: data.get("output_format"),
                     with_texture: !form.elements.with_texture.disabled && data.get("with_texture") === "on",
@@ -342,6 +363,7 @@ function updateSnippets() {
 
 form.addEventListener("change", (event) => {
   if (event.target.name === "task") showTaskOptions();
+  if (event.target.name === "output") offerLighting();
   updateSnippets();
 });
 for (const field of [form.elements.output_format, form.elements.with_texture]) {
@@ -612,6 +634,7 @@ async function showResult(status, response) {
   const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
     .map((key) => `${status[key].toLocaleString()} ${key}`);
   if (status.model) facts.push(`model ${status.model}`);
+  if (status.normal_model) facts.push(`lit by ${status.normal_model}'s normals`);
   $("facts").textContent = [...facts, `${status.processing_time} s on ${status.worker || "the server"}`].join(" · ");
   const suffix = name.split(".").pop();
   // a normal map's status says its convention (frame, range); a depth job's PLY is a plain

@@ -19,7 +19,11 @@ export function maskFiles(count) {
   return count === 1 ? ["mask.png"] : Array.from({ length: count }, (_, index) => `mask${index + 1}.png`);
 }
 
+// A map's file is named as sam3d-client names it: relief.glb, relief.ply for depth in 3D.
+const RELIEFS = ["glb", "ply"];
+
 export function outputFile(task, options) {
+  if (task in MAP_STEMS && RELIEFS.includes(options.output)) return `relief.${options.output}`;
   if (task in MAP_STEMS) return `${MAP_STEMS[task]}.${options.output === "npy" ? "npy" : "png"}`;
   return `model.${options.output_format === "obj" ? "zip" : options.output_format}`;
 }
@@ -67,6 +71,7 @@ function cli(task, options, base, keyed, masks) {
     if (options.model) flags.push(`--model ${options.model}`);
     flags.push(`--output ${options.output}`, `--processing-res ${options.processing_res}`);
     if (options.seed !== 42) flags.push(`--seed ${options.seed}`);
+    if (options.normal_model) flags.push(`--normal-model ${options.normal_model}`);
   }
   return [
     `export SAM3D_URL=${base}${keyed ? " SAM3D_API_KEY=..." : ""}`,
