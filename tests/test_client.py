@@ -19,6 +19,7 @@ import sys
 import termios
 import tty
 import venv
+import zipfile
 
 import numpy as np
 import pytest
@@ -418,12 +419,51 @@ def test_the_python_api_shows_the_mask_then_sends_it(server, photo):
         "status"] == "completed"
 
 
+def video_zip(path, task):
+    """The frames of a video job's zip: its <task>.npz, beside a <task>.mp4 that decodes."""
+    import av
+
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == [f"{task}.mp4", f"{task}.npz"]
+        with av.open(io.BytesIO(archive.read(f"{task}.mp4"))) as movie:
+            decoded = sum(1 for _ in movie.decode(video=0))
+        frames = np.load(io.BytesIO(archive.read(f"{task}.npz")))["frames"]
+    assert decoded == len(frames)
+    return frames
+
+
+def test_depth_of_a_video_file_writes_the_zip_of_its_maps(client_venv, server, tmp_path):
+    from test_video import FRAMES, HEIGHT, WIDTH, make_video
+
+    clip = tmp_path / "clip.MP4"  # a video by its suffix, whatever its case
+    clip.write_bytes(make_video())
+    done = sam3d_client(client_venv, server, "depth", clip, "--processing-res", "32",
+                        cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert video_zip(tmp_path / "depth_video.zip", "depth").shape == (FRAMES, HEIGHT, WIDTH)
+    assert f'"frames": {FRAMES}' in done.stdout
+    for refused, says in ((["--output", "npy"], "--output does not apply to a video"),
+                          (["-o", tmp_path / "depth.png"], "name it " + str(tmp_path / "depth.zip"))):
+        answer = sam3d_client(client_venv, server, "depth", clip, *refused)
+        assert answer.returncode == 2 and says in answer.stderr, answer.stderr
+
+
 def test_the_python_api_submits_a_normal_job(server, photo, tmp_path):
     job = Client(server["url"], api_key=KEY).normal(photo, output="npy", processing_res=64)
     final = job.wait()
     assert final["status"] == "completed" and final["range"].startswith("each channel in [0, 1]")
     normals = np.load(job.download(tmp_path / "normals.npy"))
     assert normals.shape == (60, 80, 3) and normals.dtype == np.float32
+
+
+def test_the_python_api_submits_a_video_job(server, tmp_path):
+    from test_video import FRAMES, make_video
+
+    job = Client(server["url"], api_key=KEY).normal(video=make_video(), processing_res=32)
+    assert job.wait()["frames"] == FRAMES
+    assert video_zip(job.download(tmp_path / "normal_video.zip"), "normal").shape[0] == FRAMES
+    with pytest.raises(ValueError, match="exactly one source"):
+        Client(server["url"]).depth(b"photo", video=b"clip")
 
 
 @pytest.fixture

@@ -145,8 +145,9 @@ def answer_file(body):
 
 
 @pytest.fixture(scope="module")
-def lotus(checkpoints):
-    model = LotusDepth(checkpoints)
+def lotus(checkpoints_with_normals):
+    """Lotus serving the default depth model and normal-d-v1-1 (normal-g-v1-1 is not)."""
+    model = LotusDepth(checkpoints_with_normals)
     model.load()
     return model
 
@@ -196,13 +197,13 @@ def test_a_bad_field_of_view_is_400(make_client, lotus, value):
 
 
 @pytest.mark.parametrize("normal_model", [None, "normal-d-v1-1"])
-def test_the_runpod_depth_task_answers_a_relief_ply(lotus_with_normals, tmp_path, monkeypatch,
+def test_the_runpod_depth_task_answers_a_relief_ply(lotus, tmp_path, monkeypatch,
                                                      normal_model):
     from handler import Worker
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
-    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus_with_normals})
+    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
     lighting = {"normal_model": normal_model} if normal_model else {}
     answer = worker.handle({"id": "relief", "input": {
         "api_key": "worker-key-0123456789", "task": "depth", "output": "ply", **lighting,
@@ -215,17 +216,9 @@ def test_the_runpod_depth_task_answers_a_relief_ply(lotus_with_normals, tmp_path
     assert answer.get("normal_model") == normal_model
 
 
-@pytest.fixture(scope="module")
-def lotus_with_normals(checkpoints_with_normals):
-    model = LotusDepth(checkpoints_with_normals)
-    model.load()
-    return model
-
-
 @pytest.mark.parametrize("output", ["glb", "ply"])
-def test_a_relief_lit_by_the_normal_model_carries_its_normals(make_client, lotus_with_normals,
-                                                              output):
-    client = make_client({"lotus": lotus_with_normals})
+def test_a_relief_lit_by_the_normal_model_carries_its_normals(make_client, lotus, output):
+    client = make_client({"lotus": lotus})
     request = {"image_base64": image_b64(width=40, height=30), "processing_res": 32, "seed": 7}
     relief = client.post("/depth/sync", json={**request, "output": output,
                                               "normal_model": "normal-d-v1-1"})
@@ -256,23 +249,23 @@ def test_a_relief_lit_by_the_normal_model_carries_its_normals(make_client, lotus
     ({"output": "glb", "normal_model": "normal-g-v1-1"}, "normal_model normal-g-v1-1 is not served"),
     ({"output": "glb", "normal_model": "depth-d-v1-0"}, "normal_model"),
 ])
-def test_a_normal_model_that_cannot_light_the_relief_is_400(make_client, lotus_with_normals,
-                                                            request_fields, says):
-    client = make_client({"lotus": lotus_with_normals})
+def test_a_normal_model_that_cannot_light_the_relief_is_400(make_client, lotus, request_fields,
+                                                            says):
+    client = make_client({"lotus": lotus})
     response = client.post("/depth", json={"image": image_b64(), **request_fields})
     assert response.status_code == 400 and says in response.get_json()["error"]
     queue = client.get("/health").get_json()["queue"]
     assert queue["queued"] == queue["processing"] == 0  # refused before it was queued
 
 
-def test_a_batch_lights_only_the_reliefs_that_ask(lotus_with_normals, tmp_path):
+def test_a_batch_lights_only_the_reliefs_that_ask(lotus, tmp_path):
     from pipelines.lotus import DepthRequest
 
     photo = Image.open(io.BytesIO(image_bytes(width=40, height=30)))
     asks = DepthRequest(image="x", output="glb", processing_res=32, normal_model="normal-d-v1-1")
     plain = asks.model_copy(update={"normal_model": None})
     stages = []
-    lit, unlit = lotus_with_normals.run_batch(
+    lit, unlit = lotus.run_batch(
         [(asks, photo, tmp_path / "lit"), (plain, photo, tmp_path / "unlit")],
         lambda stage, fraction: stages.append((stage, fraction)))
     assert "normal-d-v1-1" in lit.info["normals"]

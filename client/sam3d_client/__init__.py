@@ -26,7 +26,8 @@ import requests
 
 __version__ = "0.1.0"
 __all__ = ["Client", "Job", "ServerError", "OutputPathError", "check_output_path",
-           "encode_file", "GENERATE_SUFFIXES", "DEPTH_SUFFIXES", "NORMAL_SUFFIXES"]
+           "encode_file", "GENERATE_SUFFIXES", "DEPTH_SUFFIXES", "NORMAL_SUFFIXES",
+           "VIDEO_SUFFIXES"]
 FINISHED = ("completed", "failed", "cancelled")
 # The suffix of the file the server sends for each output (its download name):
 # /generate's output_format, /depth's and /normal's output.
@@ -35,6 +36,8 @@ GENERATE_SUFFIXES = {"glb": ".glb", "ply": ".ply", "obj": ".zip", "stl": ".stl",
 DEPTH_SUFFIXES = {"png": ".png", "png16": ".png", "color": ".png", "npy": ".npy",
                   "glb": ".glb", "ply": ".ply"}
 NORMAL_SUFFIXES = {"png": ".png", "png16": ".png", "npy": ".npy"}
+# The videos /depth and /normal take; their result is a zip (<task>.mp4 and <task>.npz).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm")
 
 ImageSource = Union[str, os.PathLike, bytes]
 
@@ -102,17 +105,22 @@ class Client:
         return Job(self, self.submit("generate", body))
 
     def depth(self, image: ImageSource | None = None, *, image_url: str | None = None,
+              video: ImageSource | None = None, video_url: str | None = None,
               **options) -> "Job":
-        """Submit a depth job (POST /depth); `options` are the server's fields (output,
-        model, processing_res, ...)."""
-        return Job(self, self.submit("depth", {**image_fields(image, image_url), **options}))
+        """Submit a depth job (POST /depth) for a photo, or a short `video` (path or bytes:
+        mp4, mov, webm) or `video_url`, whose result is a zip of depth.mp4 and depth.npz;
+        `options` are the server's fields (output, model, processing_res, ...)."""
+        return Job(self, self.submit("depth", {
+            **image_fields(image, image_url, video, video_url), **options}))
 
     def normal(self, image: ImageSource | None = None, *, image_url: str | None = None,
+               video: ImageSource | None = None, video_url: str | None = None,
                **options) -> "Job":
-        """Submit a surface-normal job (POST /normal); `options` are the server's fields
-        (output, model, processing_res, ...). The completed status says the convention
-        (`frame`, `range`)."""
-        return Job(self, self.submit("normal", {**image_fields(image, image_url), **options}))
+        """Submit a surface-normal job (POST /normal) for a photo or a video, as `depth`;
+        `options` are the server's fields (output, model, processing_res, ...). The
+        completed status says the convention (`frame`, `range`)."""
+        return Job(self, self.submit("normal", {
+            **image_fields(image, image_url, video, video_url), **options}))
 
     def segment(self, image: ImageSource | None = None, *,
                 image_url: str | None = None) -> dict:
@@ -251,10 +259,17 @@ class Job:
         return self.client.cancel(self.id)
 
 
-def image_fields(image: ImageSource | None, image_url: str | None) -> dict:
-    if (image is None) == (image_url is None):
-        raise ValueError("give exactly one of an image (path or bytes) or image_url")
-    return {"image_url": image_url} if image is None else {"image": encode_file(image)}
+def image_fields(image: ImageSource | None, image_url: str | None,
+                 video: ImageSource | None = None, video_url: str | None = None) -> dict:
+    """The job's source, as the server's fields: files in base64, URLs as they are."""
+    given = {name: value for name, value in (("image", image), ("image_url", image_url),
+                                             ("video", video), ("video_url", video_url))
+             if value is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one source: a file (a path or bytes) or a URL, not "
+                         f"{' and '.join(given) or 'none'}")
+    (name, value), = given.items()
+    return {name: value if name.endswith("_url") else encode_file(value)}
 
 
 def served_name(response: requests.Response) -> str:

@@ -6,6 +6,8 @@
     sam3d-client depth photo.jpg -o relief.glb [--fov-degrees 60] [--normal-model normal-d-v1-1]
                                                                     a relief to turn in 3D
     sam3d-client normal photo.jpg -o normals.png [--output png|png16|npy] [--model NAME]
+    sam3d-client depth clip.mp4 -o depth_video.zip   a video (mp4, mov, webm; or --video-url):
+                                                     the maps as mp4 and npz, zipped
     sam3d-client generate --image-url https://example.com/photo.jpg -o model.glb
     sam3d-client segment photo.jpg -o mask.png   the mask a 3D job would use, at once
     sam3d-client wait JOB [-o FILE]       follow a job submitted earlier, then download it
@@ -32,8 +34,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, NORMAL_SUFFIXES, Client, OutputPathError,
-               ServerError, __version__, check_output_path, encode_file)
+from . import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, NORMAL_SUFFIXES, VIDEO_SUFFIXES, Client,
+               OutputPathError, ServerError, __version__, check_output_path, encode_file)
 
 DEFAULT_URL = "http://localhost:8000"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -86,10 +88,11 @@ def parser() -> argparse.ArgumentParser:
 
     for task, what, stem, suffixes in (("depth", "a depth map", "depth", DEPTH_SUFFIXES),
                                        ("normal", "surface normals", "normals", NORMAL_SUFFIXES)):
-        command = commands.add_parser(task, help=f"photo to {what}")
-        add_image_arguments(command)
+        command = commands.add_parser(task, help=f"photo or video to {what}")
+        add_image_arguments(command, video=True)
         command.add_argument("-o", "--out", type=Path, default=None,
-                             help=f"file to write (default {stem}.png, or as --output says)")
+                             help=f"file to write (default {stem}.png, or as --output says; "
+                             f"for a video {task}_video.zip)")
         command.add_argument("--output", choices=sorted(suffixes),
                              help="default: from the -o suffix (.npy, .glb, .ply), else png")
         command.add_argument("--model", help=f"which Lotus {task} model (`health` lists "
@@ -141,16 +144,20 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-def add_photo_arguments(command: argparse.ArgumentParser) -> None:
+def add_photo_arguments(command: argparse.ArgumentParser, video: bool = False) -> None:
     source = command.add_mutually_exclusive_group(required=True)
-    source.add_argument("photo", type=Path, nargs="?", help="the photo to send")
+    source.add_argument("photo", type=Path, nargs="?", help="the photo to send" + (
+        f" (a {', '.join(VIDEO_SUFFIXES)} file is sent as a video)" if video else ""))
     source.add_argument("--image-url", help="an http(s) URL the server fetches the photo "
                         "from, instead of a file")
+    if video:
+        source.add_argument("--video-url", help="an http(s) URL the server fetches a video "
+                            "from")
 
 
-def add_image_arguments(command: argparse.ArgumentParser) -> None:
-    """A job's photo, and what Ctrl-C does to the job."""
-    add_photo_arguments(command)
+def add_image_arguments(command: argparse.ArgumentParser, video: bool = False) -> None:
+    """A job's photo (or video), and what Ctrl-C does to the job."""
+    add_photo_arguments(command, video)
     command.add_argument("--cancel-on-interrupt", action="store_true",
                          help="cancel the job on Ctrl-C (default: it goes on, and the "
                               "command to come back to it is printed)")
@@ -159,7 +166,16 @@ def add_image_arguments(command: argparse.ArgumentParser) -> None:
 def image_body(args) -> dict:
     if args.image_url is not None:
         return {"image_url": args.image_url}
+    if is_video(args):
+        return ({"video_url": args.video_url} if getattr(args, "video_url", None) is not None
+                else {"video": encode_file(args.photo)})
     return {"image": encode_file(args.photo)}
+
+
+def is_video(args) -> bool:
+    """A --video-url, or a file whose suffix is a video's."""
+    return getattr(args, "video_url", None) is not None or (
+        args.photo is not None and args.photo.suffix.lower() in VIDEO_SUFFIXES)
 
 
 def run_generate(client: Client, args) -> int:
@@ -182,14 +198,24 @@ def run_generate(client: Client, args) -> int:
 
 
 def run_map(client: Client, args) -> int:
-    """`depth` and `normal`: one Lotus map of the photo (depth also in 3D: glb, ply)."""
-    by_suffix = {suffix: output for output, suffix in args.suffixes.items() if suffix != ".png"}
-    output = args.output or by_suffix.get((args.out or Path()).suffix.lower(), "png")
-    suffix = args.suffixes[output]
-    stem = "relief" if output in ("glb", "ply") else args.stem
-    out = check_output_path(args.out or Path(stem + suffix), suffix,
-                            f"{args.what} (output {output})")
-    body = {**image_body(args), "output": output}
+    """`depth` and `normal`: one Lotus map of the photo (depth also in 3D: glb, ply), or of
+    each frame of a video (a zip of the maps as mp4 and npz)."""
+    if is_video(args):
+        if args.output is not None:
+            raise OutputPathError(f"--output does not apply to a video: its result is a zip "
+                                  f"of {args.task}.mp4 and {args.task}.npz")
+        out = check_output_path(args.out or Path(f"{args.task}_video.zip"), ".zip",
+                                f"a video's {args.what} (the maps as mp4 and npz, zipped)")
+        body = image_body(args)
+    else:
+        by_suffix = {suffix: output for output, suffix in args.suffixes.items()
+                     if suffix != ".png"}
+        output = args.output or by_suffix.get((args.out or Path()).suffix.lower(), "png")
+        suffix = args.suffixes[output]
+        stem = "relief" if output in ("glb", "ply") else args.stem
+        out = check_output_path(args.out or Path(stem + suffix), suffix,
+                                f"{args.what} (output {output})")
+        body = {**image_body(args), "output": output}
     for name in ("model", "processing_res", "seed", "fov_degrees", "normal_model"):
         if getattr(args, name, None) is not None:
             body[name] = getattr(args, name)
@@ -247,9 +273,9 @@ def follow_and_download(client: Client, args, job_id: str, out: Path | None) -> 
               f"{resume_command(args, resume_verb(last['status']), job_id, out)}",
               file=sys.stderr)
         return 2
-    extra = {key: final[key] for key in ("model", "min", "max", "fov_degrees", "normals", "frame",
-                                         "range", "vertices", "faces", "gaussians")
-             if key in final}
+    extra = {key: final[key] for key in ("model", "frames", "fps", "min", "max", "fov_degrees",
+                                         "normals", "frame", "range", "vertices", "faces",
+                                         "gaussians") if key in final}
     print(f"{written} ({written.stat().st_size} bytes, job {job_id}, "
           f"{final.get('processing_time', 0):.1f} s){' ' + json.dumps(extra) if extra else ''}")
     return 0
