@@ -1,7 +1,7 @@
 """The web page at `/`, driven in headless Chromium (Debian's chromium and chromium-driver)
 against the real server on tiny Lotus checkpoints (depth, two normal models) and the SAM 3D
 stand-in: upload, progress, the
-result in its viewer, no console errors; the mask editor, checked by the masks the server's
+result in its viewer (a video's maps played from its zip), no console errors; the mask editor, checked by the masks the server's
 job was given (the stand-in's pose says each mask's box). Screenshots of each result view and
 each state of the editor are kept in artifacts/web/ (CI's artifacts)."""
 

@@ -1,6 +1,6 @@
-// The page: what the server serves (from /health), a photo or a video and its options in, a job followed
-// on its event stream (queue position, wait estimate, stages, cancel), its result shown and
-// offered, and this browser's jobs, each reopened by /?job=<id>.
+// The page: what the server serves (from /health), a photo or a video and its options in, a
+// job followed on its event stream (queue position, wait estimate, stages, cancel), its result
+// shown and offered, and this browser's jobs, each reopened by /?job=<id>.
 // The API key (when the server has one) lives in sessionStorage: this tab only.
 
 import * as history from "./history.js";
@@ -26,8 +26,9 @@ let health = null;
 let healthTimer = null;
 let healthReadAt = 0;
 let resultUrl = null;
-let photo = null;        // the File (chosen, dropped or an example) the next job sends
-let previewUrl = null;
+let photo = null;        // the File (chosen, dropped or an example) the next job sends: a
+                         // photo or a video
+let previewUrl = null;   // its blob: URL, shown above the form
 let current = null;      // the followed job: { id, task, status, since, processingAt }
 let pendingOpen = null;  // a /?job=<id> waiting for the API key
 let needsKey = false;    // the server answers 401 without a key
@@ -39,7 +40,8 @@ const running = () => Boolean(current && !current.done);
 // bytes); a file whose type the browser does not know is told by its name.
 const VIDEO_TYPES = ["video/mp4", "video/quicktime", "video/webm"];
 const VIDEO_NAME = /\.(mp4|mov|webm)$/i;
-const videoChosen = () => Boolean(photo) && (VIDEO_TYPES.includes(photo.type) || VIDEO_NAME.test(photo.name));
+const videoChosen = () => Boolean(photo) &&
+  (VIDEO_TYPES.includes(photo.type) || VIDEO_NAME.test(photo.name));
 
 // -- the server -----------------------------------------------------------------------
 
@@ -64,7 +66,8 @@ async function answerError(response) {
 
 async function api(path, options = {}) {
   for (;;) {
-    const response = await fetch(path, { ...options, headers: headers(typeof options.body === "string") });
+    const json = typeof options.body === "string";  // a FormData sets its own type
+    const response = await fetch(path, { ...options, headers: headers(json) });
     if (response.status === 503 && response.headers.get("Retry-After")) {
       const seconds = Number(response.headers.get("Retry-After")) || 10;
       showState(`Server busy: retrying in ${seconds} s`, 0);
@@ -210,8 +213,12 @@ function showTaskOptions() {
   $("map-legend").textContent = chosen === "normal" ? "Normal options" : "Depth options";
   for (const element of form.querySelectorAll(".generate-only")) element.hidden = chosen !== "generate";
   // A video's result is one zip whatever the output (a relief is a photo's): none is offered.
-  for (const element of form.querySelectorAll(".depth-only")) element.hidden = chosen !== "depth" || video;
-  for (const element of form.querySelectorAll(".normal-only")) element.hidden = chosen !== "normal" || video;
+  for (const element of form.querySelectorAll(".depth-only")) {
+    element.hidden = chosen !== "depth" || video;
+  }
+  for (const element of form.querySelectorAll(".normal-only")) {
+    element.hidden = chosen !== "normal" || video;
+  }
   for (const select of [form.elements.output, form.elements.normal_output]) select.disabled = video;
   $("video-note").hidden = !video;
   $("video-note").textContent = `A video makes one zip: ${chosen}.mp4, the coloured maps to play, ` +
@@ -632,7 +639,8 @@ form.addEventListener("submit", async (event) => {
     const job = await (await api(`/${chosen}`, { method: "POST", body })).json();
     history.remember({ id: job.job_id, task: chosen, photo: photo.name, status: "queued",
                        at: new Date().toISOString(),
-                       label: `${TASK_NAMES[chosen]} (${video ? "video" : options.output_format || options.output})` });
+                       label: `${TASK_NAMES[chosen]} ` +
+                         `(${video ? "video" : options.output_format || options.output})` });
     await runToEnd(job.job_id, chosen);
   } catch (error) {
     showError(error.message);
@@ -681,7 +689,8 @@ function conventionLines(status) {
 
 // A video job's facts: its status says how many maps, how large and at what rate.
 function videoFacts(status) {
-  return `${status.frames} frames of ${status.width} × ${status.height} at ${Number(status.fps.toFixed(3))} fps`;
+  const fps = Number(status.fps.toFixed(3));
+  return `${status.frames} frames of ${status.width} × ${status.height} at ${fps} fps`;
 }
 
 async function showResult(status, response, jobTask) {
@@ -693,7 +702,8 @@ async function showResult(status, response, jobTask) {
   $("download").href = resultUrl;
   $("download").download = name;
   $("download").textContent = `Download ${name}`;
-  for (const id of ["model", "splat", "mesh-view", "depth", "normal", "video", "usdz-help", "no-preview"]) $(id).hidden = true;
+  for (const id of ["model", "splat", "mesh-view", "depth", "normal", "video", "usdz-help",
+                    "no-preview"]) $(id).hidden = true;
   $("result").hidden = false;
   const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
     .map((key) => `${status[key].toLocaleString()} ${key}`);
@@ -709,7 +719,8 @@ async function showResult(status, response, jobTask) {
     : suffix === "ply" && status.geometry ? "cloud" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
     if (view === "video") {
-      $("video-caption").replaceChildren(...("frame" in status ? conventionLines(status) : [rangeText(status)]));
+      $("video-caption").replaceChildren(
+        ...("frame" in status ? conventionLines(status) : [rangeText(status)]));
       $("video").hidden = false;
       $("video-player").setAttribute("aria-label", `The ${MAP_NAMES[jobTask]} map of each frame`);
       await showVideo($("video-player"), blob, `${jobTask}.mp4`);

@@ -31,12 +31,13 @@ export function outputFile(task, options, video = false) {
 }
 
 const formFields = (options) => Object.entries(options).map(([key, value]) => `-F ${key}=${value}`);
+const authHeader = (keyed) => (keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "");
 
 function curl(task, options, base, keyed, masks) {
   // A form upload (app.py's _form): the photo and masks as files, each option as a field.
   const field = masks.length === 1 ? "mask" : "masks";
   const fields = [...masks.map((name) => `-F ${field}=@${name}`), ...formFields(options)];
-  const auth = keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "";
+  const auth = authHeader(keyed);
   const out = task in MAP_STEMS ? `${MAP_STEMS[task]}.json` : outputFile(task, options);
   return [
     `curl -s ${base}/${task}/sync${auth} -F image=@photo.jpg \\`,
@@ -48,7 +49,7 @@ function curl(task, options, base, keyed, masks) {
 // A video only as a job (the /sync forms refuse one): its id from the answer, its statuses
 // ("frame N of M") from the event stream, which ends when the job does, then its zip.
 function curlVideo(task, options, base, keyed) {
-  const auth = keyed ? ' -H "Authorization: Bearer $SAM3D_API_KEY"' : "";
+  const auth = authHeader(keyed);
   return [
     `job=$(curl -s ${base}/${task}${auth} -F video=@video.mp4 ${formFields(options).join(" ")} \\`,
     `  | sed -E 's/.*"job_id": *"([^"]+)".*/\\1/')`,
@@ -92,7 +93,8 @@ function cli(task, options, base, keyed, masks, video) {
   }
   return [
     `export SAM3D_URL=${base}${keyed ? " SAM3D_API_KEY=..." : ""}`,
-    `sam3d-client ${task} ${video ? "video.mp4" : "photo.jpg"} -o ${outputFile(task, options, video)} ${flags.join(" ")}`,
+    `sam3d-client ${task} ${video ? "video.mp4" : "photo.jpg"} -o ${outputFile(task, options, video)} ` +
+      flags.join(" "),
     ...(missing.length ? [`# no flag for ${missing.join(", ")}: use curl or Python for those`] : []),
   ].join("\n");
 }
@@ -100,7 +102,8 @@ function cli(task, options, base, keyed, masks, video) {
 export function snippets(task, options, keyed, maskCount = 0, video = false) {
   const base = window.location.origin;
   const masks = maskFiles(maskCount);
-  return { curl: video ? curlVideo(task, options, base, keyed) : curl(task, options, base, keyed, masks),
+  return { curl: video ? curlVideo(task, options, base, keyed)
+             : curl(task, options, base, keyed, masks),
            python: python(task, options, base, keyed, masks, video),
            cli: cli(task, options, base, keyed, masks, video) };
 }
