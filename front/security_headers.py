@@ -4,7 +4,8 @@ them, front/asgi.py).
 The page loads its scripts from /vendor and /static on this origin, and one inline
 import map, allowed by its hash (read from the page, so editing it cannot drift from the
 policy). The splat viewer runs its sorter as WebAssembly in a worker made from a blob: URL;
-results are shown and downloaded through blob: URLs.
+results are shown and downloaded through blob: URLs, a chosen video and a video job's mp4
+played from them too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def security_headers(page: Path) -> dict[str, str]:
         f"script-src 'self' {_inline_script_hashes(page)} 'wasm-unsafe-eval'",
         "style-src 'self' 'unsafe-inline'",  # model-viewer styles its shadow DOM inline
         "img-src 'self' blob: data:",
+        "media-src 'self' blob:",
         "connect-src 'self' blob: data:",
         "worker-src 'self' blob:",
         "object-src 'none'",

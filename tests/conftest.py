@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,30 @@ def image_bytes(width=64, height=48, mode="RGB", fmt="PNG", seed=0) -> bytes:
 
 def image_b64(**kwargs) -> str:
     return base64.b64encode(image_bytes(**kwargs)).decode()
+
+
+VIDEO_FRAMES, VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS = 12, 64, 48, 24
+
+
+def make_video(frames=VIDEO_FRAMES, width=VIDEO_WIDTH, height=VIDEO_HEIGHT,
+               container="mp4") -> bytes:
+    """A moving gradient, H.264 (mp4) or VP9 (webm), at VIDEO_FPS."""
+    import av  # the server's; a conftest without it still serves the other tests
+
+    buffer = io.BytesIO()
+    codec = "libx264" if container == "mp4" else "libvpx-vp9"
+    with av.open(buffer, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=Fraction(VIDEO_FPS))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        y, x = np.mgrid[0:height, 0:width]
+        for index in range(frames):
+            rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
+                            np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,14 @@ import base64
 import io
 import threading
 import zipfile
-from fractions import Fraction
 from unittest import mock
 
 import av
 import numpy as np
 import pytest
 
-from conftest import image_b64, wait_until
+from conftest import VIDEO_FPS as FPS, VIDEO_FRAMES as FRAMES, VIDEO_HEIGHT as HEIGHT, \
+    VIDEO_WIDTH as WIDTH, image_b64, make_video, wait_until
 from lotus_reference import upstream_lotus_g_video
 from pipelines.base import JobCancelled
 from pipelines.checkpoints import LOTUS_MODELS
@@ -23,27 +23,6 @@ from pipelines.lotus import DepthRequest, LotusDepth
 from pipelines.video import VideoLimits, probe_video
 from test_app import poll
 from test_lotus_models import parts, photo
-
-FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 24
-
-
-def make_video(frames=FRAMES, width=WIDTH, height=HEIGHT, container="mp4") -> bytes:
-    """A moving gradient, H.264 (mp4) or VP9 (webm)."""
-    buffer = io.BytesIO()
-    codec = "libx264" if container == "mp4" else "libvpx-vp9"
-    with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=Fraction(FPS))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        y, x = np.mgrid[0:height, 0:width]
-        for index in range(frames):
-            rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
-                            np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buffer.getvalue()
-
 
 def decoded_frames(data: bytes) -> list:
     with av.open(io.BytesIO(data)) as container:

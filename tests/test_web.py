@@ -1,7 +1,7 @@
 """The web page at `/`, driven in headless Chromium (Debian's chromium and chromium-driver)
 against the real server on tiny Lotus checkpoints (depth, two normal models) and the SAM 3D
 stand-in: upload, progress, the
-result in its viewer, no console errors; the mask editor, checked by the masks the server's
+result in its viewer (a video's maps played from its zip), no console errors; the mask editor, checked by the masks the server's
 job was given (the stand-in's pose says each mask's box). Screenshots of each result view and
 each state of the editor are kept in artifacts/web/ (CI's artifacts)."""
 
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, image_b64, image_bytes, running_server, wait_until
+from conftest import ROOT, VIDEO_FPS, VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH, image_b64, \
+    image_bytes, make_video, running_server, wait_until
 from make_tiny_checkpoints import make_lotus
 
 KEY = "web-test-key"
+VIDEO_MAX_BYTES = 20_000
 ARTIFACTS = ROOT / "artifacts" / "web"
 VIEWERS = ROOT / "web" / "node_modules" / "@google" / "model-viewer"
 MISSING = [name for name, present in (
@@ -33,11 +35,13 @@ pytestmark = pytest.mark.skipif(bool(MISSING) and not os.environ.get("CI"),
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoints_with_normals):
     """One depth model, two normal ones (Lotus-D and Lotus-G): the page offers a choice of
-    model for normals only."""
+    model for normals only. Videos up to VIDEO_MAX_BYTES: the test video fits, a larger file
+    is refused."""
     models = tmp_path_factory.mktemp("web-checkpoints")
     shutil.copytree(checkpoints_with_normals, models, dirs_exist_ok=True)
     make_lotus(models, 3, "normal-g-v1-1")
-    with running_server(tmp_path_factory.mktemp("web"), models, API_KEY=KEY) as started:
+    with running_server(tmp_path_factory.mktemp("web"), models, API_KEY=KEY,
+                        VIDEO_MAX_BYTES=str(VIDEO_MAX_BYTES)) as started:
         yield started
 
 
@@ -228,6 +232,140 @@ def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     assert page.find_element(By.CSS_SELECTOR, "#splat canvas").is_displayed()
     page.save_screenshot(str(ARTIFACTS / "ply.png"))
     assert_no_console_errors(page)
+
+
+# -- a video (depth and normals only: POST /depth or /normal, a zip of mp4 and npz) ---------
+
+def choose_file(page, path):
+    from selenium.webdriver.common.by import By
+
+    page.find_element(By.ID, "photo").send_keys(str(path))
+    wait_until(lambda: page.find_element(By.ID, "drop-text").text == path.name, timeout=10)
+
+
+def offered(page):
+    """What the form offers: each task radio enabled with its label, each depth output
+    enabled, and whether the depth output choice is shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+    output = page.find_element(By.NAME, "output")
+    return ({radio.get_attribute("value"): (radio.is_enabled(), radio.find_element(By.XPATH, "..").text)
+             for radio in page.find_elements(By.NAME, "task")},
+            {option.get_attribute("value"): option.is_enabled() and output.is_enabled()
+             for option in Select(output).options}, output.is_displayed())
+
+
+STATES_SEEN = """
+window.statesSeen = [];
+new MutationObserver(() => window.statesSeen.push(document.getElementById('state').textContent))
+  .observe(document.getElementById('state'), {childList: true, characterData: true, subtree: true});
+"""
+
+
+def test_a_video_makes_a_depth_video_that_plays_and_a_photo_brings_back_3d(page, server, tmp_path):
+    """A chosen video is previewed; 3D is disabled and says why, the outputs too (a video's
+    result is one zip whatever the output, a relief is a photo's); Run sends it as a form
+    upload to POST /depth, the progress counts its frames, the zip's depth.mp4 plays at the
+    maps' size beside the zip's download; the curl snippet makes the same zip; a photo again
+    offers everything again."""
+    import subprocess
+    import zipfile
+
+    import requests
+    from selenium.webdriver.common.by import By
+
+    video = tmp_path / "video.mp4"
+    video.write_bytes(make_video())
+    choose_file(page, video)
+    preview = page.find_element(By.ID, "preview-video")
+    wait_until(lambda: page.execute_script("return arguments[0].readyState", preview) >= 2,
+               timeout=10)
+    assert preview.is_displayed() and not page.find_element(By.ID, "preview").is_displayed()
+    tasks, outputs, output_shown = offered(page)
+    assert not tasks["generate"][0] and "(SAM 3D takes photos, not videos)" in tasks["generate"][1]
+    assert tasks["depth"][0] and tasks["normal"][0]
+    assert not any(outputs.values()) and not output_shown  # glb, ply nor any other
+    note = page.find_element(By.ID, "video-note")
+    assert note.is_displayed() and "depth.mp4" in note.text and "depth.npz" in note.text
+
+    page.execute_script(STATES_SEEN)
+    assert run_job(page, "depth") == "video"
+    job_id = page.find_element(By.ID, "job-anchor").text
+    status = requests.get(f"{server['url']}/job/{job_id}", headers=AUTH, timeout=5).json()
+    assert (status["frames"], status["fps"]) == (VIDEO_FRAMES, VIDEO_FPS)  # a video job
+    assert (status["width"], status["height"]) == (VIDEO_WIDTH, VIDEO_HEIGHT)
+    frames_shown = {text for text in page.execute_script("return window.statesSeen")
+                    if text.startswith("Processing: frame ")}
+    assert frames_shown and all(text.endswith(f" of {VIDEO_FRAMES}") for text in frames_shown)
+    player = page.find_element(By.ID, "video-player")
+    assert player.is_displayed()
+    assert page.execute_script("return arguments[0].readyState", player) >= 2  # a decoded frame
+    assert page.execute_script("return arguments[0].videoWidth", player) == status["width"]
+    assert page.execute_script("return arguments[0].duration", player) == pytest.approx(
+        VIDEO_FRAMES / VIDEO_FPS, abs=0.1)
+    facts = page.find_element(By.ID, "facts").text
+    assert f"{VIDEO_FRAMES} frames of {VIDEO_WIDTH} × {VIDEO_HEIGHT} at {VIDEO_FPS} fps" in facts
+    assert f"model {status['model']}" in facts
+    assert "min" in page.find_element(By.ID, "video-caption").text
+    assert page.find_element(By.ID, "download").text == "Download depth_video.zip"
+    page.save_screenshot(str(ARTIFACTS / "video.png"))
+    assert_no_console_errors(page)
+
+    page.find_element(By.CSS_SELECTOR, "#code-panel summary").click()
+    python = page.find_element(By.ID, "code-python").text
+    assert (f'client.depth(video="video.mp4", model="{status["model"]}", processing_res=768, '
+            'seed=42)') in python and 'job.download("depth_video.zip")' in python
+    assert (f"sam3d-client depth video.mp4 -o depth_video.zip --model {status['model']} "
+            "--processing-res 768") in page.find_element(By.ID, "code-cli").text
+    curl = page.find_element(By.ID, "code-curl").text
+    assert f"{server['url']}/depth -H" in curl and "-F video=@video.mp4" in curl
+    video.write_bytes(make_video(frames=3))  # the user's own video.mp4: a shorter one
+    ran = subprocess.run(["bash", "-euc", curl], cwd=tmp_path, env={**os.environ, "SAM3D_API_KEY": KEY},
+                         check=True, capture_output=True, text=True, timeout=60)
+    assert '"status": "completed"' in ran.stdout.strip().splitlines()[-1]  # the stream's end
+    with zipfile.ZipFile(tmp_path / "depth_video.zip") as archive:
+        assert sorted(archive.namelist()) == ["depth.mp4", "depth.npz"]
+        frames = np.load(io.BytesIO(archive.read("depth.npz")))["frames"]
+    assert frames.shape == (3, VIDEO_HEIGHT, VIDEO_WIDTH)
+
+    choose_file(page, tmp_path / "photo.png")  # the page fixture's photo
+    assert page.find_element(By.ID, "preview").is_displayed() and not preview.is_displayed()
+    tasks, outputs, output_shown = offered(page)
+    assert tasks["generate"] == (True, "3D object") and output_shown
+    assert outputs["glb"] and outputs["ply"] and all(outputs.values())
+    assert "photo.jpg" in page.find_element(By.ID, "code-curl").text
+
+
+def test_a_video_makes_a_normal_video_with_its_convention(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    (tmp_path / "clip.webm").write_bytes(make_video(frames=3, container="webm"))
+    choose_file(page, tmp_path / "clip.webm")
+    assert run_job(page, "normal", model="normal-d-v1-1") == "video"
+    player = page.find_element(By.ID, "video-player")
+    assert page.execute_script("return arguments[0].videoWidth", player) == VIDEO_WIDTH
+    assert "Frame: camera: x to the left" in page.find_element(By.ID, "video-caption").text
+    assert page.find_element(By.ID, "download").text == "Download normal_video.zip"
+    assert "3 frames of" in page.find_element(By.ID, "facts").text
+    assert_no_console_errors(page)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("clip.mp4", b"\0" * 2000, "not a supported video (mp4, mov or webm expected)"),
+    ("long.webm", b"\0" * (VIDEO_MAX_BYTES + 1),
+     f"video is {VIDEO_MAX_BYTES + 1} bytes; the limit is {VIDEO_MAX_BYTES}"),
+])
+def test_a_video_the_server_refuses_shows_its_reason(page, tmp_path, name, data, message):
+    from selenium.webdriver.common.by import By
+
+    (tmp_path / name).write_bytes(data)
+    choose_file(page, tmp_path / name)
+    page.find_element(By.ID, "run").click()
+    wait_until(lambda: body_state(page) == "error", timeout=30)
+    assert page.find_element(By.ID, "error").text == message
+    assert not page.find_element(By.ID, "run").get_attribute("disabled")  # fix it and retry
 
 
 

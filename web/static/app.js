@@ -1,12 +1,12 @@
-// The page: what the server serves (from /health), a photo and its options in, a job followed
-// on its event stream (queue position, wait estimate, stages, cancel), its result shown and
-// offered, and this browser's jobs, each reopened by /?job=<id>.
+// The page: what the server serves (from /health), a photo or a video and its options in, a
+// job followed on its event stream (queue position, wait estimate, stages, cancel), its result
+// shown and offered, and this browser's jobs, each reopened by /?job=<id>.
 // The API key (when the server has one) lives in sessionStorage: this tab only.
 
 import * as history from "./history.js";
 import { MaskEditor } from "./mask-editor.js";
 import { maskFiles, snippets } from "./snippets.js";
-import { hideViewers, showGlb, showMesh, showSplat } from "./viewers.js";
+import { hideViewers, showGlb, showMesh, showSplat, showVideo } from "./viewers.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
@@ -26,7 +26,9 @@ let health = null;
 let healthTimer = null;
 let healthReadAt = 0;
 let resultUrl = null;
-let photo = null;        // the File (chosen, dropped or an example) the next job sends
+let photo = null;        // the File (chosen, dropped or an example) the next job sends: a
+                         // photo or a video
+let previewUrl = null;   // its blob: URL, shown above the form
 let current = null;      // the followed job: { id, task, status, since, processingAt }
 let pendingOpen = null;  // a /?job=<id> waiting for the API key
 let needsKey = false;    // the server answers 401 without a key
@@ -34,6 +36,12 @@ let servedModels = {};   // task -> [[name, {mode, ...}]] of the Lotus models se
 let maskFor = null;      // the photo whose mask the editor shows (or is fetching)
 let sceneLimit = null;   // the objects one 3D job takes (the OpenAPI's masks maxItems)
 const running = () => Boolean(current && !current.done);
+// The videos /depth and /normal take (pipelines/video.py: the container from its first
+// bytes); a file whose type the browser does not know is told by its name.
+const VIDEO_TYPES = ["video/mp4", "video/quicktime", "video/webm"];
+const VIDEO_NAME = /\.(mp4|mov|webm)$/i;
+const videoChosen = () => Boolean(photo) &&
+  (VIDEO_TYPES.includes(photo.type) || VIDEO_NAME.test(photo.name));
 
 // -- the server -----------------------------------------------------------------------
 
@@ -58,7 +66,8 @@ async function answerError(response) {
 
 async function api(path, options = {}) {
   for (;;) {
-    const response = await fetch(path, { ...options, headers: headers(Boolean(options.body)) });
+    const json = typeof options.body === "string";  // a FormData sets its own type
+    const response = await fetch(path, { ...options, headers: headers(json) });
     if (response.status === 503 && response.headers.get("Retry-After")) {
       const seconds = Number(response.headers.get("Retry-After")) || 10;
       showState(`Server busy: retrying in ${seconds} s`, 0);
@@ -136,7 +145,7 @@ function showHealth(body) {
 
 // Only what the server serves: a task whose pipeline is not loaded here, or (depth, normals)
 // that has no model of its own among those served, is disabled and says why, and the first
-// served one is chosen.
+// served one is chosen. A video is for depth and normals only: SAM 3D takes a photo.
 function offerServedTasks(body) {
   const pipelines = body.pipelines || {};
   const listed = (name) => Object.values(body.models || {}).some((model) => model.task === name);
@@ -145,13 +154,16 @@ function offerServedTasks(body) {
     const state = pipelines[PIPELINE_OF_TASK[radio.value]];
     const noModel = MAP_TASKS.includes(radio.value) && listed(radio.value) &&
       !servedModels[radio.value]?.length;
-    radio.disabled = (state !== "ready" && state !== "loading") || noModel;
+    const unserved = (state !== "ready" && state !== "loading") || noModel;
+    const photoOnly = !MAP_TASKS.includes(radio.value) && videoChosen();
+    radio.disabled = unserved || photoOnly;
     const why = radio.parentElement.querySelector(".unserved") ||
       radio.parentElement.appendChild(Object.assign(document.createElement("span"),
                                                     { className: "unserved" }));
     why.textContent = state === "failed" ? " (failed to load on this server)"
-      : radio.disabled ? (noModel && state ? ` (no ${MAP_NAMES[radio.value]} model on this server)`
-                          : " (not served here)")
+      : unserved ? (noModel && state ? ` (no ${MAP_NAMES[radio.value]} model on this server)`
+                    : " (not served here)")
+      : photoOnly ? " (SAM 3D takes photos, not videos)"
       : state === "loading" ? " (loading: jobs wait until it is ready)" : "";
     if (!radio.disabled && chosen === null) chosen = radio;
   }
@@ -195,12 +207,22 @@ function task() {
 
 function showTaskOptions() {
   const chosen = task();
+  const video = videoChosen();
   $("generate-options").hidden = chosen !== "generate";
   $("map-options").hidden = !MAP_TASKS.includes(chosen);
   $("map-legend").textContent = chosen === "normal" ? "Normal options" : "Depth options";
   for (const element of form.querySelectorAll(".generate-only")) element.hidden = chosen !== "generate";
-  for (const element of form.querySelectorAll(".depth-only")) element.hidden = chosen !== "depth";
-  for (const element of form.querySelectorAll(".normal-only")) element.hidden = chosen !== "normal";
+  // A video's result is one zip whatever the output (a relief is a photo's): none is offered.
+  for (const element of form.querySelectorAll(".depth-only")) {
+    element.hidden = chosen !== "depth" || video;
+  }
+  for (const element of form.querySelectorAll(".normal-only")) {
+    element.hidden = chosen !== "normal" || video;
+  }
+  for (const select of [form.elements.output, form.elements.normal_output]) select.disabled = video;
+  $("video-note").hidden = !video;
+  $("video-note").textContent = `A video makes one zip: ${chosen}.mp4, the coloured maps to play, ` +
+    `and ${chosen}.npz, each frame's raw float32 map.`;
   offerModels(chosen);
   offerLighting(chosen);
   offerMask();
@@ -219,8 +241,8 @@ function offerLighting(chosen = task()) {
                            ...models.map(([name]) => new Option(`Lotus normals (${name})`, name)));
     if (names.includes(keep)) select.value = keep;
   }
-  const offered = chosen === "depth" && ["glb", "ply"].includes(form.elements.output.value) &&
-    models.length > 0;
+  const offered = chosen === "depth" && !videoChosen() &&
+    ["glb", "ply"].includes(form.elements.output.value) && models.length > 0;
   $("relief-lighting").hidden = !offered;
   select.disabled = !offered;  // FormData leaves it out
 }
@@ -249,7 +271,8 @@ function jobOptions(chosen = task()) {
   if (MAP_TASKS.includes(chosen)) {
     const model = data.get("model");
     const normalModel = chosen === "depth" && data.get("normal_model");
-    return { ...(model ? { model } : {}), output: data.get(chosen === "depth" ? "output" : "normal_output"),
+    const output = data.get(chosen === "depth" ? "output" : "normal_output");  // none for a video
+    return { ...(model ? { model } : {}), ...(output ? { output } : {}),
              processing_res: number("processing_res") ?? 768, seed,
              ...(normalModel ? { normal_model: normalModel } : {}) };
   }
@@ -355,7 +378,9 @@ function updateSnippets() {
   const masks = task() === "generate" && maskShown() ? editor.objects.length : 0;
   $("mask-files").hidden = masks === 0;
   $("mask-files-names").textContent = maskFiles(masks).join(", ");
-  const code = snippets(task(), jobOptions(), needsKey, masks);
+  const code = snippets(task(), jobOptions(), needsKey, masks, videoChosen());
+  $("code-file").textContent = videoChosen() ? "video.mp4" : "photo.jpg";
+  $("code-file-kind").textContent = videoChosen() ? "video" : "photo";
   $("code-curl").textContent = code.curl;
   $("code-python").textContent = code.python;
   $("code-cli").textContent = code.cli;
@@ -385,14 +410,29 @@ function choosePhoto(file, example = null) {
     transfer.items.add(file);
     $("photo").files = transfer.files;
   }
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").hidden = false;
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  const video = videoChosen();
+  $("preview").hidden = video;
+  $("preview-video").hidden = !video;
+  if (video) {
+    $("preview").removeAttribute("src");
+    $("preview-video").src = previewUrl;
+  } else {
+    $("preview-video").removeAttribute("src");
+    $("preview-video").load();  // stops the video shown before
+    $("preview").src = previewUrl;
+  }
   $("drop-text").textContent = file.name;
   for (const button of document.querySelectorAll(".example")) {
     button.setAttribute("aria-pressed", String(button === example));
   }
-  offerMask();
+  offerServedTasks(health || {});  // a video: depth and normals only, and their options
 }
+
+// A video this browser cannot play (a mov's codec, a damaged file) shows no empty box: the
+// server says whether it takes it.
+$("preview-video").addEventListener("error", () => { $("preview-video").hidden = true; });
 
 $("photo").addEventListener("change", () => $("photo").files[0] && choosePhoto($("photo").files[0]));
 $("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
@@ -561,7 +601,7 @@ async function runToEnd(id, jobTask) {
     if (status.status !== "completed") throw new Error(status.error || `Job ${status.status}`);
     showState("Completed", 1);
     $("eta").hidden = true;
-    await showResult(status, await api(`/job/${id}/download`));
+    await showResult(status, await api(`/job/${id}/download`), jobTask);
   } catch (error) {
     if (error.status === 404 || error.status === 410) {
       history.update(id, { status: error.status === 410 ? "expired" : "not found" });
@@ -580,7 +620,7 @@ async function runToEnd(id, jobTask) {
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   useTypedKey();
-  if (!photo) return showError("Choose a photo first, or an example.");
+  if (!photo) return showError("Choose a photo or a video first, or an example.");
   const chosen = task();
   const empty = chosen === "generate" && maskShown() ? editor.emptyObjects() : [];
   emptyRefused = empty.length > 0;
@@ -592,18 +632,30 @@ form.addEventListener("submit", async (event) => {
   await clearResult();
   $("run").disabled = true;
   try {
-    const body = { image: await readAsDataUrl(photo), ...jobOptions(chosen), ...masks };
-    const job = await (await api(`/${chosen}`, { method: "POST", body: JSON.stringify(body) })).json();
     const options = jobOptions(chosen);
+    const video = videoChosen();
+    const body = video ? videoUpload(photo, options)
+      : JSON.stringify({ image: await readAsDataUrl(photo), ...options, ...masks });
+    const job = await (await api(`/${chosen}`, { method: "POST", body })).json();
     history.remember({ id: job.job_id, task: chosen, photo: photo.name, status: "queued",
                        at: new Date().toISOString(),
-                       label: `${TASK_NAMES[chosen]} (${options.output_format || options.output})` });
+                       label: `${TASK_NAMES[chosen]} ` +
+                         `(${video ? "video" : options.output_format || options.output})` });
     await runToEnd(job.job_id, chosen);
   } catch (error) {
     showError(error.message);
     $("run").disabled = false;
   }
 });
+
+// A video goes as a form upload (app.py _form), the file as `video` and each option a field,
+// to the async endpoint: /depth/sync and /normal/sync refuse one.
+function videoUpload(file, options) {
+  const body = new FormData();
+  body.append("video", file);
+  for (const [name, value] of Object.entries(options)) body.append(name, value);
+  return body;
+}
 
 $("cancel").addEventListener("click", async () => {
   if (!current) return;
@@ -620,7 +672,28 @@ $("cancel").addEventListener("click", async () => {
 
 const VIEW_OF_SUFFIX = { glb: "glb", ply: "ply", zip: "obj", stl: "stl", usdz: "usdz", png: "depth", npy: "npy" };
 
-async function showResult(status, response) {
+// What a depth map's values are, from its status (a photo's or a video's).
+function rangeText(status) {
+  return `min ${status.min.toFixed(4)} · max ${status.max.toFixed(4)}` +
+    (status.disparity === false ? " (depth: larger is farther)" : " (disparity: larger is nearer)");
+}
+
+// A normal map's convention, from its status: one line each for its frame and its values.
+function conventionLines(status) {
+  return [["Frame", status.frame], ["Values", status.range]].map(([label, text]) => {
+    const line = document.createElement("span");
+    line.append(Object.assign(document.createElement("strong"), { textContent: `${label}: ` }), text);
+    return line;
+  });
+}
+
+// A video job's facts: its status says how many maps, how large and at what rate.
+function videoFacts(status) {
+  const fps = Number(status.fps.toFixed(3));
+  return `${status.frames} frames of ${status.width} × ${status.height} at ${fps} fps`;
+}
+
+async function showResult(status, response, jobTask) {
   const blob = await response.blob();
   if (resultUrl) URL.revokeObjectURL(resultUrl);
   resultUrl = URL.createObjectURL(blob);
@@ -629,26 +702,30 @@ async function showResult(status, response) {
   $("download").href = resultUrl;
   $("download").download = name;
   $("download").textContent = `Download ${name}`;
-  for (const id of ["model", "splat", "mesh-view", "depth", "normal", "usdz-help", "no-preview"]) $(id).hidden = true;
+  for (const id of ["model", "splat", "mesh-view", "depth", "normal", "video", "usdz-help",
+                    "no-preview"]) $(id).hidden = true;
   $("result").hidden = false;
   const facts = ["vertices", "faces", "gaussians"].filter((key) => key in status)
     .map((key) => `${status[key].toLocaleString()} ${key}`);
+  if ("frames" in status) facts.push(videoFacts(status));
   if (status.model) facts.push(`model ${status.model}`);
   if (status.normal_model) facts.push(`lit by ${status.normal_model}'s normals`);
   $("facts").textContent = [...facts, `${status.processing_time} s on ${status.worker || "the server"}`].join(" · ");
   const suffix = name.split(".").pop();
-  // a normal map's status says its convention (frame, range); a depth job's PLY is a plain
-  // coloured point cloud, which the splat viewer cannot read: three.js draws its points
-  const view = "frame" in status ? "normal"
+  // a video job's status counts its frames; a normal map's says its convention (frame,
+  // range); a depth job's PLY is a plain coloured point cloud, which the splat viewer cannot
+  // read: three.js draws its points
+  const view = "frames" in status ? "video" : "frame" in status ? "normal"
     : suffix === "ply" && status.geometry ? "cloud" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
-    if (view === "normal") {
-      $("normal-convention").replaceChildren(...[["Frame", status.frame], ["Values", status.range]]
-        .map(([label, text]) => {
-          const line = document.createElement("span");
-          line.append(Object.assign(document.createElement("strong"), { textContent: `${label}: ` }), text);
-          return line;
-        }));
+    if (view === "video") {
+      $("video-caption").replaceChildren(
+        ...("frame" in status ? conventionLines(status) : [rangeText(status)]));
+      $("video").hidden = false;
+      $("video-player").setAttribute("aria-label", `The ${MAP_NAMES[jobTask]} map of each frame`);
+      await showVideo($("video-player"), blob, `${jobTask}.mp4`);
+    } else if (view === "normal") {
+      $("normal-convention").replaceChildren(...conventionLines(status));
       $("normal").hidden = false;
       $("normal-image").hidden = suffix !== "png";
       if (suffix === "png") {
@@ -656,8 +733,7 @@ async function showResult(status, response) {
         await $("normal-image").decode();
       }
     } else if (view === "depth" || view === "npy") {
-      $("depth-range").textContent = `min ${status.min.toFixed(4)} · max ${status.max.toFixed(4)}` +
-        (status.disparity === false ? " (depth: larger is farther)" : " (disparity: larger is nearer)");
+      $("depth-range").textContent = rangeText(status);
       $("depth").hidden = false;
       if (view === "depth") {
         $("depth-image").hidden = false;

@@ -1,12 +1,14 @@
 // The result's preview, one viewer per kind of file: model-viewer for GLB, the splat viewer
 // for a 3D job's PLY, three.js for OBJ (a zip: model.obj, model.mtl, its textures), STL and
-// a depth map's point cloud (a PLY of coloured points, not splats). Each
-// show*() resolves once the file is on screen (or throws: the page says it could not show it).
+// a depth map's point cloud (a PLY of coloured points, not splats), a <video> for a video
+// job's maps. Each show*() resolves once the file is on screen (or throws: the page says it
+// could not show it).
 
 import * as THREE from "three";
 
 let splatViewer = null;
 let meshView = null;  // { renderer, urls, observer }
+let videoView = null;  // { player, url }
 
 export async function showGlb(viewer, url) {
   viewer.hidden = false;
@@ -34,12 +36,39 @@ export async function showSplat(root, url) {
   splatViewer.start();
 }
 
+// A video job's zip (pipelines/video.py write_video_result: <task>.mp4, <task>.npz, stored
+// uncompressed): its mp4 alone taken out with fflate and played; resolves on its first frame.
+export async function showVideo(player, blob, name) {
+  const { unzipSync } = await import("/vendor/fflate.module.js");
+  const files = unzipSync(new Uint8Array(await blob.arrayBuffer()),
+                          { filter: (file) => file.name === name });
+  if (!files[name]) throw new Error(`the zip has no ${name}`);
+  disposeVideo();
+  videoView = { player, url: URL.createObjectURL(new Blob([files[name]], { type: "video/mp4" })) };
+  const loaded = new Promise((resolve, reject) => {
+    player.addEventListener("loadeddata", resolve, { once: true });
+    player.addEventListener("error", () => reject(new Error(`${name} could not be played`)),
+                            { once: true });
+  });
+  player.src = videoView.url;
+  await loaded;
+}
+
+function disposeVideo() {
+  if (!videoView) return;
+  videoView.player.removeAttribute("src");
+  videoView.player.load();  // stops it and lets its file go
+  URL.revokeObjectURL(videoView.url);
+  videoView = null;
+}
+
 export async function hideViewers() {
   if (splatViewer) {
     await splatViewer.dispose();
     splatViewer = null;
   }
   disposeMesh();
+  disposeVideo();
 }
 
 async function stlObject(blob) {
