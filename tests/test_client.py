@@ -27,8 +27,8 @@ import requests
 import trimesh
 from PIL import Image
 
-from conftest import (ROOT, QuietHandler, image_bytes, local_http_server, running_server,
-                      wait_until)
+from conftest import (ROOT, VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH, QuietHandler, image_bytes,
+                      local_http_server, make_video, running_server, wait_until)
 
 sys.path.insert(0, str(ROOT / "client"))  # this checkout's client, not an installed one
 
@@ -433,17 +433,16 @@ def video_zip(path, task):
 
 
 def test_depth_of_a_video_file_writes_the_zip_of_its_maps(client_venv, server, tmp_path):
-    from test_video import FRAMES, HEIGHT, WIDTH, make_video
-
     clip = tmp_path / "clip.MP4"  # a video by its suffix, whatever its case
     clip.write_bytes(make_video())
     done = sam3d_client(client_venv, server, "depth", clip, "--processing-res", "32",
                         cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert video_zip(tmp_path / "depth_video.zip", "depth").shape == (FRAMES, HEIGHT, WIDTH)
-    assert f'"frames": {FRAMES}' in done.stdout
+    assert video_zip(tmp_path / "depth_video.zip", "depth").shape == (
+        VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH)
+    assert f'"frames": {VIDEO_FRAMES}' in done.stdout
     for refused, says in ((["--output", "npy"], "--output does not apply to a video"),
-                          (["-o", tmp_path / "depth.png"], "name it " + str(tmp_path / "depth.zip"))):
+                          (["-o", tmp_path / "depth.png"], f"name it {tmp_path / 'depth.zip'}")):
         answer = sam3d_client(client_venv, server, "depth", clip, *refused)
         assert answer.returncode == 2 and says in answer.stderr, answer.stderr
 
@@ -457,11 +456,10 @@ def test_the_python_api_submits_a_normal_job(server, photo, tmp_path):
 
 
 def test_the_python_api_submits_a_video_job(server, tmp_path):
-    from test_video import FRAMES, make_video
-
     job = Client(server["url"], api_key=KEY).normal(video=make_video(), processing_res=32)
-    assert job.wait()["frames"] == FRAMES
-    assert video_zip(job.download(tmp_path / "normal_video.zip"), "normal").shape[0] == FRAMES
+    assert job.wait()["frames"] == VIDEO_FRAMES
+    assert video_zip(job.download(tmp_path / "normal_video.zip"), "normal").shape[0] == \
+        VIDEO_FRAMES
     with pytest.raises(ValueError, match="exactly one source"):
         Client(server["url"]).depth(b"photo", video=b"clip")
 
