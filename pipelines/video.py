@@ -2,7 +2,8 @@
 subprocess, no temporary file).
 
 A video is refused from its container's metadata (format, duration, frame count, frame
-size) before one frame is decoded; decoding then stops at the frame limit whatever the
+size) before one frame is decoded (a webm recorded live has no length in its header: its
+packets are counted, undecoded); decoding then stops at the frame limit whatever the
 metadata said. The result is one zip: the colourised maps as an H.264 mp4 at the input's
 frame rate, and the raw float32 frames as a `.npz`.
 """
@@ -82,6 +83,8 @@ def probe_video(data: bytes, limits: VideoLimits) -> Video:
             else:  # webm keeps the duration on the container, in microseconds
                 seconds = (container.duration or 0) / 1e6
             frames = stream.frames or round(seconds * float(rate))
+            if not frames:  # a live or browser-recorded webm: no duration in its header
+                frames, seconds = _demuxed_length(container, stream, limits.max_frames)
     except InvalidVideo:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError):
@@ -96,6 +99,23 @@ def probe_video(data: bytes, limits: VideoLimits) -> Video:
     if frames > limits.max_frames:
         raise InvalidVideo(f"video has {frames} frames; the limit is {limits.max_frames}")
     return Video(data, width, height, frames, float(rate), seconds, limits.max_frames)
+
+
+def _demuxed_length(container, stream, max_frames: int) -> tuple[int, float]:
+    """Frames and seconds from the packets themselves, read without decoding one and no
+    further than `max_frames`: what a webm muxed as it is recorded (MediaRecorder, FFmpeg's
+    `live` option) says nowhere else, its header written before its length was known."""
+    frames, end = 0, 0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's closing empty packet
+            continue
+        frames += 1
+        if frames > max_frames:
+            raise InvalidVideo(f"video has more than {max_frames} frames; the limit is "
+                               f"{max_frames}")
+        if packet.pts is not None:
+            end = max(end, packet.pts + (packet.duration or 0))
+    return frames, float(end * stream.time_base) if stream.time_base else 0.0
 
 
 def _open(data: bytes):

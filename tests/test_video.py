@@ -27,9 +27,29 @@ from test_lotus_models import parts, photo
 FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 24
 
 
-def make_video(frames=FRAMES, width=WIDTH, height=HEIGHT, container="mp4") -> bytes:
-    """A moving gradient, H.264 (mp4) or VP9 (webm)."""
-    buffer = io.BytesIO()
+class Unseekable(io.RawIOBase):
+    """Where a recorder writes as it goes (a browser's MediaRecorder, a pipe): FFmpeg cannot
+    go back to put the length in the header."""
+
+    def __init__(self):
+        super().__init__()
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, chunk):
+        self.data += chunk
+        return len(chunk)
+
+    def getvalue(self) -> bytes:
+        return bytes(self.data)
+
+
+def make_video(frames=FRAMES, width=WIDTH, height=HEIGHT, container="mp4",
+               live=False) -> bytes:
+    """A moving gradient, H.264 (mp4) or VP9 (webm); `live`: written as it is recorded."""
+    buffer = Unseekable() if live else io.BytesIO()
     codec = "libx264" if container == "mp4" else "libvpx-vp9"
     with av.open(buffer, mode="w", format=container) as out:
         stream = out.add_stream(codec, rate=Fraction(FPS))
@@ -143,6 +163,27 @@ def test_webm_is_served(make_client, checkpoints):
     assert accepted.status_code == 202, accepted.get_json()
     status = poll(client, accepted.get_json()["job_id"], timeout=120)
     assert status["status"] == "completed" and status["frames"] == 3, status
+
+
+def test_a_webm_recorded_live_with_no_length_in_its_header_is_served(make_client, checkpoints):
+    """A browser's MediaRecorder writes no Duration (nor any frame count): its frames are
+    counted from the packets, still before decoding."""
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    accepted = submit_video(client, make_video(frames=5, container="webm", live=True))
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed" and status["frames"] == 5, status
+
+
+def test_a_live_webm_over_the_frame_limit_is_a_400_before_decoding(make_client, checkpoints,
+                                                                  monkeypatch):
+    import pipelines.lotus
+
+    monkeypatch.setattr(pipelines.lotus, "decode_frames", mock.Mock(side_effect=AssertionError))
+    client = make_client({"lotus": LotusDepth(checkpoints)}, video_max_frames=4)
+    response = submit_video(client, make_video(frames=5, container="webm", live=True))
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "video has more than 4 frames; the limit is 4"
 
 
 class HeldAtSecondBatch(LotusDepth):
