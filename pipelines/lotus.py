@@ -153,7 +153,7 @@ class LotusRequest(ImageInput):
             data = fetch_url(self.video_url, max_bytes=min(limits.url_max_bytes,
                                                            limits.video.max_bytes),
                              timeout=limits.url_timeout_seconds,
-                             allow_private=limits.allow_private_urls)
+                             allow_private=limits.allow_private_urls, what="video_url")
         video = probe_video(data, limits.video)
         limit = max_processing_res(video.size)
         if self.processing_res > limit:

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import image_b64, wait_until
+from conftest import QuietHandler, image_b64, local_http_server, wait_until
 from lotus_reference import upstream_lotus_g_video
 from pipelines.base import JobCancelled
 from pipelines.checkpoints import LOTUS_MODELS
@@ -184,6 +184,28 @@ def test_a_live_webm_over_the_frame_limit_is_a_400_before_decoding(make_client, 
     response = submit_video(client, make_video(frames=5, container="webm", live=True))
     assert response.status_code == 400
     assert response.get_json()["error"] == "video has more than 4 frames; the limit is 4"
+
+
+class VideoHost(QuietHandler):
+    def do_GET(self):
+        body = make_video(frames=FRAMES * 4)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/clip.mp4", "video_url body is larger than 1024 bytes"),
+    (None, "video_url must be an http or https URL"),
+])
+def test_a_video_url_that_fails_names_video_url(make_client, checkpoints, path, words):
+    client = make_client({"lotus": LotusDepth(checkpoints)}, video_max_bytes=1024,
+                         allow_private_urls=True)
+    with local_http_server(VideoHost) as host:
+        url = f"{host}{path}" if path else "ftp://example.com/clip.mp4"
+        response = client.post("/depth", json={"video_url": url, "processing_res": 64})
+    assert response.status_code == 400 and response.get_json()["error"] == words
 
 
 class HeldAtSecondBatch(LotusDepth):
