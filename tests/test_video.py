@@ -154,7 +154,9 @@ def test_video_that_is_not_base64_is_a_400_naming_the_video(make_client, checkpo
 def test_the_sync_form_refuses_a_video_and_names_the_async_one(make_client, checkpoints):
     client = make_client({"lotus": LotusDepth(checkpoints)})
     response = client.post("/depth/sync", json={"video": base64.b64encode(make_video()).decode()})
-    assert response.status_code == 400 and "POST /depth takes videos" in response.get_json()["error"]
+    assert response.status_code == 400 and response.get_json()["error"] == (
+        "video: POST /depth takes videos (a job to poll, then /job/<id>/download); "
+        "/depth/sync answers images only")
 
 
 def test_webm_is_served(make_client, checkpoints):
