@@ -192,6 +192,10 @@ class DepthRequest(LotusRequest):
 
     @model_validator(mode="after")
     def _normals_light_a_relief(self):
+        if self.normal_model is not None and self.is_video:
+            raise ValueError("normal_model lights a photo's relief (output glb or ply); a "
+                             "video's result is a zip of its depth maps as mp4 and npz; for "
+                             "a video's normals, POST /normal")
         if self.normal_model is not None and self.output not in RELIEF_FORMATS:
             raise ValueError(f"normal_model lights a relief: it needs output glb or ply, not "
                              f"{self.output}; for the normal map itself, POST /normal")

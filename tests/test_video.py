@@ -328,9 +328,11 @@ def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, 
 
 
 def test_a_video_cannot_ask_for_a_relief(make_client, checkpoints):
+    """Nor for one lit by a normal model: told so at once, not first to ask for a glb."""
     client = make_client({"lotus": LotusDepth(checkpoints)})
-    for output in ("glb", "ply"):
-        refused = submit_video(client, make_video(frames=3), output=output)
+    for fields in ({"output": "glb"}, {"output": "ply"}, {"normal_model": "normal-d-v1-1"},
+                   {"output": "glb", "normal_model": "normal-d-v1-1"}):
+        refused = submit_video(client, make_video(frames=3), **fields)
         assert refused.status_code == 400 and "a video's result is a zip" in refused.get_json()[
-            "error"]
+            "error"], (fields, refused.get_json())
     assert client.get("/queue").get_json()["queued"] == 0
