@@ -167,6 +167,16 @@ def test_webm_is_served(make_client, checkpoints):
     assert status["status"] == "completed" and status["frames"] == 3, status
 
 
+def test_a_webm_cut_short_is_a_400_not_a_shorter_video(make_client, checkpoints):
+    """FFmpeg decodes a truncated webm up to the cut without an error (a truncated mp4 fails
+    to open or to decode): the missing end is told from the size its Segment declares."""
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    data = make_video(frames=FRAMES * 4, container="webm")
+    response = submit_video(client, data[:len(data) // 2])
+    assert response.status_code == 400 and response.get_json()["error"] == (
+        f"video is cut short: {len(data) // 2} of the {len(data)} bytes its container declares")
+
+
 def test_a_webm_recorded_live_with_no_length_in_its_header_is_served(make_client, checkpoints):
     """A browser's MediaRecorder writes no Duration (nor any frame count): its frames are
     counted from the packets, still before decoding."""
