@@ -55,7 +55,9 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
                 queue._lane(job.pipeline).waiting.append(job)
                 continue
             except (OSError, PipelineError):
-                job.error = "the server restarted and this job's image was lost"
+                job.error = ("the server restarted before this job started and could not "
+                             "reopen its input (a video is not kept across a restart); "
+                             "submit it again")
         elif job.state is JobState.PROCESSING and job.id in files:
             job.result = _recovered(files.pop(job.id))  # written, then the process died
             job.state, job.stage, job.progress = JobState.COMPLETED, "completed", 1.0

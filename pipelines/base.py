@@ -106,7 +106,11 @@ def describe_failure(exc: BaseException, oom_advice: str = "") -> PipelineError:
     return PipelineError(f"{type(exc).__name__}: {exc}", status=500)
 
 
-_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+-]+/)+([\w.+-]*)")
+# A server path, not one of this API's own routes that messages name (`/job/<id>/download`,
+# `/depth/sync`: app.py's routes), which cut would read "<id>/download", "sync".
+_API_ROUTES = ("job", "depth", "normal", "generate", "segment")
+_SERVER_PATH = re.compile(rf"(?<![\w.:/])/(?!(?:{'|'.join(_API_ROUTES)})/)"
+                          r"(?:[\w.+-]+/)+([\w.+-]*)")
 MAX_MESSAGE_CHARS = 500
 
 

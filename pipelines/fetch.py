@@ -61,25 +61,27 @@ def is_public_address(address: str) -> bool:
 
 def fetch_url(url: str, *, max_bytes: int, timeout: float, allow_private: bool = False,
               resolve: Resolver = resolve_host,
-              is_allowed: Callable[[str], bool] = is_public_address) -> bytes:
-    """GET `url` and return its body, or raise UnsafeURL / FetchFailed. `timeout` is one
-    deadline over every hop: connecting, headers, redirects and the body."""
+              is_allowed: Callable[[str], bool] = is_public_address,
+              what: str = "image_url") -> bytes:
+    """GET `url` and return its body, or raise UnsafeURL / FetchFailed naming the field
+    `what`. `timeout` is one deadline over every hop: connecting, headers, redirects and the
+    body."""
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
-        response = _open_checked(url, deadline, allow_private, resolve, is_allowed)
+        response = _open_checked(url, deadline, allow_private, resolve, is_allowed, what=what)
         try:
             if response.status in _REDIRECTS and response.headers.get("Location"):
                 try:
                     url = urljoin(url, response.headers["Location"])
                 except ValueError:
-                    raise UnsafeURL("image_url redirected to a malformed URL") from None
+                    raise UnsafeURL(f"{what} redirected to a malformed URL") from None
                 continue
             if response.status != 200:
-                raise FetchFailed(f"image_url answered HTTP {response.status}")
-            return _read_capped(response, max_bytes)
+                raise FetchFailed(f"{what} answered HTTP {response.status}")
+            return _read_capped(response, max_bytes, what)
         finally:
             response.release_conn()
-    raise FetchFailed(f"image_url redirected more than {MAX_REDIRECTS} times")
+    raise FetchFailed(f"{what} redirected more than {MAX_REDIRECTS} times")
 
 
 def check_url(url: str, what: str, allow_private: bool = False,
@@ -148,19 +150,19 @@ def post_checked(url: str, body: bytes, headers: dict[str, str], *, what: str,
     return response.status
 
 
-def _read_capped(response, max_bytes: int) -> bytes:
+def _read_capped(response, max_bytes: int, what: str) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise FetchFailed(f"image_url body is larger than {max_bytes} bytes")
+        raise FetchFailed(f"{what} body is larger than {max_bytes} bytes")
     chunks, size = [], 0
     try:
         while chunk := response.read1(64 * 1024):
             size += len(chunk)
             if size > max_bytes:
-                raise FetchFailed(f"image_url body is larger than {max_bytes} bytes")
+                raise FetchFailed(f"{what} body is larger than {max_bytes} bytes")
             chunks.append(chunk)
     except urllib3.exceptions.TimeoutError:
-        raise FetchFailed("image_url took too long to download") from None
+        raise FetchFailed(f"{what} took too long to download") from None
     except urllib3.exceptions.HTTPError as exc:
-        raise FetchFailed(f"image_url download failed: {type(exc).__name__}") from None
+        raise FetchFailed(f"{what} download failed: {type(exc).__name__}") from None
     return b"".join(chunks)

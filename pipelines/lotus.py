@@ -153,7 +153,7 @@ class LotusRequest(ImageInput):
             data = fetch_url(self.video_url, max_bytes=min(limits.url_max_bytes,
                                                            limits.video.max_bytes),
                              timeout=limits.url_timeout_seconds,
-                             allow_private=limits.allow_private_urls)
+                             allow_private=limits.allow_private_urls, what="video_url")
         video = probe_video(data, limits.video)
         limit = max_processing_res(video.size)
         if self.processing_res > limit:
@@ -192,6 +192,10 @@ class DepthRequest(LotusRequest):
 
     @model_validator(mode="after")
     def _normals_light_a_relief(self):
+        if self.normal_model is not None and self.is_video:
+            raise ValueError("normal_model lights a photo's relief (output glb or ply); a "
+                             "video's result is a zip of its depth maps as mp4 and npz; for "
+                             "a video's normals, POST /normal")
         if self.normal_model is not None and self.output not in RELIEF_FORMATS:
             raise ValueError(f"normal_model lights a relief: it needs output glb or ply, not "
                              f"{self.output}; for the normal map itself, POST /normal")

@@ -2,9 +2,11 @@
 subprocess, no temporary file).
 
 A video is refused from its container's metadata (format, duration, frame count, frame
-size) before one frame is decoded; decoding then stops at the frame limit whatever the
-metadata said. The result is one zip: the colourised maps as an H.264 mp4 at the input's
-frame rate, and the raw float32 frames as a `.npz`.
+size) before one frame is decoded (a webm recorded live has no length in its header: its
+packets are counted, undecoded; one with fewer bytes than it declares is cut short);
+decoding then stops at the frame limit whatever the metadata said. The result is one zip:
+the colourised maps as an H.264 mp4 at the input's frame rate, and the raw float32 frames
+as a `.npz`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .outputs import atomic_write, colorize_depth
 # ISO BMFF (mp4, mov) has a box type at bytes 4-8; Matroska (webm) an EBML header.
 MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+MATROSKA_SEGMENT = b"\x18\x53\x80\x67"  # the element after the EBML header (RFC 9559)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ def probe_video(data: bytes, limits: VideoLimits) -> Video:
 
     if len(data) > limits.max_bytes:
         raise InvalidVideo(f"video is {len(data)} bytes; the limit is {limits.max_bytes}")
+    declared = _matroska_length(data)
+    if declared is not None and declared > len(data):
+        raise InvalidVideo(f"video is cut short: {len(data)} of the {declared} bytes its "
+                           "container declares")
     try:
         with _open(data) as container:
             if not container.streams.video:
@@ -82,6 +89,8 @@ def probe_video(data: bytes, limits: VideoLimits) -> Video:
             else:  # webm keeps the duration on the container, in microseconds
                 seconds = (container.duration or 0) / 1e6
             frames = stream.frames or round(seconds * float(rate))
+            if not frames:  # a live or browser-recorded webm: no duration in its header
+                frames, seconds = _demuxed_length(container, stream, limits.max_frames)
     except InvalidVideo:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError):
@@ -96,6 +105,52 @@ def probe_video(data: bytes, limits: VideoLimits) -> Video:
     if frames > limits.max_frames:
         raise InvalidVideo(f"video has {frames} frames; the limit is {limits.max_frames}")
     return Video(data, width, height, frames, float(rate), seconds, limits.max_frames)
+
+
+def _demuxed_length(container, stream, max_frames: int) -> tuple[int, float]:
+    """Frames and seconds from the packets themselves, read without decoding one and no
+    further than `max_frames`: what a webm muxed as it is recorded (MediaRecorder, FFmpeg's
+    `live` option) says nowhere else, its header written before its length was known."""
+    frames, end = 0, 0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's closing empty packet
+            continue
+        frames += 1
+        if frames > max_frames:
+            raise InvalidVideo(f"video has more than {max_frames} frames; the limit is "
+                               f"{max_frames}")
+        if packet.pts is not None:
+            end = max(end, packet.pts + (packet.duration or 0))
+    return frames, float(end * stream.time_base) if stream.time_base else 0.0
+
+
+def _matroska_length(data: bytes) -> int | None:
+    """The bytes a webm says it holds: its Segment's end. None where that is unknown (a live
+    recording leaves the size open) or it is not a webm. FFmpeg reads a webm cut short up to
+    the cut without a word, so a truncated upload would pass for a shorter video."""
+    if not data.startswith(EBML_MAGIC):
+        return None
+    header_size, offset = _vint(data, len(EBML_MAGIC))
+    if header_size is None:
+        return None
+    offset += header_size
+    if data[offset:offset + len(MATROSKA_SEGMENT)] != MATROSKA_SEGMENT:
+        return None
+    segment_size, offset = _vint(data, offset + len(MATROSKA_SEGMENT))
+    return None if segment_size is None else offset + segment_size
+
+
+def _vint(data: bytes, offset: int) -> tuple[int | None, int]:
+    """An EBML element's data size at `offset` and the offset past it (RFC 8794, sections 4
+    and 6): the first byte's leading zeros tell its length; every value bit set means
+    unknown (None), as does a size that is not one."""
+    first = data[offset] if offset < len(data) else 0
+    length = 9 - first.bit_length()
+    if length > 8 or offset + length > len(data):
+        return None, offset
+    mask = (1 << (7 * length)) - 1
+    value = int.from_bytes(data[offset:offset + length], "big") & mask
+    return (None if value == mask else value), offset + length
 
 
 def _open(data: bytes):

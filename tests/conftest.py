@@ -61,12 +61,32 @@ def image_b64(**kwargs) -> str:
 VIDEO_FRAMES, VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS = 12, 64, 48, 24
 
 
+class Unseekable(io.RawIOBase):
+    """Where a recorder writes as it goes (a browser's MediaRecorder, a pipe): FFmpeg cannot
+    go back to put the length in the header."""
+
+    def __init__(self):
+        super().__init__()
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, chunk):
+        self.data += chunk
+        return len(chunk)
+
+    def getvalue(self) -> bytes:
+        return bytes(self.data)
+
+
 def make_video(frames=VIDEO_FRAMES, width=VIDEO_WIDTH, height=VIDEO_HEIGHT,
-               container="mp4") -> bytes:
-    """A moving gradient, H.264 (mp4) or VP9 (webm), at VIDEO_FPS."""
+               container="mp4", live=False) -> bytes:
+    """A moving gradient, H.264 (mp4) or VP9 (webm), at VIDEO_FPS; `live`: written as it is
+    recorded."""
     import av  # the server's; a conftest without it still serves the other tests
 
-    buffer = io.BytesIO()
+    buffer = Unseekable() if live else io.BytesIO()
     codec = "libx264" if container == "mp4" else "libvpx-vp9"
     with av.open(buffer, mode="w", format=container) as out:
         stream = out.add_stream(codec, rate=Fraction(VIDEO_FPS))

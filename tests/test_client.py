@@ -442,7 +442,9 @@ def test_depth_of_a_video_file_writes_the_zip_of_its_maps(client_venv, server, t
         VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH)
     assert f'"frames": {VIDEO_FRAMES}' in done.stdout
     for refused, says in ((["--output", "npy"], "--output does not apply to a video"),
-                          (["-o", tmp_path / "depth.png"], f"name it {tmp_path / 'depth.zip'}")):
+                          (["-o", tmp_path / "depth.png"],
+                           f"{tmp_path / 'depth.png'}: a video's result (its depth maps as mp4 "
+                           f"and npz, zipped) is a .zip file; name it {tmp_path / 'depth.zip'}")):
         answer = sam3d_client(client_venv, server, "depth", clip, *refused)
         assert answer.returncode == 2 and says in answer.stderr, answer.stderr
 

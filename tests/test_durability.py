@@ -1,10 +1,12 @@
 """Nothing a user was told is done may vanish: the journal after kill -9 and damage, rows it
 cannot read, two servers on one folder, and expiry in batches."""
 
+import base64
 import logging
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ from conftest import tmpfs, wait_until
 from jobs.journal import JOURNAL_NAME, Journal, JournalWriteError
 from pipelines.lotus import DepthRequest
 from queue_manager import JobExpired, JobQueue, JobState
+from settings import load_settings
 from stand_ins import ScriptedPipeline
 from jobs.storage import OutputDirInUse, storage_problem
+from test_video import make_video
 
 CRASH = Path(__file__).with_name("crash_queue.py")
 
@@ -89,6 +93,32 @@ def test_after_kill_9_the_waiting_job_runs_and_the_running_one_says_why(tmp_path
         assert len(interrupted) == 1 and "interrupted" in interrupted[0].error
     finally:
         queue.stop()
+
+
+def test_a_video_job_waiting_at_a_restart_fails_asking_for_it_again(tmp_path):
+    """DEPLOY.md, Video: the journal reopens kept inputs as images, so a video job queued at
+    a restart cannot run; its user is told to send it again, not that an image was lost."""
+    out, pipeline = tmp_path / "out", ScriptedPipeline()
+    first = JobQueue({"lotus": pipeline}, out)
+    first.start()
+    pipeline.actions[1] = "block"
+    first.submit("lotus", (DepthRequest(image="x", seed=1), Image.new("RGB", (8, 8))))
+    assert pipeline.started.get(timeout=10) == 1
+    video = DepthRequest(video=base64.b64encode(make_video(frames=2)).decode())
+    waiting = first.submit("lotus", lambda: video.load(load_settings().image_limits)).id
+    stopping = threading.Thread(target=first.stop, args=(10,))
+    stopping.start()
+    wait_until(first._stopping.is_set)
+    pipeline.release.set()  # the running job ends; the video job waits for the next start
+    stopping.join()
+    second = JobQueue({"lotus": ScriptedPipeline()}, out)
+    second.start()
+    try:
+        view = second.wait(waiting, 10)
+        assert view.state is JobState.FAILED and "video" in view.error
+        assert view.error.endswith("submit it again")
+    finally:
+        second.stop()
 
 
 def test_a_damaged_journal_is_said_in_health(tmp_path, make_client, scripted):

@@ -154,6 +154,13 @@ def receiver():
         yield f"{url}/hook?token=t0ken", received, answers
 
 
+def test_a_webhook_without_a_secret_is_refused_naming_the_events_stream(make_client, scripted):
+    client = make_client({"lotus": scripted}, api_key=KEY, allow_private_urls=True)
+    response = submit(client, webhook="http://127.0.0.1:9/hook")
+    assert response.status_code == 400 and response.get_json()["error"].endswith(
+        "poll the job or follow /job/<id>/events")
+
+
 def test_a_webhook_gets_the_signed_final_status(client, receiver):
     url, received, _ = receiver
     job_id = submit(client, webhook=url).get_json()["job_id"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import VIDEO_FPS as FPS, VIDEO_FRAMES as FRAMES, VIDEO_HEIGHT as HEIGHT, \
-    VIDEO_WIDTH as WIDTH, image_b64, make_video, wait_until
+    VIDEO_WIDTH as WIDTH, QuietHandler, image_b64, local_http_server, make_video, wait_until
 from lotus_reference import upstream_lotus_g_video
 from pipelines.base import JobCancelled
 from pipelines.checkpoints import LOTUS_MODELS
@@ -113,7 +113,9 @@ def test_video_that_is_not_base64_is_a_400_naming_the_video(make_client, checkpo
 def test_the_sync_form_refuses_a_video_and_names_the_async_one(make_client, checkpoints):
     client = make_client({"lotus": LotusDepth(checkpoints)})
     response = client.post("/depth/sync", json={"video": base64.b64encode(make_video()).decode()})
-    assert response.status_code == 400 and "POST /depth takes videos" in response.get_json()["error"]
+    assert response.status_code == 400 and response.get_json()["error"] == (
+        "video: POST /depth takes videos (a job to poll, then /job/<id>/download); "
+        "/depth/sync answers images only")
 
 
 def test_webm_is_served(make_client, checkpoints):
@@ -122,6 +124,59 @@ def test_webm_is_served(make_client, checkpoints):
     assert accepted.status_code == 202, accepted.get_json()
     status = poll(client, accepted.get_json()["job_id"], timeout=120)
     assert status["status"] == "completed" and status["frames"] == 3, status
+
+
+def test_a_webm_cut_short_is_a_400_not_a_shorter_video(make_client, checkpoints):
+    """FFmpeg decodes a truncated webm up to the cut without an error (a truncated mp4 fails
+    to open or to decode): the missing end is told from the size its Segment declares."""
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    data = make_video(frames=FRAMES * 4, container="webm")
+    response = submit_video(client, data[:len(data) // 2])
+    assert response.status_code == 400 and response.get_json()["error"] == (
+        f"video is cut short: {len(data) // 2} of the {len(data)} bytes its container declares")
+
+
+def test_a_webm_recorded_live_with_no_length_in_its_header_is_served(make_client, checkpoints):
+    """A browser's MediaRecorder writes no Duration (nor any frame count): its frames are
+    counted from the packets, still before decoding."""
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    accepted = submit_video(client, make_video(frames=5, container="webm", live=True))
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed" and status["frames"] == 5, status
+
+
+def test_a_live_webm_over_the_frame_limit_is_a_400_before_decoding(make_client, checkpoints,
+                                                                  monkeypatch):
+    import pipelines.lotus
+
+    monkeypatch.setattr(pipelines.lotus, "decode_frames", mock.Mock(side_effect=AssertionError))
+    client = make_client({"lotus": LotusDepth(checkpoints)}, video_max_frames=4)
+    response = submit_video(client, make_video(frames=5, container="webm", live=True))
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "video has more than 4 frames; the limit is 4"
+
+
+class VideoHost(QuietHandler):
+    def do_GET(self):
+        body = make_video(frames=FRAMES * 4)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/clip.mp4", "video_url body is larger than 1024 bytes"),
+    (None, "video_url must be an http or https URL"),
+])
+def test_a_video_url_that_fails_names_video_url(make_client, checkpoints, path, words):
+    client = make_client({"lotus": LotusDepth(checkpoints)}, video_max_bytes=1024,
+                         allow_private_urls=True)
+    with local_http_server(VideoHost) as host:
+        url = f"{host}{path}" if path else "ftp://example.com/clip.mp4"
+        response = client.post("/depth", json={"video_url": url, "processing_res": 64})
+    assert response.status_code == 400 and response.get_json()["error"] == words
 
 
 class HeldAtSecondBatch(LotusDepth):
@@ -242,9 +297,11 @@ def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, 
 
 
 def test_a_video_cannot_ask_for_a_relief(make_client, checkpoints):
+    """Nor for one lit by a normal model: told so at once, not first to ask for a glb."""
     client = make_client({"lotus": LotusDepth(checkpoints)})
-    for output in ("glb", "ply"):
-        refused = submit_video(client, make_video(frames=3), output=output)
+    for fields in ({"output": "glb"}, {"output": "ply"}, {"normal_model": "normal-d-v1-1"},
+                   {"output": "glb", "normal_model": "normal-d-v1-1"}):
+        refused = submit_video(client, make_video(frames=3), **fields)
         assert refused.status_code == 400 and "a video's result is a zip" in refused.get_json()[
-            "error"]
+            "error"], (fields, refused.get_json())
     assert client.get("/queue").get_json()["queued"] == 0

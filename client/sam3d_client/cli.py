@@ -205,7 +205,8 @@ def run_map(client: Client, args) -> int:
             raise OutputPathError(f"--output does not apply to a video: its result is a zip "
                                   f"of {args.task}.mp4 and {args.task}.npz")
         out = check_output_path(args.out or Path(f"{args.task}_video.zip"), ".zip",
-                                f"a video's {args.what} (the maps as mp4 and npz, zipped)")
+                                f"a video's result (its {args.task} maps as mp4 and npz, "
+                                "zipped)")
         body = image_body(args)
     else:
         by_suffix = {suffix: output for output, suffix in args.suffixes.items()
