@@ -100,7 +100,8 @@ def create_app(settings: Settings | None = None, *,
                      max_concurrent=settings.max_concurrent,
                      batch_limit=settings.depth_batch or 1,
                      result_ttl_seconds=settings.result_ttl_seconds,
-                     min_free_bytes=settings.min_free_disk_mb * 2**20, observers=observers)
+                     min_free_bytes=settings.min_free_disk_mb * 2**20, observers=observers,
+                     video_limits=settings.image_limits.video)
     metrics.watch(queue.stats, lambda: dict(registry.load_seconds))
     queue.start()
     registry.load_in_background()

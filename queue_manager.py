@@ -31,6 +31,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 from jobs import housekeeping
 from jobs.journal import Journal, JournalWriteError
 from pipelines.base import JobCancelled, Pipeline, PipelineError, Result, public_message
+from pipelines.video import VideoLimits
 from jobs.storage import OutputDirLock, is_disk_error, storage_problem
 from workers.in_process import InProcessWorker
 from workers.lanes import Lane
@@ -168,7 +169,8 @@ class JobQueue:
                  workers: Mapping[str, Sequence[Any]] | None = None,
                  max_queue_size: int = 10, max_concurrent: int = 1, batch_limit: int = 1,
                  result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5,
-                 min_free_bytes: int = MIN_FREE_BYTES, observers: Sequence[Observer] = ()):
+                 min_free_bytes: int = MIN_FREE_BYTES, observers: Sequence[Observer] = (),
+                 video_limits: VideoLimits = VideoLimits()):
         self._pipelines = pipelines
         self._worker_map = dict(workers or {})
         self._observers = list(observers)
@@ -178,6 +180,7 @@ class JobQueue:
         self.batch_limit = batch_limit
         self.result_ttl_seconds = result_ttl_seconds
         self.min_free_bytes = min_free_bytes
+        self.video_limits = video_limits  # a video kept for a restart is probed again under them
         self._janitor_interval = janitor_interval
         self._lock = threading.Condition()
         self._lanes: dict[str, Lane] = {}

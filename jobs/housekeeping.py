@@ -51,13 +51,13 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
         queue._jobs[job.id] = job
         if job.state is JobState.QUEUED:
             try:
-                job.image = journal.load_input(job.id)
+                job.image = journal.load_input(job.id, queue.video_limits)
                 queue._lane(job.pipeline).waiting.append(job)
                 continue
-            except (OSError, PipelineError):
+            except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
+                why = f" ({exc})" if isinstance(exc, PipelineError) else ""
                 job.error = ("the server restarted before this job started and could not "
-                             "reopen its input (a video is not kept across a restart); "
-                             "submit it again")
+                             f"reopen its input{why}; submit it again")
         elif job.state is JobState.PROCESSING and job.id in files:
             job.result = _recovered(files.pop(job.id))  # written, then the process died
             job.state, job.stage, job.progress = JobState.COMPLETED, "completed", 1.0

@@ -22,11 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from PIL import Image
 
-from pipelines.base import Result
+from pipelines.base import PipelineError, Result
+
+if TYPE_CHECKING:
+    from pipelines.video import Video, VideoLimits
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +195,20 @@ class Journal:
             path.unlink(missing_ok=True)
             raise
 
-    def load_input(self, job_id: str) -> "Image.Image":
+    def load_input(self, job_id: str, video_limits: VideoLimits) -> Image.Image | Video:
+        """The kept input as the job had it: an image, else a video (probed again under
+        `video_limits`, VIDEO_MAX_*, so decoding stops where it would have). The image is
+        tried first: an AVIF or HEIC photo starts as an mp4 does."""
         from pipelines.images import open_image
+        from pipelines.video import demuxer_of, probe_video
 
-        return open_image(self.input_path(job_id).read_bytes(), max_side=2**16)
+        data = self.input_path(job_id).read_bytes()
+        try:
+            return open_image(data, max_side=2**16)
+        except PipelineError:
+            if demuxer_of(data) is None:
+                raise
+        return probe_video(data, video_limits)
 
     def close(self) -> None:
         with self._lock:

@@ -153,14 +153,20 @@ def _vint(data: bytes, offset: int) -> tuple[int | None, int]:
     return (None if value == mask else value), offset + length
 
 
+def demuxer_of(data: bytes) -> str | None:
+    """FFmpeg's demuxer for a file that starts as an mp4, mov or webm does, else None."""
+    if data[4:8] in MP4_BOXES:
+        return "mp4"
+    if data.startswith(EBML_MAGIC):
+        return "matroska"
+    return None
+
+
 def _open(data: bytes):
     import av
 
-    if data[4:8] in MP4_BOXES:
-        demuxer = "mp4"
-    elif data.startswith(EBML_MAGIC):
-        demuxer = "matroska"
-    else:
+    demuxer = demuxer_of(data)
+    if demuxer is None:
         raise InvalidVideo("not a supported video (mp4, mov or webm expected)")
     return av.open(io.BytesIO(data), mode="r", format=demuxer)
 

@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from jobs import housekeeping
-from conftest import tmpfs, wait_until
+from conftest import VIDEO_HEIGHT, VIDEO_WIDTH, make_video, tmpfs, wait_until
 from jobs.journal import JOURNAL_NAME, Journal, JournalWriteError
 from pipelines.lotus import DepthRequest
+from pipelines.video import VideoLimits
 from queue_manager import JobExpired, JobQueue, JobState
 from settings import load_settings
 from stand_ins import ScriptedPipeline
 from jobs.storage import OutputDirInUse, storage_problem
-from test_video import make_video
 
 CRASH = Path(__file__).with_name("crash_queue.py")
 
@@ -95,30 +95,57 @@ def test_after_kill_9_the_waiting_job_runs_and_the_running_one_says_why(tmp_path
         queue.stop()
 
 
-def test_a_video_job_waiting_at_a_restart_fails_asking_for_it_again(tmp_path):
-    """DEPLOY.md, Video: the journal reopens kept inputs as images, so a video job queued at
-    a restart cannot run; its user is told to send it again, not that an image was lost."""
-    out, pipeline = tmp_path / "out", ScriptedPipeline()
+def left_waiting(out, submit) -> str:
+    """A server that stops while one job runs and the job `submit` makes waits: its id."""
+    pipeline = ScriptedPipeline()
     first = JobQueue({"lotus": pipeline}, out)
     first.start()
     pipeline.actions[1] = "block"
     first.submit("lotus", (DepthRequest(image="x", seed=1), Image.new("RGB", (8, 8))))
     assert pipeline.started.get(timeout=10) == 1
-    video = DepthRequest(video=base64.b64encode(make_video(frames=2)).decode())
-    waiting = first.submit("lotus", lambda: video.load(load_settings().image_limits)).id
+    waiting = first.submit("lotus", submit).id
     stopping = threading.Thread(target=first.stop, args=(10,))
     stopping.start()
     wait_until(first._stopping.is_set)
-    pipeline.release.set()  # the running job ends; the video job waits for the next start
+    pipeline.release.set()  # the running job ends; the other waits for the next start
     stopping.join()
-    second = JobQueue({"lotus": ScriptedPipeline()}, out)
+    return waiting
+
+
+def after_restart(out, job_id, **settings):
+    second = JobQueue({"lotus": ScriptedPipeline()}, out, **settings)
     second.start()
     try:
-        view = second.wait(waiting, 10)
-        assert view.state is JobState.FAILED and "video" in view.error
-        assert view.error.endswith("submit it again")
+        return second.wait(job_id, 10)
     finally:
         second.stop()
+
+
+def test_a_video_job_waiting_at_a_restart_runs_after_it(tmp_path):
+    """A queued video is kept as its bytes, as a photo is, and probed again at the next
+    start: it runs then, a video still (its frame size, not a decoded image's)."""
+    video = DepthRequest(video=base64.b64encode(make_video(frames=2)).decode())
+    waiting = left_waiting(tmp_path, lambda: video.load(load_settings().image_limits))
+    view = after_restart(tmp_path, waiting)
+    assert view.state is JobState.COMPLETED, view.error
+    assert view.result.path.read_text() == f"seed=42 size={(VIDEO_WIDTH, VIDEO_HEIGHT)}"
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("over the new limit", "video has 2 frames; the limit is 1"),
+    ("damaged", "not a supported video"),
+])
+def test_a_kept_input_that_cannot_be_reopened_fails_saying_why(tmp_path, damage, why):
+    video = DepthRequest(video=base64.b64encode(make_video(frames=2)).decode())
+    waiting = left_waiting(tmp_path, lambda: video.load(load_settings().image_limits))
+    if damage == "damaged":
+        kept = tmp_path / ".inputs" / waiting
+        kept.write_bytes(kept.read_bytes()[:64])
+    view = after_restart(tmp_path, waiting, video_limits=VideoLimits(max_frames=1))
+    assert view.state is JobState.FAILED
+    assert view.error.startswith("the server restarted before this job started and could "
+                                 "not reopen its input (")
+    assert why in view.error and view.error.endswith("); submit it again")
 
 
 def test_a_damaged_journal_is_said_in_health(tmp_path, make_client, scripted):
