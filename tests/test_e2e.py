@@ -216,8 +216,11 @@ def slow_then_quick(base: str, slow_res: int) -> tuple[str, str]:
                          timeout=30).json()["job_id"]
     quick = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
                           timeout=30).json()["job_id"]
-    wait_until(lambda: requests.get(f"{base}/job/{slow}", timeout=5).json()["status"]
-               == "processing", timeout=30)
+    # running in the model process: a stage it reported, not the queue's "starting" (a
+    # process lost before it took the job retries the job, by design: queue_manager _settle)
+    wait_until(lambda: (lambda status: status["status"] == "processing"
+                        and status["stage"] != "starting")(
+        requests.get(f"{base}/job/{slow}", timeout=5).json()), timeout=30)
     return slow, quick
 
 
