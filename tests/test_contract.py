@@ -62,6 +62,13 @@ def test_openapi_document_describes_every_route_and_the_request_models(server):
     assert "webhook" not in document["components"]["schemas"]["SegmentRequest"]["properties"]
 
 
+# A fixed seed: a CI run is reproducible. Under some seeds schemathesis 4.32.5 itself stops
+# with "Runtime Error: Unsupported type: 'Binary'" while drawing a negative form body with a
+# file field (specs/openapi/negative/__init__.py:484, a filter that validates the file); seed
+# 163925582342775855382553637479348260208 does so on POST /depth/sync. Try others by hand.
+SCHEMATHESIS_SEED = "1"
+
+
 @pytest.mark.skipif(shutil.which("schemathesis") is None and not (
     ROOT / ".venv/bin/schemathesis").exists(), reason="schemathesis is not installed")
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(server, tmp_path):
@@ -77,7 +84,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(ser
                "--checks", "not_a_server_error,status_code_conformance,"
                            "content_type_conformance,response_schema_conformance",
                "--max-examples", "15", "--workers", "2", "--phases", "examples,coverage,fuzzing",
-               "--suppress-health-check", "all"]
+               "--suppress-health-check", "all", "--seed", SCHEMATHESIS_SEED]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     requests.get(f"{server['url']}/health", timeout=5).raise_for_status()
