@@ -1,0 +1,42 @@
+"""An upgrade keeps every job: a journal written by the release before the redesign (commit
+62efd9a, by tests/fixtures/make_release_journal.py, killed with SIGKILL) restores under
+today's code. Its rows name that release's classes (`pipelines.lotus:DepthRequest`,
+`pipelines.sam3d:GenerateRequest`)."""
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import wait_until
+from pipelines.sam3d import GenerateRequest
+from stand_ins import ScriptedPipeline
+
+FIXTURE = Path(__file__).parent / "fixtures" / "release_62efd9a"
+
+
+class Scripted3D(ScriptedPipeline):
+    name = "sam3d"
+    options_model = GenerateRequest
+
+
+def test_a_journal_of_the_last_release_restores_and_its_jobs_complete(tmp_path, make_client):
+    out = tmp_path / "outputs"
+    shutil.copytree(FIXTURE, out)
+    ids = json.loads((out / "ids.json").read_text())
+    lotus = ScriptedPipeline()
+    client = make_client({"lotus": lotus, "sam3d": Scripted3D()}, output_dir=out)
+
+    for key, text in (("depth", b"seed=1 size=(8, 6)"), ("normal", b"seed=2 size=(8, 6)"),
+                      ("3d", b"seed=3 size=(8, 6)")):
+        status = client.get(f"/job/{ids[key]}").get_json()
+        assert status["status"] == "completed", (key, status)
+        download = client.get(f"/job/{ids[key]}/download")
+        assert download.status_code == 200 and download.data == text, key
+
+    running = client.get(f"/job/{ids['running']}").get_json()
+    assert running["status"] == "failed" and "interrupted" in running["error"]
+
+    wait_until(lambda: client.get(f"/job/{ids['waiting']}").get_json()["status"] == "completed",
+               timeout=20)
+    assert client.get(f"/job/{ids['waiting']}/download").data == b"seed=5 size=(8, 6)"
+    assert 5 in list(lotus.started.queue)  # it ran here, with the options the old rows hold
