@@ -29,16 +29,16 @@ from front.events import JobEvents
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Metrics
 from pipelines import PipelineRegistry
-from pipelines.base import PipelineError, public_message, validation_message
+from pipelines.base import (Capable, ModelTable, Noticing, PipelineError, public_message,
+                            validation_message)
 from pipelines.device import gpu_info
 from pipelines.fetch import check_url
-from pipelines.lotus import DepthRequest, NormalRequest
-from pipelines.sam3d import GenerateRequest
-from pipelines.segment import SegmentRequest
+from pipelines.spec import Endpoint
+from pipelines.table import SPECS, endpoints, pipeline_for
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
-from schemas import (DepthResult, ErrorResponse, Health, JobAccepted, JobStatus, NormalResult,
-                     QueueStats, SegmentResult, openapi_document)
+from schemas import (ErrorResponse, Health, JobAccepted, JobStatus, QueueStats, answer_schema,
+                     openapi_document)
 from settings import Settings, SettingsError, load_settings
 from jobs.storage import OutputDirInUse
 from webhooks import WebhookSender
@@ -46,15 +46,10 @@ from workers.pool import serving_pipelines
 
 log = logging.getLogger("server")
 
-# endpoint -> (pipeline name, request model)
-ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
-    "generate": ("sam3d", GenerateRequest),
-    "depth": ("lotus", DepthRequest),
-    "normal": ("lotus", NormalRequest),
-    "segment": ("segment", SegmentRequest),
-}
+# POST /<path> -> its row of the model table (pipelines/table.py)
+ENDPOINTS: dict[str, Endpoint] = endpoints()
 # A pipeline served only where another is: /segment's masks are of use to 3D jobs alone.
-NEEDS = {"segment": "sam3d"}
+NEEDS = {name: spec.needs for name, spec in SPECS.items() if spec.needs}
 RETRY_AFTER_SECONDS = "10"
 OPEN_PATHS = {"/health", "/livez", "/readyz", "/"}
 OPEN_PREFIXES = ("/static/", "/vendor/")  # the web page: public, the API behind it is not
@@ -262,12 +257,13 @@ def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
 
 def _submit(endpoint: str, sync: bool = False) -> tuple[JobView, bool]:
     """Validate and queue a job; the job, and whether it is one an Idempotency-Key found."""
-    pipeline, model = ENDPOINTS[endpoint]
+    model = ENDPOINTS[endpoint].request
     if request.mimetype == "multipart/form-data":
         payload, raw = _form(model)
     else:
         raw = _body()
         payload = _parse(model, raw)
+    pipeline = pipeline_for(endpoint, payload)
     if sync and getattr(payload, "is_video", False):
         raise ApiError(400, f"video: POST /{endpoint} takes videos (a job to poll, then "
                             f"/job/<id>/download); /{endpoint}/sync answers images only")
@@ -411,10 +407,12 @@ def _inline_file(view: JobView) -> str:
     return base64.b64encode(data).decode()
 
 
-def _map_result(view: JobView, schema: type[BaseModel]) -> Response:
-    """A finished depth or normal job as JSON: the file inline (base64) and its info."""
+def _map_result(view: JobView, endpoint: Endpoint) -> Response:
+    """A finished job as its endpoint's JSON answer: the file inline (base64, in the
+    endpoint's `inline_field`) and its info."""
     data = _inline_file(view)
-    return jsonify(schema(job_id=view.id, image_base64=data, **view.result.info,
+    schema = answer_schema(endpoint.answer)
+    return jsonify(schema(job_id=view.id, **{endpoint.inline_field: data}, **view.result.info,
                           file_path=view.result.path.name,
                           download_url=f"/job/{view.id}/download").model_dump())
 
@@ -499,12 +497,13 @@ def _health(reading: _Reading) -> tuple[Health, int]:
     broken = state in ("unhealthy", "setup_failed")
     status = "unhealthy" if broken else "healthy" if ready else "loading"
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
-                    if hasattr(pipeline, "capabilities")}
-    capabilities["segment"] = {"offered": all(pipelines.get(name) == "ready"
-                                              for name in ("segment", NEEDS["segment"]))}
+                    if isinstance(pipeline, Capable)}
+    for name, needed in NEEDS.items():  # e.g. segment.offered: /segment answers now
+        capabilities[name] = {"offered": all(pipelines.get(each) == "ready"
+                                             for each in (name, needed))}
     notices = {name: pipeline.notice for name, pipeline in registry.items()
-               if getattr(pipeline, "notice", None)}
-    models = {name: info for pipeline in registry.values() if hasattr(pipeline, "model_table")
+               if isinstance(pipeline, Noticing) and pipeline.notice}
+    models = {name: info for pipeline in registry.values() if isinstance(pipeline, ModelTable)
               for name, info in pipeline.model_table().items()}
     if queue.journal_notice:
         notices["journal"] = queue.journal_notice
@@ -573,35 +572,8 @@ def _add_routes(app: Flask) -> None:
     def queue_stats():
         return jsonify(QueueStats(**_queue().stats()).model_dump())
 
-    @app.post("/generate")
-    def generate():
-        return _accepted(_submit("generate"))
-
-    @app.post("/generate/sync")
-    def generate_sync():
-        return _result_file(_wait(_submit("generate")[0]))
-
-    @app.post("/depth")
-    def depth():
-        return _accepted(_submit("depth"))
-
-    @app.post("/depth/sync")
-    def depth_sync():
-        return _map_result(_wait(_submit("depth", sync=True)[0]), DepthResult)
-
-    @app.post("/normal")
-    def normal():
-        return _accepted(_submit("normal"))
-
-    @app.post("/normal/sync")
-    def normal_sync():
-        return _map_result(_wait(_submit("normal", sync=True)[0]), NormalResult)
-
-    @app.post("/segment")
-    def segment():
-        view = _wait(_submit("segment", sync=True)[0])
-        return jsonify(SegmentResult(mask=_inline_file(view), job_id=view.id,
-                                     **view.result.info).model_dump())
+    for endpoint in ENDPOINTS.values():  # the model table's endpoints, one loop
+        _add_endpoint(app, endpoint)
 
     @app.get("/job/<job_id>")
     def job_status(job_id):
@@ -621,7 +593,7 @@ def _add_routes(app: Flask) -> None:
     @app.get("/job/<job_id>/events")
     def job_events(job_id):
         _find(job_id)  # 404 or 410 before the stream starts
-        # direct_passthrough: the front (http_front.py) sees JobEvents and streams it
+        # direct_passthrough: the front (front/asgi.py) sees JobEvents and streams it
         # without a thread; Flask's development server iterates it in its own.
         return Response(JobEvents(_queue(), job_id, _describe), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -630,6 +602,23 @@ def _add_routes(app: Flask) -> None:
     @app.get("/job/<job_id>/download")
     def job_download(job_id):
         return _result_file(_find(job_id))
+
+
+def _add_endpoint(app: Flask, endpoint: Endpoint) -> None:
+    """`POST /<path>` (a job to poll) and `/<path>/sync` (the answer), or, for an endpoint
+    that is `sync` "only", `POST /<path>` answering at once."""
+    path = endpoint.path
+    if endpoint.sync == "only":
+        app.add_url_rule(f"/{path}", path, methods=["POST"], view_func=lambda: _map_result(
+            _wait(_submit(path, sync=True)[0]), endpoint))
+        return
+    app.add_url_rule(f"/{path}", path, methods=["POST"],
+                     view_func=lambda: _accepted(_submit(path)))
+    if endpoint.sync == "file":
+        sync = lambda: _result_file(_wait(_submit(path)[0]))  # noqa: E731
+    else:
+        sync = lambda: _map_result(_wait(_submit(path, sync=True)[0]), endpoint)  # noqa: E731
+    app.add_url_rule(f"/{path}/sync", f"{path}_sync", methods=["POST"], view_func=sync)
 
 
 def __getattr__(name: str):

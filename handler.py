@@ -31,21 +31,26 @@ from PIL import Image
 
 from pydantic import Field, ValidationError
 
-from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
-                            is_out_of_memory, public_message, release_memory,
+from pipelines.base import (Batching, ManyImages, Pipeline, PipelineError, Result,
+                            describe_failure, is_out_of_memory, public_message, release_memory,
                             validation_message)
 from pipelines.catalog import configured_pipelines
 from pipelines.checkpoints import LOTUS_MODELS
 from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
+from pipelines.table import tasks
 from settings import Settings, load_settings
 from workers.batcher import DepthBatcher
 from workers.devices import Device, depth_batch
 
 log = logging.getLogger("handler")
 
-TASKS = {"depth": "lotus", "normal": "lotus", "3d": "sam3d"}
+# RunPod input's `task` -> the pipeline that runs it: the model table's endpoints' tasks,
+# the default task's model's first (`depth, normal, 3d`, as messages list them).
+DEFAULT_TASK = "depth"
+TASKS = dict(sorted(((task, pipeline) for task, (pipeline, _) in tasks().items()),
+                    key=lambda item: item[1] != tasks()[DEFAULT_TASK][0]))
 MAX_BATCH_IMAGES = 16
 # A job id becomes a file name. RunPod's (`sync-<uuid>`, `<uuid>-u1`) and the SDK's local
 # ones (`test-<uuid>`, rp_fastapi.py:306,317; `local_test`, rp_local.py:40) fit this; the SDK
@@ -159,7 +164,8 @@ class Worker:
         return failure.status == 507 and gpu_bytes_in_use() > self.baseline_gpu_bytes + 2**29
 
     def _check_key(self, supplied: Any) -> None:
-        expected = os.environ.get("LOTUS_API_KEY", "").strip()
+        key = self.settings.lotus_api_key  # trimmed by Settings; blank is unset
+        expected = key.get_secret_value() if key is not None else ""
         if not expected:
             raise Unauthorized("Unauthorized: LOTUS_API_KEY is not set on this endpoint, so "
                                "every job is refused")
@@ -196,7 +202,7 @@ class Worker:
         stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
                  for i in range(len(images))]
         report = progress_reporter(job)
-        if name == "lotus" and not batch and hasattr(pipeline, "run_batch"):  # may share a pass
+        if name == "lotus" and not batch and isinstance(pipeline, Batching):  # may share a pass
             results = [self.depth_batcher.run(inputs.options, inputs.image, stem, report)
                        for inputs, stem in zip(loaded, stems)]
         else:
@@ -211,7 +217,7 @@ class Worker:
 
     @staticmethod
     def _run_model(pipeline, loaded, images, stems, report) -> list[Result]:
-        if len(images) > 1 and hasattr(pipeline, "run_many"):
+        if len(images) > 1 and isinstance(pipeline, ManyImages):
             return pipeline.run_many(loaded[0].options, images, stems, report)
         return [pipeline.run(inputs.options, inputs.image, stem, report)
                 for inputs, stem in zip(loaded, stems)]
@@ -279,7 +285,7 @@ class Worker:
 
 def task_pipeline(job_input: dict) -> str | None:
     """The pipeline a job's `task` names; None for any other value (a typo, a list)."""
-    task = job_input.get("task", "depth")
+    task = job_input.get("task", DEFAULT_TASK)
     return TASKS.get(task) if isinstance(task, str) else None
 
 

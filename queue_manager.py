@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from jobs import housekeeping
+from jobs.state import (ALLOWED_MOVES, JOB_ID_PATTERN, Job, JobExpired, JobNotFound, JobState, JobView,  # noqa: F401
+                        NotCancellable, QueueFull, StorageUnavailable)
 from jobs.journal import Journal, JournalWriteError
-from pipelines.base import JobCancelled, Pipeline, PipelineError, Result, public_message
+from pipelines.base import (Batching, JobCancelled, Pipeline, PipelineError, Result, TimeLimited,
+                            public_message)
 from pipelines.video import VideoLimits
 from jobs.storage import OutputDirLock, is_disk_error, storage_problem
 from workers.in_process import InProcessWorker
@@ -39,117 +42,7 @@ from workers.model_process import WorkerLost
 
 log = logging.getLogger(__name__)
 
-JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # 128 random bits
 MIN_FREE_BYTES = 64 * 2**20  # below this OUTPUT_DIR counts as full: no job could finish
-
-
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
-
-
-_ALLOWED_MOVES = {
-    JobState.QUEUED: {JobState.PROCESSING, JobState.CANCELLED},
-    JobState.PROCESSING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED,
-                          JobState.QUEUED},
-}
-
-
-class QueueFull(Exception):
-    """More than MAX_QUEUE_SIZE jobs would be waiting."""
-
-
-class StorageUnavailable(Exception):
-    """OUTPUT_DIR is full or read-only: nothing could be kept or written (507)."""
-
-
-class JobNotFound(KeyError):
-    """No job has this id (or the id is malformed)."""
-
-
-class JobExpired(Exception):
-    """The job finished more than RESULT_TTL_SECONDS ago; its files are gone."""
-
-
-class NotCancellable(Exception):
-    """The job has already finished."""
-
-
-@dataclass(eq=False)
-class Job:
-    pipeline: str
-    options: Any
-    image: Any
-    source: bytes | None = None  # the image's file as it came, kept until the job ends
-    id: str = field(default_factory=lambda: secrets.token_hex(16))
-    created_at: float = field(default_factory=time.time)
-    state: JobState = JobState.QUEUED
-    started_at: float | None = None
-    finished_at: float | None = None
-    stage: str = "queued"
-    progress: float = 0.0
-    result: Any = None  # pipelines.base.Result once completed
-    error: str | None = None
-    error_status: int | None = None
-    cancel_requested: bool = False
-    batch_key: Hashable | None = None  # jobs with equal keys may share a forward pass
-    time_limit: float | None = None  # the pipeline's estimate of the most it may take
-    sized: bool = False  # batch_key and time_limit asked of the pipeline
-    retried: bool = False
-    worker: Any = None  # the worker running it
-    batch_size: int = 1  # jobs in the forward pass it ran in
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def _move_to(self, state: JobState) -> None:
-        if state not in _ALLOWED_MOVES.get(self.state, ()):
-            raise RuntimeError(f"job {self.id}: {self.state.value} -> {state.value} is not allowed")
-        self.state = state
-        if state is JobState.PROCESSING:
-            self.started_at = time.time()
-            self.stage = "starting"
-        if state is JobState.QUEUED:  # handed back: it never ran
-            self.started_at, self.worker, self.stage, self.progress = None, None, "queued", 0.0
-        if state.finished:
-            self.finished_at = time.time()
-            self.stage = state.value
-            self.image = self.source = None  # the image is no longer needed
-            self.done.set()
-
-    @property
-    def processing_time(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return round((self.finished_at or time.time()) - self.started_at, 3)
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A consistent copy of a job's state for readers outside the lock."""
-
-    id: str
-    pipeline: str
-    state: JobState
-    position: int
-    queue_length: int
-    stage: str
-    progress: float
-    processing_time: float | None
-    result: Any
-    error: str | None
-    error_status: int | None
-    cancel_requested: bool
-    options: Any = None
-    output: str = ""  # what the job makes: `glb (textured)`, `ply`, `depth png`
-    waited: float | None = None  # seconds between submission and start
-    worker: str | None = None  # the worker running it: `lotus@cuda:1`
-    batch_size: int = 1
 
 
 Observer = Callable[[JobView], None]
@@ -345,6 +238,87 @@ class JobQueue:
     def journal_notice(self) -> str | None:
         return self._journal.damaged if self._journal is not None else None
 
+    # -- what housekeeping (jobs/housekeeping.py) asks of the queue, under its lock ----------
+
+    def adopt(self, job: Job, *, save: bool = False) -> None:
+        """Take in a job read back at a restart, in the state it was built in: a waiting
+        one waits again in its lane, a finished one joins the expiry order. `save`: write
+        it to the journal (a job the journal had lost)."""
+        self._jobs[job.id] = job
+        if job.state is JobState.QUEUED:
+            self._lane(job.pipeline).waiting.append(job)
+        elif job.state.finished:
+            heapq.heappush(self._finished, (job.finished_at or 0.0, job.id))
+        if save:
+            self._save(job)
+
+    def end(self, job: Job, state: JobState, *, result: Result | None = None,
+            error: str | None = None, error_status: int | None = None,
+            at: float | None = None) -> None:
+        """Finish an adopted job through the allowed moves (a restart's verdict: its result
+        file was written, or it was interrupted, or its input is lost)."""
+        job.result, job.error, job.error_status = result, error, error_status
+        if job.state is JobState.QUEUED:
+            lane = self._lanes.get(job.pipeline)
+            if lane is not None and job in lane.waiting:
+                lane.waiting.remove(job)
+        self._move(job, state, at)
+
+    def forget(self, job_ids: Sequence[str]) -> None:
+        """Ids of expired jobs: answered 410, not 404, while EXPIRED_IDS_KEPT allow."""
+        self._expired.update(dict.fromkeys(job_ids))
+        while len(self._expired) > housekeeping.EXPIRED_IDS_KEPT:
+            self._expired.popitem(last=False)
+
+    def knows(self, job_id: str) -> bool:
+        """A job of this queue, or one that expired."""
+        return job_id in self._jobs or job_id in self._expired
+
+    def waiting_ids(self) -> set[str]:
+        return {job.id for lane in self._lanes.values() for job in lane.waiting}
+
+    def restored_count(self) -> int:
+        return len(self._jobs)
+
+    def take_due(self, limit: int) -> list[Job]:
+        """Up to `limit` jobs finished more than RESULT_TTL_SECONDS ago, oldest first, taken
+        out of the queue (their ids answered 410 from now on); their files are the
+        caller's to remove."""
+        due: list[Job] = []
+        with self._lock:
+            now = time.time()
+            while self._finished and len(due) < limit:
+                finished_at, job_id = self._finished[0]
+                if now - finished_at <= self.result_ttl_seconds:
+                    break
+                heapq.heappop(self._finished)
+                job = self._jobs.get(job_id)
+                if job is None or job.finished_at != finished_at:
+                    continue
+                del self._jobs[job_id]
+                due.append(job)
+            self.forget([job.id for job in due])
+        return due
+
+    def retry_storage(self) -> None:
+        """Whether OUTPUT_DIR can take results: a full or read-only volume stops new work;
+        once it can, what the journal missed is written and the queue goes on by itself."""
+        problem = storage_problem(self.output_dir, self.min_free_bytes)
+        with self._lock:
+            if problem is None:
+                for job in list(self._unsaved.values()):
+                    self._save(job)
+                if not self._unsaved:
+                    if self.storage_problem is not None:
+                        log.info("OUTPUT_DIR is writable again; jobs go on")
+                        self.storage_problem = None
+                        self._lock.notify_all()
+                    return
+                problem = self.storage_problem
+            if self.storage_problem is None:
+                log.error("%s; new jobs are refused and waiting ones wait", problem)
+            self.storage_problem = problem
+
     # -- lanes and their workers ---------------------------------------------------------
 
     def _lane(self, name: str) -> Lane:
@@ -410,9 +384,9 @@ class JobQueue:
             if job.sized or pipeline is None:
                 continue
             job.sized = True
-            if hasattr(pipeline, "batch_key"):
+            if isinstance(pipeline, Batching):
                 job.batch_key = pipeline.batch_key(job.options, job.image)
-            if hasattr(pipeline, "time_limit"):
+            if isinstance(pipeline, TimeLimited):
                 job.time_limit = pipeline.time_limit(job.options, job.image)
 
     def _execute(self, lane: Lane, worker, jobs: list[Job]) -> None:
@@ -436,7 +410,7 @@ class JobQueue:
         if job.state.finished:  # cancelled at a stage of its batch
             lane.finished(job)
             if isinstance(outcome, Result):
-                self._remove_files(outcome)
+                self.remove_files(outcome)
             return
         if isinstance(outcome, WorkerLost) and not job.cancel_requested and not job.retried:
             job.retried = True
@@ -452,7 +426,7 @@ class JobQueue:
         if isinstance(outcome, (JobCancelled, WorkerLost)) and job.cancel_requested or (
                 job.cancel_requested and isinstance(outcome, Result)):
             self._move(job, JobState.CANCELLED)
-            self._remove_files(outcome if isinstance(outcome, Result) else None)
+            self.remove_files(outcome if isinstance(outcome, Result) else None)
         elif isinstance(outcome, Result):
             job.result, job.progress = outcome, 1.0
             self._move(job, JobState.COMPLETED)
@@ -519,11 +493,11 @@ class JobQueue:
             except Exception:  # noqa: BLE001
                 log.exception("queue observer %r failed", observer)
 
-    def _move(self, job: Job, state: JobState) -> None:
+    def _move(self, job: Job, state: JobState, at: float | None = None) -> None:
         """Every state change: the job, then the journal (a started job no longer needs its
         kept image: if the process dies now, the job fails rather than run twice). A
         journal that cannot be written keeps the change for the janitor to write later."""
-        job._move_to(state)
+        job.move_to(state, at)
         if state.finished:
             heapq.heappush(self._finished, (job.finished_at, job.id))
         self._save(job)
@@ -564,7 +538,7 @@ class JobQueue:
             try:
                 with self._lock:
                     self._revive_dead_dispatchers()
-                housekeeping.check_storage(self)
+                self.retry_storage()
                 housekeeping.expire_due(self, self._journal)
                 self._remove_unfinished_files()
             except Exception:  # noqa: BLE001 - e.g. a file that cannot be deleted
@@ -605,7 +579,7 @@ class JobQueue:
                     log.warning("could not remove %s: %s", path.name, exc)
 
     @staticmethod
-    def _remove_files(result: Any) -> None:
+    def remove_files(result: Any) -> None:
         if result is None:
             return
         try:

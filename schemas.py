@@ -11,10 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.lotus import DepthRequest, NormalRequest
 from pipelines.masks import MaskSource
-from pipelines.sam3d import GenerateRequest
-from pipelines.segment import SegmentRequest
+from pipelines.table import endpoints, media_types
 from workers.lanes import RECENT_JOBS
 
 JobStateName = Literal["queued", "processing", "completed", "failed", "cancelled"]
@@ -203,9 +201,12 @@ class SegmentResult(BaseModel):
     job_id: str = Field(description="The job that made it (its file: /job/<id>/download)")
 
 
-FILE_TYPES = {"model/gltf-binary": "GLB mesh", "application/octet-stream": "PLY or NPY",
-              "application/zip": "OBJ with its material and texture, or a video job's mp4 and npz", "model/stl": "STL mesh",
-              "model/vnd.usdz+zip": "USDZ", "image/png": "PNG"}
+# The schemas an endpoint of the model table may answer with (its `answer`).
+ANSWERS = {model.__name__: model for model in (DepthResult, NormalResult, SegmentResult)}
+
+
+def answer_schema(name: str) -> type[BaseModel]:
+    return ANSWERS[name]
 
 
 def _json(model: type[BaseModel], description: str) -> dict:
@@ -226,7 +227,7 @@ def _errors(*codes: int) -> dict:
 
 def _file(description: str) -> dict:
     return {"description": description, "content": {
-        media: {"schema": {"type": "string", "format": "binary"}} for media in FILE_TYPES}}
+        media: {"schema": {"type": "string", "format": "binary"}} for media in media_types()}}
 
 
 # One server-sent event as a reader parses it (OpenAPI 3.2's SSE item; the stream sends
@@ -249,9 +250,9 @@ def _form_schema(schema: dict) -> dict:
 
 
 def openapi_document(secured: bool) -> dict:
+    table = endpoints()  # the model table's endpoints, in its order
     models = [ErrorResponse, QueueStats, GPU, Health, Readiness, JobAccepted, JobStatus,
-              DepthResult, NormalResult, SegmentResult, GenerateRequest, DepthRequest,
-              NormalRequest, SegmentRequest]
+              *ANSWERS.values(), *dict.fromkeys(endpoint.request for endpoint in table.values())]
     schemas: dict = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -301,17 +302,6 @@ def openapi_document(secured: bool) -> dict:
                 "text/plain": {"schema": {"type": "string"}}}}, **auth}}},
         "/queue": {"get": {"summary": "Queue statistics",
                            "responses": {"200": _json(QueueStats, "Queue statistics"), **auth}}},
-        "/generate": submit(GenerateRequest, "Queue an image-to-3D job"),
-        "/generate/sync": submit_sync(GenerateRequest, "Image to 3D, answered with the file",
-                                      _file("The GLB, PLY, OBJ zip, STL or USDZ file")),
-        "/depth": submit(DepthRequest, "Queue a depth job"),
-        "/depth/sync": submit_sync(DepthRequest, "Depth, answered as JSON",
-                                   _json(DepthResult, "The depth map and its range")),
-        "/normal": submit(NormalRequest, "Queue a surface-normal job"),
-        "/normal/sync": submit_sync(NormalRequest, "Surface normals, answered as JSON",
-                                    _json(NormalResult, "The normal map and its convention")),
-        "/segment": submit_sync(SegmentRequest, "The mask a 3D job would use for this image, "
-                                "made on the CPU", _json(SegmentResult, "The mask")),
         "/job/{job_id}": {
             "parameters": job_id,
             "get": {"summary": "Job status", "responses": {
@@ -335,6 +325,16 @@ def openapi_document(secured: bool) -> dict:
                 "200": _file("The result file"), **_errors(404, 409, 410, 500, 503, 507),
                 **auth}}},
     }
+    for endpoint in table.values():  # after the fixed paths, as the routes are added
+        answer = (_file(endpoint.answer_description) if endpoint.sync == "file" else
+                  _json(ANSWERS[endpoint.answer], endpoint.answer_description))
+        if endpoint.sync == "only":
+            paths[f"/{endpoint.path}"] = submit_sync(endpoint.request, endpoint.sync_summary,
+                                                     answer)
+            continue
+        paths[f"/{endpoint.path}"] = submit(endpoint.request, endpoint.summary)
+        paths[f"/{endpoint.path}/sync"] = submit_sync(endpoint.request, endpoint.sync_summary,
+                                                      answer)
     document = {"openapi": "3.1.0",
                 "info": {"title": "SAM 3D Objects and Lotus inference server",
                          "version": "0.1.0"},

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 # A 4096x4096 RGB PNG of noise is about 50 MB; base64 adds a third: 100 MiB covers it.
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024
-KNOWN_PIPELINES = ("sam3d", "lotus")
 
 
 class SettingsError(ValueError):
@@ -92,10 +91,13 @@ class Settings(BaseSettings):
     @field_validator("pipelines")
     @classmethod
     def _known_pipelines(cls, value: str) -> str:
-        unknown = {name.strip() for name in value.split(",") if name.strip()} - set(KNOWN_PIPELINES)
+        from pipelines.table import auto_started  # the model table: what PIPELINES may name
+
+        known = auto_started()
+        unknown = {name.strip() for name in value.split(",") if name.strip()} - set(known)
         if unknown:
             raise ValueError(f"unknown pipeline {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(KNOWN_PIPELINES)}")
+                             f"known: {', '.join(known)}")
         return value
 
     @field_validator("webhook_secret")

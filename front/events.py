@@ -1,5 +1,5 @@
 """A job's server-sent events, readable by a thread (Flask's development server) and by
-the asyncio front (http_front.py), which holds no thread per open stream."""
+the asyncio front (front/asgi.py), which holds no thread per open stream."""
 
 from __future__ import annotations
 

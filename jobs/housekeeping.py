@@ -1,5 +1,6 @@
-"""The queue's work outside serving: restoring the journal's jobs at start, watching the
-disk, and expiring old results, each without holding up a status read.
+"""The queue's work outside serving: restoring the journal's jobs at start and expiring old
+results, each without holding up a status read. Every state change goes through the queue
+(`adopt`, `end`, `take_due`): this module never sets a job's state.
 
 Restoring trusts the files on disk over a journal that was damaged or lost: a result file
 with no row is taken back as a completed job, never deleted as an orphan. Expiry takes
@@ -9,16 +10,15 @@ and rows outside the queue's lock on the journal's state index.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import mimetypes
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.base import PipelineError, Result
+from pipelines.table import result_format
 
-from .storage import storage_problem
+from .state import JOB_ID_PATTERN, Job, JobState
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -28,56 +28,43 @@ log = logging.getLogger("queue_manager")
 
 EXPIRED_IDS_KEPT = 100_000  # ids still answered 410 rather than 404
 EXPIRE_BATCH = 500  # jobs expired per hold of the queue's lock
-MESH_SUFFIXES = (".glb", ".ply", ".zip", ".stl", ".usdz")
 
 
 def restore(queue: "JobQueue", journal: "Journal") -> None:
     """The journal's jobs, as the last process left them (under the queue's lock):
     finished ones keep their results, queued ones wait again, running ones fail with the
-    reason, unless their result file was written (then they completed)."""
-    from queue_manager import JOB_ID_PATTERN, Job, JobState
-
+    reason, unless their result file was written (then they completed). Each is built in
+    its recorded state and handed to the queue, which makes every move after that."""
     records, expired, skipped = journal.records()
-    queue._expired.update(dict.fromkeys(expired[-EXPIRED_IDS_KEPT:]))
+    queue.forget(expired[-EXPIRED_IDS_KEPT:])
     files = _result_files(queue.output_dir, JOB_ID_PATTERN)
     for job_id in skipped:  # rows this release cannot read keep their files untouched
         files.pop(job_id, None)
     for record in records:
-        job = Job(pipeline=record.pipeline, options=record.options, image=None,
-                  id=record.id, created_at=record.created_at,
-                  state=JobState(record.state), started_at=record.started_at,
-                  finished_at=record.finished_at, result=record.result,
-                  error=record.error, error_status=record.error_status)
-        queue._jobs[job.id] = job
+        job = Job.restored(record)
+        queue.adopt(job)
         if job.state is JobState.QUEUED:
             try:
                 job.image = journal.load_input(job.id, queue.video_limits)
-                queue._lane(job.pipeline).waiting.append(job)
-                continue
             except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
                 why = f" ({exc})" if isinstance(exc, PipelineError) else ""
-                job.error = ("the server restarted before this job started and could not "
-                             f"reopen its input{why}; submit it again")
+                queue.end(job, JobState.FAILED, error_status=500, error=(
+                    "the server restarted before this job started and could not "
+                    f"reopen its input{why}; submit it again"))
         elif job.state is JobState.PROCESSING and job.id in files:
-            job.result = _recovered(files.pop(job.id))  # written, then the process died
-            job.state, job.stage, job.progress = JobState.COMPLETED, "completed", 1.0
-            job.finished_at = job.result.path.stat().st_mtime
-            queue._save(job)
+            path = files.pop(job.id)  # written, then the process died
+            queue.end(job, JobState.COMPLETED, result=_recovered(path),
+                      at=path.stat().st_mtime)
         elif job.state is JobState.PROCESSING:
-            job.error = ("interrupted: the server restarted while this job ran (killed, "
-                         "probably out of memory, or stopped); submit it again")
-        if job.state.finished:
+            queue.end(job, JobState.FAILED, error_status=500, error=(
+                "interrupted: the server restarted while this job ran (killed, "
+                "probably out of memory, or stopped); submit it again"))
+        else:
             files.pop(job.id, None)
-            job.stage, job.progress = job.state.value, float(job.result is not None)
-            job.done.set()
-            heapq.heappush(queue._finished, (job.finished_at or 0.0, job.id))
-            continue
-        job.error_status = 500
-        job.state = JobState.PROCESSING  # both end as failed, through the allowed move
-        queue._move(job, JobState.FAILED)
     _unowned_files(queue, journal, files)
-    if queue._jobs:
-        log.info("journal: %d jobs restored, %d waiting", len(queue._jobs), queue.waiting())
+    if queue.restored_count():
+        log.info("journal: %d jobs restored, %d waiting", queue.restored_count(),
+                 queue.waiting())
 
 
 def _result_files(folder: Path, pattern) -> dict[str, Path]:
@@ -95,83 +82,54 @@ def _result_files(folder: Path, pattern) -> dict[str, Path]:
 
 
 def _recovered(path: Path) -> Result:
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    """A result file's Result, its media type from the model table's row for its format."""
+    found = result_format(path)
+    media_type = (found[1].media_type if found else mimetypes.guess_type(path.name)[0]
+                  or "application/octet-stream")
     return Result(path, media_type, f"result{path.suffix}", {})
+
+
+def _owner(path: Path) -> str:
+    """The model that writes files like `path` (the model table; a zip by what it holds:
+    an OBJ zip is SAM 3D's, a video job's zip Lotus's); Lotus for a file no row names."""
+    found = result_format(path)
+    return found[0] if found else "lotus"
 
 
 def _unowned_files(queue: "JobQueue", journal: "Journal", files: dict[str, Path]) -> None:
     """Files that no row accounts for. A whole journal that held jobs knows them for left
     over (a crash between writing and recording); otherwise they are what the journal
     lost, and come back as completed jobs. Kept images follow the same rule."""
-    from queue_manager import Job, JobState
-
     for job_id, path in files.items():
-        if journal.trusted or job_id in queue._expired:
+        if journal.trusted or queue.knows(job_id):
             path.unlink(missing_ok=True)
             continue
         finished = path.stat().st_mtime
-        job = Job(pipeline="sam3d" if path.suffix in MESH_SUFFIXES else "lotus", options=None,
+        job = Job(pipeline=_owner(path), options=None,
                   image=None, id=job_id, created_at=finished, state=JobState.COMPLETED,
                   started_at=finished, finished_at=finished, result=_recovered(path),
                   stage="completed", progress=1.0)
         job.done.set()
-        queue._jobs[job_id] = job
-        heapq.heappush(queue._finished, (finished, job_id))
-        queue._save(job)
+        queue.adopt(job, save=True)
     if files and not journal.trusted:
         log.warning("journal: %d result file(s) had no record and were taken back as "
                     "completed jobs", len(files))
-    waiting = {job.id for lane in queue._lanes.values() for job in lane.waiting}
+    waiting = queue.waiting_ids()
     for path in journal.inputs.iterdir():
         job_id = path.name.split(".", 1)[0]
-        if job_id not in waiting and (journal.trusted or job_id in queue._jobs):
+        if job_id not in waiting and (journal.trusted or queue.knows(job_id)):
             path.unlink(missing_ok=True)
-
-
-def check_storage(queue: "JobQueue") -> None:
-    """Whether OUTPUT_DIR can take results: a full or read-only volume stops new work;
-    once it can, what the journal missed is written and the queue goes on by itself."""
-    problem = storage_problem(queue.output_dir, queue.min_free_bytes)
-    with queue._lock:
-        if problem is None:
-            for job in list(queue._unsaved.values()):
-                queue._save(job)
-            if not queue._unsaved:
-                if queue.storage_problem is not None:
-                    log.info("OUTPUT_DIR is writable again; jobs go on")
-                    queue.storage_problem = None
-                    queue._lock.notify_all()
-                return
-            problem = queue.storage_problem
-        if queue.storage_problem is None:
-            log.error("%s; new jobs are refused and waiting ones wait", problem)
-        queue.storage_problem = problem
 
 
 def expire_due(queue: "JobQueue", journal: "Journal") -> None:
     """Expire the jobs finished more than RESULT_TTL_SECONDS ago, a batch per hold of the
-    lock; their files and rows go outside it."""
+    queue's lock (`take_due`); their files and rows go outside it."""
     while True:
-        due = []
-        with queue._lock:
-            now = time.time()
-            while queue._finished and len(due) < EXPIRE_BATCH:
-                finished_at, job_id = queue._finished[0]
-                if now - finished_at <= queue.result_ttl_seconds:
-                    break
-                heapq.heappop(queue._finished)
-                job = queue._jobs.get(job_id)
-                if job is None or job.finished_at != finished_at:
-                    continue
-                del queue._jobs[job_id]
-                queue._expired[job_id] = None
-                due.append(job)
-            while len(queue._expired) > EXPIRED_IDS_KEPT:
-                queue._expired.popitem(last=False)
+        due = queue.take_due(EXPIRE_BATCH)
         if not due:
             return
         for job in due:
-            queue._remove_files(job.result)
+            queue.remove_files(job.result)
             journal.input_path(job.id).unlink(missing_ok=True)
         journal.expire([job.id for job in due], keep=EXPIRED_IDS_KEPT)
         if len(due) < EXPIRE_BATCH:

@@ -12,7 +12,7 @@ import gc
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Hashable, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
@@ -66,6 +66,74 @@ class Pipeline(Protocol):
 
     def run(self, options: BaseModel, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result: ...
+
+
+# The optional parts a pipeline may have, each a protocol of its own: callers ask
+# `isinstance(pipeline, Batching)` of what a model declares, instead of probing names.
+
+@runtime_checkable
+class TimeLimited(Protocol):
+    def time_limit(self, options: BaseModel, image: Image.Image) -> float | None: ...
+
+
+@runtime_checkable
+class Batching(Protocol):
+    """Jobs with equal keys share one forward pass (Lotus-D's depth jobs)."""
+
+    def batch_key(self, options: BaseModel, image: Image.Image) -> Hashable: ...
+
+    def run_batch(self, jobs: Sequence[tuple[BaseModel, Image.Image, Path]],
+                  progress: Progress) -> list[Result | "PipelineError"]: ...
+
+
+@runtime_checkable
+class ManyImages(Protocol):
+    """Several images under one set of options (RunPod's `images`)."""
+
+    def run_many(self, options: BaseModel, images: Sequence[Image.Image],
+                 output_stems: Sequence[Path], progress: Progress) -> list[Result]: ...
+
+
+@runtime_checkable
+class Capable(Protocol):
+    """What this device can serve (/health's `capabilities`)."""
+
+    capabilities: dict[str, bool]
+
+
+@runtime_checkable
+class Noticing(Protocol):
+    """What a user must know before trusting a result (test weights): /health's notices."""
+
+    notice: str | None
+
+
+@runtime_checkable
+class ModelTable(Protocol):
+    """The checkpoints a request's `model` may name, and which are served (/health)."""
+
+    def model_table(self) -> dict[str, dict]: ...
+
+
+@runtime_checkable
+class Abortable(Protocol):
+    """Stops the running job at once (an in-process job's forced cancel)."""
+
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceAware(Protocol):
+    """Its cost model (`time_limit`) depends on the device kind its workers run on."""
+
+    device_kind: str
+
+
+@runtime_checkable
+class MemoryAdmitting(Protocol):
+    """Admits jobs by the GPU memory its workers report (SAM 3D Objects)."""
+
+    vram_gib: float | None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

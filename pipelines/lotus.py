@@ -30,6 +30,7 @@ from .checkpoints import (DEFAULT_MODELS, LOTUS_FOLDER, LOTUS_MODELS, LotusModel
 from .fetch import fetch_url
 from .images import ImageData, ImageInput, ImageLimits, JobInputs, image_data
 from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
+from .spec import Endpoint, OutputFormat, PipelineSpec
 from .relief import (DEFAULT_FOV_DEGREES, GEOMETRY, MAX_FOV_DEGREES, MIN_FOV_DEGREES,
                      NORMALS_FROM_LOTUS, NORMALS_FROM_MESH, RELIEF_FORMATS)
 from .video import Video, decode_frames, probe_video, write_video_result
@@ -563,3 +564,35 @@ def _raised(results: list[Result | PipelineError]) -> list[Result]:
         if isinstance(result, PipelineError):
             raise result
     return results
+
+
+def _lotus_batch_limit(settings, device) -> int:
+    from workers.devices import depth_batch
+
+    return depth_batch(settings, device)
+
+
+SPEC = PipelineSpec(
+    name="lotus",
+    endpoints=(
+        Endpoint("depth", DepthRequest, "Queue a depth job", "Depth, answered as JSON",
+                 answer="DepthResult", answer_description="The depth map and its range",
+                 task="depth"),
+        Endpoint("normal", NormalRequest, "Queue a surface-normal job",
+                 "Surface normals, answered as JSON", answer="NormalResult",
+                 answer_description="The normal map and its convention", task="normal"),
+    ),
+    factory=lambda settings: LotusDepth(settings.checkpoints_dir, settings.model_id),
+    checkpoint_present=lambda settings: LotusDepth.checkpoint_present(
+        settings.checkpoints_dir, settings.model_id),
+    outputs=tuple(OutputFormat(f"{task} {name}", suffix, media_type, download_name)
+                  for task, formats in (("depth", {**DEPTH_FORMATS, **RELIEF_FORMATS}),
+                                        ("normal", NORMAL_FORMATS))
+                  for name, (_, suffix, media_type, download_name) in formats.items())
+    + tuple(OutputFormat(f"{task} video", ".zip", "application/zip", f"{task}_video.zip",
+                         zip_member=".mp4") for task in ("depth", "normal")),
+    placement="gpu",
+    batch_limit=_lotus_batch_limit,
+    memory="a few GB beside SAM 3D Objects' admission figures",
+    models=tuple(LOTUS_MODELS),
+)

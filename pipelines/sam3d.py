@@ -32,6 +32,7 @@ from .mesh_files import MESH_FORMATS
 from .offload import StageOffload, loading_to_cpu
 from .outputs import atomic_write
 from .scene import Pose, place_mesh
+from .spec import Endpoint, OutputFormat, PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -431,3 +432,24 @@ def objects_info(poses: list[Pose], counts: list[dict[str, int]]) -> dict[str, A
     totals = {key: sum(count[key] for count in counts) for key in counts[0]}
     return {**totals, "objects": [{**pose.as_dict(), **count}
                                   for pose, count in zip(poses, counts)]}
+
+
+SPEC = PipelineSpec(
+    name="sam3d",
+    endpoints=(Endpoint("generate", GenerateRequest, "Queue an image-to-3D job",
+                        "Image to 3D, answered with the file", sync="file",
+                        answer_description="The GLB, PLY, OBJ zip, STL or USDZ file",
+                        inline_field="model_base64", task="3d"),),
+    factory=lambda settings: Sam3DObjects(settings.checkpoints_dir, settings.sam3d_source_dir,
+                                          vram_gib=settings.sam3d_vram_gib,
+                                          compile=settings.sam3d_compile,
+                                          offload=settings.sam3d_offload),
+    checkpoint_present=lambda settings: Sam3DObjects.checkpoint_present(
+        settings.checkpoints_dir),
+    outputs=(OutputFormat("ply", ".ply", "application/octet-stream", "model.ply"),
+             *(OutputFormat(name, suffix, media_type, download_name,
+                            zip_member=".obj" if suffix == ".zip" else None)
+               for name, (suffix, media_type, download_name, _) in MESH_FORMATS.items())),
+    placement="gpu",
+    memory="30 GiB for any output (14-22 GiB in low-memory mode): MEMORY_NEEDED_GIB",
+)

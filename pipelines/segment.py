@@ -19,6 +19,7 @@ from .base import Progress, Result
 from .images import ImageSource
 from .masks import Masker
 from .outputs import atomic_write
+from .spec import Endpoint, OutputFormat, PipelineSpec
 
 # rembg on a CPU takes a few seconds a photo: it runs u2net at 320x320 whatever the size
 # (rembg 2.0.69, sessions/u2net_custom.py:50). A mask job still running after this is
@@ -61,3 +62,18 @@ class Segmenter:
                             lambda tmp: Image.fromarray(mask, "L").save(tmp, format="PNG"))
         return Result(path, "image/png", "mask.png",
                       {"source": source, "width": image.width, "height": image.height})
+
+
+SPEC = PipelineSpec(
+    name="segment",
+    endpoints=(Endpoint("segment", SegmentRequest, "",
+                        "The mask a 3D job would use for this image, made on the CPU",
+                        sync="only", answer="SegmentResult", answer_description="The mask",
+                        inline_field="mask"),),
+    factory=lambda settings: Segmenter(),
+    checkpoint_present=None,  # started beside SAM 3D Objects, never alone
+    outputs=(OutputFormat("mask", ".png", "image/png", "mask.png"),),
+    placement="cpu",  # rembg takes seconds on a CPU, and no GPU memory from the models
+    needs="sam3d",
+    memory="none of a GPU's",
+)

@@ -240,3 +240,28 @@ def test_a_full_disk_at_start_is_not_taken_for_a_damaged_journal(tmp_path):
         journal = Journal(folder)
         assert journal.damaged is None and len(journal.records()[0]) == 3
         journal.close()
+
+
+def test_a_lone_result_file_is_given_back_to_the_model_that_writes_it(tmp_path):
+    """With no journal row, a result file's model and media type come from the model
+    table's output formats: a video job's zip (an mp4 inside) is Lotus's, an OBJ zip SAM 3D's
+    (the suffix alone once gave every zip to SAM 3D)."""
+    import zipfile
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ids = {"lotus": "a" * 32, "sam3d": "b" * 32}
+    for name, member in (("lotus", "depth.mp4"), ("sam3d", "model.obj")):
+        with zipfile.ZipFile(out / f"{ids[name]}.zip", "w") as archive:
+            archive.writestr(member, b"x")
+    (out / f"{'c' * 32}.npy").write_bytes(b"x")
+    queue = JobQueue({"lotus": ScriptedPipeline()}, out)
+    queue.start()
+    try:
+        for name, job_id in ids.items():
+            view = queue.get(job_id)
+            assert (view.pipeline, view.state, view.result.media_type) == (
+                name, JobState.COMPLETED, "application/zip")
+        assert queue.get("c" * 32).pipeline == "lotus"
+    finally:
+        queue.stop()

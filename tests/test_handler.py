@@ -354,12 +354,15 @@ def test_a_job_id_never_writes_outside_output_dir(worker, job_id):
 
 
 def test_keys_are_trimmed_alike_and_a_blank_key_refuses_everything(worker, monkeypatch):
-    monkeypatch.setenv("LOTUS_API_KEY", f"  {KEY}\n")
+    """The key comes through Settings, read when the worker starts (as the HTTP server's)."""
+    def started_with(key):
+        monkeypatch.setenv("LOTUS_API_KEY", key)
+        return Worker(load_settings(output_dir=worker.settings.output_dir), worker.pipelines)
+
     job = {"id": "j", "input": {"api_key": f"{KEY} ", "image_base64": image_b64(),
                                 "processing_res": 32}}
-    assert "error" not in worker.handle(job)
-    monkeypatch.setenv("LOTUS_API_KEY", "  \n")
-    answer = worker.handle(job)
+    assert "error" not in started_with(f"  {KEY}\n").handle(job)
+    answer = started_with("  \n").handle(job)
     assert answer["status"] == 401 and "LOTUS_API_KEY is not set" in answer["error"]
 
 

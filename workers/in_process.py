@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipelines.base import (JobCancelled, Pipeline, PipelineError, Progress, Result,
+from pipelines.base import (Abortable, Batching, JobCancelled, Pipeline, PipelineError,
+                            Progress, Result,
                             describe_failure, is_out_of_memory, release_memory)
 from pipelines.device import with_gpu_peak
 
@@ -58,7 +59,7 @@ class InProcessWorker:
 
     @property
     def batch_limit(self) -> int:
-        return self._batch_limit if hasattr(self._lookup(), "run_batch") else 1
+        return self._batch_limit if isinstance(self._lookup(), Batching) else 1
 
     @property
     def state(self) -> str:
@@ -87,9 +88,9 @@ class InProcessWorker:
         """Nothing to stop: the pipeline lives in this process."""
 
     def abort(self, job_id: str) -> None:
-        abort = getattr(self._lookup(), "abort", None)
-        if abort is not None and job_id in self.jobs:
-            abort()
+        pipeline = self._lookup()
+        if isinstance(pipeline, Abortable) and job_id in self.jobs:
+            pipeline.abort()
 
     def describe(self) -> dict:
         return {"pipeline": self.pipeline_name, "device": "in-process", "state": self.state,

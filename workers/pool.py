@@ -14,10 +14,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipelines.base import Pipeline, Progress, Result
+from pipelines.base import DeviceAware, MemoryAdmitting, Pipeline, Progress, Result
 from pipelines.catalog import http_pipelines
+from pipelines.table import SPECS
 
-from .devices import Device, depth_batch, discover
+from .devices import Device, discover
 from .model_process import ModelWorker
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class RemotePipeline:
             time.sleep(0.1)
         loaded = [w for w in self.workers if w.state != "failed"]
         sizes = [w.details["vram_gib"] for w in loaded if w.details.get("vram_gib")]
-        if sizes and hasattr(self._twin, "vram_gib"):
+        if sizes and isinstance(self._twin, MemoryAdmitting):
             self._twin.vram_gib = max(sizes)  # a job is refused only if no GPU could fit it
 
     def __getattr__(self, name: str) -> Any:
@@ -71,7 +72,7 @@ def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[s
         return twins, {}
     devices = discover(settings.gpus)
     for twin in twins.values():  # the twins' cost models (time_limit) know the device kind
-        if hasattr(twin, "device_kind"):
+        if isinstance(twin, DeviceAware):
             twin.device_kind = devices[0].kind
     log.info("model workers on %s", ", ".join(
         f"{d.label} ({d.name}{f', {d.memory_gib} GiB' if d.memory_gib else ''})"
@@ -85,8 +86,11 @@ def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[s
 
 
 def _workers(settings: "Settings", name: str, devices: list[Device]) -> list[ModelWorker]:
-    if name == "segment":
+    """The model table's placement: "cpu", one worker on the CPU; "gpu", one per device and
+    MAX_CONCURRENT slot, each batching up to the model's `batch_limit` on its device."""
+    spec = SPECS[name]
+    if spec.placement == "cpu":
         return [ModelWorker(settings, name, Device("cpu", 0))]
     return [ModelWorker(settings, name, device, slot,
-                        depth_batch(settings, device) if name == "lotus" else 1)
+                        spec.batch_limit(settings, device) if spec.batch_limit else 1)
             for device in devices for slot in range(settings.max_concurrent)]
