@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from pipelines.base import JobCancelled, PipelineError, Progress, Result
+from pipelines.base import JobCancelled, MemoryAdmitting, PipelineError, Progress, Result
 
+from . import messages
 from .devices import Device, pin
 from .in_process import Item, Outcome
 
@@ -142,11 +143,12 @@ class ModelWorker:
                 self._process.join()
                 return None
         try:
-            _, error, self.details = self._conn.recv()
+            loaded: messages.Loaded = self._conn.recv()
         except (EOFError, OSError):
             self._process.join()
             return None
-        return error
+        self.details = loaded.details
+        return loaded.error
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -176,31 +178,29 @@ class ModelWorker:
     def _exchange(self, items, progress, deadline: float, limit: float) -> list[Outcome]:
         self._cancel.clear()
         try:
-            self._conn.send(("run", list(items)))
+            self._conn.send(messages.Run(list(items)))
         except (BrokenPipeError, OSError):
             raise WorkerLost(f"model worker {self.label} was gone") from None
         started = False
         while True:
-            message = self._next_message(deadline, started, limit)
-            kind = message[0]
-            if kind == "started":
-                started = True
-            elif kind == "progress":
-                try:
-                    progress(message[1], message[2])
-                except JobCancelled:
-                    self._cancel.set()  # the child stops at its next stage
-                except Exception:  # noqa: BLE001 - a report that failed is not the job's end
-                    log.exception("model worker %s: a progress report failed", self.label)
-            elif kind == "done":
-                return [outcome if isinstance(outcome, Result) else PipelineError(*outcome)
-                        for outcome in message[1]]
-            elif kind == "cancelled":
-                raise JobCancelled()
-            else:  # "failed": the whole batch
-                raise PipelineError(message[1], status=message[2])
+            match self._next_message(deadline, started, limit):
+                case messages.Started():
+                    started = True
+                case messages.Progress(stage, fraction):
+                    try:
+                        progress(stage, fraction)
+                    except JobCancelled:
+                        self._cancel.set()  # the child stops at its next stage
+                    except Exception:  # noqa: BLE001 - a failed report is not the job's end
+                        log.exception("model worker %s: a progress report failed", self.label)
+                case messages.Done(outcomes):
+                    return [PipelineError(outcome.message, outcome.status)
+                            if isinstance(outcome, messages.Failure) else outcome
+                            for outcome in outcomes]
+                case messages.Cancelled():
+                    raise JobCancelled()
 
-    def _next_message(self, deadline: float, started: bool, limit: float) -> tuple:
+    def _next_message(self, deadline: float, started: bool, limit: float) -> object:
         while time.monotonic() > deadline or not self._conn.poll(_POLL_SECONDS):
             if not self._process.is_alive():
                 self._lost(started)
@@ -277,28 +277,29 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
     try:
         pipeline.load()
     except Exception as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("loaded", f"{type(exc).__name__}: {exc}", {}))
+        conn.send(messages.Loaded(f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("loaded", None, _load_details(pipeline)))
+    conn.send(messages.Loaded(None, _load_details(pipeline)))
 
     def progress(stage: str, fraction: float) -> None:
         if cancel.is_set():
             raise JobCancelled()
-        conn.send(("progress", stage, fraction))
+        conn.send(messages.Progress(stage, fraction))
 
     while True:
         try:
-            _, items = conn.recv()
+            run: messages.Run = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        conn.send(("started",))
+        conn.send(messages.Started())
         try:
-            outcomes = run_items(pipeline, [(o, i, Path(s)) for o, i, s in items], progress)
+            outcomes = run_items(pipeline, [(o, i, Path(s)) for o, i, s in run.items], progress)
         except JobCancelled:
-            conn.send(("cancelled",))
+            conn.send(messages.Cancelled())
             continue
-        conn.send(("done", [outcome if isinstance(outcome, Result) else
-                            (str(outcome), outcome.status) for outcome in outcomes]))
+        conn.send(messages.Done([outcome if isinstance(outcome, Result) else
+                                 messages.Failure(str(outcome), outcome.status)
+                                 for outcome in outcomes]))
 
 
 def _load_details(pipeline: Any) -> dict:
@@ -306,7 +307,7 @@ def _load_details(pipeline: Any) -> dict:
     memory the weights take."""
     import torch
 
-    details = {"vram_gib": pipeline.vram_gib} if hasattr(pipeline, "vram_gib") else {}
+    details = {"vram_gib": pipeline.vram_gib} if isinstance(pipeline, MemoryAdmitting) else {}
     if torch.cuda.is_available():
         details["gpu_memory_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     return details
