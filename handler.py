@@ -39,7 +39,7 @@ from pipelines.checkpoints import LOTUS_MODELS
 from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
-from pipelines.table import tasks
+from pipelines.table import SPECS, pipeline_for, tasks
 from settings import Settings, load_settings
 from workers.batcher import DepthBatcher
 from workers.devices import Device, depth_batch
@@ -93,8 +93,14 @@ class Worker:
         self.bucket = bucket_name()
         self.model_lock = threading.Lock()
         device = Device("cuda" if _cuda() else "cpu", 0)
-        self.depth_batcher = DepthBatcher(pipelines.get("lotus"), depth_batch(settings, device),
-                                          self.model_lock)
+        # one batcher per model the table batches (Lotus-D's, Depth Anything V2's)
+        self.batchers = {name: DepthBatcher(pipeline, SPECS[name].batch_limit(settings, device),
+                                            self.model_lock)
+                         for name, pipeline in pipelines.items()
+                         if name in SPECS and SPECS[name].batch_limit is not None
+                         and isinstance(pipeline, Batching)}
+        self.depth_batcher = self.batchers.get("lotus") or DepthBatcher(
+            None, depth_batch(settings, device), self.model_lock)
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -183,6 +189,7 @@ class Worker:
             raise PipelineError("webhook: give it to RunPod (the `webhook` beside `input` in "
                                 "/run); this worker does not call webhooks", status=400)
         requests = self._requests(JOBS[task], job_input)
+        name = pipeline_for(tasks()[task][1].path, requests[0])  # by `model`: the model table
         if name in self.load_errors:
             raise PipelineError(f"model {name!r} failed to load on this worker: "
                                 f"{self.load_errors[name]}", status=503)
@@ -202,13 +209,13 @@ class Worker:
         stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
                  for i in range(len(images))]
         report = progress_reporter(job)
-        if name == "lotus" and not batch and isinstance(pipeline, Batching):  # may share a pass
-            results = [self.depth_batcher.run(inputs.options, inputs.image, stem, report)
+        if not batch and name in self.batchers:  # may share a pass with concurrent jobs
+            results = [self.batchers[name].run(inputs.options, inputs.image, stem, report)
                        for inputs, stem in zip(loaded, stems)]
         else:
             with self.model_lock:  # one model call at a time on this GPU
                 results = self._run_model(pipeline, loaded, images, stems, report)
-        key = "image_base64" if name == "lotus" else "model_base64"
+        key = tasks()[task][1].inline_field  # image_base64 for a map, model_base64 for 3D
         answers, inline_left = [], self.max_inline_bytes
         for stem, result in zip(stems, results):
             answers.append(self._answer(stem.name, result, key, inline_left))
@@ -356,7 +363,9 @@ def concurrency(current: int) -> int:
     """runpod-python's `concurrency_modifier`, asked before each fetch of jobs
     (rp_scale.py:158-161, 67-79): as many jobs at once as a depth batch holds; 3D jobs still
     run one at a time, behind the model lock."""
-    return _worker.depth_batcher.limit if _worker and "lotus" in _worker.pipelines else 1
+    if _worker is None:
+        return 1
+    return max((batcher.limit for batcher in _worker.batchers.values()), default=1)
 
 
 def main() -> None:

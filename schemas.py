@@ -61,10 +61,20 @@ class GPU(BaseModel):
 
 
 class LotusModelInfo(BaseModel):
+    """One row of the model table (Lotus's six, Depth Anything V2's three)."""
+
     repo_id: str
     task: Literal["depth", "normal"]
-    mode: Literal["generation", "regression"] = Field(
-        description="generation: Lotus-G (seeded noise beside the photo); regression: Lotus-D")
+    mode: Literal["generation", "regression"] | None = Field(
+        None, description="Lotus: generation, Lotus-G (seeded noise beside the photo); "
+        "regression, Lotus-D")
+    kind: Literal["relative", "metric"] | None = Field(
+        None, description="Depth Anything V2: relative (affine-invariant disparity) or "
+        "metric (depth in metres)")
+    units: str | None = Field(None, description="Depth Anything V2: what its map holds")
+    licence: str | None = Field(None, description="Depth Anything V2: the checkpoint's "
+                                "licence, and where it is stated (licence_source)")
+    licence_source: str | None = None
     served: bool
 
 
@@ -84,8 +94,9 @@ class Health(BaseModel):
         description="sam3d: the outputs this GPU fits; segment.offered: whether POST /segment "
         "answers now (SAM 3D Objects and its mask worker ready)")
     models: dict[str, LotusModelInfo] = Field(
-        default_factory=dict, description="Upstream Lotus's six checkpoints by short name "
-        "(a depth or normal request's `model`); `served`: present here")
+        default_factory=dict, description="The model table: upstream Lotus's six checkpoints "
+        "and Depth Anything V2's three by short name (a depth or normal request's `model`); "
+        "`served`: present here")
     workers_alive: int
     workers: list[WorkerStatus] = Field(default_factory=list)
     notices: dict[str, str] = Field(default_factory=dict, description="What to know before "
@@ -148,6 +159,8 @@ class JobStatus(BaseModel):
     max: float | None = Field(None, description="A completed depth job: its greatest value")
     disparity: bool | None = Field(None, description="A completed depth job: true for "
                                    "affine-invariant disparity, false for depth")
+    units: str | None = Field(None, description="A completed depth job of a metric model: "
+                              "metres")
     frame: str | None = Field(None, description="A completed normal job: the camera frame "
                               "of its normals")
     range: str | None = Field(None, description="A completed normal job: what its values mean")
@@ -161,7 +174,9 @@ class DepthResult(BaseModel):
     min: float
     max: float
     disparity: bool | None = Field(None, description="true: affine-invariant disparity "
-                                   "(larger = nearer); false: affine-invariant depth")
+                                   "(larger = nearer); false: depth (affine-invariant, or "
+                                   "in metres where `units` says so)")
+    units: str | None = Field(None, description="A metric model's map: metres")
     geometry: str | None = Field(None, description="glb, ply: how the relief is built from "
                                  "the prediction (relief, not metric depth)")
     fov_degrees: float | None = Field(None, description="glb, ply: the field of view assumed")

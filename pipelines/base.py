@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gc
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Hashable, Protocol, Sequence, runtime_checkable
@@ -134,6 +135,16 @@ class MemoryAdmitting(Protocol):
     """Admits jobs by the GPU memory its workers report (SAM 3D Objects)."""
 
     vram_gib: float | None
+
+
+# Loading torch weights is not thread-safe in one process: diffusers and transformers build
+# models under accelerate's `init_empty_weights`, which patches `nn.Module.register_parameter`
+# for the whole process while it lasts (accelerate 1.4.0, big_modeling.py:93-162), so a
+# model built meanwhile in another thread gets meta tensors ("Cannot copy out of meta
+# tensor"). Pipelines loaded side by side in one process (MODEL_PROCESS=0, the tests' in-process
+# registries) hold this lock while they build their models; model workers load in processes
+# of their own and never wait on it.
+LOADING_WEIGHTS = threading.Lock()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

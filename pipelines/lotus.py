@@ -24,15 +24,16 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, model_validator
 
-from .base import InvalidInput, PipelineError, Progress, Result, describe_failure
+from .base import LOADING_WEIGHTS, InvalidInput, PipelineError, Progress, Result
 from .checkpoints import (DEFAULT_MODELS, LOTUS_FOLDER, LOTUS_MODELS, LotusModel,
                           is_test_checkpoint, present_models)
 from .fetch import fetch_url
 from .images import ImageData, ImageInput, ImageLimits, JobInputs, image_data
-from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
+from .maps import NORMAL_CONVENTION, finish_map  # noqa: F401 - NORMAL_CONVENTION: ours
+from .models import MODELS, model_names
+from .outputs import DEPTH_FORMATS, NORMAL_FORMATS
 from .spec import Endpoint, OutputFormat, PipelineSpec
-from .relief import (DEFAULT_FOV_DEGREES, GEOMETRY, MAX_FOV_DEGREES, MIN_FOV_DEGREES,
-                     NORMALS_FROM_LOTUS, NORMALS_FROM_MESH, RELIEF_FORMATS)
+from .relief import DEFAULT_FOV_DEGREES, MAX_FOV_DEGREES, MIN_FOV_DEGREES, RELIEF_FORMATS
 from .video import Video, decode_frames, probe_video, write_video_result
 
 if TYPE_CHECKING:
@@ -52,11 +53,6 @@ TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
 # space normals with x negated (utils/hypersim_dataset.py:74-75), turned to face the camera
 # (n . p >= 0 for p = depth K^-1 (u, v, 1), hypersim_dataset.py:35-53, --align_cam_normal in
 # train_scripts/train_lotus_*_normal.sh): x to the left, y up, z toward the camera.
-NORMAL_CONVENTION = {
-    "frame": "camera: x to the left, y up, z toward the camera (R, G, B = x, y, z)",
-    "range": "each channel in [0, 1]; the normal is 2 * value - 1, each component in [-1, 1] "
-             "(not renormalised to unit length)",
-}
 ResampleMethod = Literal["bilinear", "bicubic", "nearest"]
 # Upscaling is refused beyond max(FREE_PROCESSING_RES, MAX_UPSCALE x the photo's longer
 # side): a 64x48 photo at 4096 would cost a 64x upscale and up to an hour of CPU for
@@ -82,7 +78,9 @@ VIDEO_BATCH_FRAMES = 4
 
 
 def _model_names(task: str) -> tuple[str, ...]:
-    return tuple(name for name, model in LOTUS_MODELS.items() if model.task == task)
+    """Every model of the model table (pipelines/models.py) for `task`: Lotus's, and
+    another pipeline's (Depth Anything V2's), which the table routes to that pipeline."""
+    return model_names(task)
 
 
 class LotusRequest(ImageInput):
@@ -170,9 +168,10 @@ class DepthRequest(LotusRequest):
     TASK: ClassVar[str] = "depth"
 
     model: Literal[_model_names("depth")] = Field(  # type: ignore[valid-type]
-        DEFAULT_MODELS["depth"], description="Which of upstream's depth checkpoints "
-        "(/health lists the ones served): depth-*-disparity predict disparity, "
-        "-g- models are Lotus-G (generative), -d- Lotus-D (regression)")
+        DEFAULT_MODELS["depth"], description="Which depth checkpoint (/health lists the "
+        "ones served): Lotus's depth-*-disparity predict disparity, -g- models are Lotus-G "
+        "(generative), -d- Lotus-D (regression); depth-anything-v2-small predicts "
+        "affine-invariant disparity, depth-anything-v2-metric-* depth in metres")
     output: Literal["png", "png16", "npy", "color", "glb", "ply"] = Field(
         "png", description="png, png16: the map stretched min..max to 8 or 16 bits; npy: the "
         "raw float32 prediction; color: Spectral, near in red; glb: a relief mesh textured "
@@ -204,12 +203,15 @@ class DepthRequest(LotusRequest):
 
     @model_validator(mode="after")
     def _disparity_of_the_model(self):
-        predicts = self.lotus_model.disparity
-        if self.disparity is not None and self.disparity != predicts:
+        row = MODELS[self.model]
+        if self.disparity is not None and self.disparity != row.disparity:
+            if row.metric:
+                raise ValueError(f"disparity: model {self.model} predicts depth in metres, "
+                                 "not disparity")
             raise ValueError(f"disparity: model {self.model} predicts affine-invariant "
-                             f"{'disparity' if predicts else 'depth'}, not "
+                             f"{'disparity' if row.disparity else 'depth'}, not "
                              f"{'disparity' if self.disparity else 'depth'}; metric depth "
-                             "is not available")
+                             "is not available from this model")
         return self
 
 
@@ -332,9 +334,10 @@ class LotusDepth:
         self.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
         if self.notice:
             log.warning(self.notice)
-        for name in self.served:
-            self.models[name] = PIPELINES[LOTUS_MODELS[name].mode].from_pretrained(
-                self._path(name), device=self.device_kind)
+        with LOADING_WEIGHTS:  # not beside another model's load in this process
+            for name in self.served:
+                self.models[name] = PIPELINES[LOTUS_MODELS[name].mode].from_pretrained(
+                    self._path(name), device=self.device_kind)
 
     def _path(self, name: str) -> Path:
         if name == DEFAULT_MODELS["depth"]:
@@ -512,50 +515,13 @@ class LotusDepth:
                 predictions[index] = self._task_output(options, prediction)
         return predictions
 
-    @classmethod
-    def _finish(cls, options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
+    @staticmethod
+    def _finish(options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
                 output_stem: Path, normal_map: np.ndarray | None = None
                 ) -> Result | PipelineError:
-        if not all(np.isfinite(array).all() for array in (prediction, normal_map)
-                   if array is not None):
-            return PipelineError("the model produced non-finite values", status=500)
-        try:
-            return cls._write(options, prediction, photo, output_stem, normal_map)
-        except PipelineError as exc:  # a relief with no surface fails this job alone
-            return exc
-        except OSError as exc:  # a full or read-only disk fails this job, not its batch
-            return describe_failure(exc)
-
-    @staticmethod
-    def _write(options: LotusRequest, prediction: np.ndarray, photo: Image.Image,
-               output_stem: Path, normal_map: np.ndarray | None) -> Result:
         model = options.lotus_model
-        formats = ({**DEPTH_FORMATS, **RELIEF_FORMATS} if model.task == "depth"
-                   else NORMAL_FORMATS)
-        encode, suffix, media_type, download_name = formats[options.output]
-        if options.output in RELIEF_FORMATS:
-            data = encode(prediction, photo, disparity=model.disparity,
-                          fov_degrees=options.fov_degrees, normal_map=normal_map)
-        elif model.task == "depth" and options.output == "color":
-            data = encode(prediction, disparity=model.disparity)
-        else:
-            data = encode(prediction)
-        path = atomic_write(Path(f"{output_stem}{suffix}"), lambda tmp: tmp.write_bytes(data))
-        info: dict = {"model": options.model, "width": int(prediction.shape[1]),
-                      "height": int(prediction.shape[0])}
-        if model.task == "depth":
-            info.update(min=float(prediction.min()), max=float(prediction.max()),
-                        disparity=model.disparity)
-            if options.output in RELIEF_FORMATS:
-                info.update(geometry=GEOMETRY, fov_degrees=options.fov_degrees)
-                if normal_map is not None:
-                    info.update(normal_model=options.normal_model,
-                                normals=NORMALS_FROM_LOTUS.format(model=options.normal_model))
-                elif options.output == "glb":
-                    info["normals"] = NORMALS_FROM_MESH
-        else:
-            info.update(NORMAL_CONVENTION)
-        return Result(path=path, media_type=media_type, download_name=download_name, info=info)
+        return finish_map(options, prediction, photo, output_stem, normal_map,
+                          task=model.task, disparity=model.disparity)
 
 
 def _raised(results: list[Result | PipelineError]) -> list[Result]:

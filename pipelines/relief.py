@@ -38,6 +38,12 @@ GEOMETRY = (f"relief: affine-invariant Lotus output, not metric depth; stretched
             "disparity models, on a pinhole camera with fov_degrees across the photo's longer "
             "side, looking down -z with y up; triangles whose corners' distances differ by "
             f"more than a factor {EDGE_RATIO:g} are dropped")
+# A metric model's map (Depth Anything V2 Metric: depth in metres) is placed as it is.
+GEOMETRY_METRIC = (f"true scale: each pixel placed at its predicted depth in metres along its "
+                   "ray, on a pinhole camera with fov_degrees across the photo's longer side, "
+                   "looking down -z with y up (units: metres); triangles whose corners' "
+                   f"depths differ by more than a factor {EDGE_RATIO:g} are dropped")
+MIN_METRIC_DEPTH = 1e-3  # metres: a map's zeros (its floor) kept in front of the camera
 NORMALS_FROM_MESH = "from the relief's triangles"
 NORMALS_FROM_LOTUS = ("from Lotus model {model}'s normal map of the photo: its x (to the left) "
                       "negated to the relief's x to the right, y up, z toward the camera, "
@@ -53,8 +59,12 @@ class ReliefGrid:
     normals: np.ndarray | None = None  # (n, 3) float32 unit vectors, given a normal map
 
 
-def relief_distance(prediction: np.ndarray, disparity: bool) -> np.ndarray:
-    """Distances in [1, DEPTH_RANGE]: larger disparity nearer, larger depth farther."""
+def relief_distance(prediction: np.ndarray, disparity: bool,
+                    metric: bool = False) -> np.ndarray:
+    """Distances in [1, DEPTH_RANGE]: larger disparity nearer, larger depth farther; a
+    metric map's own depths (metres), at least MIN_METRIC_DEPTH."""
+    if metric:
+        return np.maximum(prediction, MIN_METRIC_DEPTH)
     low, high = float(prediction.min()), float(prediction.max())
     unit = (prediction - low) / (high - low) if high > low else np.zeros_like(prediction)
     if disparity:  # disparity 1/DEPTH_RANGE .. 1 -> distance DEPTH_RANGE .. 1
@@ -83,7 +93,7 @@ def _samples(size: int, count: int) -> np.ndarray:
 
 def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
                 fov_degrees: float = DEFAULT_FOV_DEGREES, max_side: int = MAX_GRID_SIDE,
-                normal_map: np.ndarray | None = None) -> ReliefGrid:
+                normal_map: np.ndarray | None = None, metric: bool = False) -> ReliefGrid:
     """The prediction (height, width) as a grid of at most `max_side` samples along its
     longer side (nearest pixel, so no sample averages across an edge), coloured from the
     photo (resized to the prediction's size when they differ), with each sample's normal
@@ -95,7 +105,8 @@ def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
     scale = min(1.0, max_side / max(height, width))
     rows = _samples(height, max(1, round(height * scale)))
     cols = _samples(width, max(1, round(width * scale)))
-    distance = relief_distance(prediction.astype(np.float64), disparity)[np.ix_(rows, cols)]
+    distance = relief_distance(prediction.astype(np.float64), disparity,
+                               metric)[np.ix_(rows, cols)]
 
     focal = max(height, width) / 2 / np.tan(np.radians(fov_degrees) / 2)  # pixels
     u, v = np.meshgrid(cols + 0.5, rows + 0.5)
@@ -121,13 +132,15 @@ def relief_grid(prediction: np.ndarray, photo: Image.Image, disparity: bool,
 
 
 def relief_glb(prediction: np.ndarray, photo: Image.Image, disparity: bool,
-               fov_degrees: float, normal_map: np.ndarray | None = None) -> bytes:
+               fov_degrees: float, normal_map: np.ndarray | None = None,
+               metric: bool = False) -> bytes:
     """The grid as a mesh textured with the photo (base colour, at most MAX_TEXTURE_SIDE
     pixels), matte, with vertex normals so a viewer's lights shade the relief: the
     normal map's, if given, else the triangles'."""
     import trimesh
 
-    grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map)
+    grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map,
+                       metric=metric)
     if not len(grid.faces):  # an empty GLB would open as nothing, without a word
         raise PipelineError("no surface to mesh: the map is under 2 pixels on a side or every "
                             "triangle spans a depth jump; output ply keeps every point",
@@ -143,13 +156,15 @@ def relief_glb(prediction: np.ndarray, photo: Image.Image, disparity: bool,
 
 
 def relief_ply(prediction: np.ndarray, photo: Image.Image, disparity: bool,
-               fov_degrees: float, normal_map: np.ndarray | None = None) -> bytes:
+               fov_degrees: float, normal_map: np.ndarray | None = None,
+               metric: bool = False) -> bytes:
     """One point per grid sample, coloured from the photo (binary PLY, vertex colours), with
     the normal map's normals as nx, ny, nz if given (a point has no triangles to take them
     from)."""
     import trimesh
 
-    grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map)
+    grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map,
+                       metric=metric)
     cloud = trimesh.PointCloud(grid.vertices, colors=grid.colors)
     if grid.normals is None:
         return cloud.export(file_type="ply")

@@ -12,11 +12,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from . import lotus, sam3d, segment
+from .depth_anything import spec as depth_anything
 from .spec import Endpoint, OutputFormat, PipelineSpec
 
 SPECS: dict[str, PipelineSpec] = {spec.name: spec for spec in (
     sam3d.SPEC,
     lotus.SPEC,
+    depth_anything.SPEC,
     segment.SPEC,
 )}
 
@@ -49,9 +51,14 @@ def pipeline_for(path: str, payload: BaseModel) -> str:
 
 
 def tasks() -> dict[str, tuple[str, Endpoint]]:
-    """RunPod's `task` values: task -> (pipeline, endpoint)."""
-    return {endpoint.task: (spec.name, endpoint) for spec in SPECS.values()
-            for endpoint in spec.endpoints if endpoint.task is not None}
+    """RunPod's `task` values: task -> (the first pipeline to declare it, its endpoint);
+    `pipeline_for(endpoint.path, request)` picks among the endpoint's pipelines by `model`."""
+    found: dict[str, tuple[str, Endpoint]] = {}
+    for spec in SPECS.values():
+        for endpoint in spec.endpoints:
+            if endpoint.task is not None:
+                found.setdefault(endpoint.task, (spec.name, endpoint))
+    return found
 
 
 def auto_started() -> list[str]:

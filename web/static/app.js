@@ -247,6 +247,12 @@ function offerLighting(chosen = task()) {
   select.disabled = !offered;  // FormData leaves it out
 }
 
+// What a row of the model table (/health `models`) is: a Lotus mode or Depth Anything's kind.
+function modelKind(model) {
+  if (model.kind) return `Depth Anything V2, ${model.kind === "metric" ? "metres" : "relative"}`;
+  return model.mode === "generation" ? "Lotus-G, generative" : "Lotus-D, regression";
+}
+
 // The served models of a depth or normal task (the one chosen is kept); a choice only where
 // there are several. The job always names its model: the one served may not be the default.
 function offerModels(chosen) {
@@ -255,8 +261,7 @@ function offerModels(chosen) {
   const names = models.map(([name]) => name);
   if (names.join() !== [...select.options].map((option) => option.value).join()) {
     const keep = select.value;
-    select.replaceChildren(...models.map(([name, model]) => new Option(
-      `${name} (${model.mode === "generation" ? "Lotus-G, generative" : "Lotus-D, regression"})`, name)));
+    select.replaceChildren(...models.map(([name, model]) => new Option(`${name} (${modelKind(model)})`, name)));
     if (names.includes(keep)) select.value = keep;
   }
   $("model-choice").hidden = names.length < 2;

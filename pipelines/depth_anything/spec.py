@@ -1,0 +1,36 @@
+"""Depth Anything V2's row of the model table (pipelines/table.py): it serves `POST /depth`
+(and RunPod's `task: depth`) for the requests whose `model` is one of its checkpoints, in a
+lane and workers of its own, batched like Lotus-D."""
+
+from __future__ import annotations
+
+from ..lotus import DepthRequest
+from ..outputs import DEPTH_FORMATS
+from ..relief import RELIEF_FORMATS
+from ..spec import Endpoint, OutputFormat, PipelineSpec
+from .catalog import DA2_MODELS
+from .pipeline import DepthAnything
+
+
+def _batch_limit(settings, device) -> int:
+    from workers.devices import depth_batch
+
+    return depth_batch(settings, device)
+
+
+SPEC = PipelineSpec(
+    name="depth_anything",
+    endpoints=(Endpoint("depth", DepthRequest, "Queue a depth job", "Depth, answered as JSON",
+                        answer="DepthResult", answer_description="The depth map and its range",
+                        task="depth"),),
+    factory=lambda settings: DepthAnything(settings.checkpoints_dir),
+    checkpoint_present=lambda settings: DepthAnything.checkpoint_present(
+        settings.checkpoints_dir),
+    outputs=tuple(OutputFormat(f"depth {name}", suffix, media_type, download_name)
+                  for name, (_, suffix, media_type, download_name)
+                  in {**DEPTH_FORMATS, **RELIEF_FORMATS}.items()),
+    placement="gpu",
+    batch_limit=_batch_limit,
+    memory="about 100 MB of weights (ViT-S) per checkpoint",
+    models=tuple(DA2_MODELS),
+)
