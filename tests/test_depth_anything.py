@@ -222,6 +222,12 @@ def test_a_broken_checkpoint_folder_names_what_is_missing(checkpoints, tmp_path)
         assert missing_files(broken) == [named]
         with pytest.raises(FileNotFoundError, match=f"is missing: {named}$"):
             DepthAnythingV2.from_pretrained(broken)
+    other = tmp_path / "other"
+    shutil.copytree(source, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "dpt"}))
+    with pytest.raises(ValueError, match="holds a dpt model, not Depth Anything"):
+        DepthAnythingV2.from_pretrained(other)
 
 
 def test_test_weights_are_told_from_real_ones_by_the_backbone(checkpoints, tmp_path):
