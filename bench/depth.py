@@ -7,6 +7,7 @@
     python bench/depth.py --arch sd2 --tasks normal,video --res 256 --runs 1 \
         --frames 4 --video-res 64                             # SD 2, minutes on 2 CPU cores
     python bench/depth.py --arch sd2 --res 256 --batches 1,2,4,8   # batched forward passes
+    python bench/depth.py --tasks depth,da2 --frames 0 --res 640  # Lotus-D beside DA2-Small
 
 Rows: depth and normals (Lotus-D, `--batch` images of `--res` px), then a video of `--frames`
 frames of `--video-res` px (longer side, 4:3), processed at that size: Lotus-D, ours
@@ -26,7 +27,16 @@ infer.py:209-213). CPU: fp32. CUDA: fp32 weights under torch.autocast, as upstre
 infer.py runs. Both sides encode with the posterior's mean, so the outputs can be compared.
 Prints images (frames)/s, peak memory, the speed ratio ours/baseline (not below 1; about 1
 for Lotus-G's video, whose frames can no more be batched than upstream's) and the largest
-difference between the two outputs. `--batches` prints instead images/s for
+difference between the two outputs.
+
+The `da2` row: Depth Anything V2 Small (pipelines/depth_anything) on the depth row's photos,
+so its images/s stand beside Lotus-D's from the same run; its baseline is transformers' own
+`pipeline("depth-estimation")` on the same weights, one photo per call. `--arch tiny`: the
+tiny checkpoint scripts/make_tiny_checkpoints.py writes, which times the server's path
+(processor, batching, resize back), not the real model's speed: the processor brings every
+photo to about 518 pixels on its shorter side whatever its size, and a 32-wide, 4-layer
+backbone costs next to nothing there. `--arch sd2`: the real ViT-S architecture
+(`vits_config`), random weights: the real model's speed. `--batches` prints instead images/s for
 each batch size (one forward pass over that many images) beside batch 1's, to choose
 DEPTH_BATCH.
 """
@@ -54,11 +64,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from lotus_reference import upstream_lotus_d, upstream_lotus_g_video  # noqa: E402
-from make_tiny_checkpoints import make_lotus, write_tokenizer  # noqa: E402
+from make_tiny_checkpoints import (make_depth_anything, make_lotus, real_processor,  # noqa: E402
+                                   write_tokenizer)
 from pipelines.lotus import VIDEO_BATCH_FRAMES  # noqa: E402
 from pipelines.lotus_model import LotusDPipeline, LotusGPipeline  # noqa: E402
 
-TASKS = ("depth", "normal", "video")
+TASKS = ("depth", "normal", "video", "da2")
 # Lotus-G's scheduler, as scripts/make_tiny_checkpoints.py writes it
 G_SCHEDULER = {"prediction_type": "sample"}
 SEED = 0
@@ -279,6 +290,16 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     video = "video" in tasks and args.frames > 0
+    images = [photo(args.res, args.res * 3 // 4)] * args.batch
+    if args.batches or video or {"depth", "normal"} & set(tasks):
+        time_lotus(args, tasks, video, images, device)
+    if "da2" in tasks and not args.batches:
+        time_depth_anything(args, images, device)
+
+
+def time_lotus(args, tasks: list[str], video: bool, images: list[Image.Image],
+               device: str) -> None:
+    """The Lotus rows (or the --batches table)."""
     with tempfile.TemporaryDirectory() as folder:
         parts = (sd2_parts if args.arch == "sd2" else tiny_parts)(Path(folder))
         gparts = g_parts(args.arch, Path(folder), parts) if video else None
@@ -295,8 +316,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; baseline: "
           f"{baseline.reason or 'upstream pipeline.py'}")
     with posterior_mean():
-        images = [photo(args.res, args.res * 3 // 4)] * args.batch
-        for task in (task for task in tasks if task != "video"):
+        for task in (task for task in tasks if task in ("depth", "normal")):
             print(f"Lotus-D {task}, batch {args.batch} of {args.res}x{args.res * 3 // 4} px, "
                   f"median of {args.runs}")
             compare(task, args.batch, "images", timed(
@@ -306,6 +326,75 @@ def main() -> None:
                               device), device)
         if video:
             time_video(args, parts, gparts, baseline, device)
+
+
+def vits_config():
+    """Depth Anything V2 Small as transformers' conversion script builds it
+    (models/depth_anything/convert_depth_anything_to_hf.py at 23925e16, get_dpt_config lines
+    35-41 and 59-76): facebook/dinov2-small's backbone (ViT-S/14: hidden 384, 12 layers, 6
+    heads, MLP ratio 4, 518-pixel position grid) with out_indices [3, 6, 9, 12],
+    apply_layernorm, reshape_hidden_states=False; fusion 64, neck [48, 96, 192, 384]; head
+    32 (DepthAnythingConfig's default). 24.8M parameters, as the model card says."""
+    from transformers import DepthAnythingConfig, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                            mlp_ratio=4, patch_size=14, image_size=518, layerscale_value=1.0,
+                            out_indices=[3, 6, 9, 12], apply_layernorm=True,
+                            reshape_hidden_states=False)
+    return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384,
+                               patch_size=14, fusion_hidden_size=64,
+                               neck_hidden_sizes=[48, 96, 192, 384])
+
+
+def da2_checkpoint(arch: str, folder: Path) -> Path:
+    """The tiny Small checkpoint, or (`sd2`) a ViT-S one with random weights, saved as the
+    real ones are (model, then the published processor settings)."""
+    if arch == "tiny":
+        return make_depth_anything(folder, SEED, "depth-anything-v2-small")
+    from transformers import DepthAnythingForDepthEstimation
+
+    path = folder / "Depth-Anything-V2-Small-vits-random"
+    torch.manual_seed(SEED)
+    DepthAnythingForDepthEstimation(vits_config()).save_pretrained(path)
+    real_processor().save_pretrained(path)
+    return path
+
+
+def time_depth_anything(args, images: list[Image.Image], device: str) -> None:
+    """DA2-Small on the depth row's photos: ours (one forward pass for the batch) beside
+    transformers' depth-estimation pipeline (one photo per call)."""
+    from transformers import pipeline
+
+    from pipelines.depth_anything.model import DepthAnythingV2
+
+    arch = "tiny" if args.arch == "tiny" else "ViT-S"
+    with tempfile.TemporaryDirectory() as folder:
+        path = da2_checkpoint(args.arch, Path(folder))
+        ours = DepthAnythingV2.from_pretrained(path, device=device)
+        reference = pipeline("depth-estimation", model=str(path), device=device)
+    parameters = sum(parameter.numel() for parameter in ours.model.parameters())
+    height, width = ours.processing_size(*images[0].size)
+    print(f"Depth Anything V2 Small ({arch}, {parameters / 1e6:.1f}M parameters, fp32), batch "
+          f"{len(images)} of {images[0].width}x{images[0].height} px (processed at "
+          f"{width}x{height}), median of {args.runs}; baseline: transformers "
+          f"{transformers_version()} pipeline('depth-estimation'), one photo per call"
+          + ("; tiny weights: the server's path, not the real model's speed"
+             if arch == "tiny" else ""))
+    ours_s, ours_out = timed(lambda: np.stack(ours.predict(images)), args.runs, device)
+    print(f"  da2       ours      {len(images) / ours_s:8.2f} images/s  {ours_s * 1000:9.0f} ms  "
+          f"peak {peak_memory_mb(device):.0f} MiB", flush=True)
+    base_s, base_out = timed(lambda: np.stack([reference(image)["predicted_depth"].numpy()
+                                              for image in images]), args.runs, device)
+    print(f"  da2       pipeline  {len(images) / base_s:8.2f} images/s  {base_s * 1000:9.0f} ms  "
+          f"peak {peak_memory_mb(device):.0f} MiB (process peak so far on CPU)")
+    print(f"  da2       ours/pipeline speed {base_s / ours_s:.2f}x; largest output difference "
+          f"{float(np.abs(ours_out - base_out).max()):.2e}", flush=True)
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def time_video(args, parts, gparts, baseline: Baseline, device: str) -> None:

@@ -6,7 +6,10 @@
 # Before: accept Meta's license at https://huggingface.co/facebook/sam-3d-objects and create
 # a read token at https://huggingface.co/settings/tokens. Needs `hf` (pip install
 # 'huggingface-hub[cli]<1.0') and, for DINOv2, python with torch (the CPU build will do).
-# Steps already done are skipped; a tiny test Lotus-D (`make serve` writes one) is replaced.
+# Steps already done are skipped; a tiny test Lotus-D (`make serve` writes one) is replaced,
+# and so is a tiny test Depth Anything V2 folder. Depth Anything V2's three Small checkpoints
+# (pipelines/depth_anything/catalog.py: relative, metric indoor, metric outdoor; Apache-2.0)
+# go to checkpoints/<repository name>; DA2_MODEL_IDS picks others of the table, or none ("").
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,6 +18,7 @@ DEST=${1:-checkpoints}
 LOTUS=$DEST/lotus-depth-d-v2-0-disparity
 LOTUS_MODEL_ID=${LOTUS_MODEL_ID:-jingheya/lotus-depth-d-v2-0-disparity}
 MOGE_MODEL_ID=${MOGE_MODEL_ID:-Ruicheng/moge-vitl}
+DA2_MODEL_IDS=${DA2_MODEL_IDS-depth-anything/Depth-Anything-V2-Small-hf depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf}
 DINOV2_MODEL=${DINOV2_MODEL:-dinov2_vitl14_reg}
 U2NET_URL=${U2NET_URL:-https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx}
 mkdir -p "$DEST"
@@ -40,6 +44,19 @@ if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" depth-d-v2-0-disparit
 fi
 hf download "$LOTUS_MODEL_ID" --repo-type model \
   --local-dir "$LOTUS" --include "*.json" "*.txt" "*.safetensors"
+
+for DA2_MODEL_ID in $DA2_MODEL_IDS; do
+  DA2="$DEST/${DA2_MODEL_ID##*/}"
+  echo "== Depth Anything V2 ($DA2_MODEL_ID)"
+  # the check the server makes (pipelines/depth_anything/catalog.py: the backbone's width)
+  if ! "$PYTHON" "$HERE/../pipelines/depth_anything/catalog.py" "$DEST" "$DA2_MODEL_ID" \
+      >/dev/null 2>&1; then
+    echo "$DA2 holds the tiny test weights: replacing the whole folder"
+    rm -rf "$DA2"
+  fi
+  hf download "$DA2_MODEL_ID" --repo-type model --local-dir "$DA2" \
+    --include "config.json" "preprocessor_config.json" "model.safetensors" "README.md"
+done
 
 echo "== MoGe ($MOGE_MODEL_ID) into the Hugging Face cache the image reads offline"
 HF_HOME="$DEST/hf-cache" hf download "$MOGE_MODEL_ID" --repo-type model
@@ -75,5 +92,22 @@ if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" depth-d-v2-0-disparit
   echo "TEST     lotus-depth-d-v2-0-disparity holds test weights, not Lotus-D's"
   missing=1
 fi
+for DA2_MODEL_ID in $DA2_MODEL_IDS; do
+  for path in config.json preprocessor_config.json model.safetensors; do
+    if [ -e "$DEST/${DA2_MODEL_ID##*/}/$path" ]; then
+      echo "ok       ${DA2_MODEL_ID##*/}/$path"
+    else
+      echo "MISSING  ${DA2_MODEL_ID##*/}/$path"
+      missing=1
+    fi
+  done
+done
+for DA2_MODEL_ID in $DA2_MODEL_IDS; do
+  if ! "$PYTHON" "$HERE/../pipelines/depth_anything/catalog.py" "$DEST" "$DA2_MODEL_ID" \
+      >/dev/null 2>&1; then
+    echo "TEST     ${DA2_MODEL_ID##*/} holds test weights, not Depth Anything V2 Small's"
+    missing=1
+  fi
+done
 du -sh "$DEST"
 exit "$missing"

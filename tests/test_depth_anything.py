@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from make_tiny_checkpoints import make_depth_anything  # noqa: E402
 from pipelines.depth_anything import (DA2_MODELS, TEST_CHECKPOINT_MARKER,  # noqa: E402
                                       is_test_checkpoint, missing_files)
+from pipelines.depth_anything.cost import (MAX_PROCESSING_MEGAPIXELS, processing_size,  # noqa: E402
+                                           refusal, time_limit)
 from pipelines.depth_anything.model import DepthAnythingV2  # noqa: E402
 
 RELATIVE, INDOOR, OUTDOOR = ("depth-anything-v2-small", "depth-anything-v2-metric-indoor-small",
@@ -177,6 +180,28 @@ def test_processing_size_is_the_processors(models):
         assert model.processing_size(width, height) == tuple(pixels.shape[-2:])
 
 
+def test_the_cost_module_knows_the_processing_size_without_torch(models):
+    """cost.processing_size (stdlib, for the HTTP process) is the processor's own
+    get_resize_output_image_size, for photos of every shape."""
+    rng = np.random.default_rng(0)
+    sizes = [*SIZES, (1, 1), (20, 1), (90, 1), (2000, 10), (4000, 3000), (3000, 4000),
+             (517, 519), (7, 7000), *(tuple(int(v) for v in rng.integers(1, 5000, 2))
+                                      for _ in range(200))]
+    for width, height in sizes:
+        assert processing_size(width, height) == models[RELATIVE].processing_size(width, height)
+
+
+def test_photos_the_model_cannot_serve_are_refused_before_work():
+    assert "2000x10 photo is too narrow" in refusal(2000, 10)
+    long_thin = refusal(300, 6000)  # seen at 518 x 10360: 5.4 megapixels
+    assert "too long and thin" in long_thin and f"at most {MAX_PROCESSING_MEGAPIXELS:g}" in long_thin
+    assert refusal(4000, 3000) is refusal(300, 4000) is refusal(1, 1) is None
+    # about the same work for any 4:3 photo (seen at 518 on its shorter side), more on CPU
+    assert time_limit(640, 480, "cpu") == time_limit(4000, 3000, "cpu")
+    assert time_limit(640, 480, "cuda") < time_limit(640, 480, "cpu") < time_limit(
+        300, 3000, "cpu") < time_limit(300, 3000, "cpu", photos=2)
+
+
 def test_a_photo_too_narrow_to_process_is_refused_by_name(models):
     """The processor would resize a 2000x10 strip to 0 pixels tall (and fail deep inside);
     ours says so first."""
@@ -197,6 +222,12 @@ def test_a_broken_checkpoint_folder_names_what_is_missing(checkpoints, tmp_path)
         assert missing_files(broken) == [named]
         with pytest.raises(FileNotFoundError, match=f"is missing: {named}$"):
             DepthAnythingV2.from_pretrained(broken)
+    other = tmp_path / "other"
+    shutil.copytree(source, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "dpt"}))
+    with pytest.raises(ValueError, match="holds a dpt model, not Depth Anything"):
+        DepthAnythingV2.from_pretrained(other)
 
 
 def test_test_weights_are_told_from_real_ones_by_the_backbone(checkpoints, tmp_path):
@@ -209,3 +240,15 @@ def test_test_weights_are_told_from_real_ones_by_the_backbone(checkpoints, tmp_p
     (real / "config.json").write_text(json.dumps(config))
     assert not is_test_checkpoint(real)
     assert not is_test_checkpoint(tmp_path / "absent")
+
+
+def test_the_catalog_script_says_which_folders_hold_test_weights(checkpoints, tmp_path):
+    """As scripts/download_checkpoints.sh runs it: the file alone, standard library only."""
+    def run(*args):
+        return subprocess.run([sys.executable, "pipelines/depth_anything/catalog.py", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    test = run(str(checkpoints), DA2_MODELS[OUTDOOR].repo_id)
+    assert test.returncode == 1 and "holds TEST weights" in test.stderr
+    assert run(str(tmp_path), RELATIVE).returncode == 0  # absent: nothing to replace
+    assert run(str(tmp_path), "depth-anything-v2-large").returncode == 2

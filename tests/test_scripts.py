@@ -113,13 +113,20 @@ def test_smoke_test_script_fails_when_the_server_is_down():
 
 
 FAKE_HF = '''#!{python}
-"""`hf download` as the script calls it: real-shaped Lotus-D files, an empty MoGe cache."""
+"""`hf download` as the script calls it: real-shaped Lotus-D and Depth Anything V2 files (a
+ViT-S backbone), an empty MoGe cache."""
 import json, os, sys
 from pathlib import Path
 args = sys.argv[1:]
 with open(os.environ["HF_LOG"], "a") as log:
     log.write(" ".join(args) + "\\n")
-if "--local-dir" in args:
+if "--local-dir" in args and args[1].startswith("depth-anything/"):
+    folder = Path(args[args.index("--local-dir") + 1])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({{"backbone_config": {{"hidden_size": 384}}}}))
+    (folder / "preprocessor_config.json").write_text("{{}}")
+    (folder / "model.safetensors").write_text("")
+elif "--local-dir" in args:
     folder = Path(args[args.index("--local-dir") + 1])
     for part in ("unet", "vae", "text_encoder", "tokenizer"):
         (folder / part).mkdir(parents=True, exist_ok=True)
@@ -133,7 +140,11 @@ else:
 
 def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, checkpoints):
     """`make serve` left the tiny Lotus-D in checkpoints/; the download puts the real one in
-    its place, with none of the tiny one's files (its note, its scheduler) left behind."""
+    its place, with none of the tiny one's files (its note, its scheduler) left behind; so
+    for a tiny Depth Anything V2 folder; and the three Depth Anything V2 Small ones come."""
+    from make_tiny_checkpoints import make_depth_anything
+
+    from pipelines.depth_anything import DA2_MODELS, is_test_checkpoint
     from pipelines.lotus import LotusDepth
 
     bin_dir, dest = tmp_path / "bin", tmp_path / "checkpoints"
@@ -141,6 +152,7 @@ def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, che
     (bin_dir / "hf").write_text(FAKE_HF.format(python=sys.executable))
     (bin_dir / "hf").chmod(0o755)
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, dest / CHECKPOINT_FOLDER)
+    tiny_da2 = make_depth_anything(dest, 0, "depth-anything-v2-metric-indoor-small")
     for done in ("pipeline.yaml", "ss_generator.ckpt", "slat_generator.ckpt", "ss_decoder.ckpt",
                  "slat_decoder_gs.ckpt", "slat_decoder_gs_4.ckpt", "slat_decoder_mesh.ckpt",
                  "u2net/u2net.onnx", "torch/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth",
@@ -159,6 +171,11 @@ def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, che
     lotus = dest / CHECKPOINT_FOLDER
     assert not list(lotus.glob("TINY*")) and not (lotus / "scheduler").exists()
     assert LotusDepth(dest).notice is None
+    assert f"{tiny_da2} holds the tiny test weights: replacing" in done.stdout
+    assert not list(tiny_da2.glob("TINY*"))
+    for model in DA2_MODELS.values():
+        assert (dest / model.folder / "config.json").is_file()
+        assert not is_test_checkpoint(dest / model.folder)
     again = subprocess.run(["bash", str(ROOT / "scripts/download_checkpoints.sh"), str(dest)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "replacing" not in again.stdout

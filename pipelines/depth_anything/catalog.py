@@ -1,7 +1,7 @@
 """The Depth Anything V2 checkpoints served, and whether the ones present are real or test weights.
 
-    python -m pipelines.depth_anything.catalog CHECKPOINTS_DIR [MODEL]   ->   exit 1 if a
-                                                              folder (or MODEL's) is a test one
+    python pipelines/depth_anything/catalog.py CHECKPOINTS_DIR [MODEL]  ->  exit 1 if a folder
+                                                  (or MODEL's: short name or repo id) is a test one
 
 `DA2_MODELS` is the one table: short name (what a request's `model` says, in the style of
 pipelines/checkpoints.py's Lotus names: the repository's name, lower case, without "-hf"),
@@ -32,7 +32,8 @@ tool's stored copies of huggingface.co):
   Small checkpoints are in this table (the Base and Large ones are non-commercial, though
   some of their hub cards say apache-2.0: the cards are not reliable on this).
 
-Standard library only: the HTTP process and the Dockerfile read this table without torch.
+Standard library only, no relative import: the HTTP process reads this table without torch,
+and scripts/download_checkpoints.sh runs this file alone.
 """
 
 from __future__ import annotations
@@ -135,11 +136,13 @@ def is_test_checkpoint(folder: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if not 1 <= len(argv) <= 2 or argv[1:] and argv[1] not in DA2_MODELS:
+    by_repo = {model.repo_id: model for model in DA2_MODELS.values()}
+    if not 1 <= len(argv) <= 2 or argv[1:] and argv[1] not in {**DA2_MODELS, **by_repo}:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     test = False
-    for model in [DA2_MODELS[argv[1]]] if argv[1:] else DA2_MODELS.values():
+    chosen = argv[1:] and (DA2_MODELS.get(argv[1]) or by_repo[argv[1]])
+    for model in [chosen] if chosen else DA2_MODELS.values():
         folder = Path(argv[0]) / model.folder
         if is_test_checkpoint(folder):
             test = True

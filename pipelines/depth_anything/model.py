@@ -18,7 +18,10 @@ aspect ratio, "scaling as little as possible" onto 518 x 518, each side a multip
 (image_processing_dpt.py:63-102), bicubic; rescale by 1/255; ImageNet mean and std; no pad.
 
 What is ours: images whose processed sizes are equal share one forward pass (the pipeline
-runs one image per pass); the maps come back as numpy float32 (height, width), also for a
+runs one image per pass); on a GPU the resize back runs there too, where the pipeline first
+moves the model's output to the CPU (pipelines/base.py:1276), so CUDA maps may differ from
+the pipeline's in the last float32 bits (a 12-megapixel bicubic resize on the CPU would cost
+more than the model); the maps come back as numpy float32 (height, width), also for a
 photo one pixel tall (the pipeline's `.squeeze()` makes that a row); the photo's layout is
 stated as channels-last rather than guessed (a photo 1 or 3 pixels tall is misread by the
 guess, below); a photo the processor would shrink to 0 pixels is refused by name. All of it
@@ -27,6 +30,7 @@ is held to the pipeline's own output by tests/test_depth_anything.py.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal, Sequence
@@ -72,6 +76,9 @@ class DepthAnythingV2:
         if missing:
             raise FileNotFoundError(f"Depth Anything V2 checkpoint {path} is missing: "
                                     f"{', '.join(missing)}")
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if model_type != "depth_anything":
+            raise ValueError(f"{path} holds a {model_type} model, not Depth Anything")
         model = DepthAnythingForDepthEstimation.from_pretrained(
             path, torch_dtype=torch.float32, local_files_only=True)
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
