@@ -118,3 +118,11 @@ def test_the_runpod_handler_serves_it_by_model(da2_checkpoints, tmp_path, monkey
     np.testing.assert_array_equal(npy(answer),
                                   reference(da2_checkpoints / DA2_MODELS[INDOOR].folder, photo))
     assert answer["units"] == "metres"
+
+
+def test_a_photo_it_cannot_size_fails_with_a_400_saying_why(make_client, da2_checkpoints):
+    client = make_client({"depth_anything": DepthAnything(da2_checkpoints)},
+                         max_image_side=8192)
+    strip = image_b64(width=8000, height=500, mode="L", seed=7)  # seen at 518 x 8288
+    answer = client.post("/depth/sync", json={"image": strip, "model": RELATIVE})
+    assert answer.status_code == 400 and "too long and thin" in answer.get_json()["error"]

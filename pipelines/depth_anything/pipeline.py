@@ -20,6 +20,7 @@ from PIL import Image
 from ..base import LOADING_WEIGHTS, InvalidInput, PipelineError, Progress, Result
 from ..lotus import DepthRequest
 from ..maps import finish_map
+from . import cost
 from .catalog import DA2_MODELS, is_test_checkpoint, present_models
 
 if TYPE_CHECKING:
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Seconds a photo may take, for the queue's time limit: ViT-S at 518 px is well under a
-# second on a GPU and a few on a CPU; this is the ceiling past which a job is stuck.
-SECONDS_PER_PHOTO = {"cpu": 60.0, "cuda": 10.0}
-WARM_UP_SECONDS = 120
 
 
 class DepthAnything:
@@ -100,13 +97,14 @@ class DepthAnything:
                     self.checkpoints_dir / DA2_MODELS[name].folder, device=self.device_kind)
 
     def time_limit(self, options: DepthRequest, image: Image.Image) -> float | None:
-        return WARM_UP_SECONDS + SECONDS_PER_PHOTO[self.device_kind]
+        return cost.time_limit(*image.size, self.device_kind)
 
     @staticmethod
     def batch_key(options: DepthRequest, image: Image.Image) -> Hashable:
-        """Photos of one size under one checkpoint share a forward pass (their processed
-        sizes are equal); output and fov_degrees only change the file."""
-        return (options.model, image.size)
+        """Photos for one checkpoint whose processed sizes are equal share a forward pass
+        (`DepthAnythingV2.predict` groups by it); output and fov_degrees only change the
+        file."""
+        return (options.model, cost.processing_size(*image.size))
 
     def run(self, options: DepthRequest, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result:
@@ -123,8 +121,13 @@ class DepthAnything:
         a job whose map cannot be written fails alone."""
         progress("predicting", 0.1)
         maps: list = [None] * len(jobs)
+        refused: dict[int, PipelineError] = {}
         by_model: dict[str, list[int]] = {}
-        for index, (options, _, _) in enumerate(jobs):
+        for index, (options, image, _) in enumerate(jobs):
+            why = cost.refusal(*image.size)  # a strip the processor cannot size: this job
+            if why is not None:
+                refused[index] = InvalidInput(why)
+                continue
             by_model.setdefault(options.model, []).append(index)
         for name, indices in by_model.items():
             model = self.models.get(name)
@@ -133,10 +136,11 @@ class DepthAnything:
             for index, prediction in zip(indices, model.predict([jobs[i][1] for i in indices])):
                 maps[index] = prediction
         progress("writing", 0.9)
-        return [finish_map(options, prediction, image, stem, task="depth",
+        return [refused[index] if index in refused else
+                finish_map(options, prediction, image, stem, task="depth",
                            disparity=DA2_MODELS[options.model].disparity,
                            metric=not DA2_MODELS[options.model].disparity)
-                for (options, image, stem), prediction in zip(jobs, maps)]
+                for index, ((options, image, stem), prediction) in enumerate(zip(jobs, maps))]
 
 
 def _raised(results: list[Result | PipelineError]) -> list[Result]:
