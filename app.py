@@ -34,7 +34,7 @@ from pipelines.base import (Capable, ModelTable, Noticing, PipelineError, public
 from pipelines.device import gpu_info
 from pipelines.fetch import check_url
 from pipelines.spec import Endpoint
-from pipelines.table import SPECS, endpoints, pipeline_for
+from pipelines.table import SPECS, endpoints, pipeline_for, serving
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, JobView,
                            NotCancellable, QueueFull, StorageUnavailable)
 from schemas import (ErrorResponse, Health, JobAccepted, JobStatus, QueueStats, answer_schema,
@@ -264,6 +264,11 @@ def _submit(endpoint: str, sync: bool = False) -> tuple[JobView, bool]:
         raw = _body()
         payload = _parse(model, raw)
     pipeline = pipeline_for(endpoint, payload)
+    if pipeline not in _registry().status() and len(serving(endpoint)) > 1:
+        # a model of another family than the ones this server runs: the request's fault
+        raise ApiError(400, f"model {getattr(payload, 'model', None)} is not served here: "
+                            f"{pipeline!r} is not loaded on this server (loaded: "
+                            f"{', '.join(_registry()) or 'none'}; /health lists the models)")
     if sync and getattr(payload, "is_video", False):
         raise ApiError(400, f"video: POST /{endpoint} takes videos (a job to poll, then "
                             f"/job/<id>/download); /{endpoint}/sync answers images only")

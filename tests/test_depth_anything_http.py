@@ -126,3 +126,11 @@ def test_a_photo_it_cannot_size_fails_with_a_400_saying_why(make_client, da2_che
     strip = image_b64(width=8000, height=500, mode="L", seed=7)  # seen at 518 x 8288
     answer = client.post("/depth/sync", json={"image": strip, "model": RELATIVE})
     assert answer.status_code == 400 and "too long and thin" in answer.get_json()["error"]
+
+
+def test_its_model_on_a_server_without_it_is_a_400_naming_what_is_served(make_client,
+                                                                          checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    answer = client.post("/depth", json={"image": image_b64(), "model": RELATIVE})
+    assert answer.status_code == 400, answer.get_json()
+    assert "not served here" in answer.get_json()["error"] and "lotus" in answer.get_json()["error"]

@@ -19,12 +19,17 @@ class Scripted3D(ScriptedPipeline):
     options_model = GenerateRequest
 
 
-def test_a_journal_of_the_last_release_restores_and_its_jobs_complete(tmp_path, make_client):
-    out = tmp_path / "outputs"
+def test_a_journal_of_the_last_release_restores_and_its_jobs_complete(tmp_path, make_client,
+                                                                      monkeypatch):
+    # the release wrote it with OUTPUT_DIR=outputs (the default), relative to its folder
+    monkeypatch.chdir(tmp_path)
+    out = Path("outputs")
     shutil.copytree(FIXTURE, out)
     ids = json.loads((out / "ids.json").read_text())
     lotus = ScriptedPipeline()
-    client = make_client({"lotus": lotus, "sam3d": Scripted3D()}, output_dir=out)
+    # the fixture's jobs finished when it was made: kept past any age for this test
+    client = make_client({"lotus": lotus, "sam3d": Scripted3D()}, output_dir=out,
+                         result_ttl_seconds=10**9)
 
     for key, text in (("depth", b"seed=1 size=(8, 6)"), ("normal", b"seed=2 size=(8, 6)"),
                       ("3d", b"seed=3 size=(8, 6)")):
