@@ -19,13 +19,13 @@ pipelines/relief.py), from `model.kind` (or the catalog row's `kind`; they agree
 - "metric" (…-metric-indoor-small, max 20 m; …-metric-outdoor-small, max 80 m): *depth in
   metres*, larger = farther: `disparity=False` (Lotus v1-0's meaning): png/png16 stretch it
   min..max (bright = far; the answer's min and max are metres), npy is metres as float32,
-  `depth_color(m, disparity=False)` puts near in red. A relief with `disparity=False` is
-  stretched onto distances 1..DEPTH_RANGE like any depth (relief.relief_distance), so it is
-  NOT true-scale: for that relief.py needs one more case, distance = the map itself in
-  metres (clipped above 0: the bicubic resize can undershoot at edges), and GEOMETRY saying
-  so; with it the pinhole camera of `fov_degrees` gives a true-scale mesh in metres.
+  `depth_color(m, disparity=False)` puts near in red. Its relief is true scale: the server
+  writes it with `metric=True` (relief.relief_distance: the map itself in metres, clipped
+  above 0; the answer's `geometry` is GEOMETRY_METRIC and `units` is "metres").
 
-Serving it (for the table rows; the server's code is not here):
+Serving it: `pipeline.DepthAnything` is its queue-facing pipeline, `spec.SPEC` its row of
+the model table (pipelines/table.py), and pipelines/models.py holds its `model` names beside
+Lotus's. The notes it was built from:
 
 - Lane: its own model worker, not the Lotus lane's. Small is 24.8M parameters (99 MB fp32;
   activations at 686x518 estimated under 0.2 GB a photo, the largest being the head's
