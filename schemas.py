@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from pipelines.masks import MaskSource
 from pipelines.table import endpoints, media_types
@@ -76,6 +76,12 @@ class LotusModelInfo(BaseModel):
                                 "licence, and where it is stated (licence_source)")
     licence_source: str | None = None
     served: bool
+
+    @model_serializer(mode="wrap")
+    def _only_its_family_fields(self, handler):
+        """A Lotus row without Depth Anything's fields and the other way round: each row
+        answers as it did before they shared this schema."""
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class Health(BaseModel):
