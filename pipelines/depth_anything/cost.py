@@ -17,13 +17,15 @@ MULTIPLE = 14  # the ViT's patch size
 # A photo whose processed size is over this is refused before work: a 1:15 strip is seen at
 # 518 x 7770 (20,000 ViT tokens, self-attention quadratic in them); a 4:3 photo at 0.36.
 MAX_PROCESSING_MEGAPIXELS = 4.0
-# Seconds per processing megapixel of one photo, fp32. CPU: measured with bench/depth.py
-# --arch sd2 --tasks da2 (ViT-S, random weights; 15 s for 640x480, seen at 686x518 = 0.36 MP,
-# on 2 shared CPU threads). CUDA: an estimate, not measured (no GPU here): a T4-class card, as
-# Lotus's figure assumes, from the FLOPs (about 170 GFLOP at 686x518) at a fifth of its fp32
-# peak; an H100 is about ten times faster. Above ATTENTION_MEGAPIXELS the ViT's
-# self-attention (quadratic in the processed pixels) outweighs the rest (about 45% of the
-# backbone's work at 686x518).
+# Seconds per processing megapixel of one photo, fp32. CPU: from bench/depth.py --arch sd2
+# --tasks da2 (ViT-S, random weights, 2 CPU threads shared with other work, so noisy): 14.4 s
+# for a photo seen at 518x392 (0.20 MP; 13 s by this model) and 14.8 s at 686x518 (0.36 MP;
+# 29 s by this model: on the safe side for a limit). CUDA: an estimate, not measured (no GPU
+# here): a T4-class card, as Lotus's figure assumes, from the FLOPs at a fifth of its fp32
+# peak: about 170 GFLOP at 686x518 (torch's FlopCounterMode counts 107, leaving out the fused
+# self-attention's 2 x 2 x tokens^2 x 384 x 12 layers = 60); an H100 is about ten times
+# faster. Above ATTENTION_MEGAPIXELS the self-attention (quadratic in the processed pixels)
+# outweighs the rest (43% of the backbone's work at 686x518).
 SECONDS_PER_MEGAPIXEL = {"cpu": 45.0, "cuda": 0.25}
 ATTENTION_MEGAPIXELS = 0.45
 SLACK = 5  # a job this many times over its estimate is stuck, not slow
