@@ -29,7 +29,8 @@ def configured_pipelines(settings: "Settings", names: list[str] | None = None
                                       vram_gib=settings.sam3d_vram_gib,
                                       compile=settings.sam3d_compile,
                                       offload=settings.sam3d_offload),
-        "lotus": lambda: LotusDepth(settings.checkpoints_dir, settings.model_id),
+        "lotus": lambda: LotusDepth(settings.checkpoints_dir, settings.model_id,
+                                    half_precision=settings.lotus_half_precision),
         "segment": Segmenter,
     }
     return {name: factories[name]() for name in names}

@@ -259,8 +259,9 @@ class LotusDepth:
     oom_advice: ClassVar[str] = "Try a smaller processing_res."
 
     def __init__(self, checkpoints_dir: Path, model_id: str | None = None,
-                 device_kind: str = "cpu"):
+                 device_kind: str = "cpu", half_precision: bool = False):
         self.checkpoints_dir, self.model_id = Path(checkpoints_dir), model_id
+        self.half_precision = half_precision  # LOTUS_HALF_PRECISION: fp16 weights on CUDA
         self.device_kind = device_kind  # where jobs run: "cuda" or "cpu" (time_limit)
         self.models: dict[str, "LotusDPipeline"] = {}
 
@@ -333,7 +334,7 @@ class LotusDepth:
             log.warning(self.notice)
         for name in self.served:
             self.models[name] = PIPELINES[LOTUS_MODELS[name].mode].from_pretrained(
-                self._path(name), device=self.device_kind)
+                self._path(name), device=self.device_kind, half_precision=self.half_precision)
 
     def _path(self, name: str) -> Path:
         if name == DEFAULT_MODELS["depth"]:
