@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     pipelines: str = ""
     # Where the image keeps the SAM 3D Objects source (its notebook/inference.py).
     sam3d_source_dir: Path = Path("/opt/sam-3d-objects")
-    # GPU memory (GiB) assumed when admitting SAM 3D jobs; unset = read from the GPU.
-    # For shared or MIG GPUs, and for tests of the admission rules.
+    # GPU memory (GiB) assumed for SAM 3D's card when admitting its jobs; unset = read from
+    # the GPU. The other model workers' footprints on that card are taken off it
+    # (workers/pool.py). For shared or MIG GPUs, and for tests of the admission rules.
     sam3d_vram_gib: float | None = Field(None, ge=0)
     # The models run in a child process of their own (MODEL_PROCESS=0: in the server's);
     # a job running longer than JOB_TIMEOUT_SECONDS is stopped and the models reload.

@@ -22,7 +22,7 @@ OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 say() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 record() {  # record STEP STATUS [DETAIL]: the step's entry in figures.json
     "$PY" - "$WORK/steps.json" "$@" <<'PY'

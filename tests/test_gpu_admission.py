@@ -94,7 +94,8 @@ def test_a_jobs_peak_counts_once_it_is_larger_than_the_load_footprint():
     lotus.details = {"gpu_footprint_gib": 2.3, "gpu_footprint_source": "measured"}
     lotus.state = "ready"
     assert memory.sam3d_budget(sam3d) == 21.7
-    lotus._record_peak([Result(path=None, media_type="", download_name="", info={"gpu_peak_bytes": 4 * 2**30})])
+    lotus._record_peak([Result(path=None, media_type="", download_name="",
+                               info={"gpu_peak_bytes": 4 * 2**30})])
     assert lotus.describe()["gpu_peak_gib"] == 4.0
     assert memory.sam3d_budget(sam3d) == 24 - 4.5  # its peak plus the CUDA context
     lotus.state = "failed"

@@ -85,11 +85,15 @@ class Memory:
             return None
         return round(max(card - sum(map(self.held, self.others(worker))), 0.0), 2)
 
+    @staticmethod
+    def _source(worker: ModelWorker) -> str:
+        if worker.held_gib is None:
+            return " (estimated)"
+        return " (stand-in)" if worker.details.get("gpu_footprint_source") == "stand-in" else ""
+
     def sharing(self, worker: ModelWorker) -> str | None:
         """Why this SAM 3D worker has less than its card, in words (None if it has it all)."""
-        holders = [f"{other.label} {self.held(other):g} GiB"
-                   f"{'' if other.held_gib is not None else ' (estimated)'}"
-                   f"{' (stand-in)' if other.details.get('gpu_footprint_source') == 'stand-in' else ''}"
+        holders = [f"{other.label} {self.held(other):g} GiB{self._source(other)}"
                    for other in self.others(worker) if self.held(other) > 0]
         if not holders:
             return None
