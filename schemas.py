@@ -53,6 +53,17 @@ class WorkerStatus(BaseModel):
     reason: str | None = None
     pid: int | None = None
     gpu_memory_gib: float | None = Field(None, description="GPU memory its loaded model takes")
+    gpu_footprint_gib: float | None = Field(
+        None, description="GPU memory its process holds, read at load (torch's reserved "
+        "memory plus an estimated 0.5 GiB CUDA context)")
+    gpu_footprint_source: Literal["measured", "stand-in"] | None = Field(
+        None, description="stand-in: STAND_IN_GPU_FOOTPRINT_GIB's figure (tests), not a GPU's")
+    gpu_peak_gib: float | None = Field(None, description="The most GPU memory one of its jobs "
+                                       "allocated (gpu_peak_bytes)")
+    gpu_budget_gib: float | None = Field(
+        None, description="SAM 3D: the GPU memory its card leaves it beside the other workers "
+        "there (SAM3D_VRAM_GIB or the card's size, less their footprints), what its jobs "
+        "are admitted against")
 
 
 class GPU(BaseModel):

@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     pipelines: str = ""
     # Where the image keeps the SAM 3D Objects source (its notebook/inference.py).
     sam3d_source_dir: Path = Path("/opt/sam-3d-objects")
-    # GPU memory (GiB) assumed when admitting SAM 3D jobs; unset = read from the GPU.
-    # For shared or MIG GPUs, and for tests of the admission rules.
+    # GPU memory (GiB) assumed for SAM 3D's card when admitting its jobs; unset = read from
+    # the GPU. The other model workers' footprints on that card are taken off it
+    # (workers/pool.py). For shared or MIG GPUs, and for tests of the admission rules.
     sam3d_vram_gib: float | None = Field(None, ge=0)
     # The models run in a child process of their own (MODEL_PROCESS=0: in the server's);
     # a job running longer than JOB_TIMEOUT_SECONDS is stopped and the models reload.
@@ -67,6 +68,15 @@ class Settings(BaseSettings):
     # SAM3D_OFFLOAD: low-memory mode, only the running stage's sub-models on the GPU (auto:
     # on when the GPU is smaller than the whole model needs). DEPLOY.md, "Smaller GPUs".
     sam3d_offload: Literal["auto", "on", "off"] = "auto"
+    # LOTUS_HALF_PRECISION: on CUDA, Lotus's weights in fp16, as upstream's infer.py
+    # --half_precision loads them (half the weights' memory, ~2.4 GiB instead of ~4.8); off:
+    # fp32 weights under fp16 autocast, upstream's default. The CPU always runs fp32.
+    lotus_half_precision: bool = True
+    # Tests only, a stand-in for CUDA's figures: "lotus=5.2,segment=0" makes a model worker
+    # on a CPU device report that GPU footprint (GiB) as if measured at load, so SAM 3D's
+    # admission (SAM3D_VRAM_GIB minus the other workers' footprints) runs its real path.
+    stand_in_gpu_footprint_gib: str = Field(
+        "", pattern=r"^\s*([a-z0-9]+=\d+(\.\d+)?\s*(,\s*[a-z0-9]+=\d+(\.\d+)?\s*)*)?$")
     # Lotus-D from the Hugging Face cache (HF_HOME) instead of CHECKPOINTS_DIR.
     model_id: str | None = None
     # Optional API key; LOTUS_API_KEY (the serverless plan's name) is read as a fallback.
@@ -138,6 +148,13 @@ class Settings(BaseSettings):
                            allow_private_urls=self.allow_private_urls,
                            video=VideoLimits(self.video_max_seconds, self.video_max_frames,
                                              self.video_max_side, self.video_max_bytes))
+
+    @property
+    def stand_in_footprints(self) -> dict[str, float]:
+        """STAND_IN_GPU_FOOTPRINT_GIB by pipeline name (tests only)."""
+        pairs = (entry.split("=") for entry in self.stand_in_gpu_footprint_gib.split(",")
+                 if entry.strip())
+        return {name.strip(): float(gib) for name, gib in pairs}
 
     @property
     def pipeline_names(self) -> list[str]:

@@ -34,3 +34,27 @@ def with_gpu_peak(run: Callable[[], list]) -> list:
     peak = torch.cuda.max_memory_allocated()
     return [dataclasses.replace(outcome, info={**outcome.info, "gpu_peak_bytes": peak})
             if hasattr(outcome, "info") else outcome for outcome in outcomes]
+
+
+# What a process's CUDA context takes on the card beside what torch's allocator reserves
+# (cuBLAS/cuDNN handles, kernels loaded lazily): an estimate (CUDA 12+ lazy loading keeps it
+# near 0.5 GiB for a torch process); torch cannot read it per process.
+CUDA_CONTEXT_GIB = 0.5
+
+
+def footprint(pipeline: str, stand_ins: dict[str, float]) -> dict:
+    """What this model process holds on its GPU, read just after its model loaded:
+    `{"gpu_footprint_gib": GiB, "gpu_footprint_source": "measured" | "stand-in"}`, or {}
+    where it holds nothing on a GPU.
+
+    Measured as torch's reserved memory (the caching allocator keeps what it reserved, so
+    this is what no other process can have) plus CUDA_CONTEXT_GIB. A process on a CPU
+    device reports STAND_IN_GPU_FOOTPRINT_GIB's figure for its pipeline instead (tests)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        held = torch.cuda.memory_reserved() / 2**30 + CUDA_CONTEXT_GIB
+        return {"gpu_footprint_gib": round(held, 2), "gpu_footprint_source": "measured"}
+    if pipeline in stand_ins:
+        return {"gpu_footprint_gib": stand_ins[pipeline], "gpu_footprint_source": "stand-in"}
+    return {}

@@ -262,8 +262,9 @@ class LotusDepth:
     oom_advice: ClassVar[str] = "Try a smaller processing_res."
 
     def __init__(self, checkpoints_dir: Path, model_id: str | None = None,
-                 device_kind: str = "cpu"):
+                 device_kind: str = "cpu", half_precision: bool = False):
         self.checkpoints_dir, self.model_id = Path(checkpoints_dir), model_id
+        self.half_precision = half_precision  # LOTUS_HALF_PRECISION: fp16 weights on CUDA
         self.device_kind = device_kind  # where jobs run: "cuda" or "cpu" (time_limit)
         self.models: dict[str, "LotusDPipeline"] = {}
 
@@ -337,7 +338,8 @@ class LotusDepth:
         with LOADING_WEIGHTS:  # not beside another model's load in this process
             for name in self.served:
                 self.models[name] = PIPELINES[LOTUS_MODELS[name].mode].from_pretrained(
-                    self._path(name), device=self.device_kind)
+                    self._path(name), device=self.device_kind,
+                    half_precision=self.half_precision)
 
     def _path(self, name: str) -> Path:
         if name == DEFAULT_MODELS["depth"]:
@@ -548,7 +550,8 @@ SPEC = PipelineSpec(
                  "Surface normals, answered as JSON", answer="NormalResult",
                  answer_description="The normal map and its convention", task="normal"),
     ),
-    factory=lambda settings: LotusDepth(settings.checkpoints_dir, settings.model_id),
+    factory=lambda settings: LotusDepth(settings.checkpoints_dir, settings.model_id,
+                                        half_precision=settings.lotus_half_precision),
     checkpoint_present=lambda settings: LotusDepth.checkpoint_present(
         settings.checkpoints_dir, settings.model_id),
     outputs=tuple(OutputFormat(f"{task} {name}", suffix, media_type, download_name)

@@ -33,11 +33,23 @@ PIPELINE_CLASS_NAMES = {"regression": ("DirectRegressionPipeline", "LotusDPipeli
 UNET_IN_CHANNELS = {"regression": 4, "generation": 8}
 REQUIRED_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer")
 
+def weights_dtype(device: str | torch.device, half_precision: bool) -> torch.dtype:
+    """fp16 on CUDA with half precision (upstream's --half_precision, infer.py:118-119),
+    else fp32, always on the CPU, where fp16 arithmetic is slow or missing. Explicit either
+    way: the published weights are fp16, and transformers' default dtype differs between
+    releases."""
+    if half_precision and torch.device(device).type == "cuda":
+        return torch.float16
+    return torch.float32
+
+
 class LotusDPipeline:
     """Lotus-D: photo(s) in, the decoded annotation (depth or normals, in [0, 1]) out.
 
-    Weights stay in fp32 and CUDA runs under `torch.autocast` (fp16), as upstream's
-    infer.py:118-122,180 does without --half_precision; the CPU runs plain fp32.
+    On CUDA the weights are fp16 under `torch.autocast` (fp16), as upstream's infer.py runs
+    with --half_precision (infer.py:118-122 dtype, 149-157 from_pretrained(torch_dtype=dtype),
+    180 autocast); with `half_precision=False` (LOTUS_HALF_PRECISION=0) fp32 weights under
+    the same autocast, its default. The CPU runs plain fp32 weights and arithmetic.
     """
 
     mode: ClassVar[str] = "regression"
@@ -60,19 +72,24 @@ class LotusDPipeline:
         self.task_emb = torch.cat([torch.sin(task), torch.cos(task)], dim=-1).to(self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "LotusDPipeline":
+    def from_pretrained(cls, path: str | Path, device: str = "cpu",
+                        half_precision: bool = False) -> "LotusDPipeline":
         path = Path(path)
         check_checkpoint(path, cls.mode)
-        # Explicit fp32: the published weights are fp16, and transformers' default dtype
-        # differs between releases.
-        dtype = torch.float32
+        dtype = weights_dtype(device, half_precision)
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
                                                      torch_dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        return cls(unet.to(device), vae.to(device), text_encoder.to(device), tokenizer,
-                   cls.load_scheduler(path))
+        pipeline = cls(unet.to(device), vae.to(device), text_encoder.to(device), tokenizer,
+                       cls.load_scheduler(path))
+        del text_encoder  # used once, for the empty prompt's embedding
+        if torch.device(device).type == "cuda":
+            # hand the text encoder's memory back to the card (the caching allocator would
+            # keep it reserved: 0.63 GiB in fp16, 1.27 in fp32, bench/sd2_size.py --count)
+            torch.cuda.empty_cache()
+        return pipeline
 
     @staticmethod
     def load_scheduler(path: Path):

@@ -239,7 +239,11 @@ class Sam3DObjects:
         self._to_glb: Callable[..., Any] | None = None
         self._make_scene: Callable[..., Any] | None = None
         self.masker = masker
+        # the GPU memory this model may use: its card's, or in the HTTP server what the card
+        # leaves it beside the other models there (workers/pool.py Memory), which
+        # `memory_note` then names
         self.vram_gib = vram_gib
+        self.memory_note: str | None = None
         self.compile = compile
         self.offload_mode = offload
         self.offload: StageOffload | None = None
@@ -299,6 +303,8 @@ class Sam3DObjects:
         needed = MEMORY_NEEDED_GIB_OFFLOAD if self.low_memory else MEMORY_NEEDED_GIB
         if not self.capabilities[options.memory_class]:
             have = f"{self.vram_gib:g} GiB" if self.vram_gib else "no GPU"
+            if self.memory_note:
+                have += f" ({self.memory_note})"
             raise PipelineError(f"{options.memory_class} needs about "
                                 f"{needed[options.memory_class]:g} GiB of GPU memory and this "
                                 f"server has {have}. {self.oom_advice}", status=507)

@@ -54,6 +54,10 @@ class ModelWorker:
         self.jobs: list[str] = []
         self.restarts = 0
         self.details: dict = {}
+        self.peak_gib: float | None = None  # the most GPU memory a job of it allocated
+        # SAM 3D's workers (workers/pool.py): the GPU memory the card leaves this worker
+        # beside the others on its device, passed to each new child as SAM3D_VRAM_GIB
+        self.memory_budget: Callable[[], float | None] | None = None
         self.on_change: Callable[[], None] = lambda: None
         self.loaded = threading.Event()  # the first load has ended, well or not
         self._context = multiprocessing.get_context("spawn")  # no CUDA state is inherited
@@ -127,8 +131,12 @@ class ModelWorker:
     def _spawn(self) -> None:
         parent, child = self._context.Pipe()
         self._cancel = self._context.Event()
+        settings = self.settings
+        budget = self.memory_budget() if self.memory_budget is not None else None
+        if budget is not None:  # what the others on its card leave it, at this (re)start
+            settings = settings.model_copy(update={"sam3d_vram_gib": budget})
         self._process = self._context.Process(
-            target=_serve, args=(child, self._cancel, self.settings, self.pipeline_name,
+            target=_serve, args=(child, self._cancel, settings, self.pipeline_name,
                                  self.device), name=f"model-{self.label}", daemon=True)
         self._process.start()
         child.close()
@@ -163,7 +171,8 @@ class ModelWorker:
             self.jobs = list(job_ids)
             self._set("busy")
             try:
-                return self._exchange(items, progress, time.monotonic() + limit, limit)
+                return self._record_peak(
+                    self._exchange(items, progress, time.monotonic() + limit, limit))
             except (JobCancelled, WorkerLost, PipelineError):
                 raise  # the exchange ended as the protocol says
             except BaseException:
@@ -174,6 +183,28 @@ class ModelWorker:
                 if self.state == "busy":  # else the supervisor has said what happened
                     alive = self._process.is_alive() and not self._planned_kill
                     self._set("ready" if alive else "restarting")
+
+    def _record_peak(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Keep the largest `gpu_peak_bytes` (pipelines/device.py with_gpu_peak) its jobs
+        reported: the caching allocator keeps that much reserved after the job, so the
+        worker holds it from then on (`held_gib`)."""
+        peaks = [outcome.info["gpu_peak_bytes"] / 2**30 for outcome in outcomes
+                 if isinstance(outcome, Result) and "gpu_peak_bytes" in outcome.info]
+        if peaks:
+            self.peak_gib = round(max([*peaks, self.peak_gib or 0.0]), 2)
+        return outcomes
+
+    @property
+    def held_gib(self) -> float | None:
+        """GPU memory this worker holds on its device: its footprint measured at load, or
+        its largest job's peak (plus the CUDA context) if larger; None until loaded."""
+        loaded = self.details.get("gpu_footprint_gib")
+        if loaded is None:
+            return None
+        from pipelines.device import CUDA_CONTEXT_GIB
+
+        peak = self.peak_gib + CUDA_CONTEXT_GIB if self.peak_gib is not None else 0.0
+        return round(max(loaded, peak), 2)
 
     def _exchange(self, items, progress, deadline: float, limit: float) -> list[Outcome]:
         self._cancel.clear()
@@ -240,11 +271,18 @@ class ModelWorker:
             self._kill()
 
     def describe(self) -> dict:
-        return {"pipeline": self.pipeline_name, "device": self.device.label,
-                "state": self.state, "jobs": list(self.jobs), "restarts": self.restarts,
-                "reason": self.reason, "pid": self._process.pid if self._process else None,
-                **{key: value for key, value in self.details.items()
-                   if key in ("gpu_memory_gib",)}}
+        described = {"pipeline": self.pipeline_name, "device": self.device.label,
+                     "state": self.state, "jobs": list(self.jobs), "restarts": self.restarts,
+                     "reason": self.reason, "pid": self._process.pid if self._process else None,
+                     **{key: value for key, value in self.details.items()
+                        if key in ("gpu_memory_gib", "gpu_footprint_gib",
+                                   "gpu_footprint_source")}}
+        if self.peak_gib is not None:
+            described["gpu_peak_gib"] = self.peak_gib
+        budget = self.memory_budget() if self.memory_budget is not None else None
+        if budget is not None:
+            described["gpu_budget_gib"] = budget
+        return described
 
 
 def _how_it_ended(code: int | None) -> str:
@@ -279,7 +317,7 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         conn.send(messages.Loaded(f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(messages.Loaded(None, _load_details(pipeline)))
+    conn.send(messages.Loaded(None, _load_details(pipeline, name, settings)))
 
     def progress(stage: str, fraction: float) -> None:
         if cancel.is_set():
@@ -302,12 +340,14 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
                                  for outcome in outcomes]))
 
 
-def _load_details(pipeline: Any) -> dict:
-    """What the parent shows of a loaded worker: the admission memory of SAM 3D and the GPU
-    memory the weights take."""
+def _load_details(pipeline: Any, name: str, settings: "Settings") -> dict:
+    """What the parent shows of a loaded worker: the admission memory of SAM 3D, the GPU
+    memory the weights take and what the process holds on its GPU (its footprint)."""
     import torch
+
+    from pipelines.device import footprint
 
     details = {"vram_gib": pipeline.vram_gib} if isinstance(pipeline, MemoryAdmitting) else {}
     if torch.cuda.is_available():
         details["gpu_memory_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
-    return details
+    return {**details, **footprint(name, settings.stand_in_footprints)}
