@@ -13,6 +13,7 @@ until the answer before it is sent).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import warnings
@@ -120,8 +121,26 @@ class FrontWorker(UvicornWorker):
                      "date_header": False,  # the app's own, or front.asgi's
                      # then SIGTERM's open requests are dropped: worker_exit gives the
                      # running job what is left of gunicorn's graceful_timeout
-                     "timeout_graceful_shutdown": 3}
+                     "timeout_graceful_shutdown": 3,
+                     # callback_notify (gunicorn's heartbeat, and the parent check below)
+                     # every second rather than every `timeout / 2` (uvicorn/server.py
+                     # on_tick); a heartbeat more often costs an fchmod
+                     "timeout_notify": 1}
     limits = Limits()
+    parent_gone = False
+
+    async def callback_notify(self) -> None:
+        """gunicorn's heartbeat, and the check gunicorn's own workers make on each loop
+        (gunicorn/workers/sync.py:52-57 and gthread.py:186-191, is_parent_alive: "If our
+        parent changed then we shut down"), which uvicorn's worker lacks: after a kill -9
+        of the master, this process would serve on, holding the port and OUTPUT_DIR's
+        lock, so a supervisor's restart could not start. It stops as on SIGTERM: the
+        running job gets the graceful period (worker_exit), the model processes stop."""
+        self.notify()
+        if self.ppid != os.getppid() and not self.parent_gone:
+            self.parent_gone = True
+            self.log.info("Parent changed, shutting down: %s", self)
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful stop, then init_signals'
 
     def init_signals(self) -> None:
         """uvicorn re-raises the SIGTERM it caught once it has stopped serving: exit then,
