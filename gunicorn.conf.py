@@ -64,9 +64,9 @@ loglevel = "info"
 def when_ready(server):
     """Ctrl-C in a terminal (SIGINT to the whole process group) stops the server as SIGTERM
     does: gunicorn's master answers SIGINT with a quick stop (SIGQUIT to the worker,
-    gunicorn/arbiter.py handle_int) where SIGTERM is graceful (handle_term); the arbiter
-    looks its handlers up by name on each signal (arbiter.py run: getattr(self,
-    "handle_%s" % signame)). The model processes ignore SIGINT (workers/model_process.py)."""
+    gunicorn 23.0.0 gunicorn/arbiter.py:258-261 handle_int) where SIGTERM is graceful
+    (:254-256 handle_term); the arbiter looks its handlers up by name on each signal
+    (arbiter.py:218, getattr(self, "handle_%s" % signame)). The model processes ignore SIGINT (workers/model_process.py)."""
     server.handle_int = server.handle_term
 
 

@@ -151,15 +151,15 @@ class FrontWorker(UvicornWorker):
                      # running job what is left of gunicorn's graceful_timeout
                      "timeout_graceful_shutdown": 3,
                      # callback_notify (gunicorn's heartbeat, and the parent check below)
-                     # every second rather than every `timeout / 2` (uvicorn/server.py
-                     # on_tick); a heartbeat more often costs an fchmod
+                     # every second rather than every `timeout / 2` (uvicorn 0.54
+                     # uvicorn/server.py:264-268 on_tick; uvicorn/workers.py:49); a heartbeat more often costs an fchmod
                      "timeout_notify": 1}
     limits = Limits()
     parent_gone = False
 
     async def callback_notify(self) -> None:
         """gunicorn's heartbeat, and the check gunicorn's own workers make on each loop
-        (gunicorn/workers/sync.py:52-57 and gthread.py:186-191, is_parent_alive: "If our
+        (gunicorn 23.0.0 gunicorn/workers/sync.py:52-57 and gthread.py:186-191, is_parent_alive: "If our
         parent changed then we shut down"), which uvicorn's worker lacks: after a kill -9
         of the master, this process would serve on, holding the port and OUTPUT_DIR's
         lock, so a supervisor's restart could not start. It stops as on SIGTERM: the

@@ -105,3 +105,17 @@ def test_the_server_listens_on_loopback_unless_host_says_otherwise(tmp_path, che
         port = int(started["url"].rsplit(":", 1)[1])
         assert listening_addresses(port) == {expected}
         assert f"Listening at: http://{expected}:{port}" in started["log"].read_text()
+
+
+def test_host_defaults_to_loopback_for_every_entry_point(monkeypatch):
+    """gunicorn.conf.py binds Settings.bind, app.py's development server Settings.host."""
+    from settings import load_settings
+
+    monkeypatch.delenv("HOST", raising=False)
+    monkeypatch.delenv("PORT", raising=False)
+    assert load_settings().bind == "127.0.0.1:8000"
+    monkeypatch.setenv("HOST", "::1")
+    assert load_settings().bind == "[::1]:8000"
+    monkeypatch.setenv("HOST", "0.0.0.0; rm -rf /")
+    with pytest.raises(Exception, match="HOST|host"):
+        load_settings()
