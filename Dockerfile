@@ -154,7 +154,8 @@ ENV CHECKPOINTS_DIR=/app/checkpoints \
     TORCH_HOME=/app/checkpoints/torch \
     U2NET_HOME=/app/checkpoints/u2net \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
-    PORT=8000
+    PORT=8000 \
+    HOST=0.0.0.0
 
 COPY app.py queue_manager.py settings.py schemas.py handler.py metrics.py webhooks.py \
      gunicorn.conf.py ./

@@ -649,7 +649,7 @@ def main() -> None:
         application = create_app(settings)
     except (SettingsError, OutputDirInUse, OSError) as exc:
         sys.exit(f"error: {exc}")
-    application.run(host="0.0.0.0", port=settings.port, threaded=True)
+    application.run(host=settings.host, port=settings.port, threaded=True)  # logs its address
 
 
 if __name__ == "__main__":

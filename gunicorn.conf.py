@@ -42,7 +42,8 @@ for _logger in ("gunicorn.error", "uvicorn.error"):
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 wsgi_app = "app:app"
-bind = f"0.0.0.0:{_settings.port}"
+# HOST (settings.py): 127.0.0.1 unless told otherwise; gunicorn logs "Listening at: ...".
+bind = _settings.bind
 workers = 1  # the queue and the models live in one process; more would duplicate both
 # uvicorn's asyncio server in front of the Flask app (front/worker.py, front/asgi.py):
 # a connection costs a coroutine, not a thread, until its request is complete, and event
@@ -58,6 +59,15 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+
+
+def when_ready(server):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) stops the server as SIGTERM
+    does: gunicorn's master answers SIGINT with a quick stop (SIGQUIT to the worker,
+    gunicorn 23.0.0 gunicorn/arbiter.py:258-261 handle_int) where SIGTERM is graceful
+    (:254-256 handle_term); the arbiter looks its handlers up by name on each signal
+    (arbiter.py:218, getattr(self, "handle_%s" % signame)). The model processes ignore SIGINT (workers/model_process.py)."""
+    server.handle_int = server.handle_term
 
 
 def worker_exit(server, worker):

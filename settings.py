@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
 
     port: int = Field(8000, ge=1, le=65535)
+    # The address the HTTP server listens on: this machine only unless told otherwise (the
+    # image sets HOST=0.0.0.0: a container's loopback is unreachable from outside it).
+    host: str = Field("127.0.0.1", pattern=r"^[0-9A-Za-z.:\-]+$")
     max_concurrent: int = Field(1, ge=1, le=64)
     max_queue_size: int = Field(10, ge=1, le=100_000)
     checkpoints_dir: Path = Path("checkpoints")
@@ -124,6 +127,11 @@ class Settings(BaseSettings):
         if not 24 <= len(key) <= 64:
             raise ValueError("must decode to 24 to 64 bytes")
         return value
+
+    @property
+    def bind(self) -> str:
+        """HOST:PORT as gunicorn's `bind` and a URL write it (an IPv6 address bracketed)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @field_validator("api_key", "lotus_api_key", "webhook_secret", mode="before")
     @classmethod

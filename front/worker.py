@@ -3,7 +3,9 @@ running front.asgi.Front around the WSGI app gunicorn loads (`wsgi_app`, app:app
 
 Connections cost a coroutine, not a thread, until their request is complete. Here, below
 the app: each connection and each request still sending its headers counts against
-front.budgets; headers must arrive within Limits.header_seconds and Limits.header_bytes;
+front.budgets; headers must arrive within Limits.header_seconds and Limits.header_bytes,
+at most 100 fields of at most 8190 bytes each (gunicorn's limits, answered 431 as gunicorn
+does);
 a request the parser rejects (bare-LF line endings, a header line without a colon, both
 Content-Length and Transfer-Encoding) is answered 400 in the app's JSON shape and its
 connection closed. Pipelined requests are answered in order (uvicorn holds the next one
@@ -13,6 +15,7 @@ until the answer before it is sent).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import warnings
@@ -26,6 +29,14 @@ from .budgets import Budgets, Limits, Refused
 with warnings.catch_warnings():  # uvicorn points to the uvicorn-worker package, same class
     warnings.simplefilter("ignore", DeprecationWarning)
     from uvicorn.workers import UvicornWorker
+
+
+# gunicorn's own defaults, which this front replaced: limit_request_fields 100 and
+# limit_request_field_size 8190 (gunicorn/config.py LimitRequestFields and
+# LimitRequestFieldSize), a field counted as its line and CRLF (gunicorn/http/message.py
+# parse_headers); both answered 431 (gunicorn/workers/base.py handle_error).
+MAX_HEADER_FIELDS = 100
+MAX_HEADER_FIELD_BYTES = 8190
 
 
 class HeadersTooLarge(Exception):
@@ -43,6 +54,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.ip = self.client[0] if self.client else "unix"
         self.holds: list = []
         self.header_deadline: asyncio.TimerHandle | None = None
+        self.header_fields, self.too_large = 0, None
         try:
             for budget in (self.budgets.connections, self.budgets.headers):
                 budget.take(self.ip)
@@ -86,11 +98,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        self._answer_and_close(error_answer(400, "malformed HTTP request"))
+        if self.too_large is not None:  # raised from a callback below: the parser stopped
+            self._answer_and_close(error_answer(431, self.too_large))
+        else:
+            self._answer_and_close(error_answer(400, "malformed HTTP request"))
 
     # parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.header_fields = 0
         if self.header_deadline is None:  # a kept-alive or pipelined connection's next request
             self._expect_headers()
 
@@ -99,13 +115,26 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_fields += 1
+        if self.header_fields > MAX_HEADER_FIELDS:
+            self._refuse(f"request has more than {MAX_HEADER_FIELDS} header fields")
+        if len(name) + 1 + len(value) + 2 > MAX_HEADER_FIELD_BYTES:  # "name:value" CRLF
+            self._refuse(f"a request header field is larger than {MAX_HEADER_FIELD_BYTES} "
+                         "bytes")
         self._count_header_bytes(name + value)
         super().on_header(name, value)
 
     def _count_header_bytes(self, data: bytes) -> None:
         self.header_bytes += len(data)
         if self.header_bytes > self.budgets.limits.header_bytes:
-            raise HeadersTooLarge  # the parser stops: a 400, and the connection closes
+            self._refuse(f"request headers are larger than {self.budgets.limits.header_bytes} "
+                         "bytes")
+
+    def _refuse(self, reason: str) -> None:
+        """The parser stops (httptools turns a callback's exception into a parse error,
+        which uvicorn answers with send_400_response): 431 with `reason`, connection closed."""
+        self.too_large = reason
+        raise HeadersTooLarge
 
     def on_headers_complete(self) -> None:
         self._headers_done()
@@ -120,8 +149,26 @@ class FrontWorker(UvicornWorker):
                      "date_header": False,  # the app's own, or front.asgi's
                      # then SIGTERM's open requests are dropped: worker_exit gives the
                      # running job what is left of gunicorn's graceful_timeout
-                     "timeout_graceful_shutdown": 3}
+                     "timeout_graceful_shutdown": 3,
+                     # callback_notify (gunicorn's heartbeat, and the parent check below)
+                     # every second rather than every `timeout / 2` (uvicorn 0.54
+                     # uvicorn/server.py:264-268 on_tick; uvicorn/workers.py:49); a heartbeat more often costs an fchmod
+                     "timeout_notify": 1}
     limits = Limits()
+    parent_gone = False
+
+    async def callback_notify(self) -> None:
+        """gunicorn's heartbeat, and the check gunicorn's own workers make on each loop
+        (gunicorn 23.0.0 gunicorn/workers/sync.py:52-57 and gthread.py:186-191, is_parent_alive: "If our
+        parent changed then we shut down"), which uvicorn's worker lacks: after a kill -9
+        of the master, this process would serve on, holding the port and OUTPUT_DIR's
+        lock, so a supervisor's restart could not start. It stops as on SIGTERM: the
+        running job gets the graceful period (worker_exit), the model processes stop."""
+        self.notify()
+        if self.ppid != os.getppid() and not self.parent_gone:
+            self.parent_gone = True
+            self.log.info("Parent changed, shutting down: %s", self)
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful stop, then init_signals'
 
     def init_signals(self) -> None:
         """uvicorn re-raises the SIGTERM it caught once it has stopped serving: exit then,

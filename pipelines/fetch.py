@@ -3,7 +3,10 @@
 Each hop's host is resolved once; every address it resolves to must be public, and the
 connection then goes to that checked address (TLS still verifies the name), so a DNS
 answer cannot change between check and use. Redirects are followed by hand, each hop
-checked again; the body is streamed under a byte cap. One deadline covers every byte of
+checked again; the body is streamed under a byte cap, as sent: an encoded body
+(`Content-Encoding`) is refused, never inflated, so a few hundred bytes of gzip or brotli
+cannot become gigabytes in this process (nothing fetched here needs one: images, videos
+and masks are compressed already). One deadline covers every byte of
 a fetch (connecting, TLS, headers, redirects, body: pipelines/deadline.py), so a server
 that drips its answer cannot hold a request past it.
 """
@@ -127,9 +130,15 @@ def _open_checked(url, deadline, allow_private, resolve, is_allowed, *, what="im
                                **tls)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
+        # decode_content=False: urllib3 would otherwise inflate each read whole (br, gzip,
+        # deflate, zstd, stacked as "gzip, gzip") before _read_capped could count it
+        # (urllib3/response.py, HTTPResponse._decode); identity is asked for, and anything
+        # else refused from the headers.
         return pool.urlopen(method, path, body=body, redirect=False, preload_content=False,
+                            decode_content=False,
                             headers={"Host": parts.netloc.rsplit("@", 1)[-1],
                                      "User-Agent": "sam3d-objects-server",
+                                     "Accept-Encoding": "identity",
                                      **(headers or {"Accept": "image/*"})})
     except urllib3.exceptions.TimeoutError:
         raise FetchFailed(f"{what} took too long to answer") from None
@@ -151,12 +160,18 @@ def post_checked(url: str, body: bytes, headers: dict[str, str], *, what: str,
 
 
 def _read_capped(response, max_bytes: int, what: str) -> bytes:
+    encodings = [name.strip().lower() for name
+                 in response.headers.get("Content-Encoding", "").split(",")]
+    if any(name not in ("", "identity") for name in encodings):
+        raise FetchFailed(f"{what} answered with Content-Encoding "
+                          f"{response.headers['Content-Encoding'][:40]!r}; only an unencoded "
+                          "body is accepted")
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise FetchFailed(f"{what} body is larger than {max_bytes} bytes")
     chunks, size = [], 0
     try:
-        while chunk := response.read1(64 * 1024):
+        while chunk := response.read1(64 * 1024, decode_content=False):
             size += len(chunk)
             if size > max_bytes:
                 raise FetchFailed(f"{what} body is larger than {max_bytes} bytes")

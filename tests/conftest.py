@@ -159,17 +159,18 @@ def scripted():
 
 
 @contextlib.contextmanager
-def running_server(work: Path, checkpoints: Path, **env):
+def running_server(work: Path, checkpoints: Path, new_session: bool = False, **env):
     """The real server as the image starts it (gunicorn -c gunicorn.conf.py) on a loopback
-    port, with the tiny Lotus checkpoints in `checkpoints` and the SAM 3D stand-in. Yields
-    url, log path, folder and the gunicorn master (its pid and process)."""
+    port (PORT in `env`: that one), with the tiny Lotus checkpoints in `checkpoints` and the
+    SAM 3D stand-in. Yields url, log path, folder and the gunicorn master (its pid and
+    process); `new_session`: in a process group of its own, as a terminal starts it."""
     for folder in (path for path in checkpoints.iterdir() if path.is_dir()):
         shutil.copytree(folder, work / "checkpoints" / folder.name,
                         dirs_exist_ok=True)  # a second start on the same folder is a restart
     sam3d_checkpoints(work / "checkpoints")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port = int(env.get("PORT") or sock.getsockname()[1])
     environment = {**os.environ, "PORT": str(port), "CHECKPOINTS_DIR": str(work / "checkpoints"),
                    "OUTPUT_DIR": str(work / "outputs"), "SAM3D_SOURCE_DIR": str(SAM3D_STAND_IN),
                    "SAM3D_VRAM_GIB": "40", "U2NET_HOME": str(work / "no-u2net"),
@@ -180,7 +181,7 @@ def running_server(work: Path, checkpoints: Path, **env):
     with open(log_path, "w+") as log:
         process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
                                    cwd=ROOT, env=environment, stdout=log,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, start_new_session=new_session)
         url = f"http://127.0.0.1:{port}"
 
         def ready():

@@ -2,10 +2,15 @@
 and servers that drip their headers, body or TLS handshake past the one deadline."""
 
 import contextlib
+import gzip
 import http.server
 import socket
 import threading
 import time
+import tracemalloc
+import zlib
+
+import brotli
 
 import pytest
 
@@ -16,6 +21,21 @@ from pipelines.images import ImageLimits, InvalidImage
 from pipelines.masks import read_client_mask
 
 PHOTO = image_bytes(width=32, height=24)
+
+
+def deflated_zeros(size: int, wbits: int) -> bytes:
+    """`size` zero bytes compressed (gzip for wbits 31), without holding them."""
+    packer, block = zlib.compressobj(9, zlib.DEFLATED, wbits), bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(size >> 20)) + packer.flush()
+
+
+BOMB = 128 << 20  # what each bomb inflates to: 128 MiB
+# The adversarial run's bombs: brotli's 128 MiB of zeros is about a hundred bytes; a gzip
+# of a gzip (Content-Encoding "gzip, gzip", decoded by urllib3 in turn) a few hundred.
+BOMBS = {"br": brotli.compress(bytes(BOMB), quality=11),
+         "gzip": deflated_zeros(BOMB, 31),
+         "gzip, gzip": gzip.compress(deflated_zeros(BOMB, 31), 9),
+         "deflate": deflated_zeros(BOMB, 15)}
 DRIP = 0.2  # seconds between two bytes of a dripping server
 
 
@@ -56,6 +76,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.1)
         elif self.path == "/drip-headers":
             self.drip_headers()
+        elif self.path.startswith("/bomb/"):  # /bomb/<encoding>[/chunked]
+            encoding = self.path.split("/")[2].replace("%20", " ")
+            body = BOMBS[encoding]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Encoding", encoding)
+            if self.path.endswith("/chunked"):
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            else:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        elif self.path == "/identity-asked":  # what the fetcher asked for, as the body
+            self._send(200, self.headers.get("Accept-Encoding", "").encode())
         elif self.path == "/silent":
             time.sleep(5)
         elif self.path.startswith("/slow-redirect"):  # each hop answers just inside a timeout
@@ -178,6 +214,28 @@ def test_oversize_bodies_are_cut_off(host):
         get(f"http://public.test:{host}/big-chunked", max_bytes=1000)
 
 
+@pytest.mark.parametrize("encoding", sorted(BOMBS))
+@pytest.mark.parametrize("framing", ["", "/chunked"])
+def test_a_compressed_bomb_is_refused_without_inflating_it(host, encoding, framing):
+    """A few hundred bytes that inflate to 128 MiB, under a 2 MiB cap: refused naming the
+    encoding, and the fetch never holds more than a few MiB (urllib3 used to inflate each
+    64 KiB read, tens of MiB at a time, before the cap counted it)."""
+    assert len(BOMBS[encoding]) < 300_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchFailed, match="Content-Encoding"):
+            get(f"http://public.test:{host}/bomb/{encoding.replace(' ', '%20')}{framing}",
+                max_bytes=2 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / 2**20:.0f} MiB held for a {len(BOMBS[encoding])}-byte body"
+
+
+def test_the_fetcher_asks_for_an_unencoded_body(host):
+    assert get(f"http://public.test:{host}/identity-asked") == b"identity"
+
+
 def test_slow_servers_are_cut_off(host):
     started = time.monotonic()
     with pytest.raises(FetchFailed):
@@ -298,3 +356,12 @@ def test_a_full_queue_refuses_before_fetching(make_client, scripted, host):
     response = client.post("/depth", json={"image_url": f"http://127.0.0.1:{host}/silent"})
     assert response.status_code == 503 and time.monotonic() - started < 0.5
     assert Handler.connections == before  # never downloaded
+
+
+def test_the_api_answers_a_compressed_bomb_with_400(make_client, scripted, host):
+    client = make_client({"lotus": scripted}, allow_private_urls=True)
+    response = client.post("/depth", json={
+        "image_url": f"http://127.0.0.1:{host}/bomb/gzip,%20gzip"})
+    assert response.status_code == 400
+    assert "Content-Encoding" in response.get_json()["error"]
+    assert scripted.started.empty()

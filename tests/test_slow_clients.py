@@ -200,3 +200,31 @@ def test_made_up_methods_do_not_grow_the_metrics(server):
     text = requests.get(f"{server['url']}/metrics", timeout=5).text
     assert 'method="other",route="unmatched",status="404"' in text
     assert series() - before <= 6  # the "other" series (total and created), /metrics' own
+
+
+@pytest.mark.parametrize("headers, words", [
+    ([f"X-Filler-{index}: {index}" for index in range(101)], "more than 100 header fields"),
+    (["X-Big: " + "a" * 20_000], "larger than 8190 bytes"),
+    (["X-Big: " + "a" * 8183], "larger than 8190 bytes"),  # the line and CRLF: 8192 bytes
+])
+def test_header_limits_are_gunicorns_answered_431_in_json(server, headers, words):
+    """gunicorn's limit_request_fields (100) and limit_request_field_size (8190), which the
+    uvicorn front had dropped (it took 1,000 fields and a 20 KB value)."""
+    with connect(server) as connection:
+        connection.sendall(("GET /health HTTP/1.1\r\nHost: x\r\n" + "".join(
+            f"{header}\r\n" for header in headers) + "\r\n").encode())
+        answer = read_all(connection)
+    assert not answer.endswith(b"<still open>")
+    [(status, body)] = parse_answers(answer)
+    assert status == 431 and words in json.loads(body)["error"], (status, body)
+
+
+def test_headers_within_gunicorns_limits_are_served(server):
+    headers = [f"X-Filler-{index}: {index}" for index in range(98)] + ["X-Big: " + "a" * 8181]
+    # (the largest field gunicorn takes: its line and CRLF are 8190 bytes)
+    with connect(server) as connection:  # Host, 98 fillers and X-Big: 100 fields
+        connection.sendall(("GET /livez HTTP/1.1\r\nHost: x\r\n"
+                            + "".join(f"{header}\r\n" for header in headers) + "\r\n").encode())
+        connection.settimeout(5)
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -305,3 +305,207 @@ def test_a_video_cannot_ask_for_a_relief(make_client, checkpoints):
         assert refused.status_code == 400 and "a video's result is a zip" in refused.get_json()[
             "error"], (fields, refused.get_json())
     assert client.get("/queue").get_json()["queued"] == 0
+
+
+# --- videos as phones make them, and videos made to hurt (issue 31, items 2, 7 and 8) ---
+
+def faststart_mp4(frames=FRAMES, width=WIDTH, height=HEIGHT) -> bytes:
+    """make_video's gradient as a camera or a web export writes it: the index (moov) before
+    the data, so a file cut short still opens and declares every frame."""
+    import tempfile
+    from fractions import Fraction
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/video.mp4"
+        with av.open(path, "w", format="mp4", options={"movflags": "faststart"}) as out:
+            stream = out.add_stream("libx264", rate=Fraction(FPS))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            y, x = np.mgrid[0:height, 0:width]
+            for index in range(frames):
+                rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
+                                np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def sample_offsets(data: bytes) -> list[int]:
+    with av.open(io.BytesIO(data)) as container:
+        return [packet.pos for packet in container.demux(video=0) if packet.size]
+
+
+def test_an_mp4_cut_at_a_sample_boundary_is_a_400_not_a_shorter_video(make_client,
+                                                                      checkpoints):
+    data = faststart_mp4()
+    assert data.index(b"moov") < data.index(b"mdat")
+    cut = data[:sample_offsets(data)[6]]  # six whole frames of twelve
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = submit_video(client, cut)
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"] == (
+        f"video is cut short: 6 of the {FRAMES} frames its container declares")
+    stats = client.get("/queue").get_json()
+    assert stats["queued"] == stats["processing"] == 0
+    # inside a sample: the last one comes back short; only whole ones count
+    inside = submit_video(client, data[:sample_offsets(data)[1] + 9])
+    assert inside.status_code == 400
+    assert "cut short: 1 of the" in inside.get_json()["error"]
+    assert submit_video(client, data).status_code == 202  # the whole file is served
+
+
+def test_the_runpod_handler_refuses_a_cut_mp4_too(tmp_path, checkpoints, monkeypatch):
+    from handler import Worker
+    from settings import load_settings
+
+    monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
+    lotus = LotusDepth(checkpoints)
+    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
+    data = faststart_mp4()
+    answer = worker.handle({"id": "cut", "input": {
+        "api_key": "worker-key-0123456789", "processing_res": 64,
+        "video": base64.b64encode(data[:sample_offsets(data)[3]]).decode()}})
+    assert answer["status"] == 400, answer
+    assert "cut short: 3 of the" in answer["error"]
+
+
+def test_frames_short_of_the_declared_count_fail_at_decoding_with_a_clear_error():
+    """The decoding iterator's own check, for a stream that ends early though every packet
+    is whole (what the probe cannot see without decoding)."""
+    from dataclasses import replace
+
+    from pipelines.video import InvalidVideo, decode_frames
+
+    video = probe_video(faststart_mp4(), VideoLimits())
+    assert len(list(decode_frames(video))) == FRAMES
+    with pytest.raises(InvalidVideo, match=f"ended after {FRAMES} of the {FRAMES + 2} frames"):
+        list(decode_frames(replace(video, frames=FRAMES + 2)))
+
+
+def rotated(data: bytes, degrees: int) -> bytes:
+    """`data` (an mp4) with its track's display matrix set as a phone sets it: "rotate 90"
+    is the tkhd matrix {0, 1, -1, 0} (ISO/IEC 14496-12 8.3.2; what ffprobe shows as
+    rotation -90 and a player turns clockwise)."""
+    import struct
+
+    one = 1 << 16
+    matrix = {90: (0, one, 0, -one, 0, 0, HEIGHT * one, 0, 1 << 30),
+              270: (0, -one, 0, one, 0, 0, 0, WIDTH * one, 1 << 30),
+              180: (-one, 0, 0, 0, -one, 0, WIDTH * one, HEIGHT * one, 1 << 30)}[degrees]
+    box = data.index(b"tkhd")
+    assert data[box + 4] == 0  # version 0: the matrix is 40 bytes into the box's fields
+    start = box + 4 + 40
+    return data[:start] + struct.pack(">9i", *matrix) + data[start + 36:]
+
+
+@pytest.mark.parametrize("degrees, turn", [(90, -1), (270, 1), (180, 2)])
+def test_a_phones_rotation_is_applied_to_every_frame(degrees, turn):
+    """As a player shows it: "rotate 90" turned clockwise (np.rot90 with k=-1)."""
+    from pipelines.video import decode_frames
+
+    data = faststart_mp4(frames=3)
+    plain = [np.asarray(frame) for frame in decode_frames(probe_video(data, VideoLimits()))]
+    turned = [np.asarray(frame)
+              for frame in decode_frames(probe_video(rotated(data, degrees), VideoLimits()))]
+    assert len(turned) == 3
+    for upright, frame in zip(plain, turned):
+        np.testing.assert_array_equal(frame, np.rot90(upright, k=turn))
+
+
+def test_a_portrait_phone_video_comes_back_upright(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    accepted = submit_video(client, rotated(faststart_mp4(frames=3), 90))
+    assert accepted.status_code == 202, accepted.get_json()
+    status = poll(client, accepted.get_json()["job_id"], timeout=120)
+    assert status["status"] == "completed", status
+    assert (status["width"], status["height"]) == (HEIGHT, WIDTH)  # portrait, as shown
+    with zipfile.ZipFile(io.BytesIO(client.get(status["download_url"]).data)) as archive:
+        raw = np.load(io.BytesIO(archive.read("depth.npz")))
+    assert raw["frames"].shape == (3, WIDTH, HEIGHT)
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A black RGB PNG, written a row at a time: 12000x12000 (432 MB of pixels) deflates to
+    about 420 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    packer, row = zlib.compressobj(9), b"\0" + bytes(width * 3)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                             0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def png_mov(*frames: bytes) -> bytes:
+    """A QuickTime file whose track says 64x48 PNG and whose samples are `frames` (PNG
+    files of any size): the adversarial run's video bomb."""
+    from fractions import Fraction
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mov") as out:
+        stream = out.add_stream("png", rate=12)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "rgb24"
+        for index, frame in enumerate(frames):
+            packet = av.Packet(frame)
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            packet.time_base, packet.is_keyframe = Fraction(1, 12), True
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+# VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork and exec
+VIDEO_BOMB_CHILD = """
+import sys
+sys.path[:0] = {paths!r}
+from pipelines.video import InvalidVideo, VideoLimits, decode_frames, probe_video
+def peak_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+data = open(sys.argv[1], "rb").read()
+before = peak_kib()
+try:
+    video = probe_video(data, VideoLimits())
+    for _ in decode_frames(video):
+        pass
+    print("accepted")
+except InvalidVideo as exc:
+    print(exc)
+print((peak_kib() - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("which", ["first", "second"])
+def test_a_video_bomb_is_refused_without_decoding_its_huge_frame(tmp_path, which):
+    """A 64x48 track whose first (or, past the probe, second) sample is a 12000x12000 PNG:
+    refused, and the process grows by a few MiB, not the 400+ MiB FFmpeg's probe used to
+    allocate for the frame (measured in a fresh interpreter: its peak RSS is its own)."""
+    import subprocess
+    import sys
+
+    huge = png_of_zeros(12000, 12000)
+    small = png_of_zeros(WIDTH, HEIGHT)
+    data = png_mov(huge) if which == "first" else png_mov(small, huge)
+    assert len(data) < 500_000
+    (tmp_path / "bomb.mov").write_bytes(data)
+    child = subprocess.run(
+        [sys.executable, "-c", VIDEO_BOMB_CHILD.format(paths=sys.path), tmp_path / "bomb.mov"],
+        capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    message, grown = child.stdout.splitlines()
+    assert "accepted" not in message and ("1280x1280" in message or "could not be decoded"
+                                          in message), message
+    assert int(grown) < 60, f"{grown} MiB for a {len(data)}-byte video"
+
+
+def test_the_api_answers_a_video_bomb_with_400(make_client, checkpoints):
+    client = make_client({"lotus": LotusDepth(checkpoints)})
+    response = submit_video(client, png_mov(png_of_zeros(12000, 12000)))
+    assert response.status_code == 400
+    assert "at most 1280x1280 pixels" in response.get_json()["error"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -293,15 +294,31 @@ def _how_it_ended(code: int | None) -> str:
 
 def _die_with_parent() -> None:
     """Linux: SIGKILL this process when the server's worker dies (kill -9 included), so an
-    orphan never keeps the GPU memory the next worker's models need (prctl PR_SET_PDEATHSIG)."""
+    orphan never keeps the GPU memory the next worker's models need (prctl PR_SET_PDEATHSIG).
+    The signal comes only if the parent dies after the call, and (prctl(2)) when the thread
+    that started this process ends: a watch on the parent's pid covers both, and systems
+    without prctl; a busy child would otherwise notice the parent gone only at the pipe."""
+    parent = multiprocessing.parent_process()
+    expected = parent.pid if parent is not None else os.getppid()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the pipe's end still stops it when idle
+    except (OSError, AttributeError):  # not Linux: the watch below still stops it
         pass
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's PDEATHSIG would
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> None:
     """The child: pin, load, report, then run jobs until the parent goes away."""
+    # Ctrl-C reaches the whole process group: the server decides what stops (a running job
+    # finishes in the graceful period, or goes back to the queue), not a KeyboardInterrupt
+    # raised in the middle of a forward pass.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     pin(device)  # before anything imports torch
     _die_with_parent()
     logging.basicConfig(level=logging.INFO,
