@@ -267,7 +267,7 @@ class JobQueue:
             try:
                 self._journal.record(job)
             except JournalWriteError as exc:
-                self._journal.input_path(job.id).unlink(missing_ok=True)
+                self._journal.forget(job.id)  # its kept input and request: never accepted
                 raise self._storage_failed(exc) from None
             self._jobs[job.id] = job
             self._lane(pipeline).waiting.append(job)
@@ -521,7 +521,8 @@ class JobQueue:
 
     def _move(self, job: Job, state: JobState) -> None:
         """Every state change: the job, then the journal (a started job no longer needs its
-        kept image: if the process dies now, the job fails rather than run twice). A
+        kept image: if the process dies now, the job fails rather than run twice; its kept
+        request lasts until its end is written, for a journal found damaged). A
         journal that cannot be written keeps the change for the janitor to write later."""
         job._move_to(state)
         if state.finished:
@@ -531,6 +532,8 @@ class JobQueue:
         if state is not JobState.QUEUED:
             try:
                 self._journal.input_path(job.id).unlink(missing_ok=True)
+                if state.finished and job.id not in self._unsaved:  # the journal has its end
+                    self._journal.request_path(job.id).unlink(missing_ok=True)
             except OSError as exc:  # a read-only volume: the janitor's sweep tries again
                 log.warning("could not remove the kept image of job %s: %s", job.id, exc)
         if state in (JobState.FAILED, JobState.CANCELLED):

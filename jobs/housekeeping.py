@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from pipelines.base import PipelineError, Result
 
+from . import rebuild
+from .journal import REQUEST_SUFFIX
 from .storage import storage_problem
 
 if TYPE_CHECKING:
@@ -37,11 +39,11 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
     reason, unless their result file was written (then they completed)."""
     from queue_manager import JOB_ID_PATTERN, Job, JobState
 
-    records, expired, skipped = journal.records()
+    records, expired, unreadable = journal.records()
     queue._expired.update(dict.fromkeys(expired[-EXPIRED_IDS_KEPT:]))
     files = _result_files(queue.output_dir, JOB_ID_PATTERN)
-    for job_id in skipped:  # rows this release cannot read keep their files untouched
-        files.pop(job_id, None)
+    # rows this release cannot read: failed with the reason, their files untouched
+    rebuild.unreadable_rows(queue, unreadable, files)
     for record in records:
         job = Job(pipeline=record.pipeline, options=record.options, image=None,
                   id=record.id, created_at=record.created_at,
@@ -50,8 +52,8 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
                   error=record.error, error_status=record.error_status)
         queue._jobs[job.id] = job
         if job.state is JobState.QUEUED:
-            try:
-                job.image = journal.load_input(job.id, queue.video_limits)
+            try:  # its bytes too: kept again if the job is handed back (issue 31 item 5)
+                job.image, job.source = journal.load_input(job.id, queue.video_limits)
                 queue._lane(job.pipeline).waiting.append(job)
                 continue
             except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
@@ -75,6 +77,8 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
         job.error_status = 500
         job.state = JobState.PROCESSING  # both end as failed, through the allowed move
         queue._move(job, JobState.FAILED)
+    # a journal found damaged or missing: the jobs from their kept requests (issue 31 item 6)
+    rebuild.from_kept_requests(queue, journal, files, _recovered)
     _unowned_files(queue, journal, files)
     if queue._jobs:
         log.info("journal: %d jobs restored, %d waiting", len(queue._jobs), queue.waiting())
@@ -124,7 +128,15 @@ def _unowned_files(queue: "JobQueue", journal: "Journal", files: dict[str, Path]
     waiting = {job.id for lane in queue._lanes.values() for job in lane.waiting}
     for path in journal.inputs.iterdir():
         job_id = path.name.split(".", 1)[0]
-        if job_id not in waiting and (journal.trusted or job_id in queue._jobs):
+        if path.name.endswith(".tmp"):  # a request being written when the process died
+            path.unlink(missing_ok=True)
+        elif path.name.endswith(REQUEST_SUFFIX):  # an unfinished job's lasts until its end
+            job = queue._jobs.get(job_id)
+            if job is not None and not job.state.finished:
+                continue
+            if job is not None or journal.trusted or job_id in queue._expired:
+                path.unlink(missing_ok=True)
+        elif job_id not in waiting and (journal.trusted or job_id in queue._jobs):
             path.unlink(missing_ok=True)
 
 
@@ -172,7 +184,7 @@ def expire_due(queue: "JobQueue", journal: "Journal") -> None:
             return
         for job in due:
             queue._remove_files(job.result)
-            journal.input_path(job.id).unlink(missing_ok=True)
+            journal.forget(job.id)  # its kept input and request
         journal.expire([job.id for job in due], keep=EXPIRED_IDS_KEPT)
         if len(due) < EXPIRE_BATCH:
             return
