@@ -161,7 +161,12 @@ def _api_error(exc: ApiError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
-    message = {413: f"request body is larger than {_settings().max_content_length} bytes"}
+    # werkzeug's 413s are bare (wrappers, sansio/multipart.py:194, formparser.py:398); the
+    # one left to it here is a Content-Length over MAX_CONTENT_LENGTH: forms count their own
+    # parts and bytes (front/forms.py) and say which (issue 31 item 10).
+    limit = _settings().max_content_length
+    message = {413: f"request body is larger than {limit} bytes"
+               if (request.content_length or 0) > limit else "request is too large"}
     return _error(exc.code or 500, message.get(exc.code, exc.description or exc.name))
 
 
