@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from jobs.idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
 from front.events import JobEvents
+from front.forms import FormError, read_parts
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Metrics
 from pipelines import PipelineRegistry
@@ -53,6 +54,9 @@ NEEDS = {name: spec.needs for name, spec in SPECS.items() if spec.needs}
 RETRY_AFTER_SECONDS = "10"
 OPEN_PATHS = {"/health", "/livez", "/readyz", "/"}
 OPEN_PREFIXES = ("/static/", "/vendor/")  # the web page: public, the API behind it is not
+# What /health shows only to the API key's holder: the ids of running jobs (on a server
+# without API_KEY a job id is all that guards a result) and the model processes' pids.
+OPEN_HEALTH_HIDES = {"workers": {"__all__": {"jobs", "pid"}}}
 WEB = Path(__file__).resolve().parent / "web"
 # The page's JavaScript, from the npm packages pinned in web/package-lock.json (`npm ci`
 # in web/): served here, never from a CDN, so an offline pod shows the page too.
@@ -152,7 +156,12 @@ def _api_error(exc: ApiError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
-    message = {413: f"request body is larger than {_settings().max_content_length} bytes"}
+    # werkzeug's 413s are bare (wrappers, sansio/multipart.py:194, formparser.py:398); the
+    # one left to it here is a Content-Length over MAX_CONTENT_LENGTH: forms count their own
+    # parts and bytes (front/forms.py) and say which (issue 31 item 10).
+    limit = _settings().max_content_length
+    message = {413: f"request body is larger than {limit} bytes"
+               if (request.content_length or 0) > limit else "request is too large"}
     return _error(exc.code or 500, message.get(exc.code, exc.description or exc.name))
 
 
@@ -165,11 +174,20 @@ def _check_api_key() -> None:
     expected = _settings().required_api_key
     if expected is None or request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
         return
-    supplied = (_bearer_token(request.headers.get("Authorization", ""))
-                or request.headers.get("X-API-Key") or request.headers.get("lotus-api-key") or "")
-    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+    if not _holds_key():
         raise ApiError(401, "Unauthorized: send the API key as 'Authorization: Bearer <key>' "
                             "or 'X-API-Key: <key>'")
+
+
+def _holds_key() -> bool:
+    """Whether this request carries the server's API key (constant-time); never on a server
+    without one: there nobody is known, so nobody sees what only the key's holder may."""
+    expected = _settings().required_api_key
+    if expected is None:
+        return False
+    supplied = (_bearer_token(request.headers.get("Authorization", ""))
+                or request.headers.get("X-API-Key") or request.headers.get("lotus-api-key") or "")
+    return hmac.compare_digest(supplied.encode(), expected.encode())
 
 
 def _count_request(response: Response) -> Response:
@@ -230,14 +248,12 @@ def _literal_numbers(annotation) -> dict[str, object]:
 
 def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
     """A multipart/form-data upload (`curl -F image=@photo.jpg -F output_format=ply`) as the
-    JSON body it stands for: each file as its bytes (werkzeug spools big ones to disk, within
-    MAX_CONTENT_LENGTH), a repeated field as a list, text typed by the model. Also what
+    JSON body it stands for: each file as its bytes (within MAX_CONTENT_LENGTH, as a JSON
+    body's), a repeated field as a list in the order sent, text typed by the model. Also what
     identifies its content for an Idempotency-Key: the boundary differs on every retry."""
     lists = {name for name, field in model.model_fields.items() if _is_list(field.annotation)}
     body: dict = {}
-    for name in [*request.form, *(name for name in request.files if name not in request.form)]:
-        values = [*request.form.getlist(name), *(upload.read() for upload in
-                                                 request.files.getlist(name))]
+    for name, values in _form_parts().items():
         if name not in lists and len(values) > 1:
             raise ApiError(400, f"{name}: send one value, not {len(values)}")
         if name in model.model_fields:
@@ -253,6 +269,25 @@ def _form(model: type[BaseModel]) -> tuple[BaseModel, bytes]:
                 for value in (values if isinstance(values, list) else [values])])
         for name, values in body.items()))
     return payload, identity.encode()
+
+
+def _form_parts() -> dict[str, list[str | bytes]]:
+    """The form's values by field name, each field's in the order sent, text and file parts
+    alike (`masks`: objects[i] is the i-th mask sent). Read by front/forms.py rather than
+    request.form/files: a non-UTF-8 file name no longer drops the form, and a 413 says
+    whether the form had too many parts or too many bytes (issue 31 items 9-11)."""
+    # a chunked body (no Content-Length) is read as _body() reads it: read_parts counts it
+    stream = (request.stream if request.content_length is not None
+              else request.environ["wsgi.input"])
+    try:
+        parts = read_parts(stream.read, request.mimetype_params.get("boundary"),
+                           _settings().max_content_length)
+    except FormError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    fields: dict[str, list[str | bytes]] = {}
+    for part in parts:
+        fields.setdefault(part.name, []).append(part.value)
+    return fields
 
 
 def _submit(endpoint: str, sync: bool = False) -> tuple[JobView, bool]:
@@ -481,13 +516,18 @@ def _state(problems: dict[str, list[str]], stats: dict) -> str:
 
 def _health_answer() -> Response:
     """/health, built and serialised anew only when one of its readings changed: a load
-    balancer polling it costs a few reads, not a model validated and dumped each time."""
+    balancer polling it costs a few reads, not a model validated and dumped each time.
+    The open view (anyone, and everyone on a server without API_KEY) lists no job ids and
+    no process ids (issue 31 item 13): a job id is what guards a result and a forced cancel."""
     reading, queue = _Reading.now(), _queue()
+    view = "full" if _holds_key() else "open"
     key = repr((reading, queue.workers_alive(), queue.janitor_alive(), queue.journal_notice))
-    cached = current_app.extensions.get("health")
+    answers = current_app.extensions.setdefault("health", {})
+    cached = answers.get(view)
     if cached is None or cached[0] != key:
         body, status = _health(reading)
-        cached = current_app.extensions["health"] = (key, body.model_dump_json(), status)
+        cached = answers[view] = (key, body.model_dump_json(
+            exclude=OPEN_HEALTH_HIDES if view == "open" else None), status)
     return Response(cached[1], cached[2], mimetype="application/json")
 
 
@@ -516,7 +556,9 @@ def _health(reading: _Reading) -> tuple[Health, int]:
         notices["storage"] = reading.storage
     body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
                   queue=reading.stats, pipelines=pipelines, capabilities=capabilities,
-                  models=models, workers_alive=queue.workers_alive(), workers=reading.workers,
+                  models=models, workers_alive=queue.workers_alive(),
+                  workers=[{**worker, "running": len(worker["jobs"])}
+                           for worker in reading.workers],
                   notices=notices)
     return body, 503 if broken else 200
 

@@ -160,7 +160,7 @@ class JobQueue:
             try:
                 self._journal.record(job)
             except JournalWriteError as exc:
-                self._journal.input_path(job.id).unlink(missing_ok=True)
+                self._journal.forget(job.id)  # its kept input and request: never accepted
                 raise self._storage_failed(exc) from None
             self._jobs[job.id] = job
             self._lane(pipeline).waiting.append(job)
@@ -240,14 +240,15 @@ class JobQueue:
 
     # -- what housekeeping (jobs/housekeeping.py) asks of the queue, under its lock ----------
 
-    def adopt(self, job: Job, *, save: bool = False) -> None:
+    def adopt(self, job: Job, *, save: bool = False, expires: bool = True) -> None:
         """Take in a job read back at a restart, in the state it was built in: a waiting
-        one waits again in its lane, a finished one joins the expiry order. `save`: write
-        it to the journal (a job the journal had lost)."""
+        one waits again in its lane, a finished one joins the expiry order unless not
+        `expires` (a row this release cannot read stays for the release that wrote it).
+        `save`: write it to the journal (a job the journal had lost)."""
         self._jobs[job.id] = job
         if job.state is JobState.QUEUED:
             self._lane(job.pipeline).waiting.append(job)
-        elif job.state.finished:
+        elif job.state.finished and expires:
             heapq.heappush(self._finished, (job.finished_at or 0.0, job.id))
         if save:
             self._save(job)
@@ -273,6 +274,11 @@ class JobQueue:
     def knows(self, job_id: str) -> bool:
         """A job of this queue, or one that expired."""
         return job_id in self._jobs or job_id in self._expired
+
+    def unfinished(self, job_id: str) -> bool:
+        """A job of this queue that has not ended (its kept request is still needed)."""
+        job = self._jobs.get(job_id)
+        return job is not None and not job.state.finished
 
     def waiting_ids(self) -> set[str]:
         return {job.id for lane in self._lanes.values() for job in lane.waiting}
@@ -495,7 +501,8 @@ class JobQueue:
 
     def _move(self, job: Job, state: JobState, at: float | None = None) -> None:
         """Every state change: the job, then the journal (a started job no longer needs its
-        kept image: if the process dies now, the job fails rather than run twice). A
+        kept image: if the process dies now, the job fails rather than run twice; its kept
+        request lasts until its end is written, for a journal found damaged). A
         journal that cannot be written keeps the change for the janitor to write later."""
         job.move_to(state, at)
         if state.finished:
@@ -505,6 +512,8 @@ class JobQueue:
         if state is not JobState.QUEUED:
             try:
                 self._journal.input_path(job.id).unlink(missing_ok=True)
+                if state.finished and job.id not in self._unsaved:  # the journal has its end
+                    self._journal.request_path(job.id).unlink(missing_ok=True)
             except OSError as exc:  # a read-only volume: the janitor's sweep tries again
                 log.warning("could not remove the kept image of job %s: %s", job.id, exc)
         if state in (JobState.FAILED, JobState.CANCELLED):

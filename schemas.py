@@ -48,10 +48,12 @@ class WorkerStatus(BaseModel):
     device: str = Field(description="cuda:N (N among the GPUs the server sees), cpu:N, or "
                         "in-process")
     state: Literal["starting", "loading", "ready", "busy", "restarting", "failed"]
-    jobs: list[str] = Field(description="The ids of the jobs it is running")
+    running: int = Field(0, description="How many jobs it is running")
+    jobs: list[str] | None = Field(None, description="The ids of the jobs it is running "
+                                   "(shown only with the API key)")
     restarts: int
     reason: str | None = None
-    pid: int | None = None
+    pid: int | None = Field(None, description="Its process id (shown only with the API key)")
     gpu_memory_gib: float | None = Field(None, description="GPU memory its loaded model takes")
     gpu_footprint_gib: float | None = Field(
         None, description="GPU memory its process holds, read at load (torch's reserved "

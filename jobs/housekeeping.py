@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from pipelines.base import PipelineError, Result
 from pipelines.table import result_format
 
+from . import rebuild
+from .journal import REQUEST_SUFFIX
 from .state import JOB_ID_PATTERN, Job, JobState
 
 if TYPE_CHECKING:
@@ -35,17 +37,17 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
     finished ones keep their results, queued ones wait again, running ones fail with the
     reason, unless their result file was written (then they completed). Each is built in
     its recorded state and handed to the queue, which makes every move after that."""
-    records, expired, skipped = journal.records()
+    records, expired, unreadable = journal.records()
     queue.forget(expired[-EXPIRED_IDS_KEPT:])
     files = _result_files(queue.output_dir, JOB_ID_PATTERN)
-    for job_id in skipped:  # rows this release cannot read keep their files untouched
-        files.pop(job_id, None)
+    # rows this release cannot read: failed with the reason, their files untouched
+    rebuild.unreadable_rows(queue, unreadable, files)
     for record in records:
         job = Job.restored(record)
         queue.adopt(job)
         if job.state is JobState.QUEUED:
-            try:
-                job.image = journal.load_input(job.id, queue.video_limits)
+            try:  # its bytes too: kept again if the job is handed back (issue 31 item 5)
+                job.image, job.source = journal.load_input(job.id, queue.video_limits)
             except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
                 why = f" ({exc})" if isinstance(exc, PipelineError) else ""
                 queue.end(job, JobState.FAILED, error_status=500, error=(
@@ -61,6 +63,8 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
                 "probably out of memory, or stopped); submit it again"))
         else:
             files.pop(job.id, None)
+    # a journal found damaged or missing: the jobs from their kept requests (issue 31 item 6)
+    rebuild.from_kept_requests(queue, journal, files, _recovered)
     _unowned_files(queue, journal, files)
     if queue.restored_count():
         log.info("journal: %d jobs restored, %d waiting", queue.restored_count(),
@@ -117,7 +121,14 @@ def _unowned_files(queue: "JobQueue", journal: "Journal", files: dict[str, Path]
     waiting = queue.waiting_ids()
     for path in journal.inputs.iterdir():
         job_id = path.name.split(".", 1)[0]
-        if job_id not in waiting and (journal.trusted or queue.knows(job_id)):
+        if path.name.endswith(".tmp"):  # a request being written when the process died
+            path.unlink(missing_ok=True)
+        elif path.name.endswith(REQUEST_SUFFIX):  # an unfinished job's lasts until its end
+            if queue.unfinished(job_id):
+                continue
+            if journal.trusted or queue.knows(job_id):
+                path.unlink(missing_ok=True)
+        elif job_id not in waiting and (journal.trusted or queue.knows(job_id)):
             path.unlink(missing_ok=True)
 
 
@@ -130,7 +141,7 @@ def expire_due(queue: "JobQueue", journal: "Journal") -> None:
             return
         for job in due:
             queue.remove_files(job.result)
-            journal.input_path(job.id).unlink(missing_ok=True)
+            journal.forget(job.id)  # its kept input and request
         journal.expire([job.id for job in due], keep=EXPIRED_IDS_KEPT)
         if len(due) < EXPIRE_BATCH:
             return

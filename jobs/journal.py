@@ -3,7 +3,10 @@
 The queue keeps its jobs in memory and writes each state change here, so a restart (the
 worker killed for memory, SIGTERM, the container restarted on the same volume) loses
 nothing: finished results stay downloadable, queued jobs run, interrupted jobs fail with a
-reason. A queued job's image waits beside the journal until the job starts.
+reason. A queued job's image waits beside the journal until the job starts, and each
+job's request (pipeline, options, created time) beside it until the job ends, so a
+journal found damaged is rebuilt from the files (jobs/rebuild.py): no job a client was told
+of answers 404.
 
 Durability: WAL with `synchronous=FULL` (every commit is on disk before the client hears of
 it) and a checkpoint after every commit (`wal_autocheckpoint=1`), so the main file holds
@@ -17,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".jobs.sqlite3"
 INPUTS_FOLDER = ".inputs"
+REQUEST_SUFFIX = ".request.json"  # OUTPUT_DIR/.inputs/<id>.request.json, beside <id>
 # Options are rebuilt from their class; only our own request models may be named.
 _OPTIONS_MODULES = ("pipelines.",)
 KNOWN_STATES = ("queued", "processing", "completed", "failed", "cancelled", "expired")
@@ -43,6 +48,27 @@ KNOWN_STATES = ("queued", "processing", "completed", "failed", "cancelled", "exp
 class JournalWriteError(OSError):
     """A change could not be written (disk full, read-only volume); the queue keeps it in
     memory and writes it again once it can."""
+
+
+@dataclass(frozen=True)
+class UnreadableRow:
+    """A row the journal holds but this release cannot read (bad options JSON, an unknown
+    state, a bad result): its job answers `failed` with `reason`, its files left as they are."""
+
+    id: str
+    pipeline: str
+    created_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class KeptRequest:
+    """A job as its client submitted it, from OUTPUT_DIR/.inputs/<id>.request.json."""
+
+    id: str
+    pipeline: str
+    options: Any
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -152,16 +178,16 @@ class Journal:
             SELECT finished_at FROM jobs WHERE state = 'expired'
             ORDER BY finished_at DESC LIMIT 1 OFFSET ?)""", [(keep - 1,)])
 
-    def records(self) -> tuple[list[JobRecord], list[str], set[str]]:
+    def records(self) -> tuple[list[JobRecord], list[str], list[UnreadableRow]]:
         """Every job that is not expired, oldest first, with its options rebuilt; the
-        expired ids; and the ids of rows that could not be read (skipped with a log line:
-        their files are not this release's to judge)."""
+        expired ids; and the rows that could not be read (with a log line: their files are
+        not this release's to judge)."""
         with self._lock:
             expired = [row[0] for row in self._db.execute(
                 "SELECT id FROM jobs WHERE state = 'expired' ORDER BY finished_at")]
             rows = self._db.execute("SELECT * FROM jobs WHERE state != 'expired' "
                                     "ORDER BY created_at").fetchall()
-        records, skipped = [], set()
+        records, skipped = [], []
         for row in rows:
             try:  # one unreadable row (an older or newer release's) must not stop start-up
                 if row[4] not in KNOWN_STATES:
@@ -172,8 +198,10 @@ class Journal:
                     result=_result(row[8]) if row[8] else None,
                     error=row[9], error_status=row[10]))
             except (ValueError, TypeError, KeyError, ImportError, AttributeError) as exc:
-                log.warning("journal: skipping job %s: %s", row[0], exc)
-                skipped.add(row[0])
+                log.warning("journal: job %s cannot be read: %s", row[0], exc)
+                created = row[5] if isinstance(row[5], (int, float)) else time.time()
+                skipped.append(UnreadableRow(str(row[0]), str(row[1]), created,
+                                             _reason(exc)))
         return records, expired, skipped
 
     # -- a queued job's image --------------------------------------------------------------
@@ -181,22 +209,76 @@ class Journal:
     def input_path(self, job_id: str) -> Path:
         return self.inputs / job_id
 
+    def request_path(self, job_id: str) -> Path:
+        return self.inputs / f"{job_id}{REQUEST_SUFFIX}"
+
     def keep_input(self, job) -> None:
-        """The image's file as it came (nothing to encode; decoding it again at a restart
-        gives the same pixels), else a quick lossless PNG (compress_level=1): it only has to
-        last until the job starts."""
+        """The input's file as it came (nothing to encode; decoding it again at a restart
+        gives the same pixels; a video's own bytes), else a quick lossless PNG
+        (compress_level=1): it only has to last until the job starts. With it, once, the
+        job's request (`keep_request`)."""
         path = self.input_path(job.id)
         try:
-            if job.source is not None:
-                path.write_bytes(job.source)
+            data = job.source if job.source is not None else getattr(job.image, "data", None)
+            if data is not None:  # a photo's file, or a video's (pipelines.video.Video)
+                path.write_bytes(data)
             else:
                 job.image.save(path, format="PNG", compress_level=1)
+            if not self.request_path(job.id).exists():
+                self.keep_request(job)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
 
-    def load_input(self, job_id: str, video_limits: VideoLimits) -> Image.Image | Video:
-        """The kept input as the job had it: an image, else a video (probed again under
+    def keep_request(self, job) -> None:
+        """The job's request as it was accepted, beside its input, until the job ends:
+        what rebuilds the job if the journal is found damaged. Written whole or not at all
+        (a temporary file renamed), so a kill -9 never leaves half of one."""
+        target = self.request_path(job.id)
+        options = job.options
+        text = json.dumps({
+            "id": job.id, "pipeline": job.pipeline,
+            "options_class": "" if options is None else
+            f"{type(options).__module__}:{type(options).__qualname__}",
+            "options": None if options is None else json.loads(options.model_dump_json()),
+            "created_at": job.created_at})
+        partial = target.with_name(target.name + ".tmp")
+        try:
+            partial.write_text(text)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def kept_requests(self) -> dict[str, KeptRequest | str]:
+        """Every kept request by job id: the request, or why it cannot be read."""
+        found: dict[str, KeptRequest | str] = {}
+        for path in self.inputs.glob(f"*{REQUEST_SUFFIX}"):
+            job_id = path.name[:-len(REQUEST_SUFFIX)]
+            try:
+                fields = json.loads(path.read_text())
+                if fields["id"] != job_id or not isinstance(fields["pipeline"], str):
+                    raise ValueError("it names another job")
+                found[job_id] = KeptRequest(
+                    job_id, fields["pipeline"],
+                    _options(fields["options_class"], json.dumps(fields["options"])),
+                    float(fields["created_at"]))
+            except (OSError, ValueError, TypeError, KeyError, ImportError,
+                    AttributeError) as exc:
+                log.warning("journal: the kept request of job %s cannot be read: %s",
+                            job_id, exc)
+                found[job_id] = _reason(exc, "its kept request's contents")
+        return found
+
+    def forget(self, job_id: str) -> None:
+        """The job's kept input and request, once it has expired (or was never accepted)."""
+        for path in (self.input_path(job_id), self.request_path(job_id)):
+            path.unlink(missing_ok=True)
+
+    def load_input(self, job_id: str, video_limits: VideoLimits
+                   ) -> tuple[Image.Image | Video, bytes]:
+        """The kept input as the job had it, and its file's bytes (the job's `source`, kept
+        again if the job is handed back): an image, else a video (probed again under
         `video_limits`, VIDEO_MAX_*, so decoding stops where it would have). The image is
         tried first: an AVIF or HEIC photo starts as an mp4 does."""
         from pipelines.images import open_image
@@ -204,15 +286,24 @@ class Journal:
 
         data = self.input_path(job_id).read_bytes()
         try:
-            return open_image(data, max_side=2**16)
+            return open_image(data, max_side=2**16), data
         except PipelineError:
             if demuxer_of(data) is None:
                 raise
-        return probe_video(data, video_limits)
+        return probe_video(data, video_limits), data
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _reason(exc: BaseException, what: str = "its options") -> str:
+    """Why a row or request could not be read, in a few words (no traceback, no path)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{what} are not valid JSON ({exc.msg})"
+    if isinstance(exc, KeyError):
+        return f"{what} lack {exc}"
+    return str(exc)[:200] or type(exc).__name__
 
 
 def _result(data: str) -> Result:

@@ -112,7 +112,9 @@ def check_url(url: str, what: str, allow_private: bool = False,
     if not addresses:
         raise FetchFailed(f"{what} host {host!r} could not be resolved")
     if not allow_private and not all(is_allowed(address) for address in addresses):
-        raise UnsafeURL(f"{what} points to a private or reserved address")
+        raise UnsafeURL(f"{what} points to a private or reserved address; the server fetches "
+                        "only public ones unless its ALLOW_PRIVATE_URLS setting is true "
+                        "(for a trusted network only)")
     return parts, port, addresses
 
 

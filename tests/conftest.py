@@ -130,6 +130,42 @@ def wait_until(predicate, timeout=30.0, interval=0.01):
     raise AssertionError("condition not reached in time")
 
 
+def model_processes(root: int) -> dict[int, str]:
+    """The live model processes under `root` (a gunicorn master or its HTTP worker): pid ->
+    the name each gives itself (`lotus@cpu:0`, its /proc/PID/comm). The open /health does not
+    list their pids (issue 31 item 13); an operator's `ps -o comm` tells them apart so."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":  # a killed one not yet reaped keeps its name
+            parents[int(stat.parent.name)] = int(fields[1])
+    found = {}
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor is not None and ancestor != root:
+            ancestor = parents.get(ancestor)
+        if ancestor == root:
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if "@" in name:
+                found[pid] = name
+    return found
+
+
+def model_process(root: int, prefix: str, other_than: int | None = None,
+                  timeout: float = 60.0) -> int:
+    """The pid of the model process named `prefix...` (`lotus@`, `sam3d@cpu:0`) under
+    `root`, once there is one (other than `other_than`: the one that replaced it)."""
+    return wait_until(lambda: next((pid for pid, name in model_processes(root).items()
+                                    if name.startswith(prefix) and pid != other_than), None),
+                      timeout=timeout, interval=0.05)
+
+
 @pytest.fixture
 def make_client(tmp_path):
     """make_client(pipelines={name: pipeline}, **settings) -> Flask test client, models ready."""

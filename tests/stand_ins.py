@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, save
 from pipelines.base import InvalidInput, Result
 from pipelines.lotus import DepthRequest
 from pipelines.outputs import atomic_write
+from workers.model_process import WorkerLost
 
 
 class WorkerDeath(BaseException):
@@ -64,6 +65,9 @@ class ScriptedPipeline:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
             elif action == "die":
                 raise WorkerDeath()
+            elif action == "handed back":  # as a model process stopped under its job
+                assert self.release.wait(30), "test never released the job"
+                return WorkerLost("the model worker stopped")  # the job waits again
             text = f"seed={options.seed} size={image.size}".encode()
             path = atomic_write(Path(f"{output_stem}.txt"), lambda tmp: tmp.write_bytes(text))
             info = {"min": 0.0, "max": 1.0, "width": image.width, "height": image.height}

@@ -5,6 +5,7 @@ import io
 import json
 import threading
 
+import numpy as np
 import pytest
 import trimesh
 from PIL import Image
@@ -366,6 +367,34 @@ def test_api_key_is_accepted_in_each_documented_header(locked, headers):
     assert locked.get("/queue", headers=headers).status_code == 200
 
 
+def test_open_health_names_no_running_job_and_no_process(make_client, scripted):
+    """Issue 31 item 13: on a server without API_KEY a job id is all that guards a result
+    and a forced cancel, so /health shows how busy a worker is, never which job it runs."""
+    client = make_client({"lotus": scripted})
+    scripted.actions[1] = "block"
+    job_id = client.post("/depth", json={"image": image_b64(), "seed": 1}).get_json()["job_id"]
+    scripted.started.get(timeout=5)
+    answer = client.get("/health")
+    assert job_id not in answer.get_data(as_text=True)
+    [worker] = answer.get_json()["workers"]
+    assert worker["running"] == 1 and "jobs" not in worker and "pid" not in worker
+    scripted.release.set()
+
+
+def test_only_the_key_holder_sees_which_jobs_a_worker_runs(locked, scripted):
+    headers = {"X-API-Key": "s3cret-key"}
+    scripted.actions[1] = "block"
+    job_id = locked.post("/depth", json={"image": image_b64(), "seed": 1},
+                         headers=headers).get_json()["job_id"]
+    scripted.started.get(timeout=5)
+    for wrong in ({}, {"X-API-Key": "wrong"}):
+        answer = locked.get("/health", headers=wrong)
+        assert answer.status_code == 200 and job_id not in answer.get_data(as_text=True)
+    [worker] = locked.get("/health", headers=headers).get_json()["workers"]
+    assert worker["jobs"] == [job_id] and worker["running"] == 1
+    scripted.release.set()
+
+
 def test_lotus_api_key_is_honoured_as_a_fallback(make_client, scripted):
     client = make_client({"lotus": scripted}, lotus_api_key="plan-key")
     assert client.get("/queue").status_code == 401
@@ -413,6 +442,85 @@ def test_bad_form_uploads_are_400_and_queue_nothing(client, fields, message):
     answer = upload(client, "/depth", **fields)
     assert answer.status_code == 400 and message in answer.get_json()["error"]
     assert client.get("/queue").get_json()["queued"] == 0
+
+
+def raw_form(parts: list[tuple[bytes, bytes]], boundary=b"b0undary") -> tuple[bytes, str]:
+    """A multipart body as a client writes it, byte for byte: (part headers, content)."""
+    body = b"".join(b"--" + boundary + b"\r\n" + headers + b"\r\n\r\n" + content + b"\r\n"
+                    for headers, content in parts) + b"--" + boundary + b"--\r\n"
+    return body, f"multipart/form-data; boundary={boundary.decode()}"
+
+
+@pytest.mark.parametrize("name", ["café.png".encode("latin-1"), "café.png".encode("cp1252"),
+                                  "naïve photo.png".encode("utf-8"), b"\xff\xfe.png"])
+def test_a_file_name_that_is_not_utf8_still_uploads(client, name):
+    """Issue 31 item 9: curl on Windows sends the name in the ANSI code page; werkzeug used to
+    drop the whole form for it (400 "send exactly one of 'image'"). The name is not needed."""
+    body, content_type = raw_form([
+        (b'Content-Disposition: form-data; name="image"; filename="' + name + b'"\r\n'
+         b"Content-Type: image/png", image_bytes()),
+        (b'Content-Disposition: form-data; name="seed"', b"5")])
+    answer = client.post("/depth", data=body, content_type=content_type)
+    assert answer.status_code == 202, answer.get_json()
+    assert poll(client, answer.get_json()["job_id"])["status"] == "completed"
+
+
+def test_a_form_of_too_many_parts_is_a_413_that_says_so(client):
+    """Issue 31 item 10: 1,001 tiny parts are 83 KB, far below the size limit; the 413 says
+    what is wrong with them."""
+    body, content_type = raw_form([(b'Content-Disposition: form-data; name="x"', b"1")] * 1001)
+    answer = client.post("/depth", data=body, content_type=content_type)
+    assert answer.status_code == 413
+    error = answer.get_json()["error"]
+    assert "more than 1000 parts" in error and "larger than" not in error
+    fine, content_type = raw_form([(b'Content-Disposition: form-data; name="image"; '
+                                    b'filename="p.png"', image_bytes())])
+    assert client.post("/depth", data=fine, content_type=content_type).status_code == 202
+
+
+def test_a_form_over_the_size_limit_is_a_413_that_says_so(make_client, scripted):
+    client = make_client({"lotus": scripted}, max_content_length=4096)
+    body, content_type = raw_form([(b'Content-Disposition: form-data; name="image"; '
+                                    b'filename="p.png"', b"x" * 5000)])
+    answer = client.post("/depth", data=body, content_type=content_type)
+    assert answer.status_code == 413 and "larger than 4096 bytes" in answer.get_json()["error"]
+    chunked = client.post("/depth", input_stream=io.BytesIO(body), content_type=content_type)
+    assert chunked.status_code == 413 and "larger than 4096" in chunked.get_json()["error"]
+
+
+def test_masks_as_files_and_text_keep_the_order_sent(client):
+    """Issue 31 item 11: objects[i] is made from the i-th mask, whatever kind of part it came
+    in; text parts used to go first."""
+    import sys
+
+    left, right, middle = (np.zeros((48, 64), np.uint8) for _ in range(3))
+    left[:, :20], middle[:, 22:42], right[:, 44:] = 255, 255, 255
+    sent = [(left, "file"), (right, "text"), (middle, "file")]
+
+    def png(mask):
+        buffer = io.BytesIO()
+        Image.fromarray(mask, "L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    parts = [(b'Content-Disposition: form-data; name="image"; filename="p.png"',
+              image_bytes(width=64, height=48)),
+             (b'Content-Disposition: form-data; name="output_format"', b"ply")]
+    for mask, kind in sent:
+        if kind == "file":
+            parts.append((b'Content-Disposition: form-data; name="masks"; filename="m.png"',
+                          png(mask)))
+        else:
+            parts.append((b'Content-Disposition: form-data; name="masks"',
+                          base64.b64encode(png(mask))))
+    calls = sys.modules["sam3d_objects.pipeline.inference_pipeline"].CALLS
+    calls.clear()
+    body, content_type = raw_form(parts)
+    answer = client.post("/generate/sync", data=body, content_type=content_type)
+    assert answer.status_code == 200, answer.get_json()
+    seen = [call["alpha"] > 0 for call in calls]
+    assert len(seen) == 3
+    for alpha, (mask, _) in zip(seen, sent):
+        assert (alpha == (mask > 0)).mean() > 0.95
 
 
 def test_a_retried_form_upload_with_its_idempotency_key_makes_one_job(client):

@@ -531,3 +531,169 @@ def test_the_readme_documents_every_command_and_option():
         assert f".{method}(" in readme and callable(getattr(Job, method))
     assert all(f"client.{name}(" in readme for name in ("generate", "depth", "normal", "segment",
                                                    "job"))
+
+
+# -- a client that trusts no server (issue 31 items 14-15, issue 32 item 6) ---------------
+
+JOB = "a" * 32
+
+
+@pytest.fixture
+def liar(monkeypatch, tmp_path):
+    """A loopback server answering each (method, path) as scripted: (status, headers, body)
+    or a function of the handler. Runs the CLI in-process, in tmp_path/cwd."""
+    routes: dict = {}
+
+    class Handler(QuietHandler):
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            route = routes.get((self.command, self.path.split("?")[0]))
+            if callable(route):
+                return route(self)
+            status, headers, body = route or (404, {"Content-Type": "text/html"},
+                                              b"<html><body>Not Found</body></html>")
+            self.send_response(status)
+            headers = {"Content-Type": "application/json", **headers}
+            for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = answer
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("SAM3D_API_KEY", raising=False)
+    with local_http_server(Handler) as url:
+        def run(*args):
+            from sam3d_client.cli import main
+            return main(["--url", url, *map(str, args)])
+        yield {"url": url, "routes": routes, "run": run, "cwd": cwd}
+
+
+def one_line_error(capsys, url) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert url in err, err
+    return err
+
+
+def result_route(liar, headers, body=b"glTF-bytes"):
+    liar["routes"][("GET", f"/job/{JOB}/download")] = (
+        200, {"Content-Type": "application/octet-stream", **headers}, body)
+
+
+@pytest.mark.parametrize("disposition, written", [
+    ("attachment; filename=.bashrc", "sam3d-" + JOB + ".bin"),
+    ("attachment; filename=.model.glb", "model.glb"),
+    ('attachment; filename="../../etc/evil.glb"', "evil.glb"),
+    ('attachment; filename="..\\\\..\\\\evil.glb"', "evil.glb"),
+    ("attachment; filename*=UTF-8''%2E%2E%2Fbad%20name%3B.ply", "bad_name_.ply"),
+    ("attachment; filename=\"$(reboot)`x`.glb\"", "reboot_x_.glb"),
+    (None, "sam3d-" + JOB + ".bin"),
+])
+def test_download_without_o_writes_only_a_safe_name_here(liar, capsys, disposition, written):
+    """Issue 31 item 14: a server answering `filename=.bashrc` replaced the user's .bashrc."""
+    bashrc = liar["cwd"] / ".bashrc"
+    bashrc.write_text("mine")
+    result_route(liar, {"Content-Disposition": disposition} if disposition else {})
+    assert liar["run"]("download", JOB) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in liar["cwd"].iterdir()) == sorted([".bashrc", written])
+    assert (liar["cwd"] / written).read_bytes() == b"glTF-bytes"
+    assert bashrc.read_text() == "mine"
+
+
+def test_download_without_o_never_replaces_a_file(liar, capsys):
+    mine = liar["cwd"] / "model.glb"
+    mine.write_text("mine")
+    result_route(liar, {"Content-Disposition": "attachment; filename=model.glb"})
+    assert liar["run"]("download", JOB) == 2
+    err = capsys.readouterr().err
+    assert "model.glb already exists" in err and "-o" in err and "Traceback" not in err
+    assert mine.read_text() == "mine" and [p.name for p in liar["cwd"].iterdir()] == ["model.glb"]
+    assert liar["run"]("download", JOB, "-o", "model.glb") == 0  # named: the user's choice
+    assert mine.read_bytes() == b"glTF-bytes"
+
+
+def test_a_download_cut_short_is_one_line_and_leaves_no_file(liar, capsys):
+    def cut(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.send_header("Content-Disposition", "attachment; filename=model.glb")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 10)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    liar["routes"][("GET", f"/job/{JOB}/download")] = cut
+    assert liar["run"]("download", JOB) != 0
+    err = one_line_error(capsys, liar["url"])
+    assert "nothing was written" in err
+    assert list(liar["cwd"].iterdir()) == []
+
+
+@pytest.mark.parametrize("route, answer, command, words", [
+    (("POST", "/depth"), (202, {}, b"{}"), ["depth", "photo.png"], "without 'job_id'"),
+    (("POST", "/depth"), (202, {}, b'{"job_id": "../../x"}'), ["depth", "photo.png"],
+     "job id that is not one"),
+    (("GET", f"/job/{JOB}"), (200, {}, b"[1, 2]"), ["status", JOB], "a JSON list"),
+    (("GET", f"/job/{JOB}"), (200, {}, b"{\"status\": "), ["status", JOB],
+     "something other than this server's JSON"),
+    (("GET", f"/job/{JOB}"), (404, {"Content-Type": "text/html"}, b"<!DOCTYPE html><p>nope"),
+     ["status", JOB], "got an HTML 404 from"),
+    (("GET", "/health"), (200, {"Content-Type": "text/html"}, b"<html>router</html>"),
+     ["health"], "got an HTML 200 from"),
+    (("GET", "/health"), (200, {}, b'"ok"'), ["health"], "a JSON str"),
+    (("DELETE", f"/job/{JOB}"), (200, {}, b"null"), ["cancel", JOB], "other than this"),
+    (("GET", f"/job/{JOB}/events"), (200, {"Content-Type": "text/event-stream"},
+                                     b"data: {not json\n\n"), ["wait", JOB], "sent an event"),
+])
+def test_every_malformed_answer_is_one_line_naming_the_url(liar, capsys, route, answer,
+                                                           command, words):
+    """Issue 31 item 15 and issue 32 item 6: never a traceback, always where it came from."""
+    image_bytes_path = liar["cwd"] / "photo.png"
+    image_bytes_path.write_bytes(image_bytes())
+    liar["routes"][route] = answer
+    assert liar["run"](*command) in (1, 2)
+    err = one_line_error(capsys, liar["url"])
+    assert words in err, err
+
+
+def test_a_missing_photo_is_named_plainly(liar, capsys):
+    assert liar["run"]("depth", "nothere.jpg") == 2
+    assert capsys.readouterr().err == "error: nothere.jpg: no such file\n"
+    assert liar["run"]("generate", "--mask", "nomask.png", "nothere.jpg") == 2
+    assert capsys.readouterr().err == "error: nothere.jpg: no such file\n"
+
+
+def test_a_401_says_where_the_key_goes(liar, capsys, monkeypatch):
+    (liar["cwd"] / "photo.png").write_bytes(image_bytes())
+    liar["routes"][("POST", "/depth")] = (401, {}, b'{"error": "Unauthorized: send the key"}')
+    assert liar["run"]("depth", "photo.png") == 1
+    err = capsys.readouterr().err
+    assert "401: Unauthorized" in err and "SAM3D_API_KEY" in err and "--api-key" in err
+    monkeypatch.setenv("SAM3D_API_KEY", "wrong")
+    assert liar["run"]("depth", "photo.png") == 1
+    assert "was refused" in capsys.readouterr().err
+
+
+def test_health_notices_are_printed_after_the_result(liar, capsys):
+    """Issue 32 item 6: a depth map from test weights is noise; the user is told so."""
+    (liar["cwd"] / "photo.png").write_bytes(image_bytes())
+    routes = liar["routes"]
+    routes[("POST", "/depth")] = (202, {}, json.dumps({"job_id": JOB, "position": 0}).encode())
+    routes[("GET", f"/job/{JOB}")] = (200, {}, json.dumps(
+        {"job_id": JOB, "status": "completed", "processing_time": 0.5}).encode())
+    result_route(liar, {"Content-Disposition": "attachment; filename=depth.png"}, b"png")
+    routes[("GET", "/health")] = (200, {}, json.dumps({"notices": {
+        "lotus": "lotus: test weights (tiny checkpoints): the maps are noise",
+        "sam3d": "not this job's model", "journal": "not about this result"}}).encode())
+    assert liar["run"]("depth", "photo.png", "-o", "out.png") == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("out.png (3 bytes")
+    assert captured.err.splitlines()[-1] == \
+        "note (lotus): lotus: test weights (tiny checkpoints): the maps are noise"
+    assert "not this job's model" not in captured.err and "journal" not in captured.err

@@ -3,6 +3,7 @@ cannot read, two servers on one folder, and expiry in batches."""
 
 import base64
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -25,14 +26,23 @@ from jobs.storage import OutputDirInUse, storage_problem
 CRASH = Path(__file__).with_name("crash_queue.py")
 
 
-def crashed_server(out: Path, jobs: int = 3) -> tuple[list[tuple[str, str]], str]:
-    """A queue process that finished `jobs` jobs, left one running and one waiting, and
-    was killed with SIGKILL: the finished (id, file name) pairs and the waiting id."""
-    done = subprocess.run([sys.executable, str(CRASH), str(out), str(jobs)],
-                          capture_output=True, text=True, timeout=60)
+def crash(out: Path, jobs: int = 3, video: Path | None = None) -> dict:
+    """A queue process that finished `jobs` jobs, left one running and one waiting (a video
+    with `video`), and was killed with SIGKILL: `finished` (id, file name) pairs, and the
+    `running` and `waiting` ids."""
+    env = {**os.environ, **({"VIDEO": str(video)} if video else {})}
+    done = subprocess.run([sys.executable, str(CRASH), str(out), str(jobs)], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == -9, done.stderr
     lines = [line.split() for line in done.stdout.splitlines()]
-    return [tuple(line) for line in lines if line[0] != "waiting"], lines[-1][1]
+    named = {line[0]: line[1] for line in lines if line[0] in ("running", "waiting")}
+    return {"finished": [tuple(line) for line in lines if line[0] not in named], **named}
+
+
+def crashed_server(out: Path, jobs: int = 3) -> tuple[list[tuple[str, str]], str]:
+    """The finished (id, file name) pairs and the waiting id of `crash`."""
+    crashed = crash(out, jobs)
+    return crashed["finished"], crashed["waiting"]
 
 
 def damage_wal_lost(out):
@@ -60,22 +70,91 @@ def damage_main_garbage(out):
     (out / f"{JOURNAL_NAME}-wal").unlink()
 
 
-@pytest.mark.parametrize("damage", [damage_wal_lost, damage_wal_truncated, damage_wal_garbage,
-                                    damage_main_zeroed, damage_main_garbage])
-def test_after_kill_9_and_a_damaged_journal_every_finished_result_stays(tmp_path, damage):
+def damage_main_truncated(out):
+    """The main file cut to its first pages, as a full disk or a bad copy leaves it."""
+    main = out / JOURNAL_NAME
+    main.write_bytes(main.read_bytes()[:main.stat().st_size // 2])
+    (out / f"{JOURNAL_NAME}-wal").unlink()
+
+
+def damage_main_garbage_in_the_middle(out):
+    """Every page after the first overwritten with noise; the header intact."""
+    main = out / JOURNAL_NAME
+    data = bytearray(main.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = (b"\xde\xad\xbe\xef" * len(data))[:len(data) - page]
+    main.write_bytes(bytes(data))
+    (out / f"{JOURNAL_NAME}-wal").unlink()
+
+
+def damage_main_zeroed_header(out):
+    main = out / JOURNAL_NAME
+    data = main.read_bytes()
+    main.write_bytes(bytes(100) + data[100:])
+    (out / f"{JOURNAL_NAME}-wal").unlink()
+
+
+def damage_main_zero_length(out):
+    (out / JOURNAL_NAME).write_bytes(b"")
+    (out / f"{JOURNAL_NAME}-wal").unlink()
+
+
+DAMAGED_MAIN = (damage_main_zeroed, damage_main_garbage, damage_main_truncated,
+                damage_main_garbage_in_the_middle, damage_main_zeroed_header,
+                damage_main_zero_length)
+DAMAGE = (damage_wal_lost, damage_wal_truncated, damage_wal_garbage, *DAMAGED_MAIN)
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_after_kill_9_and_a_damaged_journal_no_accepted_job_is_lost(tmp_path, damage):
+    """Issue 31 item 6: finished results stay (the files are trusted over the journal), the
+    waiting job runs from its kept request and input, and the running one fails saying it
+    was interrupted, as at any restart; none answers 404."""
     out = tmp_path / "out"
-    finished, _ = crashed_server(out)
+    crashed = crash(out)
     damage(out)
-    queue = JobQueue({"lotus": ScriptedPipeline()}, out)
+    pipeline = ScriptedPipeline()
+    queue = JobQueue({"lotus": pipeline}, out)
     queue.start()
     try:
-        for job_id, name in finished:
+        for job_id, name in crashed["finished"]:
             view = queue.get(job_id)
             assert view.state is JobState.COMPLETED, (damage.__name__, view)
             assert view.result.path.name == name and view.result.path.read_bytes()
-        assert (queue.journal_notice is not None) == (damage is damage_main_garbage)
+        waiting = queue.wait(crashed["waiting"], 10)
+        assert waiting.state is JobState.COMPLETED, (damage.__name__, waiting.error)
+        assert waiting.options.seed == 100 and pipeline.started.get(timeout=1) == 100
+        running = queue.get(crashed["running"])
+        assert running.state is JobState.FAILED and running.error.startswith("interrupted")
+        if damage in DAMAGED_MAIN:  # moved aside, or found empty: said in /health
+            assert queue.journal_notice is not None
         later = queue.submit("lotus", (DepthRequest(image="x"), Image.new("RGB", (8, 8))))
         assert queue.wait(later.id, 10).state is JobState.COMPLETED  # and it goes on
+    finally:
+        queue.stop()
+    # what was rebuilt is in the new journal: the next start needs no kept request
+    assert not list((out / ".inputs").glob("*.request.json"))
+    again = JobQueue({"lotus": ScriptedPipeline()}, out)
+    again.start()
+    try:
+        assert again.get(crashed["waiting"]).state is JobState.COMPLETED
+        assert again.get(crashed["running"]).state is JobState.FAILED
+    finally:
+        again.stop()
+
+
+def test_a_waiting_video_comes_back_from_a_damaged_journal_as_a_video(tmp_path):
+    out = tmp_path / "out"
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(make_video(frames=2))
+    crashed = crash(out, jobs=1, video=video)
+    damage_main_garbage(out)
+    queue = JobQueue({"lotus": ScriptedPipeline()}, out)
+    queue.start()
+    try:
+        view = queue.wait(crashed["waiting"], 10)
+        assert view.state is JobState.COMPLETED, view.error
+        assert view.result.path.read_text() == f"seed=100 size={(VIDEO_WIDTH, VIDEO_HEIGHT)}"
     finally:
         queue.stop()
 
@@ -131,6 +210,28 @@ def test_a_video_job_waiting_at_a_restart_runs_after_it(tmp_path):
     assert view.result.path.read_text() == f"seed=42 size={(VIDEO_WIDTH, VIDEO_HEIGHT)}"
 
 
+def test_a_restored_video_handed_back_at_a_stop_runs_at_the_next_start(tmp_path):
+    """Issue 31 item 5: a video job restored at a start, started, then handed back by a
+    graceful stop (its model process stopped under it) is kept again as its bytes
+    (journal.keep_input called .save on a Video: AttributeError) and runs at the next start."""
+    video = DepthRequest(video=base64.b64encode(make_video(frames=2)).decode())
+    waiting = left_waiting(tmp_path, lambda: video.load(load_settings().image_limits))
+    pipeline = ScriptedPipeline()
+    pipeline.actions[42] = "handed back"
+    second = JobQueue({"lotus": pipeline}, tmp_path)
+    second.start()
+    assert pipeline.started.get(timeout=10) == 42
+    stopping = threading.Thread(target=second.stop, args=(10,))
+    stopping.start()
+    wait_until(second._stopping.is_set)
+    pipeline.release.set()
+    stopping.join()
+    assert second.get(waiting).state is JobState.QUEUED  # handed back, for the next start
+    view = after_restart(tmp_path, waiting)
+    assert view.state is JobState.COMPLETED, view.error
+    assert view.result.path.read_text() == f"seed=42 size={(VIDEO_WIDTH, VIDEO_HEIGHT)}"
+
+
 @pytest.mark.parametrize("damage, why", [
     ("over the new limit", "video has 2 frames; the limit is 1"),
     ("damaged", "not a supported video"),
@@ -157,24 +258,39 @@ def test_a_damaged_journal_is_said_in_health(tmp_path, make_client, scripted):
     assert list(out.glob(f"{JOURNAL_NAME}.damaged-*"))  # kept for a person to look at
 
 
-def test_a_row_the_server_cannot_read_is_skipped_not_fatal(tmp_path, caplog):
+def test_a_row_the_server_cannot_read_answers_failed_with_the_reason(tmp_path, caplog):
+    """Issue 31 item 6: not a 404 for a job the server accepted, and not fatal to the start."""
     out = tmp_path / "out"
-    finished, _ = crashed_server(out)
+    crashed = crash(out, jobs=4)
+    finished = crashed["finished"]
     with sqlite3.connect(out / JOURNAL_NAME) as db:
         db.execute("UPDATE jobs SET state = 'archived' WHERE id = ?", (finished[0][0],))
         db.execute("UPDATE jobs SET options = '{not json' WHERE id = ?", (finished[1][0],))
+        db.execute("UPDATE jobs SET result = '[1, 2' WHERE id = ?", (finished[2][0],))
+        db.execute("UPDATE jobs SET options = '{not json' WHERE id = ?", (crashed["waiting"],))
     queue = JobQueue({"lotus": ScriptedPipeline()}, out)
     with caplog.at_level(logging.WARNING):
         queue.start()
     try:
         assert "unknown state 'archived'" in caplog.text
-        assert queue.get(finished[2][0]).state is JobState.COMPLETED
-        for job_id, name in finished[:2]:  # not this release's to judge: kept as they are
+        assert queue.get(finished[3][0]).state is JobState.COMPLETED
+        for job_id, why in ((finished[0][0], "unknown state 'archived'"),
+                            (finished[1][0], "options are not valid JSON"),
+                            (finished[2][0], "not valid JSON"),
+                            (crashed["waiting"], "options are not valid JSON")):
+            view = queue.get(job_id)
+            assert view.state is JobState.FAILED, job_id
+            assert view.error.startswith("this job's record in the job journal cannot be read")
+            assert why in view.error and view.error.endswith("submit it again")
+        for job_id, name in finished[:3]:  # not this release's to judge: kept as they are
             assert (out / name).exists()
         later = queue.submit("lotus", (DepthRequest(image="x"), Image.new("RGB", (8, 8))))
         assert queue.wait(later.id, 10).state is JobState.COMPLETED
     finally:
         queue.stop()
+    with sqlite3.connect(out / JOURNAL_NAME) as db:  # the rows stay as they were written
+        assert db.execute("SELECT state FROM jobs WHERE id = ?",
+                          (finished[0][0],)).fetchone() == ("archived",)
 
 
 def test_a_second_server_on_the_same_output_dir_refuses_to_start(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 import requests
 
-from conftest import image_bytes, running_server, wait_until
+from conftest import image_bytes, model_process, running_server, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
@@ -239,12 +239,6 @@ def test_sigterm_lets_the_running_job_finish_and_waiting_jobs_run_at_the_next_st
         assert poll(base, waiting)["status"] == "completed"  # ran at this start
 
 
-def model_process(base: str, pipeline: str = "lotus") -> int:
-    """The pid of `pipeline`'s model worker, as /health lists it."""
-    workers = requests.get(f"{base}/health", timeout=5).json()["workers"]
-    return next(worker["pid"] for worker in workers if worker["pipeline"] == pipeline)
-
-
 def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_path,
                                                                          checkpoints):
     """The out-of-memory killer takes the model process, not the HTTP server: the running job
@@ -252,7 +246,7 @@ def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_pa
     with running_server(tmp_path, checkpoints) as started:
         base = started["url"]
         [worker] = children(started["pid"])
-        models = model_process(base)
+        models = model_process(started["pid"], "lotus@")
         slow, after = slow_then_quick(base, 1536)
         os.kill(models, signal.SIGKILL)
         failed = poll(base, slow)
@@ -260,7 +254,7 @@ def test_a_killed_model_process_fails_only_its_job_and_the_server_goes_on(tmp_pa
         assert "out of memory" in failed["error"]
         assert poll(base, after)["status"] == "completed"  # the queue went on
         assert children(started["pid"]) == [worker]  # the HTTP process never went away
-        assert model_process(base) != models
+        assert model_process(started["pid"], "lotus@", other_than=models) != models
 
 
 def test_a_job_over_job_timeout_seconds_is_stopped_and_the_next_one_runs(tmp_path,

@@ -18,8 +18,8 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import (ROOT, image_bytes, running_server, slow_depth_job, tmpfs,
-                      wait_until)
+from conftest import (ROOT, image_bytes, model_process, model_processes, running_server,
+                      slow_depth_job, tmpfs, wait_until)
 from stand_ins import brightness_onnx
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -76,7 +76,8 @@ def test_two_devices_run_two_3d_jobs_at_once_and_a_killed_worker_fails_only_its_
         assert sorted((w["pipeline"], w["device"]) for w in workers) == [
             ("lotus", "cpu:0"), ("lotus", "cpu:1"), ("sam3d", "cpu:0"), ("sam3d", "cpu:1"),
             ("segment", "cpu:0")]  # masks: one CPU worker, whatever the devices
-        assert len({w["pid"] for w in workers}) == 5
+        assert sorted(model_processes(started["pid"]).values()) == [
+            "lotus@cpu:0", "lotus@cpu:1", "sam3d@cpu:0", "sam3d@cpu:1", "segment@cpu:0"]
 
         jobs = [requests.post(f"{base}/generate", json={"image": PHOTO, "output_format": "ply"},
                               timeout=30).json()["job_id"] for _ in range(2)]
@@ -91,9 +92,7 @@ def test_two_devices_run_two_3d_jobs_at_once_and_a_killed_worker_fails_only_its_
         assert finished(base, quick)["status"] == "completed"
         assert all(status(base, job)["status"] == "processing" for job in jobs)
 
-        victim = next(w for w in health(base)["workers"] if w["device"] == "cpu:0"
-                      and w["pipeline"] == "sam3d")
-        os.kill(victim["pid"], signal.SIGKILL)
+        os.kill(model_process(started["pid"], "sam3d@cpu:0"), signal.SIGKILL)
         ends = {job: finished(base, job) for job in jobs}
         killed = [view for view in ends.values() if view["status"] == "failed"]
         assert len(killed) == 1 and "killed" in killed[0]["error"]
@@ -125,9 +124,9 @@ def test_a_mask_comes_from_its_own_cpu_worker_while_a_3d_job_runs(tmp_path, chec
         assert answer.status_code == 200, answer.text
         assert answer.json()["source"] == "rembg"
         assert status(base, job)["status"] == "processing"
-        segment = next(w for w in health(base)["workers"] if w["pipeline"] == "segment")
+        segment = model_process(started["pid"], "segment@")
         [http_worker] = children(started["pid"])
-        assert loads_onnxruntime(segment["pid"]) and not loads_onnxruntime(http_worker)
+        assert loads_onnxruntime(segment) and not loads_onnxruntime(http_worker)
         requests.delete(f"{base}/job/{job}?force=true", timeout=5)
 
 
@@ -135,29 +134,29 @@ def test_a_model_process_that_dies_between_jobs_is_noticed_and_restarted(tmp_pat
                                                                           checkpoints):
     with running_server(tmp_path, checkpoints) as started:
         base = started["url"]
-        lotus = next(w for w in health(base)["workers"] if w["pipeline"] == "lotus")
-        os.kill(lotus["pid"], signal.SIGKILL)  # idle: no job is running
+        lotus = model_process(started["pid"], "lotus@")
+        os.kill(lotus, signal.SIGKILL)  # idle: no job is running
         not_ready = wait_until(lambda: (lambda answer: answer.json() if answer.status_code == 503
                                         else None)(requests.get(f"{base}/readyz", timeout=5)),
                                timeout=5, interval=0.05)
         assert any("lotus" in reason for reason in not_ready["reasons"])
         job = depth(base)  # waits for the worker instead of failing on the dead one
         assert finished(base, job)["status"] == "completed"
-        restarted = next(w for w in health(base)["workers"] if w["pipeline"] == "lotus")
-        assert restarted["pid"] != lotus["pid"] and restarted["restarts"] == 1
+        restarted = model_process(started["pid"], "lotus@", other_than=lotus)
+        assert next(w for w in health(base)["workers"] if w["pipeline"] == "lotus"
+                    )["restarts"] == 1
         # torch (about 490 MB) lives in the model processes only, not in the HTTP worker
         # that validated, queued and answered the job.
         [http_worker] = children(started["pid"])
-        assert loads_torch(restarted["pid"]) and not loads_torch(http_worker)
+        assert loads_torch(restarted) and not loads_torch(http_worker)
 
         # Killed while loading again (a forced cancel, then another at once): it still
         # comes back, and jobs go on.
         slow = slow_depth_job(base)
         requests.delete(f"{base}/job/{slow}?force=true", timeout=5)
-        loading = wait_until(lambda: next(
-            (w for w in health(base)["workers"] if w["pipeline"] == "lotus"
-             and w["state"] == "loading" and w["pid"]), None), timeout=30, interval=0.02)
-        os.kill(loading["pid"], signal.SIGKILL)
+        wait_until(lambda: any(w["pipeline"] == "lotus" and w["state"] == "loading"
+                               for w in health(base)["workers"]), timeout=30, interval=0.02)
+        os.kill(model_process(started["pid"], "lotus@", other_than=restarted), signal.SIGKILL)
         after = depth(base)
         assert finished(base, slow)["status"] == "cancelled"
         assert finished(base, after, timeout=120)["status"] == "completed"

@@ -313,6 +313,16 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _name_process(label: str) -> None:
+    """Linux: name this process `lotus@cuda:0` (its /proc/PID/comm, what `ps -o comm` and
+    `top` show), so an operator tells model processes apart now that the open /health no
+    longer lists their pids (prctl PR_SET_NAME = 15, at most 15 bytes)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(15, label.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> None:
     """The child: pin, load, report, then run jobs until the parent goes away."""
     # Ctrl-C reaches the whole process group: the server decides what stops (a running job
@@ -321,6 +331,7 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pin(device)  # before anything imports torch
     _die_with_parent()
+    _name_process(f"{name}@{device.label}")
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s %(name)s [{name}@{device.label}]: "
                                "%(message)s")

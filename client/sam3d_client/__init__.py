@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
+import mimetypes
 import os
+import re
 import socket
 import ssl
+import tempfile
 import time
 from email.message import Message
 from pathlib import Path
@@ -55,10 +58,27 @@ class OutputPathError(ValueError):
     """The file to write cannot be written there, or would get the wrong suffix."""
 
 
+class InputFileError(OSError):
+    """A file to send cannot be read; `str()` says which and why, in a few words."""
+
+
 def encode_file(source: ImageSource) -> str:
     """Base64 of a file (a path) or of bytes."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    return base64.b64encode(data).decode()
+    return base64.b64encode(source if isinstance(source, bytes) else read_file(source)).decode()
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes; InputFileError saying `photo.jpg: no such file`, not `[Errno 2] ...`."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path} is a folder, not a file") from None
+    except PermissionError:
+        raise InputFileError(f"{path}: not allowed to read it (permission denied)") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def check_output_path(path: str | os.PathLike, suffix: str | None = None,
@@ -127,8 +147,13 @@ class Client:
         """The mask a 3D job would use for the photo (POST /segment, answered at once):
         `mask` (PNG bytes, 255 = the object), `source` (alpha, rembg or center), `width`,
         `height`. Look at it first, then send it: `generate(photo, mask=answer["mask"])`."""
-        answer = self.request("POST", "/segment", json=image_fields(image, image_url)).json()
-        return {**answer, "mask": base64.b64decode(answer["mask"])}
+        response = self.request("POST", "/segment", json=image_fields(image, image_url))
+        answer = json_object(response, "mask")
+        try:
+            return {**answer, "mask": base64.b64decode(answer["mask"], validate=True)}
+        except (ValueError, TypeError):
+            raise ServerError(f"{response.url} answered with a mask that is not base64: is "
+                              "this the server?", response.status_code) from None
 
     def job(self, job_id: str) -> "Job":
         """A handle on a job submitted earlier (by this process or another)."""
@@ -158,24 +183,26 @@ class Client:
     def health(self) -> dict:
         """GET /health, unhealthy (503) included: its body says why."""
         try:
-            return self.session.get(self.url + "/health", timeout=self.timeout).json()
+            response = self.session.get(self.url + "/health", timeout=self.timeout)
         except requests.RequestException as exc:
             raise ServerError(unreachable(self.url, exc)) from None
-        except ValueError:
-            raise ServerError(f"{self.url} answered /health with something other than "
-                              "JSON: is it this server?") from None
+        return json_object(response)
 
     def status(self, job_id: str) -> dict:
-        return self.request("GET", f"/job/{job_id}").json()
+        return json_object(self.request("GET", f"/job/{job_id}"), "status")
 
     def submit(self, endpoint: str, body: dict) -> dict:
         """POST /generate, /depth or /normal: the job's id, position and status URL."""
-        return self.request("POST", f"/{endpoint}", json=body).json()
+        answer = json_object(self.request("POST", f"/{endpoint}", json=body), "job_id")
+        if not isinstance(answer["job_id"], str) or not JOB_ID.fullmatch(answer["job_id"]):
+            raise ServerError(f"{self.url}/{endpoint} answered with a job id that is not one "
+                              f"({str(answer['job_id'])[:40]!r}): is this the server?", 200)
+        return answer
 
     def cancel(self, job_id: str) -> dict:
         """DELETE /job/<id>: a waiting job is cancelled at once; a running one stops at
         its next stage (its status says "Cancelling")."""
-        return self.request("DELETE", f"/job/{job_id}").json()
+        return json_object(self.request("DELETE", f"/job/{job_id}"))
 
     def follow(self, job_id: str, on_update: Callable[[dict], Any] | None = None) -> dict:
         """Call `on_update` with each new status until the job finishes; the last status.
@@ -206,28 +233,67 @@ class Client:
         with response:
             for line in response.iter_lines(decode_unicode=True):
                 if line and line.startswith("data:"):
-                    yield json.loads(line[5:])
+                    try:
+                        event = json.loads(line[5:])
+                    except ValueError:
+                        event = None
+                    if not isinstance(event, dict) or not isinstance(event.get("status"), str):
+                        raise ServerError(f"{response.url} sent an event that is not a job's "
+                                          f"status ({line[5:45].strip()!r}): is this the "
+                                          "server?", response.status_code)
+                    yield event
 
     def download(self, job_id: str, path: str | os.PathLike | None = None) -> Path:
         """The job's result file, written whole or not at all: at `path` (whose suffix must
-        be the file's), else under the server's name in the current folder."""
+        be the file's), else in the current folder under the server's name made safe
+        (`safe_name`), never replacing a file already there (OutputPathError: name one)."""
         with self.request("GET", f"/job/{job_id}/download", stream=True) as response:
-            served = served_name(response)
+            served = safe_name(response, job_id)
             if path is None:
                 target = check_output_path(served)
+                if target.exists() or target.is_symlink():
+                    raise OutputPathError(f"{target} already exists here; nothing was "
+                                          "replaced: choose where to write it with -o FILE")
             else:
                 target = check_output_path(path, Path(served).suffix.lower() or None,
                                            f"the job's file ({served})")
-            partial = target.with_name(target.name + ".part")
+            # a new file of its own beside the target (never an existing `<name>.part`)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
+                                        dir=target.parent)
+            partial = Path(name)
             try:
-                with open(partial, "wb") as file:
+                with os.fdopen(fd, "wb") as file:
+                    written = 0
                     for chunk in response.iter_content(1 << 20):
                         file.write(chunk)
-            except BaseException:  # Ctrl-C or a broken connection: no half file left
+                        written += len(chunk)
+                expected = response.headers.get("Content-Length", "")
+                if expected.isdigit() and written != int(expected) and \
+                        "Content-Encoding" not in response.headers:
+                    raise ServerError(f"the download from {response.url} stopped after "
+                                      f"{written} of {expected} bytes; nothing was written: "
+                                      "try again", response.status_code)
+                if path is None:
+                    os.link(partial, target)  # fails if a file appeared there meanwhile
+                    partial.unlink()
+                else:
+                    os.replace(partial, target)
+            except FileExistsError:
+                partial.unlink(missing_ok=True)
+                raise OutputPathError(f"{target} already exists here; nothing was replaced: "
+                                      "choose where to write it with -o FILE") from None
+            except requests.RequestException as exc:  # cut off mid-file
+                partial.unlink(missing_ok=True)
+                raise ServerError(f"the download from {response.url} broke off "
+                                  f"({unreachable(self.url, exc).split(': ', 1)[1]}); nothing "
+                                  "was written: try again", None) from None
+            except BaseException:  # Ctrl-C: no half file left
                 partial.unlink(missing_ok=True)
                 raise
-        os.replace(partial, target)
         return target
+
+
+JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what may go into a URL path and a file name
 
 
 class Job:
@@ -272,11 +338,34 @@ def image_fields(image: ImageSource | None, image_url: str | None,
     return {name: value if name.endswith("_url") else encode_file(value)}
 
 
+SAFE_CHARACTERS = re.compile(r"[^0-9A-Za-z._-]+")
+MAX_NAME = 100
+
+
 def served_name(response: requests.Response) -> str:
-    """The file name the server gives its download (Content-Disposition), folders cut."""
+    """The file name the server gives its download (Content-Disposition), as it gives it."""
     header = Message()
     header["content-disposition"] = response.headers.get("Content-Disposition", "")
-    return Path(header.get_filename() or "result").name
+    try:
+        return header.get_filename() or ""
+    except (ValueError, LookupError):  # a malformed RFC 2231 name, an unknown charset
+        return ""
+
+
+def safe_name(response: requests.Response, job_id: str) -> str:
+    """The served name as a plain file name for the current folder, whatever the server
+    says: its last path part only (/ and \\ both), no leading dot (`.bashrc` would be a
+    hidden file the user never asked for), letters, digits, `.`, `_` and `-` only, at most
+    MAX_NAME characters; else `sam3d-<job>` with the suffix its Content-Type gives."""
+    name = re.split(r"[/\\]", served_name(response))[-1]
+    name = SAFE_CHARACTERS.sub("_", name).lstrip("._-")[:MAX_NAME].rstrip(".")
+    stem, _, suffix = name.rpartition(".")
+    if not name or not stem or not suffix:  # empty, or no name before its suffix
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        guessed = mimetypes.guess_extension(media_type) if media_type else None
+        suffix = Path(name).suffix if "." in name else (guessed or ".bin")
+        name = f"sam3d-{SAFE_CHARACTERS.sub('_', job_id)[:64]}{suffix}"
+    return name
 
 
 # Why a connection failed, from the innermost cause: (exception type, sentence)
@@ -318,7 +407,46 @@ def retry_after(response: requests.Response) -> float:
 
 
 def error_message(response: requests.Response) -> str:
+    """`404: job not found`: the server's own error; what a server that is not this one
+    answers, in one line naming its URL."""
     try:
-        return f"{response.status_code}: {response.json()['error']}"
+        error = response.json()["error"]
+        if isinstance(error, str):
+            return f"{response.status_code}: {error}"
     except (ValueError, KeyError, TypeError):
-        return f"{response.status_code}: {response.text[:300] or response.reason}"
+        pass
+    return f"{response.status_code}: {not_this_server(response)}"
+
+
+def is_html(response: requests.Response) -> bool:
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return kind in ("text/html", "application/xhtml+xml") or \
+        response.content[:64].lstrip().lower().startswith((b"<!doctype", b"<html"))
+
+
+def not_this_server(response: requests.Response) -> str:
+    """One line for an answer that is not this API's JSON."""
+    if is_html(response):
+        return (f"got an HTML {response.status_code} from {response.url}: is this the "
+                "server? (check --url or SAM3D_URL)")
+    text = " ".join(response.text[:120].split()) or response.reason or "nothing"
+    return (f"{response.url} answered with something other than this server's JSON "
+            f"({text!r}): is this the server?")
+
+
+def json_object(response: requests.Response, *required: str) -> dict:
+    """The answer's JSON object, with `required` keys; ServerError in one line naming the
+    URL for anything else (HTML, a list, `{}`, a cut-off body)."""
+    try:
+        answer = response.json()
+    except (ValueError, requests.RequestException):
+        answer = None
+    if answer is None:
+        raise ServerError(not_this_server(response), response.status_code)
+    missing = [key for key in required if not isinstance(answer, dict) or key not in answer]
+    if not isinstance(answer, dict) or missing:
+        what = (f"a JSON {type(answer).__name__}" if not isinstance(answer, dict)
+                else f"JSON without {', '.join(repr(key) for key in missing)}")
+        raise ServerError(f"{response.url} answered with {what}, not what this server sends: "
+                          "is this the server?", response.status_code)
+    return answer

@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(client, args)
     except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = ""
+        if exc.status == 401:  # say where the key comes from, and whether one was sent
+            hint = (" — the key was refused: check --api-key or SAM3D_API_KEY"
+                    if "Authorization" in client.session.headers else
+                    " — this server needs its API key: set SAM3D_API_KEY or pass --api-key")
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 1 if exc.status else 2
     except (OSError, OutputPathError) as exc:  # a photo, mask or output path unusable
         print(f"error: {exc}", file=sys.stderr)
@@ -229,12 +234,14 @@ def run_segment(client: Client, args) -> int:
     partial = out.with_name(out.name + ".part")
     partial.write_bytes(answer["mask"])
     os.replace(partial, out)
-    print(f"{out} ({answer['width']}x{answer['height']}, from {answer['source']})")
+    print(f"{out} ({answer.get('width', '?')}x{answer.get('height', '?')}, from "
+          f"{answer.get('source', '?')})")
     return 0
 
 
 def run_job(client: Client, args, endpoint: str, body: dict, out: Path) -> int:
     """Submit, say the id at once, then follow and download as `wait` does."""
+    args.pipeline = NOTICE_PIPELINES.get(endpoint)
     job = client.submit(endpoint, body)
     print(f"job {job['job_id']} {job.get('status', 'queued')} (position "
           f"{job.get('position', '?')}); resume with: "
@@ -278,8 +285,37 @@ def follow_and_download(client: Client, args, job_id: str, out: Path | None) -> 
                                          "normals", "frame", "range", "vertices", "faces",
                                          "gaussians") if key in final}
     print(f"{written} ({written.stat().st_size} bytes, job {job_id}, "
-          f"{final.get('processing_time', 0):.1f} s){' ' + json.dumps(extra) if extra else ''}")
+          f"{number(final.get('processing_time')):.1f} s)"
+          f"{' ' + json.dumps(extra) if extra else ''}")
+    print_notices(client, getattr(args, "pipeline", None))
     return 0
+
+
+def number(value) -> float:
+    """A figure from the server's answer, 0 for anything that is not one."""
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+NOTICE_PIPELINES = {"generate": "sam3d", "depth": "lotus", "normal": "lotus"}
+
+
+def print_notices(client: Client, pipeline: str | None) -> None:
+    """After a result, what the server says a user must know before trusting it (its
+    /health notices: test weights whose maps are noise, ...), for the job's model (or every
+    model's, for a job followed by id); nothing if /health cannot be read."""
+    try:
+        notices = client.health().get("notices")
+    except ServerError:
+        return
+    if not isinstance(notices, dict):
+        return
+    models = set(NOTICE_PIPELINES.values()) | {"segment"}
+    for name, notice in notices.items():
+        if isinstance(notice, str) and (name == pipeline or pipeline is None and name in models):
+            print(f"note ({name}): {' '.join(notice.split())[:500]}", file=sys.stderr)
 
 
 def interrupted(client: Client, args, job_id: str, state: str, out: Path | None) -> int:
@@ -357,8 +393,8 @@ class Progress:
         if state == "queued":
             words = f"queued, position {status.get('position', '?')}"
         else:
-            words = status.get("stage") or state
-        percent = round(100 * float(status.get("progress") or 0))
+            words = str(status.get("stage") or state)[:80]
+        percent = round(100 * min(max(number(status.get("progress")), 0.0), 1.0))
         if self.bar is not None:
             self.bar.set_description(words)
             self.bar.update(percent - self.bar.n)
