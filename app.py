@@ -62,7 +62,9 @@ WEB = Path(__file__).resolve().parent / "web"
 # The page's JavaScript, from the npm packages pinned in web/package-lock.json (`npm ci`
 # in web/): served here, never from a CDN, so an offline pod shows the page too.
 VENDOR_FILES = {
-    "model-viewer.min.js": "@google/model-viewer/dist/model-viewer.min.js",
+    # the module build imports "three" (the page's import map) where model-viewer.min.js
+    # bundles a copy of its own: one three.js on the page, not two
+    "model-viewer-module.min.js": "@google/model-viewer/dist/model-viewer-module.min.js",
     "three.module.min.js": "three/build/three.module.min.js",
     "three.core.min.js": "three/build/three.core.min.js",
     "gaussian-splats-3d.module.js": "@mkkellogg/gaussian-splats-3d/build/gaussian-splats-3d.module.js",
@@ -321,8 +323,43 @@ def _require_ready(pipeline: str) -> None:
                        retry_after=True)
     if status == "failed":
         raise ApiError(503, f"model {pipeline!r} failed to load: {_registry().error(pipeline)}")
-    raise ApiError(503, f"model {pipeline!r} is not loaded on this server "
+    # Not served here: no retry brings it, so not a 503 ("retry later") but 501, the
+    # server does not do this (RFC 9110 15.6.2), with why and what to do.
+    reason = pipeline_reasons(_settings(), _registry()).get(pipeline, "not served here")
+    raise ApiError(501, f"model {pipeline!r} is not loaded on this server: {reason} "
                         f"(loaded: {', '.join(_registry()) or 'none'})")
+
+
+KNOWN_PIPELINES = ("sam3d", "lotus", "segment")
+
+
+def pipeline_reasons(settings: Settings, registry: PipelineRegistry) -> dict[str, str]:
+    """Why each pipeline this code knows does not take jobs here now, and what to do: the
+    words /health (`pipeline_reasons`), the API's refusal, the page's tooltip and the CLI
+    give. A ready one is not listed. Open (in /health): names settings, never a path."""
+    status, reasons = registry.status(), {}
+    for name in KNOWN_PIPELINES:
+        state = status.get(name)
+        if state == "loading":
+            reasons[name] = "loading: jobs wait until it is ready"
+        elif state == "failed":
+            reasons[name] = (f"failed to load: {public_message(registry.error(name) or '?')}; "
+                             "the server's log says more, DEPLOY.md what it needs")
+        elif state is None:
+            reasons[name] = f"not served here: {_not_served(name, settings)}"
+    return reasons
+
+
+def _not_served(name: str, settings: Settings) -> str:
+    if name == "segment":
+        return "it makes the masks of 3D jobs, and runs only where sam3d does"
+    if settings.pipeline_names and name not in settings.pipeline_names:
+        return f"PIPELINES={','.join(settings.pipeline_names)} leaves it out"
+    if name == "sam3d":
+        return ("not configured: no pipeline.yaml in CHECKPOINTS_DIR (checkpoints/ by "
+                "default); it needs a CUDA GPU, see DEPLOY.md")
+    return ("not configured: no Lotus checkpoint in CHECKPOINTS_DIR and no MODEL_ID; "
+            "`make serve` makes tiny test weights, DEPLOY.md says how to get real ones")
 
 
 def _find(job_id: str) -> JobView:
@@ -511,7 +548,9 @@ def _health(reading: _Reading) -> tuple[Health, int]:
     if reading.storage is not None:
         notices["storage"] = reading.storage
     body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
-                  queue=reading.stats, pipelines=pipelines, capabilities=capabilities,
+                  queue=reading.stats, pipelines=pipelines,
+                  pipeline_reasons=pipeline_reasons(_settings(), registry),
+                  capabilities=capabilities,
                   models=models, workers_alive=queue.workers_alive(), workers=reading.workers,
                   notices=notices)
     return body, 503 if broken else 200

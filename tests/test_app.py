@@ -217,10 +217,12 @@ def test_full_queue_is_503_with_retry_after_and_nothing_is_lost(make_client, scr
     assert poll(client, waiting["job_id"])["status"] == "completed"
 
 
-def test_a_pipeline_that_is_not_loaded_is_503(make_client, scripted):
+def test_a_pipeline_that_is_not_served_here_is_501_saying_why(make_client, scripted):
     client = make_client({"lotus": scripted})
     response = client.post("/generate", json={"image": image_b64()})
-    assert response.status_code == 503 and "not loaded" in response.get_json()["error"]
+    assert response.status_code == 501 and "not loaded" in response.get_json()["error"]
+    assert "no pipeline.yaml in CHECKPOINTS_DIR" in response.get_json()["error"]
+    assert "needs a CUDA GPU, see DEPLOY.md" in response.get_json()["error"]
     assert "Retry-After" not in response.headers  # retrying would not help: it never loads
 
 

@@ -1,4 +1,5 @@
-"""DEPLOY.md says what the code does: the /health example, and what each card size serves."""
+"""README.md and DEPLOY.md say what the code does: the /health example, what each card size
+serves, curl lines that stop on an error."""
 
 import json
 import re
@@ -39,3 +40,23 @@ def test_the_admission_figures_in_deploy_are_the_codes():
     for need in MEMORY_NEEDED_GIB.values():
         assert f"| {need:g} GiB |" in whole
     assert f"textured GLB, OBJ, USDZ from {MEMORY_NEEDED_GIB_OFFLOAD['glb_textured']:g} GiB" in DEPLOY
+
+
+def commands(text: str, program: str) -> list[str]:
+    """Each `program` command in the fenced code blocks of `text`, its continued lines joined."""
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if line.strip().startswith(program + " "):
+                found.append(line.strip())
+    return found
+
+
+def test_every_curl_line_that_writes_a_file_fails_on_an_error():
+    """Without --fail-with-body, curl writes an error's JSON under the result's name and
+    exits 0: a script goes on with a 71-byte "model.ply"."""
+    writes = [line for name in ("README.md", "DEPLOY.md")
+              for line in commands((ROOT / name).read_text(), "curl")
+              if re.search(r"\s(-o|--output)\s|\s>\s*\S", line)]
+    assert len(writes) >= 10  # the README's and DEPLOY's downloads are found
+    assert [line for line in writes if "--fail-with-body" not in line] == []

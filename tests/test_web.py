@@ -234,6 +234,41 @@ def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     assert_no_console_errors(page)
 
 
+# Every kind of result the page shows from a photo, as (task, choices, view), splats between:
+# the SAM 3D stand-in makes each 3D format through the server's real exporters.
+SPLAT = ("generate", {"output_format": "ply"}, "ply")
+PHOTO_RESULTS = [
+    SPLAT, ("generate", {"output_format": "glb", "with_texture": False}, "glb"),
+    SPLAT, ("generate", {"output_format": "obj", "with_texture": False}, "obj"),
+    SPLAT, ("generate", {"output_format": "stl"}, "stl"),
+    ("generate", {"output_format": "usdz", "with_texture": False}, "usdz"),
+    ("depth", {"output": "glb"}, "glb"),  # a relief
+    ("depth", {"output": "ply"}, "cloud"),
+    SPLAT, ("normal", {"normal_output": "png"}, "normal"),
+    ("depth", {"output": "color"}, "depth"),
+]
+
+
+def test_a_second_and_third_job_run_after_every_kind_of_result(page, tmp_path):
+    """One page session: each kind of result (a splat above all: its viewer's dispose threw
+    and Run did nothing, for good) is followed by at least two more jobs that run and show
+    theirs, a video's result too."""
+    from selenium.webdriver.common.by import By
+
+    for task, choices, view in PHOTO_RESULTS:
+        assert run_job(page, task, **choices) == view, (task, choices)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(make_video(frames=3))
+    choose_file(page, video)
+    assert run_job(page, "depth") == "video"
+    assert run_job(page, "normal") == "video"
+    choose_file(page, tmp_path / "photo.png")
+    assert run_job(page, SPLAT[0], **SPLAT[1]) == "ply"
+    assert run_job(page, "depth", output="color") == "depth"
+    assert not page.find_element(By.ID, "viewer-problem").is_displayed()
+    assert_no_console_errors(page)
+
+
 # -- a video (depth and normals only: POST /depth or /normal, a zip of mp4 and npz) ---------
 
 def choose_file(page, path):

@@ -6,7 +6,18 @@
 import * as history from "./history.js";
 import { MaskEditor } from "./mask-editor.js";
 import { maskFiles, snippets } from "./snippets.js";
-import { hideViewers, showGlb, showMesh, showSplat, showVideo } from "./viewers.js";
+
+// The result's viewers (viewers.js, and three.js, model-viewer and the loaders it imports from
+// /vendor/, which web/node_modules holds after `npm ci`): imported lazily, in a try, so a
+// server without them still reads its state, runs jobs and shows images.
+let viewersImport = null;
+function viewers() {
+  viewersImport ??= import("./viewers.js");
+  return viewersImport;
+}
+const NO_VIEWERS = "The 3D viewers are missing on this server (its web/node_modules): run " +
+  "`cd web && npm ci` there and reload. Jobs run and images show without them; a 3D " +
+  "result is offered for download.";
 
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
@@ -165,6 +176,10 @@ function offerServedTasks(body) {
                     : " (not served here)")
       : photoOnly ? " (SAM 3D takes photos, not videos)"
       : state === "loading" ? " (loading: jobs wait until it is ready)" : "";
+    // why, and what to do: the server's words (/health pipeline_reasons), as its API says
+    const reason = (unserved || state === "loading") && !noModel &&
+      body.pipeline_reasons?.[PIPELINE_OF_TASK[radio.value]];
+    radio.parentElement.title = reason ? `${TASK_NAMES[radio.value]}: ${reason}` : "";
     if (!radio.disabled && chosen === null) chosen = radio;
   }
   if (chosen && form.querySelector("input[name=task]:checked").disabled) chosen.checked = true;
@@ -572,11 +587,27 @@ function renderHistory() {
   history.render($("history-list"), $("history-empty"), $("history-clear"), current?.id);
 }
 
+// Never throws: a viewer that fails to let go is reported, and the next job runs anyway.
 async function clearResult() {
   $("error").hidden = true;
   $("result").hidden = true;
   $("eta").hidden = true;
-  await hideViewers();
+  $("viewer-problem").hidden = true;
+  if (!viewersImport) return;
+  let module;
+  try {
+    module = await viewers();
+  } catch {
+    return;  // none is missing: the page said so at start, and none was shown
+  }
+  try {
+    await module.hideViewers();
+  } catch (error) {
+    console.warn("closing the last preview:", error);
+    $("viewer-problem").textContent = `The last preview did not close cleanly (${error.message}); ` +
+      "this job runs all the same.";
+    $("viewer-problem").hidden = false;
+  }
 }
 
 // Follow a job to its end and show what it ended with.
@@ -629,9 +660,9 @@ form.addEventListener("submit", async (event) => {
   }
   const masks = maskFields(chosen);  // as shown when Run was pressed
   document.body.dataset.state = "submitting";
-  await clearResult();
   $("run").disabled = true;
   try {
+    await clearResult();
     const options = jobOptions(chosen);
     const video = videoChosen();
     const body = video ? videoUpload(photo, options)
@@ -718,6 +749,10 @@ async function showResult(status, response, jobTask) {
   const view = "frames" in status ? "video" : "frame" in status ? "normal"
     : suffix === "ply" && status.geometry ? "cloud" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
+    const { showGlb, showMesh, showSplat, showVideo } =
+      ["depth", "normal", "npy", "usdz", "none"].includes(view) ? {} : await viewers().catch(() => {
+        throw new Error(NO_VIEWERS);
+      });
     if (view === "video") {
       $("video-caption").replaceChildren(
         ...("frame" in status ? conventionLines(status) : [rangeText(status)]));
@@ -752,7 +787,8 @@ async function showResult(status, response, jobTask) {
       $("usdz-help").hidden = false;
     }
   } catch (error) {
-    $("no-preview").textContent = `The preview failed (${error.message}): the file is fine to download.`;
+    $("no-preview").textContent = error.message === NO_VIEWERS ? NO_VIEWERS
+      : `The preview failed (${error.message}): the file is fine to download.`;
     $("no-preview").hidden = false;
   }
   document.body.dataset.view = view;
@@ -808,6 +844,11 @@ async function openJob(id) {
 
 async function start() {
   if (keyStore.getItem("apiKey")) $("api-key").value = keyStore.getItem("apiKey");
+  viewers().catch((error) => {
+    console.warn("viewers.js:", error.message);
+    $("viewers-missing").textContent = NO_VIEWERS;
+    $("viewers-missing").hidden = false;
+  });
   await readHealth();
   offerOutputs(health?.capabilities?.sam3d);
   // A key in this tab was typed because the server asked for one; without one, ask.
