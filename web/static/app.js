@@ -418,7 +418,13 @@ $("dice").addEventListener("click", () => {
 
 // -- the photo --------------------------------------------------------------------------
 
+// A photo (image/*) or a video: anything else is refused here, said in words, with no
+// broken picture; an error shown before (a refused file, "Choose a photo first") goes.
 function choosePhoto(file, example = null) {
+  if (!running()) $("error").hidden = true;
+  const known = file.type.startsWith("image/") || VIDEO_TYPES.includes(file.type) ||
+    VIDEO_NAME.test(file.name);
+  if (file.type && !known) return refuseFile(file, "is not a photo or a video");
   photo = file;
   if ($("photo").files[0] !== file) {  // an example or a drop: the file field names it too
     const transfer = new DataTransfer();
@@ -444,6 +450,23 @@ function choosePhoto(file, example = null) {
   }
   offerServedTasks(health || {});  // a video: depth and normals only, and their options
 }
+
+function refuseFile(file, why) {
+  photo = null;
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
+  $("preview-video").hidden = true;
+  $("drop-text").textContent = `${file.name} ${why}: choose a photo (JPEG, PNG, WebP…) or a ` +
+    "short video (mp4, mov, webm)";
+  showError(`${file.name} ${why}. Choose a photo (JPEG, PNG, WebP…) or a short video (mp4, mov, webm).`);
+  offerServedTasks(health || {});
+}
+
+// A file that claimed to be a photo but does not decode: said, not shown as a broken picture.
+$("preview").addEventListener("error", () => {
+  if (!photo || !$("preview").getAttribute("src")) return;
+  refuseFile(photo, "could not be read as a photo");
+});
 
 // A video this browser cannot play (a mov's codec, a damaged file) shows no empty box: the
 // server says whether it takes it.
@@ -509,13 +532,31 @@ function showEta() {
   const { status, task: jobTask, processingAt } = current;
   const lane = health?.queue?.lanes?.[PIPELINE_OF_TASK[jobTask]];
   const mean = lane?.mean_seconds;
+  const frames = /^frame (\d+) of (\d+)$/.exec(status.stage || "");
   let text = "";
-  if (!FINISHED.includes(status.status) && !mean) {
+  if (!FINISHED.includes(status.status) && !mean && !frames && !current.video) {
     text = "No job has finished on this server yet to estimate the time from.";
+  } else if (status.status === "queued" && current.video) {
+    const parallel = Math.max(1, (lane?.ready_workers || 1) * (health?.queue?.max_concurrent || 1));
+    const ahead = Math.floor(status.position / parallel);
+    text = ahead && mean ? `About ${duration(mean * ahead)} until its turn; an estimate of its ` +
+      "own follows its first frames." : "An estimate follows its first frames.";
   } else if (status.status === "queued") {
     const parallel = Math.max(1, (lane.ready_workers || 1) * (health.queue.max_concurrent || 1));
     const seconds = mean * (Math.floor(status.position / parallel) + 1);
     text = `About ${duration(seconds)} until done (recent jobs took ${duration(mean)} each).`;
+  } else if (status.status === "processing" && current.video && !frames) {
+    text = status.stage === "decoding" ? "Reading the video's frames: an estimate follows its first ones."
+      : "Writing the maps.";
+  } else if (status.status === "processing" && frames) {
+    // A video: its own seconds per frame so far times the frames left (a photo's time, the
+    // lane's mean, until its first frame is done). One job's mean was ten times off.
+    const [done, total] = [Number(frames[1]), Number(frames[2])];
+    const ran = (status.processing_time || 0) + (Date.now() - processingAt) / 1000;
+    const perFrame = done > 0 ? ran / done : mean;
+    text = perFrame ? `About ${duration(perFrame * (total - done))} left: ${total - done} of ` +
+      `${total} frames to go at about ${duration(perFrame)} a frame.`
+      : "No frame is done yet to estimate the time from.";
   } else if (status.status === "processing") {
     const ran = (status.processing_time || 0) + (Date.now() - processingAt) / 1000;
     text = ran < mean ? `About ${duration(mean - ran)} left (recent jobs took ${duration(mean)}).`
@@ -611,8 +652,8 @@ async function clearResult() {
 }
 
 // Follow a job to its end and show what it ended with.
-async function runToEnd(id, jobTask) {
-  current = { id, task: jobTask, status: null, processingAt: Date.now(), done: false };
+async function runToEnd(id, jobTask, video = false) {
+  current = { id, task: jobTask, video, status: null, processingAt: Date.now(), done: false };
   $("run").disabled = true;
   $("cancel").disabled = false;
   $("cancel").textContent = "Cancel job";
@@ -672,7 +713,7 @@ form.addEventListener("submit", async (event) => {
                        at: new Date().toISOString(),
                        label: `${TASK_NAMES[chosen]} ` +
                          `(${video ? "video" : options.output_format || options.output})` });
-    await runToEnd(job.job_id, chosen);
+    await runToEnd(job.job_id, chosen, video);
   } catch (error) {
     showError(error.message);
     $("run").disabled = false;
