@@ -20,8 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from flask import Flask, Response, current_app, jsonify, request, send_file
-from pydantic import BaseModel, ValidationError
+try:
+    from flask import Flask, Response, current_app, jsonify, request, send_file
+    from PIL import Image  # noqa: F401  (the first package a bare `python app.py` misses)
+    from pydantic import BaseModel, ValidationError
+except ModuleNotFoundError as exc:
+    if __name__ != "__main__":
+        raise
+    sys.exit(f"{exc}: this Python lacks the server's packages; run `make serve`, or "
+             f"activate .venv (`. .venv/bin/activate`) and run `python app.py` again")
 from werkzeug.exceptions import HTTPException
 
 from jobs.idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
