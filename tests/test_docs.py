@@ -3,7 +3,6 @@ serves, curl lines that stop on an error."""
 
 import json
 import re
-
 import subprocess
 import sys
 
