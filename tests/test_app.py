@@ -226,6 +226,21 @@ def test_a_pipeline_that_is_not_served_here_is_501_saying_why(make_client, scrip
     assert "Retry-After" not in response.headers  # retrying would not help: it never loads
 
 
+def test_health_says_why_each_known_pipeline_is_not_served_and_readiness_is_the_served_ones(
+        make_client, scripted):
+    """`pipelines` keeps to the served ones (readiness, `model_loaded`); `pipeline_reasons`
+    says, in the API's words, why the others take no job and what to do."""
+    client = make_client({"lotus": scripted})
+    health = client.get("/health").get_json()
+    assert health["pipelines"] == {"lotus": "ready"} and health["model_loaded"] is True
+    reasons = health["pipeline_reasons"]
+    assert set(reasons) == {"sam3d", "segment"}
+    assert reasons["sam3d"].startswith("not served here: not configured: no pipeline.yaml")
+    assert "needs a CUDA GPU, see DEPLOY.md" in reasons["sam3d"]
+    assert reasons["sam3d"] in client.post("/generate", json={"image": image_b64()}).get_json()[
+        "error"]
+
+
 def test_failed_jobs_show_the_error_and_the_download_says_why(client, scripted):
     scripted.actions[5] = "fail"
     job = client.post("/depth", json={"image": image_b64(), "seed": 5}).get_json()

@@ -717,6 +717,7 @@ def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_p
     """A server without SAM 3D Objects and without a normal model: "3D object" and "Surface
     normals" are disabled and say why, the depth map is chosen, and the baked texture is off
     for formats without one."""
+    import requests
     from selenium.webdriver.common.by import By
 
     with running_server(tmp_path, checkpoints, PIPELINES="lotus") as depth_only:
@@ -727,6 +728,12 @@ def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_p
         depth = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]")
         assert not generate.is_enabled() and depth.is_selected()
         assert "not served here" in generate.find_element(By.XPATH, "..").text
+        # the tooltip says why and what to do, in /health's and the API's words
+        reason = requests.get(depth_only["url"] + "/health", timeout=5).json()[
+            "pipeline_reasons"]["sam3d"]
+        assert reason == "not served here: PIPELINES=lotus leaves it out"
+        assert generate.find_element(By.XPATH, "..").get_attribute("title") == \
+            f"3D object: {reason}"
         normal = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=normal]")
         assert not normal.is_enabled()
         assert "no normal model on this server" in normal.find_element(By.XPATH, "..").text
