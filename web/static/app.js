@@ -340,6 +340,11 @@ async function offerMask() {
     Boolean(health?.capabilities?.segment?.offered);
   $("mask-slot").hidden = !offered;
   if (!offered || maskFor === photo) return;
+  if (needsKey && !keyStore.getItem("apiKey") && !$("api-key").value.trim()) {
+    // asked once the key is typed (the key field's change): not sent to be refused
+    $("mask-source").textContent = "Enter the API key below to see the object's mask.";
+    return;
+  }
   const asked = maskFor = photo;
   editor.hide();
   $("mask-source").textContent = "Finding the object in the photo…";
