@@ -886,7 +886,10 @@ def test_the_code_panel_runs_the_same_job_from_python_and_curl(page, server, tmp
 
     page.find_element(By.CSS_SELECTOR, "#advanced summary").click()
     seed = page.find_element(By.ID, "seed")
-    page.find_element(By.ID, "dice").click()
+    dice = page.find_element(By.ID, "dice")
+    # clear of the sticky Run bar at the window's bottom, as a user scrolls to it
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", dice)
+    dice.click()
     assert seed.get_attribute("value") != "42"
     page.find_element(By.NAME, "stage1_steps").send_keys("12")
     Select(page.find_element(By.NAME, "texture_size")).select_by_value("2048")
@@ -1082,6 +1085,7 @@ def test_with_the_mask_editor_open_run_is_in_reach_and_the_photo_shown_once(page
 def test_a_file_that_is_not_a_photo_is_refused_in_words_and_a_photo_clears_it(page, tmp_path):
     from selenium.webdriver.common.by import By
 
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()  # no editor
     error = page.find_element(By.ID, "error")
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
