@@ -20,8 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from flask import Flask, Response, current_app, jsonify, request, send_file
-from pydantic import BaseModel, ValidationError
+try:
+    from flask import Flask, Response, current_app, jsonify, request, send_file
+    from PIL import Image  # noqa: F401  (the first package a bare `python app.py` misses)
+    from pydantic import BaseModel, ValidationError
+except ModuleNotFoundError as exc:
+    if __name__ != "__main__":
+        raise
+    sys.exit(f"{exc}: this Python lacks the server's packages; run `make serve`, or "
+             f"activate .venv (`. .venv/bin/activate`) and run `python app.py` again")
 from werkzeug.exceptions import HTTPException
 
 from jobs.idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
@@ -61,7 +68,9 @@ WEB = Path(__file__).resolve().parent / "web"
 # The page's JavaScript, from the npm packages pinned in web/package-lock.json (`npm ci`
 # in web/): served here, never from a CDN, so an offline pod shows the page too.
 VENDOR_FILES = {
-    "model-viewer.min.js": "@google/model-viewer/dist/model-viewer.min.js",
+    # the module build imports "three" (the page's import map) where model-viewer.min.js
+    # bundles a copy of its own: one three.js on the page, not two
+    "model-viewer-module.min.js": "@google/model-viewer/dist/model-viewer-module.min.js",
     "three.module.min.js": "three/build/three.module.min.js",
     "three.core.min.js": "three/build/three.core.min.js",
     "gaussian-splats-3d.module.js": "@mkkellogg/gaussian-splats-3d/build/gaussian-splats-3d.module.js",
@@ -357,8 +366,37 @@ def _require_ready(pipeline: str) -> None:
                        retry_after=True)
     if status == "failed":
         raise ApiError(503, f"model {pipeline!r} failed to load: {_registry().error(pipeline)}")
-    raise ApiError(503, f"model {pipeline!r} is not loaded on this server "
+    # Not served here: no retry brings it, so not a 503 ("retry later") but 501, the
+    # server does not do this (RFC 9110 15.6.2), with why and what to do.
+    reason = pipeline_reasons(_settings(), _registry()).get(pipeline, "not served here")
+    raise ApiError(501, f"model {pipeline!r} is not loaded on this server: {reason} "
                         f"(loaded: {', '.join(_registry()) or 'none'})")
+
+
+def pipeline_reasons(settings: Settings, registry: PipelineRegistry) -> dict[str, str]:
+    """Why each pipeline of the model table does not take jobs here now, and what to do: the
+    words /health (`pipeline_reasons`), the API's refusal, the page's tooltip and the CLI
+    give. A ready one is not listed. Open (in /health): names settings, never a path."""
+    status, reasons = registry.status(), {}
+    for name in SPECS:
+        state = status.get(name)
+        if state == "loading":
+            reasons[name] = "loading: jobs wait until it is ready"
+        elif state == "failed":
+            reasons[name] = (f"failed to load: {public_message(registry.error(name) or '?')}; "
+                             "the server's log says more, DEPLOY.md what it needs")
+        elif state is None:
+            reasons[name] = f"not served here: {_not_served(name, settings)}"
+    return reasons
+
+
+def _not_served(name: str, settings: Settings) -> str:
+    spec = SPECS[name]
+    if spec.needs is not None:
+        return f"it serves {spec.needs}'s jobs, and runs only where {spec.needs} does"
+    if settings.pipeline_names and name not in settings.pipeline_names:
+        return f"PIPELINES={','.join(settings.pipeline_names)} leaves it out"
+    return spec.unconfigured
 
 
 def _find(job_id: str) -> JobView:
@@ -555,7 +593,9 @@ def _health(reading: _Reading) -> tuple[Health, int]:
     if reading.storage is not None:
         notices["storage"] = reading.storage
     body = Health(status=status, state=state, model_loaded=ready, **_gpus(),
-                  queue=reading.stats, pipelines=pipelines, capabilities=capabilities,
+                  queue=reading.stats, pipelines=pipelines,
+                  pipeline_reasons=pipeline_reasons(_settings(), registry),
+                  capabilities=capabilities,
                   models=models, workers_alive=queue.workers_alive(),
                   workers=[{**worker, "running": len(worker["jobs"])}
                            for worker in reading.workers],

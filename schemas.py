@@ -108,7 +108,12 @@ class Health(BaseModel):
     gpu: GPU | None = Field(description="The first GPU (the guide's field)")
     gpus: list[GPU] = Field(default_factory=list, description="Every GPU workers run on")
     queue: QueueStats
-    pipelines: dict[str, Literal["loading", "ready", "failed"]]
+    pipelines: dict[str, Literal["loading", "ready", "failed"]] = Field(
+        description="The pipelines this server serves, by state: readiness is theirs")
+    pipeline_reasons: dict[str, str] = Field(
+        default_factory=dict, description="Each known pipeline (sam3d, lotus, segment) that "
+        "takes no job here now, and why, with what to do: 'not served here: ...' (absent "
+        "from `pipelines`), 'failed to load: ...' or 'loading: ...'")
     capabilities: dict[str, dict[str, bool]] = Field(
         description="sam3d: the outputs this GPU fits; segment.offered: whether POST /segment "
         "answers now (SAM 3D Objects and its mask worker ready)")
@@ -253,7 +258,9 @@ def _errors(*codes: int) -> dict:
                 409: "Job not finished, or already finished", 410: "Results expired",
                 413: "Request body too large", 422: "Idempotency-Key used for another request",
                 500: "The job failed",
-                503: "Queue full or model not loaded (see Retry-After)",
+                501: "The model is not served on this server (the error says why); "
+                     "retrying does not help",
+                503: "Queue full or model loading (see Retry-After), or failed to load",
                 504: "Sync wait timed out; keep polling status_url",
                 507: "Does not fit in GPU memory"}
     return {str(code): _json(ErrorResponse, meanings[code]) for code in codes}
@@ -293,7 +300,7 @@ def openapi_document(secured: bool) -> dict:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     auth = _errors(401) if secured else {}
-    submit_errors = _errors(400, 413, 503, 507)
+    submit_errors = _errors(400, 413, 501, 503, 507)
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
     def body(model):

@@ -542,6 +542,8 @@ def _lotus_batch_limit(settings, device) -> int:
 
 SPEC = PipelineSpec(
     name="lotus",
+    unconfigured=("not configured: no Lotus checkpoint in CHECKPOINTS_DIR and no MODEL_ID; "
+                  "`make serve` makes tiny test weights, DEPLOY.md says how to get real ones"),
     endpoints=(
         Endpoint("depth", DepthRequest, "Queue a depth job", "Depth, answered as JSON",
                  answer="DepthResult", answer_description="The depth map and its range",

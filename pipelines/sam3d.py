@@ -442,6 +442,8 @@ def objects_info(poses: list[Pose], counts: list[dict[str, int]]) -> dict[str, A
 
 SPEC = PipelineSpec(
     name="sam3d",
+    unconfigured=("not configured: no pipeline.yaml in CHECKPOINTS_DIR (checkpoints/ by "
+                  "default); it needs a CUDA GPU, see DEPLOY.md"),
     endpoints=(Endpoint("generate", GenerateRequest, "Queue an image-to-3D job",
                         "Image to 3D, answered with the file", sync="file",
                         answer_description="The GLB, PLY, OBJ zip, STL or USDZ file",

@@ -75,6 +75,9 @@ class PipelineSpec:
     needs: str | None = None  # served only beside this pipeline
     memory: str = ""  # what it needs of a device, in words (DEPLOY.md has the figures)
     models: tuple[str, ...] = field(default=())  # the request `model` names it serves
+    # why it is not served when `checkpoint_present` says no, and what to do (/health's
+    # pipeline_reasons, the API's 501, the page's tooltip and the CLI say it)
+    unconfigured: str = "not configured: its checkpoint is not in CHECKPOINTS_DIR"
 
     def output(self, path: Path) -> OutputFormat | None:
         """The format a result file of this model is, by its suffix (and for a zip its

@@ -218,11 +218,28 @@ def test_full_queue_is_503_with_retry_after_and_nothing_is_lost(make_client, scr
     assert poll(client, waiting["job_id"])["status"] == "completed"
 
 
-def test_a_pipeline_that_is_not_loaded_is_503(make_client, scripted):
+def test_a_pipeline_that_is_not_served_here_is_501_saying_why(make_client, scripted):
     client = make_client({"lotus": scripted})
     response = client.post("/generate", json={"image": image_b64()})
-    assert response.status_code == 503 and "not loaded" in response.get_json()["error"]
+    assert response.status_code == 501 and "not loaded" in response.get_json()["error"]
+    assert "no pipeline.yaml in CHECKPOINTS_DIR" in response.get_json()["error"]
+    assert "needs a CUDA GPU, see DEPLOY.md" in response.get_json()["error"]
     assert "Retry-After" not in response.headers  # retrying would not help: it never loads
+
+
+def test_health_says_why_each_known_pipeline_is_not_served_and_readiness_is_the_served_ones(
+        make_client, scripted):
+    """`pipelines` keeps to the served ones (readiness, `model_loaded`); `pipeline_reasons`
+    says, in the API's words, why the others take no job and what to do."""
+    client = make_client({"lotus": scripted})
+    health = client.get("/health").get_json()
+    assert health["pipelines"] == {"lotus": "ready"} and health["model_loaded"] is True
+    reasons = health["pipeline_reasons"]
+    assert set(reasons) == {"sam3d", "segment"}
+    assert reasons["sam3d"].startswith("not served here: not configured: no pipeline.yaml")
+    assert "needs a CUDA GPU, see DEPLOY.md" in reasons["sam3d"]
+    assert reasons["sam3d"] in client.post("/generate", json={"image": image_b64()}).get_json()[
+        "error"]
 
 
 def test_failed_jobs_show_the_error_and_the_download_says_why(client, scripted):

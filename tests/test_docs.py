@@ -1,7 +1,12 @@
-"""DEPLOY.md says what the code does: the /health example, and what each card size serves."""
+"""README.md and DEPLOY.md say what the code does: the /health example, what each card size
+serves, curl lines that stop on an error."""
 
 import json
 import re
+import subprocess
+import sys
+
+import pytest
 
 from conftest import ROOT
 from pipelines.sam3d import MEMORY_NEEDED_GIB, MEMORY_NEEDED_GIB_OFFLOAD, offload_wanted, \
@@ -51,3 +56,64 @@ def test_the_admission_figures_in_deploy_are_the_codes():
         assert f"| {need:g} GiB |" in whole
     textured = MEMORY_NEEDED_GIB_OFFLOAD["glb_textured"]
     assert f"textured outputs get 507 (they need {textured:g} GiB)" in DEPLOY
+
+
+def commands(text: str, program: str) -> list[str]:
+    """Each `program` command in the fenced code blocks of `text`, its continued lines joined."""
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if line.strip().startswith(program + " "):
+                found.append(line.strip())
+    return found
+
+
+def test_every_curl_line_that_writes_a_file_fails_on_an_error():
+    """Without --fail-with-body, curl writes an error's JSON under the result's name and
+    exits 0: a script goes on with a 71-byte "model.ply"."""
+    writes = [line for name in ("README.md", "DEPLOY.md")
+              for line in commands((ROOT / name).read_text(), "curl")
+              if re.search(r"\s(-o|--output)\s|\s>\s*\S", line)]
+    assert len(writes) >= 10  # the README's and DEPLOY's downloads are found
+    assert [line for line in writes if "--fail-with-body" not in line] == []
+
+
+def test_the_readme_names_the_open_endpoints_the_app_leaves_open():
+    import app
+
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith("| `API_KEY`"))
+    named = set(re.findall(r"`(/[a-z/]*)`", row))
+    assert named == set(app.OPEN_PATHS) | set(app.OPEN_PREFIXES), row
+
+
+def test_every_test_file_the_docs_name_exists():
+    docs = [ROOT / "README.md", ROOT / "DEPLOY.md", *ROOT.glob("tests/**/README.md")]
+    named = {path for doc in docs for path in re.findall(r"tests/[\w/]+\.py", doc.read_text())}
+    assert named and [path for path in sorted(named) if not (ROOT / path).is_file()] == []
+
+
+def test_python_app_py_without_the_packages_says_what_to_run():
+    """The README offers `python app.py`: in a Python without the server's packages, a line
+    that says what to do, not a traceback (PIL hidden, as a bare system Python lacks it)."""
+    ran = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.modules['PIL'] = None; "
+                          "runpy.run_path('app.py', run_name='__main__')"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert "run `make serve`, or activate .venv" in ran.stderr
+
+
+def test_make_serve_installs_what_serving_needs_and_make_test_the_rest():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    serve = subprocess.run(["make", "-n", "serve", "VENV=/nonexistent/venv"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30).stdout
+    test = subprocess.run(["make", "-n", "test", "VENV=/nonexistent/venv"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30).stdout
+    assert "-e '.[serve]'" in serve and "test" not in re.findall(r"-e '\.\[(.*?)\]'", serve)[0]
+    assert "-e '.[serve,test,serverless]'" in test
+    assert "selenium" not in str(extras["serve"]) and "runpod" not in str(extras["serve"])
+    steps = [line for line in serve.splitlines() if line.startswith("echo \"==>")]
+    assert len(steps) >= 3  # each step says what it does before pip's quiet run

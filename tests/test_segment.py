@@ -226,10 +226,10 @@ def test_health_offers_segment_when_3d_objects_are_served(client):
     assert client.get("/health").get_json()["capabilities"]["segment"] == {"offered": True}
 
 
-def test_without_sam3d_it_is_a_503_naming_why_and_not_offered(make_client, scripted):
+def test_without_sam3d_it_is_a_501_naming_why_and_not_offered(make_client, scripted):
     client = make_client({"lotus": scripted, "segment": Segmenter(Masker(None))})
     answer = client.post("/segment", json={"image": image_b64()})
-    assert answer.status_code == 503
+    assert answer.status_code == 501  # not served here: no retry helps
     assert "'segment' serves 'sam3d' jobs only" in answer.get_json()["error"]
     assert "model 'sam3d' is not loaded on this server" in answer.get_json()["error"]
     assert "Retry-After" not in answer.headers

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, VIDEO_FPS, VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH, image_b64, \
-    image_bytes, make_video, running_server, wait_until
+from conftest import ROOT, VIDEO_FPS, VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH, QuietHandler, \
+    image_b64, image_bytes, local_http_server, make_video, running_server, wait_until
 from make_tiny_checkpoints import make_lotus
 
 KEY = "web-test-key"
@@ -81,7 +82,7 @@ def page(browser, server, tmp_path):
     return browser
 
 
-def run_job(browser, task, **choices):
+def run_job(browser, task, timeout=90, **choices):
     """Pick the task and options, press Run, wait for the result: its view."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -95,7 +96,7 @@ def run_job(browser, task, **choices):
             field.click()
     browser.find_element(By.ID, "run").click()
     body = browser.find_element(By.TAG_NAME, "body")
-    wait_until(lambda: body.get_attribute("data-state") in ("done", "error"), timeout=90)
+    wait_until(lambda: body.get_attribute("data-state") in ("done", "error"), timeout=timeout)
     assert body.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
     assert browser.find_element(By.ID, "state").text == "Completed"
     assert browser.execute_script("return document.getElementById('progress').value") == 1
@@ -234,6 +235,48 @@ def test_a_gaussian_splat_is_shown_in_the_splat_viewer(page):
     assert_no_console_errors(page)
 
 
+ETAS_SEEN = """
+window.etasSeen = [];
+new MutationObserver(() => window.etasSeen.push(document.getElementById('eta').textContent))
+  .observe(document.getElementById('eta'), {childList: true, characterData: true, subtree: true});
+"""
+
+
+# Every kind of result the page shows from a photo, as (task, choices, view), splats between:
+# the SAM 3D stand-in makes each 3D format through the server's real exporters.
+SPLAT = ("generate", {"output_format": "ply"}, "ply")
+PHOTO_RESULTS = [
+    SPLAT, ("generate", {"output_format": "glb", "with_texture": False}, "glb"),
+    SPLAT, ("generate", {"output_format": "obj", "with_texture": False}, "obj"),
+    SPLAT, ("generate", {"output_format": "stl"}, "stl"),
+    ("generate", {"output_format": "usdz", "with_texture": False}, "usdz"),
+    ("depth", {"output": "glb"}, "glb"),  # a relief
+    ("depth", {"output": "ply"}, "cloud"),
+    SPLAT, ("normal", {"normal_output": "png"}, "normal"),
+    ("depth", {"output": "color"}, "depth"),
+]
+
+
+def test_a_second_and_third_job_run_after_every_kind_of_result(page, tmp_path):
+    """One page session: each kind of result (a splat above all: its viewer's dispose threw
+    and Run did nothing, for good) is followed by at least two more jobs that run and show
+    theirs, a video's result too."""
+    from selenium.webdriver.common.by import By
+
+    for task, choices, view in PHOTO_RESULTS:
+        assert run_job(page, task, **choices) == view, (task, choices)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(make_video(frames=3))
+    choose_file(page, video)
+    assert run_job(page, "depth", timeout=240) == "video"
+    assert run_job(page, "normal", timeout=240) == "video"
+    choose_file(page, tmp_path / "photo.png")
+    assert run_job(page, SPLAT[0], **SPLAT[1]) == "ply"
+    assert run_job(page, "depth", output="color") == "depth"
+    assert not page.find_element(By.ID, "viewer-problem").is_displayed()
+    assert_no_console_errors(page)
+
+
 # -- a video (depth and normals only: POST /depth or /normal, a zip of mp4 and npz) ---------
 
 def choose_file(page, path):
@@ -291,7 +334,7 @@ def test_a_video_makes_a_depth_video_that_plays_and_a_photo_brings_back_3d(page,
     assert note.is_displayed() and "depth.mp4" in note.text and "depth.npz" in note.text
 
     page.execute_script(STATES_SEEN)
-    assert run_job(page, "depth") == "video"
+    assert run_job(page, "depth", timeout=240) == "video"  # 12 frames on a busy CPU
     job_id = page.find_element(By.ID, "job-anchor").text
     status = requests.get(f"{server['url']}/job/{job_id}", headers=AUTH, timeout=5).json()
     assert (status["frames"], status["fps"]) == (VIDEO_FRAMES, VIDEO_FPS)  # a video job
@@ -674,6 +717,7 @@ def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_p
     """A server without SAM 3D Objects and without a normal model: "3D object" and "Surface
     normals" are disabled and say why, the depth map is chosen, and the baked texture is off
     for formats without one."""
+    import requests
     from selenium.webdriver.common.by import By
 
     with running_server(tmp_path, checkpoints, PIPELINES="lotus") as depth_only:
@@ -684,6 +728,12 @@ def test_the_page_offers_only_what_the_server_serves(browser, checkpoints, tmp_p
         depth = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]")
         assert not generate.is_enabled() and depth.is_selected()
         assert "not served here" in generate.find_element(By.XPATH, "..").text
+        # the tooltip says why and what to do, in /health's and the API's words
+        reason = requests.get(depth_only["url"] + "/health", timeout=5).json()[
+            "pipeline_reasons"]["sam3d"]
+        assert reason == "not served here: PIPELINES=lotus leaves it out"
+        assert generate.find_element(By.XPATH, "..").get_attribute("title") == \
+            f"3D object: {reason}"
         normal = browser.find_element(By.CSS_SELECTOR, "input[name=task][value=normal]")
         assert not normal.is_enabled()
         assert "no normal model on this server" in normal.find_element(By.XPATH, "..").text
@@ -836,7 +886,10 @@ def test_the_code_panel_runs_the_same_job_from_python_and_curl(page, server, tmp
 
     page.find_element(By.CSS_SELECTOR, "#advanced summary").click()
     seed = page.find_element(By.ID, "seed")
-    page.find_element(By.ID, "dice").click()
+    dice = page.find_element(By.ID, "dice")
+    # clear of the sticky Run bar at the window's bottom, as a user scrolls to it
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", dice)
+    dice.click()
     assert seed.get_attribute("value") != "42"
     page.find_element(By.NAME, "stage1_steps").send_keys("12")
     Select(page.find_element(By.NAME, "texture_size")).select_by_value("2048")
@@ -899,3 +952,172 @@ def test_the_page_files_are_revalidated_not_refetched(server):
         again = requests.get(server["url"] + path, timeout=5,
                              headers={"If-None-Match": first.headers["ETag"]})
         assert again.status_code == 304, path
+
+
+# -- the first hour: without npm, one three.js, Run in reach, files that are not photos ------
+
+def proxy_without_vendor(base):
+    """A handler that answers as `base` does, except /vendor/: 404, as a server without
+    web/node_modules answers (app.py's vendor route). The event stream passes as it comes."""
+    import requests
+
+    class NoVendor(QuietHandler):
+        def forward(self):
+            if self.path.startswith("/vendor/"):
+                body = b'{"error": "not installed: run `npm ci` in web/"}'
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            sent = {name: value for name, value in self.headers.items()
+                    if name.lower() not in ("host", "connection", "content-length")}
+            answer = requests.request(self.command, base + self.path, headers=sent,
+                                      data=self.rfile.read(length) if length else None,
+                                      stream=True, timeout=120)
+            self.send_response(answer.status_code)
+            for name, value in answer.headers.items():
+                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(name, value)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for chunk in answer.raw.stream(4096, decode_content=False):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+
+        do_GET = do_POST = do_DELETE = forward
+
+    return NoVendor
+
+
+def test_without_npm_the_page_runs_jobs_shows_images_and_says_what_is_missing(
+        browser, server, tmp_path):
+    """/vendor/ answering 404 (no web/node_modules): the page still reads the server, runs a
+    depth map and shows it, says the 3D viewers are missing and how to get them, and offers
+    a 3D result for download with the same words; the next job runs too."""
+    from selenium.webdriver.common.by import By
+
+    with local_http_server(proxy_without_vendor(server["url"])) as url:
+        browser.get(url + "/")
+        wait_until(lambda: body_state(browser) == "ready", timeout=30)
+        assert "Queue:" in browser.find_element(By.ID, "server-facts").text
+        missing = browser.find_element(By.ID, "viewers-missing")
+        wait_until(missing.is_displayed, timeout=10)
+        assert "cd web && npm ci" in missing.text
+        photo = tmp_path / "photo.png"
+        photo.write_bytes(image_bytes(width=96, height=64))
+        browser.find_element(By.ID, "photo").send_keys(str(photo))
+        if browser.find_element(By.ID, "key-box").is_displayed():
+            browser.find_element(By.ID, "api-key").send_keys(KEY)
+        assert run_job(browser, "depth", output="color") == "depth"
+        assert browser.execute_script(
+            "return document.getElementById('depth-image').naturalWidth") == 96
+        assert run_job(browser, "generate", output_format="glb", with_texture=False) == "glb"
+        no_preview = browser.find_element(By.ID, "no-preview")
+        assert no_preview.is_displayed() and "npm ci" in no_preview.text
+        assert run_job(browser, "normal", normal_output="png") == "normal"
+        browser.save_screenshot(str(ARTIFACTS / "without_npm.png"))
+        # the 404s of /vendor/, and the 401s of the fresh tab's probes before its key is typed
+        errors = [entry["message"] for entry in browser.get_log("browser")
+                  if entry["level"] == "SEVERE" and "/vendor/" not in entry["message"]
+                  and "401 (Unauthorized)" not in entry["message"]]
+        assert errors == []
+
+
+def test_one_three_js_is_loaded(browser, server, tmp_path):
+    """model-viewer, the splat viewer and the mesh viewer share the import map's three.js:
+    three.js warns when a second copy loads (model-viewer.min.js bundles one)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server["url"] + "/")
+    wait_until(lambda: body_state(browser) == "ready", timeout=30)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(width=96, height=64))
+    browser.find_element(By.ID, "photo").send_keys(str(photo))
+    if browser.find_element(By.ID, "key-box").is_displayed():
+        browser.find_element(By.ID, "api-key").send_keys(KEY)
+    assert run_job(browser, "generate", output_format="glb", with_texture=False) == "glb"
+    assert browser.execute_script("return document.getElementById('model').loaded") is True
+    assert run_job(browser, "generate", output_format="stl") == "stl"
+    logged = [entry["message"] for entry in browser.get_log("browser")]
+    assert not [line for line in logged if "Multiple instances of Three.js" in line], logged
+
+
+PHONE = (390, 844)
+
+
+def run_in_reach(browser):
+    """Run is on screen, and it is what a tap there reaches (nothing drawn over it)."""
+    return browser.execute_script("""
+        const run = document.getElementById('run'), r = run.getBoundingClientRect();
+        return r.top >= 0 && r.bottom <= window.innerHeight &&
+          document.elementFromPoint((r.left + r.right) / 2, (r.top + r.bottom) / 2) === run;""")
+
+
+def test_with_the_mask_editor_open_run_is_in_reach_and_the_photo_shown_once(page):
+    """A 3D job on a photo opens the mask editor (the photo with its mask): Run stays on
+    screen without scrolling past it, on a desktop and at a phone's 390 px, and the photo is
+    not shown a second time above it."""
+    from selenium.webdriver.common.by import By
+
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=generate]").click()
+    wait_until(lambda: page.find_element(By.ID, "mask-edit").is_displayed(), timeout=20)
+    assert not page.find_element(By.ID, "preview").is_displayed()  # the editor shows it
+    page.get_log("browser")  # a first tab's /segment may have asked before the key was typed
+    for size, name in (((1100, 900), "editor_desktop"), (PHONE, "editor_phone")):
+        page.set_window_size(*size)
+        try:
+            page.execute_script("window.scrollTo(0, 0)")
+            wait_until(lambda: run_in_reach(page), timeout=5)
+            page.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+            page.execute_script("document.getElementById('mask-view').scrollIntoView()")
+            assert run_in_reach(page)  # while the mask is edited too
+            page.save_screenshot(str(ARTIFACTS / f"{name}_scrolled.png"))
+        finally:
+            page.set_window_size(1100, 1500)
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()
+    assert page.find_element(By.ID, "preview").is_displayed()  # no editor: the photo here
+    assert_no_console_errors(page)
+
+
+def test_a_file_that_is_not_a_photo_is_refused_in_words_and_a_photo_clears_it(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page.find_element(By.CSS_SELECTOR, "input[name=task][value=depth]").click()  # no editor
+    error = page.find_element(By.ID, "error")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    page.find_element(By.ID, "photo").send_keys(str(notes))
+    wait_until(error.is_displayed, timeout=5)
+    assert "notes.txt is not a photo or a video" in error.text
+    assert not page.find_element(By.ID, "preview").is_displayed()  # no broken picture
+    page.find_element(By.ID, "run").click()
+    assert "Choose a photo or a video first" in error.text
+    page.save_screenshot(str(ARTIFACTS / "not_a_photo.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    page.find_element(By.ID, "photo").send_keys(str(broken))
+    wait_until(lambda: "broken.png could not be read as a photo" in error.text, timeout=5)
+    assert not page.find_element(By.ID, "preview").is_displayed()
+    page.find_element(By.ID, "photo").send_keys(str(tmp_path / "photo.png"))
+    wait_until(lambda: not error.is_displayed(), timeout=5)  # chosen: the error goes
+    assert page.find_element(By.ID, "preview").is_displayed()
+    assert run_job(page, "depth", output="color") == "depth"
+
+
+def test_a_videos_wait_is_its_seconds_per_frame_times_the_frames_left(page, tmp_path):
+    """Not the lane's mean time of a job (a photo's): a 24-frame video was told "About 9 s
+    left" and took 94 s."""
+    video = tmp_path / "clip.mp4"
+    # 512 x 384 frames (10 kB): a second or more each on a CPU, so the stream tells each one
+    video.write_bytes(make_video(frames=4, width=512, height=384))
+    choose_file(page, video)
+    page.execute_script(ETAS_SEEN + STATES_SEEN)
+    assert run_job(page, "depth", timeout=240) == "video"
+    etas, states = page.execute_script("return [window.etasSeen, window.statesSeen]")
+    assert etas and not [text for text in etas if "recent jobs" in text], etas
+    if any(state.startswith("Processing: frame ") for state in states):  # a frame told
+        assert any(re.fullmatch(r"About \d+ s left: [0-3] of 4 frames to go at about \d+ s "
+                                r"a frame\.", text) for text in etas), etas

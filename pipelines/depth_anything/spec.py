@@ -20,6 +20,8 @@ def _batch_limit(settings, device) -> int:
 
 SPEC = PipelineSpec(
     name="depth_anything",
+    unconfigured=("not configured: no Depth Anything V2 checkpoint in CHECKPOINTS_DIR; "
+                  "scripts/download_checkpoints.sh fetches them (DEPLOY.md)"),
     endpoints=(Endpoint("depth", DepthRequest, "Queue a depth job", "Depth, answered as JSON",
                         answer="DepthResult", answer_description="The depth map and its range",
                         task="depth"),),

@@ -6,7 +6,18 @@
 import * as history from "./history.js";
 import { MaskEditor } from "./mask-editor.js";
 import { maskFiles, snippets } from "./snippets.js";
-import { hideViewers, showGlb, showMesh, showSplat, showVideo } from "./viewers.js";
+
+// The result's viewers (viewers.js, and three.js, model-viewer and the loaders it imports from
+// /vendor/, which web/node_modules holds after `npm ci`): imported lazily, in a try, so a
+// server without them still reads its state, runs jobs and shows images.
+let viewersImport = null;
+function viewers() {
+  viewersImport ??= import("./viewers.js");
+  return viewersImport;
+}
+const NO_VIEWERS = "The 3D viewers are missing on this server (its web/node_modules): run " +
+  "`cd web && npm ci` there and reload. Jobs run and images show without them; a 3D " +
+  "result is offered for download.";
 
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
@@ -165,6 +176,10 @@ function offerServedTasks(body) {
                     : " (not served here)")
       : photoOnly ? " (SAM 3D takes photos, not videos)"
       : state === "loading" ? " (loading: jobs wait until it is ready)" : "";
+    // why, and what to do: the server's words (/health pipeline_reasons), as its API says
+    const reason = (unserved || state === "loading") && !noModel &&
+      body.pipeline_reasons?.[PIPELINE_OF_TASK[radio.value]];
+    radio.parentElement.title = reason ? `${TASK_NAMES[radio.value]}: ${reason}` : "";
     if (!radio.disabled && chosen === null) chosen = radio;
   }
   if (chosen && form.querySelector("input[name=task]:checked").disabled) chosen.checked = true;
@@ -330,6 +345,11 @@ async function offerMask() {
     Boolean(health?.capabilities?.segment?.offered);
   $("mask-slot").hidden = !offered;
   if (!offered || maskFor === photo) return;
+  if (needsKey && !keyStore.getItem("apiKey") && !$("api-key").value.trim()) {
+    // asked once the key is typed (the key field's change): not sent to be refused
+    $("mask-source").textContent = "Enter the API key below to see the object's mask.";
+    return;
+  }
   const asked = maskFor = photo;
   editor.hide();
   $("mask-source").textContent = "Finding the object in the photo…";
@@ -408,7 +428,13 @@ $("dice").addEventListener("click", () => {
 
 // -- the photo --------------------------------------------------------------------------
 
+// A photo (image/*) or a video: anything else is refused here, said in words, with no
+// broken picture; an error shown before (a refused file, "Choose a photo first") goes.
 function choosePhoto(file, example = null) {
+  if (!running()) $("error").hidden = true;
+  const known = file.type.startsWith("image/") || VIDEO_TYPES.includes(file.type) ||
+    VIDEO_NAME.test(file.name);
+  if (file.type && !known) return refuseFile(file, "is not a photo or a video");
   photo = file;
   if ($("photo").files[0] !== file) {  // an example or a drop: the file field names it too
     const transfer = new DataTransfer();
@@ -434,6 +460,23 @@ function choosePhoto(file, example = null) {
   }
   offerServedTasks(health || {});  // a video: depth and normals only, and their options
 }
+
+function refuseFile(file, why) {
+  photo = null;
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
+  $("preview-video").hidden = true;
+  $("drop-text").textContent = `${file.name} ${why}: choose a photo (JPEG, PNG, WebP…) or a ` +
+    "short video (mp4, mov, webm)";
+  showError(`${file.name} ${why}. Choose a photo (JPEG, PNG, WebP…) or a short video (mp4, mov, webm).`);
+  offerServedTasks(health || {});
+}
+
+// A file that claimed to be a photo but does not decode: said, not shown as a broken picture.
+$("preview").addEventListener("error", () => {
+  if (!photo || !$("preview").getAttribute("src")) return;
+  refuseFile(photo, "could not be read as a photo");
+});
 
 // A video this browser cannot play (a mov's codec, a damaged file) shows no empty box: the
 // server says whether it takes it.
@@ -499,13 +542,31 @@ function showEta() {
   const { status, task: jobTask, processingAt } = current;
   const lane = health?.queue?.lanes?.[PIPELINE_OF_TASK[jobTask]];
   const mean = lane?.mean_seconds;
+  const frames = /^frame (\d+) of (\d+)$/.exec(status.stage || "");
   let text = "";
-  if (!FINISHED.includes(status.status) && !mean) {
+  if (!FINISHED.includes(status.status) && !mean && !frames && !current.video) {
     text = "No job has finished on this server yet to estimate the time from.";
+  } else if (status.status === "queued" && current.video) {
+    const parallel = Math.max(1, (lane?.ready_workers || 1) * (health?.queue?.max_concurrent || 1));
+    const ahead = Math.floor(status.position / parallel);
+    text = ahead && mean ? `About ${duration(mean * ahead)} until its turn; an estimate of its ` +
+      "own follows its first frames." : "An estimate follows its first frames.";
   } else if (status.status === "queued") {
     const parallel = Math.max(1, (lane.ready_workers || 1) * (health.queue.max_concurrent || 1));
     const seconds = mean * (Math.floor(status.position / parallel) + 1);
     text = `About ${duration(seconds)} until done (recent jobs took ${duration(mean)} each).`;
+  } else if (status.status === "processing" && current.video && !frames) {
+    text = status.stage === "decoding" ? "Reading the video's frames: an estimate follows its first ones."
+      : "Writing the maps.";
+  } else if (status.status === "processing" && frames) {
+    // A video: its own seconds per frame so far times the frames left (a photo's time, the
+    // lane's mean, until its first frame is done). One job's mean was ten times off.
+    const [done, total] = [Number(frames[1]), Number(frames[2])];
+    const ran = (status.processing_time || 0) + (Date.now() - processingAt) / 1000;
+    const perFrame = done > 0 ? ran / done : mean;
+    text = perFrame ? `About ${duration(perFrame * (total - done))} left: ${total - done} of ` +
+      `${total} frames to go at about ${duration(perFrame)} a frame.`
+      : "No frame is done yet to estimate the time from.";
   } else if (status.status === "processing") {
     const ran = (status.processing_time || 0) + (Date.now() - processingAt) / 1000;
     text = ran < mean ? `About ${duration(mean - ran)} left (recent jobs took ${duration(mean)}).`
@@ -577,16 +638,32 @@ function renderHistory() {
   history.render($("history-list"), $("history-empty"), $("history-clear"), current?.id);
 }
 
+// Never throws: a viewer that fails to let go is reported, and the next job runs anyway.
 async function clearResult() {
   $("error").hidden = true;
   $("result").hidden = true;
   $("eta").hidden = true;
-  await hideViewers();
+  $("viewer-problem").hidden = true;
+  if (!viewersImport) return;
+  let module;
+  try {
+    module = await viewers();
+  } catch {
+    return;  // none is missing: the page said so at start, and none was shown
+  }
+  try {
+    await module.hideViewers();
+  } catch (error) {
+    console.warn("closing the last preview:", error);
+    $("viewer-problem").textContent = `The last preview did not close cleanly (${error.message}); ` +
+      "this job runs all the same.";
+    $("viewer-problem").hidden = false;
+  }
 }
 
 // Follow a job to its end and show what it ended with.
-async function runToEnd(id, jobTask) {
-  current = { id, task: jobTask, status: null, processingAt: Date.now(), done: false };
+async function runToEnd(id, jobTask, video = false) {
+  current = { id, task: jobTask, video, status: null, processingAt: Date.now(), done: false };
   $("run").disabled = true;
   $("cancel").disabled = false;
   $("cancel").textContent = "Cancel job";
@@ -634,9 +711,9 @@ form.addEventListener("submit", async (event) => {
   }
   const masks = maskFields(chosen);  // as shown when Run was pressed
   document.body.dataset.state = "submitting";
-  await clearResult();
   $("run").disabled = true;
   try {
+    await clearResult();
     const options = jobOptions(chosen);
     const video = videoChosen();
     const body = video ? videoUpload(photo, options)
@@ -646,7 +723,7 @@ form.addEventListener("submit", async (event) => {
                        at: new Date().toISOString(),
                        label: `${TASK_NAMES[chosen]} ` +
                          `(${video ? "video" : options.output_format || options.output})` });
-    await runToEnd(job.job_id, chosen);
+    await runToEnd(job.job_id, chosen, video);
   } catch (error) {
     showError(error.message);
     $("run").disabled = false;
@@ -723,6 +800,10 @@ async function showResult(status, response, jobTask) {
   const view = "frames" in status ? "video" : "frame" in status ? "normal"
     : suffix === "ply" && status.geometry ? "cloud" : VIEW_OF_SUFFIX[suffix] || "none";
   try {
+    const { showGlb, showMesh, showSplat, showVideo } =
+      ["depth", "normal", "npy", "usdz", "none"].includes(view) ? {} : await viewers().catch(() => {
+        throw new Error(NO_VIEWERS);
+      });
     if (view === "video") {
       $("video-caption").replaceChildren(
         ...("frame" in status ? conventionLines(status) : [rangeText(status)]));
@@ -757,7 +838,8 @@ async function showResult(status, response, jobTask) {
       $("usdz-help").hidden = false;
     }
   } catch (error) {
-    $("no-preview").textContent = `The preview failed (${error.message}): the file is fine to download.`;
+    $("no-preview").textContent = error.message === NO_VIEWERS ? NO_VIEWERS
+      : `The preview failed (${error.message}): the file is fine to download.`;
     $("no-preview").hidden = false;
   }
   document.body.dataset.view = view;
@@ -813,6 +895,11 @@ async function openJob(id) {
 
 async function start() {
   if (keyStore.getItem("apiKey")) $("api-key").value = keyStore.getItem("apiKey");
+  viewers().catch((error) => {
+    console.warn("viewers.js:", error.message);
+    $("viewers-missing").textContent = NO_VIEWERS;
+    $("viewers-missing").hidden = false;
+  });
   await readHealth();
   offerOutputs(health?.capabilities?.sam3d);
   // A key in this tab was typed because the server asked for one; without one, ask.

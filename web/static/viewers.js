@@ -3,10 +3,16 @@
 // a depth map's point cloud (a PLY of coloured points, not splats), a <video> for a video
 // job's maps. Each show*() resolves once the file is on screen (or throws: the page says it
 // could not show it).
+//
+// Every module here comes from /vendor/ (web/node_modules, `npm ci`): app.js imports this
+// file lazily, so a server without them still runs jobs and shows images. One three.js: the
+// import map's "three" (index.html), which model-viewer's module build and gaussian-splats-3d
+// import too (model-viewer.min.js bundles a second copy of its own: not used).
 
 import * as THREE from "three";
+import "/vendor/model-viewer-module.min.js";  // defines <model-viewer>
 
-let splatViewer = null;
+let splatView = null;  // { viewer, renderer, observer }
 let meshView = null;  // { renderer, urls, observer }
 let videoView = null;  // { player, url }
 
@@ -21,19 +27,52 @@ export async function showGlb(viewer, url) {
   await loaded;
 }
 
+// The splat viewer draws with a renderer the page makes and owns, passed as `renderer`: the
+// library then leaves the page's elements alone. With a renderer of its own it would append
+// its canvas to rootElement and, on dispose(), remove rootElement from document.body
+// (gaussian-splats-3d 0.4.7, src/Viewer.js via build/gaussian-splats-3d.module.js:12513-12522
+// init, 12560-12580 setupRenderer, 13729-13738 dispose): #splat is not a child of body, so
+// that dispose() threw and the next job never started.
 export async function showSplat(root, url) {
   const GaussianSplats3D = await import("/vendor/gaussian-splats-3d.module.js");
+  await disposeSplat();
   root.hidden = false;
-  if (splatViewer) await splatViewer.dispose();
   root.replaceChildren();
+  const renderer = new THREE.WebGLRenderer({ antialias: false, precision: "highp" });
+  renderer.setPixelRatio(window.devicePixelRatio);
+  renderer.setClearColor(new THREE.Color(0x000000), 0.0);
+  renderer.setSize(root.clientWidth || 1, root.clientHeight || 1);
+  root.appendChild(renderer.domElement);
   // No SharedArrayBuffer (it needs cross-origin isolation) and CPU sorting: runs anywhere.
-  splatViewer = new GaussianSplats3D.Viewer({
-    rootElement: root, sharedMemoryForWorkers: false, gpuAcceleratedSort: false,
+  const viewer = new GaussianSplats3D.Viewer({
+    rootElement: root, renderer, sharedMemoryForWorkers: false, gpuAcceleratedSort: false,
     cameraUp: [0, 1, 0], initialCameraPosition: [0, 0.5, 2.5], initialCameraLookAt: [0, 0, 0],
   });
-  await splatViewer.addSplatScene(url, { format: GaussianSplats3D.SceneFormat.Ply,
-                                         showLoadingUI: false, progressiveLoad: false });
-  splatViewer.start();
+  // the library follows the renderer's size (camera aspect each frame, 13900-13906)
+  const observer = new ResizeObserver(() => {
+    renderer.setSize(root.clientWidth || 1, root.clientHeight || 1);
+    viewer.forceRenderNextFrame();
+  });
+  observer.observe(root);
+  splatView = { viewer, renderer, observer };
+  await viewer.addSplatScene(url, { format: GaussianSplats3D.SceneFormat.Ply,
+                                    showLoadingUI: false, progressiveLoad: false });
+  viewer.start();
+}
+
+// The viewer first (it stops its loop and its sort worker), then what the page made.
+async function disposeSplat() {
+  if (!splatView) return;
+  const { viewer, renderer, observer } = splatView;
+  splatView = null;
+  observer.disconnect();
+  try {
+    await viewer.dispose();
+  } finally {
+    renderer.setAnimationLoop(null);
+    renderer.dispose();
+    renderer.domElement.remove();
+  }
 }
 
 // A video job's zip (pipelines/video.py write_video_result: <task>.mp4, <task>.npz, stored
@@ -56,19 +95,26 @@ export async function showVideo(player, blob, name) {
 
 function disposeVideo() {
   if (!videoView) return;
-  videoView.player.removeAttribute("src");
-  videoView.player.load();  // stops it and lets its file go
-  URL.revokeObjectURL(videoView.url);
+  const { player, url } = videoView;
   videoView = null;
+  URL.revokeObjectURL(url);
+  player.removeAttribute("src");
+  player.load();  // stops it and lets its file go
 }
 
+// Every viewer let go, each whatever another one did: a viewer that throws here never keeps
+// the next job from starting. The first failure is thrown after all are done, for the page
+// to report.
 export async function hideViewers() {
-  if (splatViewer) {
-    await splatViewer.dispose();
-    splatViewer = null;
+  const failures = [];
+  for (const dispose of [disposeSplat, disposeMesh, disposeVideo]) {
+    try {
+      await dispose();
+    } catch (error) {
+      failures.push(error);
+    }
   }
-  disposeMesh();
-  disposeVideo();
+  if (failures.length) throw failures[0];
 }
 
 async function stlObject(blob) {
@@ -120,11 +166,12 @@ async function objObject(blob) {
 
 function disposeMesh() {
   if (!meshView) return;
-  meshView.renderer.setAnimationLoop(null);
-  meshView.renderer.dispose();
-  meshView.observer.disconnect();
-  meshView.urls.forEach((url) => URL.revokeObjectURL(url));
+  const { renderer, observer, urls } = meshView;
   meshView = null;
+  observer.disconnect();
+  urls.forEach((url) => URL.revokeObjectURL(url));
+  renderer.setAnimationLoop(null);
+  renderer.dispose();
 }
 
 const OBJECT_OF = { stl: stlObject, obj: objObject, cloud: cloudObject };
