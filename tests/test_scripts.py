@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, image_b64, running_server
 from pipelines.lotus import CHECKPOINT_FOLDER
 
-SCRIPTS = sorted([*ROOT.glob("src/*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci/run"])
+SCRIPTS = sorted([*ROOT.glob("src/*.sh"), *ROOT.glob("scripts/*.sh"), *ROOT.glob("docker/*.sh"),
+                  ROOT / ".ci/run"])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
