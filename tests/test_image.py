@@ -317,3 +317,79 @@ def test_the_extension_check_says_plainly_when_torch_has_no_kernels_for_the_gpu(
     assert "has no kernels for this GPU" in problem and "sm_120" in problem and "sm_90" in problem
     assert torch_gpu_problem(stand_in((8, 6))) is None
     assert torch_gpu_problem(stand_in((12, 0), available=False)) is None  # the build: no GPU
+
+
+# What the image's last `pip check` may report, each harmless (DEPLOY.md, "Step 2"): rembg's
+# headless OpenCV (cv2 comes from upstream's opencv-python), optimum's older transformers
+# (nothing imports optimum), upstream's av==12.0.0 (nothing in SAM 3D Objects imports av).
+HARMLESS_PIP_CHECK = re.compile(r"^(rembg \S+ requires opencv-python-headless|optimum \S+ has "
+                                r"requirement transformers|sam3d[-_]objects \S+ has requirement "
+                                r"av==12\.0\.0)")
+
+
+def test_the_images_installs_replayed_here_resolve_to_the_locks():
+    """scripts/replay_image.sh, both stacks at once: the Dockerfile's own steps with the
+    image's pip 25.0.1 against PyPI (what stands in for what: scripts/replay_image.py). A
+    pin PyPI no longer gives, a lock short of a requirement, or a lock that differs from
+    what the steps install fails here, not in a user's build. Needs PyPI and python3.11."""
+    python311 = shutil.which("python3.11")
+    if python311 is None:
+        assert os.environ.get("CI") != "true", "CI needs python3.11 (upstream's Python)"
+        pytest.skip("no python3.11")
+    runs = {stack: subprocess.Popen([str(ROOT / "scripts" / "replay_image.sh"), stack],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env={**os.environ, "PYTHON311": python311})
+            for stack in ("default", "blackwell")}
+    for stack, run in runs.items():
+        output = run.communicate(timeout=1500)[0]
+        tail = "\n".join(line for line in output.splitlines()
+                         if "is ignored: it is neither" not in line)[-5000:]
+        assert run.returncode == 0 and f"replay: {stack}: PASSED" in output, tail
+        checked = output.partition(f"replay: {stack}: pip check\n")[2].split("\nreplay: ")[0]
+        unexplained = [line for line in checked.splitlines()
+                       if line.strip() and not HARMLESS_PIP_CHECK.match(line)
+                       and line != "No broken requirements found."]
+        assert not unexplained, unexplained
+
+
+def test_our_layer_is_constrained_to_sam3d_objects_layer_by_normalised_name(tmp_path):
+    """pip freeze writes `huggingface_hub==0.36.2`, server.lock `huggingface-hub==0.36.0`:
+    the layer's constraint file must leave out what server.lock pins, however spelt, or pip
+    sees both pins and gives up (ResolutionImpossible; the old Dockerfile's awk)."""
+    sys.path.insert(0, str(ROOT / "docker"))
+    from sam3d_layer import layer
+
+    freeze, server = tmp_path / "freeze.txt", tmp_path / "server.lock"
+    freeze.write_text("huggingface_hub==0.36.2\nPyYAML==6.0.2\nzope.interface==7.2\n")
+    server.write_text("# header\nhuggingface-hub==0.36.0\nzope-interface==7.1\n")
+    assert layer(freeze, server) == "PyYAML==6.0.2\n"
+
+
+def test_the_recorded_upstream_files_are_upstreams_at_the_pinned_commit():
+    """scripts/replay/sam-3d-objects (what CI's replay reads in place of the clone) and
+    kaolin's requirement lists in docker/declared-requires.txt, against the sources."""
+    commit = re.search(r"^ARG SAM3D_COMMIT=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)[1]
+    sam3d = os.environ.get("SAM3D_GIT_DIR", "/work/.mirror/facebookresearch+sam-3d-objects/repo")
+    kaolin = os.environ.get("KAOLIN_GIT_DIR", "/work/.mirror/NVIDIAGameWorks+kaolin/repo")
+    if not (Path(sam3d).exists() and Path(kaolin).exists()):
+        pytest.skip("no upstream git directories (SAM3D_GIT_DIR, KAOLIN_GIT_DIR)")
+
+    def show(git_dir, ref, path):
+        return subprocess.run(["git", "--git-dir", git_dir, "show", f"{ref}:{path}"],
+                              check=True, capture_output=True, text=True).stdout
+
+    snapshot = ROOT / "scripts" / "replay" / "sam-3d-objects"
+    for name in ("requirements.txt", "requirements.dev.txt", "requirements.p3d.txt",
+                 "requirements.inference.txt", "pyproject.toml"):
+        assert (snapshot / name).read_text() == show(sam3d, commit, name), name
+    pins = [line for line in show(sam3d, commit, "environments/default.yml").splitlines()
+            if re.match(r"  - (python|pip|setuptools|wheel)=", line)]
+    assert (snapshot / "default.yml.pins").read_text().splitlines() == pins
+    sys.path.insert(0, str(ROOT / "docker"))
+    from sam3d_layer import declared
+
+    for tag in ("v0.17.0", "v0.18.0"):  # setup.py install_requires = viz + tools lists
+        lists = show(kaolin, tag, "tools/viz_requirements.txt") + \
+            show(kaolin, tag, "tools/requirements.txt")
+        assert declared()[f"kaolin=={tag[1:]}"] == [line.strip() for line in lists.splitlines()
+                                                     if line.strip()]

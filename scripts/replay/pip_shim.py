@@ -10,7 +10,8 @@ which `freeze`, `uninstall` and `check` answer as pip does in the image:
              or installs. GitHub requirements (git+https://github.com/...@COMMIT) are pointed
              at stand-ins built from docker/declared-requires.txt; indexes this machine cannot
              reach (NGC, PyTorch, NVIDIA's kaolin bucket) are dropped (PyPI gives the same
-             torch versions, the stand-in folder the kaolin wheel).
+             torch versions: `==2.5.1+cu121` is asked for as `==2.5.1`; the stand-in folder
+             gives the kaolin wheel).
   freeze     name==version of everything the steps installed (`name @ url` for a direct one;
              --exclude-editable leaves out editable ones), as pip freeze writes them.
   uninstall  forgets the names.
@@ -57,7 +58,9 @@ def standin_for(match: re.Match) -> str:
 
 
 def point_at_standins(text: str) -> str:
-    return GIT.sub(standin_for, text)
+    """GitHub requirements -> their stand-ins; `==2.5.1+cu121` (PyTorch's index only) ->
+    `==2.5.1`, PyPI's build of the same release, with the same requirements."""
+    return re.sub(r"(==[\d.]+)\+cu\d+\b", r"\1", GIT.sub(standin_for, text))
 
 
 def reachable(urls: str) -> str:
