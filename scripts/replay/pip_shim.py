@@ -7,7 +7,8 @@ which `freeze`, `uninstall` and `check` answer as pip does in the image:
 
   install    the real pip 25.0.1, plus --dry-run --ignore-installed --report: every step is
              constrained to a lock, so a fresh resolution picks what the image's step keeps
-             or installs. GitHub requirements (git+https://github.com/...@COMMIT) are pointed
+             or installs. The build tools a step would install (setuptools, wheel, Cython,
+             ninja) are installed for real, since later steps build with them. GitHub requirements (git+https://github.com/...@COMMIT) are pointed
              at stand-ins built from docker/declared-requires.txt; indexes this machine cannot
              reach (NGC, PyTorch, NVIDIA's kaolin bucket) are dropped (PyPI gives the same
              torch versions: `==2.5.1+cu121` is asked for as `==2.5.1`; the stand-in folder
@@ -34,6 +35,7 @@ from pip._vendor.packaging.version import Version
 STATE = Path(os.environ["REPLAY_STATE"])
 STANDINS = Path(os.environ["REPLAY_STANDINS"])
 GIT = re.compile(r"git\+https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?@([0-9a-f]{7,40})")
+BUILD_TOOLS = {"setuptools", "wheel", "cython", "ninja", "packaging"}
 REACHABLE = ("https://pypi.org", "https://files.pythonhosted.org", "file:", "/")
 
 
@@ -105,6 +107,15 @@ def install(args: list[str]) -> int:
             "editable": bool(info.get("dir_info", {}).get("editable")),
             "url": info.get("url") if item.get("is_direct") else None}
     save(state)
+    # The build tools a step leaves in the environment build the next step's source packages
+    # (pip runs a setup.py-only project's `setup.py egg_info` with them): those are installed
+    # for real, at the versions the step chose (the lock's setuptools drops pkg_resources).
+    tools = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items
+             if canonicalize_name(i["metadata"]["name"]) in BUILD_TOOLS]
+    if tools:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *tools],
+                       env=env, check=True)
+        print(f"replay: installed for real (build tools): {' '.join(tools)}")
     print(f"replay: pip install {' '.join(args)}: resolves, {len(items)} to install "
           f"({', '.join(sorted(i['metadata']['name'] + '==' + i['metadata']['version'] for i in items))[:300]}...)")
     return 0
