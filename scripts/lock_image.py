@@ -8,12 +8,13 @@
                       SAM 3D Objects' layer does not already hold, and OURS; pip's choice
                       where the whole image did not resolve with them (lock_server).
 
-What PyPI cannot resolve is resolved as what it declares (RESOLVED_AS, each from its own
-setup file) and left out of the lock: the git requirements (the image pins their commits),
-kaolin 0.17.0 (NVIDIA's wheel index only), flash_attn (its metadata needs torch to build),
-nvidia-pyindex (its install rewrites pip's configuration). torch's CUDA wheels (nvidia-*,
-triton) are left out too: torch's own pins choose them, and PyPI's torch 2.5.1 is the
-cu124 build where the image's is cu121. `+cu121` local versions resolve as the release.
+The SAM 3D Objects locks come from docker/sam3d_layer.py's `requirements` (one tool decides
+what the image installs: the image's `check` step resolves the same list against the lock,
+and scripts/replay_image.sh replays the Dockerfile's steps with it). What PyPI cannot give is
+resolved as what it declares (docker/declared-requires.txt: the git requirements, kaolin's
+whole install_requires, flash_attn, nvidia-pyindex) and left out of the lock; so are torch's
+CUDA wheels (nvidia-*, triton): torch's own pins choose them. `+cu121` local versions
+resolve as the release. Run it with the image's pip (25.0.1).
 
     python scripts/lock_image.py SAM3D_GIT_DIR [CI_PYTHON] [--server-only]
     (Python 3.11, as upstream's; CI_PYTHON: the python of an environment `make test`
