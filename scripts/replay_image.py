@@ -190,14 +190,16 @@ def verify(stack: str, tree: Path, env: dict, state: Path) -> int:
     checked = subprocess.run(["pip", "check"], env=env, capture_output=True, text=True)
     print(checked.stdout, end="")
     sys.path.insert(0, str(ROOT / "docker"))
-    from sam3d_layer import TORCH_CUDA_WHEELS, normal, read_lock
+    from sam3d_layer import TORCH_CUDA_WHEELS, declared, name_of, normal, read_lock
+
+    stood_in = {name_of(key) for key in declared()}  # no lock holds them (their docstring)
 
     installed = json.loads((state / "installed.json").read_text())
     sam3d = {normal(n): v for n, v in read_lock(tree / "docker" / f"sam3d-{stack}.lock").items()}
     server = {normal(n): v for n, v in read_lock(tree / "docker" / "server.lock").items()}
     problems = []
     for key, dist in sorted(installed.items()):
-        if dist["url"] or TORCH_CUDA_WHEELS.match(key) or key in {"pip", "setuptools", "wheel"}:
+        if dist["url"] or TORCH_CUDA_WHEELS.match(key) or key in stood_in:
             continue
         want = server.get(key, sam3d.get(key))
         version = re.sub(r"\+.*", "", dist["version"])
@@ -205,7 +207,7 @@ def verify(stack: str, tree: Path, env: dict, state: Path) -> int:
             problems.append(f"{dist['name']} {version}: in no lock")
         elif want != version:
             problems.append(f"{dist['name']} {version}: locked {want}")
-    missing = sorted(set(sam3d) - set(installed) - {"pip", "setuptools", "wheel"})
+    missing = sorted(set(sam3d) - set(installed))
     problems += [f"{name}: locked, not installed" for name in missing]
     for line in problems:
         say(f"{stack}: installed != lock: {line}")
