@@ -1,4 +1,6 @@
 # syntax=docker/dockerfile:1
+# hadolint global ignore=DL3059
+# (one RUN per install step on purpose: a failed step is retried alone, each compile cached)
 # SAM 3D Objects + Lotus-D inference server. Layers run from least to most often changed:
 # system, SAM 3D Objects at a pinned commit in upstream's own conda environment, our
 # dependencies (pyproject.toml), the weights (checkpoints/), then our code.
@@ -27,14 +29,16 @@ RUN npm ci --no-audit --no-fund
 
 FROM nvidia/cuda:12.1.1-cudnn8-devel-ubuntu22.04 AS cuda-default
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0+PTX" \
-    SAM3D_TORCH_INDEX=https://download.pytorch.org/whl/cu121 \
+    SAM3D_EXTRA_INDEXES="https://pypi.ngc.nvidia.com https://download.pytorch.org/whl/cu121" \
     SAM3D_KAOLIN_LINKS=https://nvidia-kaolin.s3.us-east-2.amazonaws.com/torch-2.5.1_cu121.html
 
-# kaolin 0.18.0 is built from source here, for this arch list (no find-links).
+# kaolin 0.18.0 from NVIDIA's wheels for torch 2.8.0 + cu128 (kaolin v0.18.0
+# docs/notes/installation.rst:27-38): no source build (its setup.py:12 imports pkg_resources,
+# which setuptools dropped in 82.0.0), no CUDA compile.
 FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04 AS cuda-blackwell
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX" \
-    SAM3D_TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
-    SAM3D_KAOLIN_LINKS=
+    SAM3D_EXTRA_INDEXES="https://pypi.ngc.nvidia.com https://download.pytorch.org/whl/cu128" \
+    SAM3D_KAOLIN_LINKS=https://nvidia-kaolin.s3.us-east-2.amazonaws.com/torch-2.8.0_cu128.html
 
 # hadolint ignore=DL3006
 FROM cuda-${CUDA_STACK} AS server
@@ -70,13 +74,16 @@ RUN curl -fsSL "https://github.com/mamba-org/micromamba-releases/releases/downlo
     && chmod +x /usr/local/bin/micromamba
 
 # SAM 3D Objects, pinned (DEPLOY.md says why this commit), set up as its doc/setup.md says:
-# its own environments/default.yml (Python 3.11.0, gcc 12, setuptools and wheel, which pip
-# needs to build pytorch3d, gsplat and kaolin in place), the dev, p3d and inference extras
-# (torch from PyTorch's index for the stack's CUDA; on the default stack kaolin from NVIDIA's
-# wheel index for that torch), then the hydra patch. The Blackwell stack first rewrites
-# upstream's requirements with docker/blackwell-pins.txt. Every install is constrained to
-# docker/sam3d-<stack>.lock: the versions resolved once and recorded (scripts/lock_image.py),
-# so nothing floats (MoGe's unpinned gradio no longer backtracks through twenty releases).
+# its own environments/default.yml (Python 3.11.0, gcc 12, pip 25.0.1, setuptools and wheel,
+# which pip needs to build pytorch3d, gsplat and nvdiffrast in place), the dev, p3d and
+# inference extras (torch from PyTorch's index for the stack's CUDA, kaolin from NVIDIA's
+# wheel index for that torch), then the hydra patch. Each step is docker/sam3d.sh, one RUN
+# each, so a failed step is retried alone and each CUDA compile has its own layer; the
+# Blackwell stack first rewrites upstream's requirements with docker/blackwell-pins.txt.
+# `check` resolves the whole layer against docker/sam3d-<stack>.lock (pip --dry-run, under a
+# minute) before anything compiles: a lock short of a requirement or a pin PyPI no longer
+# gives stops the build there. scripts/replay_image.sh runs these same steps on a machine
+# without Docker or CUDA (DEPLOY.md, "Step 2").
 ARG SAM3D_REPO=https://github.com/facebookresearch/sam-3d-objects.git
 ARG SAM3D_COMMIT=cf066761706cd02b07e2fc6274570ec8cdafb683
 ENV SAM3D_SOURCE_DIR=/opt/sam-3d-objects
@@ -85,57 +92,37 @@ RUN git clone "${SAM3D_REPO}" "${SAM3D_SOURCE_DIR}" \
 RUN micromamba create -y -f "${SAM3D_SOURCE_DIR}/environments/default.yml" \
     && micromamba clean -a -y
 WORKDIR /opt/sam-3d-objects
-COPY docker/ /opt/docker/
-COPY scripts/repin_sam3d.py /tmp/
-RUN if [ -f "/opt/docker/${CUDA_STACK}-pins.txt" ]; then \
-      python /tmp/repin_sam3d.py "/opt/docker/${CUDA_STACK}-pins.txt" .; fi \
-    && export PIP_CONSTRAINT="/opt/docker/sam3d-${CUDA_STACK}.lock" \
-      PIP_EXTRA_INDEX_URL="https://pypi.ngc.nvidia.com ${SAM3D_TORCH_INDEX}" \
-    && pip install -e '.[dev]' \
-    && pip install -e '.[p3d]' \
-    && PIP_FIND_LINKS="${SAM3D_KAOLIN_LINKS}" pip install -e '.[inference]' \
-    && ./patching/hydra
+# MAX_JOBS: parallel compile jobs for pytorch3d, gsplat and nvdiffrast (torch's
+# cpp_extension and ninja read it). One nvcc job can take 2-4 GB of memory: 4 keeps a
+# 16 GB builder alive; raise it on a bigger one (--build-arg MAX_JOBS=16).
+ARG MAX_JOBS=4
+ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
+COPY docker/sam3d.sh docker/sam3d_layer.py docker/repin_sam3d.py docker/declared-requires.txt \
+     docker/sam3d-*.lock docker/*-pins.txt /opt/docker/
+RUN /opt/docker/sam3d.sh repin
+RUN /opt/docker/sam3d.sh check
+RUN /opt/docker/sam3d.sh dev
+RUN /opt/docker/sam3d.sh p3d
+RUN /opt/docker/sam3d.sh inference
 # nvdiffrast: mesh post-processing and texture baking rasterise with it (through utils3d).
 # v0.4.0 compiles its CUDA extension at install, for TORCH_CUDA_ARCH_LIST; v0.3.x compiled
 # on first use, for the GPU present, minutes into the first GLB request of every container.
-# Then everything this layer holds is recorded (/etc/sam3d-layer.txt) and every later
-# install is constrained to it, except what docker/server.lock pins: OURS in
-# scripts/lock_image.py (the Lotus-D stack, transformers 4.49 where this layer resolved 4.39;
-# cryptography 44 for runpod) and what its whole-image resolution moved to pip's choice
-# (server.lock's header): our layer moves nothing else.
-ARG NVDIFFRAST_COMMIT=253ac4fcea7de5f396371124af597e6cc957bfae
-RUN pip install -c /opt/docker/server.lock ninja \
-    && pip install --no-build-isolation -c "/opt/docker/sam3d-${CUDA_STACK}.lock" \
-      "git+https://github.com/NVlabs/nvdiffrast.git@${NVDIFFRAST_COMMIT}" \
-    && pip freeze --exclude-editable | grep -v ' @ ' > /tmp/sam3d-freeze.txt \
-    && awk -F'==' 'NR == FNR { if (!/^#/) ours[tolower($1)]; next } !(tolower($1) in ours)' \
-      /opt/docker/server.lock /tmp/sam3d-freeze.txt > /etc/sam3d-layer.txt
-ENV PIP_CONSTRAINT=/etc/sam3d-layer.txt
+RUN /opt/docker/sam3d.sh nvdiffrast
+RUN /opt/docker/sam3d.sh freeze
 # Fail the build, not the first request, if a CUDA extension was not compiled.
 COPY scripts/check_cuda_extensions.py /tmp/
 RUN python /tmp/check_cuda_extensions.py
 
 # Our dependencies: only pyproject.toml is copied, so this layer survives code changes.
-# pyproject.toml's dependencies, its serverless extra (the runpod SDK: this image also starts
-# as a serverless worker, `python handler.py`) and rembg with its gpu extra (onnxruntime-gpu,
-# whose CUDA provider uses the CUDA 12 and cuDNN 9 libraries torch's wheels bring), at the
-# versions CI tests (docker/server.lock) where SAM 3D Objects' layer does not hold them.
-# What server.lock pins of what that layer holds is installed too (/tmp/replaced.txt): pip
-# leaves an installed package it is not asked for alone, so pyOpenSSL 26.4 (it wants
-# cryptography>=49) would stay beside runpod's cryptography 44 instead of the lock's 25.1.
-# One OpenCV: rembg's opencv-python-headless and upstream's opencv-python both write cv2/,
-# so headless goes and opencv-python (upstream's pin) is written back whole.
+# docker/server.sh: pyproject.toml's dependencies, the serverless extra and rembg[gpu] at the
+# versions CI tests (docker/server.lock), everything else held where SAM 3D Objects' layer
+# put it (/etc/sam3d-layer.txt, which later installs stay constrained to); then `pip check`
+# (/etc/pip-check.txt; DEPLOY.md names each line it may hold).
 WORKDIR /app
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serverless'] + [r.replace('rembg', 'rembg[gpu]') for r in p['optional-dependencies']['segment'] if r.startswith('rembg')]))" \
-      > /tmp/requirements.txt \
-    && awk -F'==' 'NR == FNR { held[tolower($1)]; next } tolower($1) in held' \
-      /tmp/sam3d-freeze.txt /opt/docker/server.lock > /tmp/replaced.txt \
-    && pip install -c /opt/docker/server.lock -r /tmp/requirements.txt -r /tmp/replaced.txt \
-    && pip uninstall -y opencv-python-headless \
-    && grep -i '^opencv-python==' /etc/sam3d-layer.txt > /tmp/opencv.txt \
-    && pip install --no-deps --force-reinstall -r /tmp/opencv.txt \
-    && { pip check || true; } | tee /etc/pip-check.txt
+COPY docker/server.sh docker/server.lock /opt/docker/
+RUN /opt/docker/server.sh
+ENV PIP_CONSTRAINT=/etc/sam3d-layer.txt
 
 # The weights, read offline: SAM 3D Objects (pipeline.yaml, *.ckpt), Lotus-D, MoGe (Hugging
 # Face cache), DINOv2 (torch hub) and u2net (rembg). scripts/download_checkpoints.sh fills it.

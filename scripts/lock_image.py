@@ -8,12 +8,13 @@
                       SAM 3D Objects' layer does not already hold, and OURS; pip's choice
                       where the whole image did not resolve with them (lock_server).
 
-What PyPI cannot resolve is resolved as what it declares (RESOLVED_AS, each from its own
-setup file) and left out of the lock: the git requirements (the image pins their commits),
-kaolin 0.17.0 (NVIDIA's wheel index only), flash_attn (its metadata needs torch to build),
-nvidia-pyindex (its install rewrites pip's configuration). torch's CUDA wheels (nvidia-*,
-triton) are left out too: torch's own pins choose them, and PyPI's torch 2.5.1 is the
-cu124 build where the image's is cu121. `+cu121` local versions resolve as the release.
+The SAM 3D Objects locks come from docker/sam3d_layer.py's `requirements` (one tool decides
+what the image installs: the image's `check` step resolves the same list against the lock,
+and scripts/replay_image.sh replays the Dockerfile's steps with it). What PyPI cannot give is
+resolved as what it declares (docker/declared-requires.txt: the git requirements, kaolin's
+whole install_requires, flash_attn, nvidia-pyindex) and left out of the lock; so are torch's
+CUDA wheels (nvidia-*, triton): torch's own pins choose them. `+cu121` local versions
+resolve as the release. Run it with the image's pip (25.0.1).
 
     python scripts/lock_image.py SAM3D_GIT_DIR [CI_PYTHON] [--server-only]
     (Python 3.11, as upstream's; CI_PYTHON: the python of an environment `make test`
@@ -27,26 +28,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docker"))
 from repin_sam3d import REQUIREMENT_FILES, read_pins, repin  # noqa: E402
+from sam3d_layer import TORCH_CUDA_WHEELS, layer_pins, name_of  # noqa: E402
+from sam3d_layer import requirements as layer_requirements  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = ["default", "blackwell"]
-# What each unresolvable requirement declares (requirements lines), from its setup file.
-RESOLVED_AS = {
-    # MoGe pyproject.toml @a8c3734 `dependencies`, with utils3d's @3913c65 (moderngl, plyfile)
-    "moge": ["click", "opencv-python", "scipy", "matplotlib", "trimesh", "pillow",
-             "huggingface_hub", "numpy", "torchvision", "gradio", "moderngl", "plyfile"],
-    "gsplat": ["ninja", "numpy", "jaxtyping", "rich>=12"],  # setup.py @2323de5 install_requires
-    "pytorch3d": ["iopath"],  # setup.py @75ebeea:156 install_requires
-    # kaolin tools/requirements.txt (v0.17.0; v0.18.0 drops numpy's <2.0)
-    "kaolin==0.17.0": ["usd-core", "numpy<2.0", "pybind11", "Pillow>=8.0.0", "tqdm>=4.51.0",
-                       "scipy", "pygltflib", "warp-lang"],
-    "kaolin": ["usd-core", "numpy", "pybind11", "Pillow>=8.0.0", "tqdm>=4.51.0", "scipy",
-               "pygltflib", "warp-lang"],
-    "flash-attn": ["torch", "einops"],  # setup.py install_requires
-    "nvidia-pyindex": [],
-}
 # CI tests this release's CPU build (pyproject.toml's test extra); PyPI's onnxruntime-gpu
 # 1.31.1 links CUDA 13 (libcudart.so.13), which neither image has. 1.23.2's CUDA provider
 # links libcudart.so.12, libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and
@@ -70,34 +58,15 @@ KNOWN_CONFLICTS = {"optimum"}  # 1.18.1 wants transformers<4.40; nothing imports
 # Never moved to pip's choice: runpod 1.7.7 is the SDK the RunPod worker is tested with;
 # onnxruntime-gpu is ONNXRUNTIME_GPU for its CUDA libraries.
 FIXED = {"runpod", "onnxruntime-gpu"}
-TORCH_CUDA_WHEELS = re.compile(r"^(nvidia-.*-cu12|triton)$")
-
-
-def name_of(requirement: str) -> str:
-    return re.split(r"[\s=<>!~@\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
 def dockerfile_arg(name: str) -> str:
     return re.search(rf"^ARG {name}=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)[1]
 
 
-def resolvable(requirements: list[str]) -> tuple[list[str], set[str]]:
-    """The requirements as pip can resolve them from PyPI, and the names left out of the lock."""
-    out, left_out = [], set()
-    for line in requirements:
-        if not line.strip() or line.startswith("#"):
-            continue
-        name = name_of(line)
-        key = line.strip() if line.strip() in RESOLVED_AS else name
-        if key in RESOLVED_AS:
-            out += RESOLVED_AS[key]
-            left_out.add(name)
-        else:
-            out.append(re.sub(r"\+cu\d+", "", line.strip()))
-    return out, left_out
-
-
-def sam3d_requirements(git_dir: str, stack: str) -> list[str]:
+def sam3d_requirements(git_dir: str, stack: str) -> tuple[list[str], set[str]]:
+    """docker/sam3d_layer.py's requirements (what the image's `check` step resolves) of
+    upstream's files at SAM3D_COMMIT with the stack's pins applied."""
     commit = dockerfile_arg("SAM3D_COMMIT")
     files = {name: subprocess.run(["git", "--git-dir", git_dir, "show", f"{commit}:{name}"],
                                   check=True, capture_output=True, text=True).stdout
@@ -105,7 +74,10 @@ def sam3d_requirements(git_dir: str, stack: str) -> list[str]:
     pins = ROOT / "docker" / f"{stack}-pins.txt"
     if pins.exists():
         files = repin(files, read_pins(pins.read_text()))
-    return [line for text in files.values() for line in text.splitlines()]
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in files.items():
+            Path(folder, name).write_text(text)
+        return layer_requirements(Path(folder))
 
 
 class Conflict(Exception):
@@ -198,9 +170,8 @@ def read_lock(path: Path) -> dict[str, str]:
 
 def lock_sam3d(git_dir: str) -> None:
     for stack in STACKS:
-        requirements, left_out = resolvable(sam3d_requirements(git_dir, stack))
-        pins = {name: version for name, version in resolve(requirements).items()
-                if not TORCH_CUDA_WHEELS.match(name.lower()) and name_of(name) not in left_out}
+        requirements, left_out = sam3d_requirements(git_dir, stack)
+        pins = layer_pins(resolve(requirements), left_out)
         write_lock(ROOT / "docker" / f"sam3d-{stack}.lock",
                    f"# SAM 3D Objects' layer, CUDA_STACK={stack}: written by scripts/lock_image.py\n"
                    f"# (what it resolved, and what it leaves out: its docstring). Not in this\n"
@@ -228,7 +199,7 @@ def lock_server(git_dir: str, ci_python: str) -> None:
             if name_of(name) not in held or name_of(name) in OURS}
     moved: dict[str, str] = {}  # name -> what it was and why it moved, for the header
     for stack in STACKS:
-        requirements, _ = resolvable(sam3d_requirements(git_dir, stack))
+        requirements, _ = sam3d_requirements(git_dir, stack)
         requirements = [r for r in requirements if name_of(r) not in KNOWN_CONFLICTS | OURS]
         layer_lock = read_lock(ROOT / "docker" / f"sam3d-{stack}.lock")
         while True:

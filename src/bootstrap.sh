@@ -7,8 +7,11 @@
 # `handler.py` with no flag (`--rp_serve_api` starts the SDK's local test server), and the venv
 # is built atomically: in a temporary folder, under a lock that lets one worker build while the
 # others wait, moved into place only when complete and marked with the hash of what it holds.
-# A half-built venv is never reused; a changed requirements file rebuilds it. Console scripts
-# name their interpreter by path, so the paths in the venv are rewritten to where it is moved.
+# A half-built venv is never reused. The venv's path holds that hash (venv-<16 hex>): a changed
+# requirements file builds a new venv beside the old one, which workers of the previous release
+# may still be running from, so bootstrap never deletes a venv that was ever complete (it lists
+# them; DEPLOY.md says when to remove them). Console scripts name their interpreter by path, so
+# the paths in the venv are rewritten to where it is moved.
 #
 # Environment:
 #   WORKSPACE               volume folder (default /runpod-volume/Lotus or /workspace/Lotus)
@@ -33,6 +36,8 @@ mkdir -p "$WORKSPACE"/{src,cache,models,output_images,logs}
 # relocated: venvs built before their paths were rewritten are rebuilt once
 WANT=$({ echo "${TORCH[*]} skip=${BOOTSTRAP_SKIP_INSTALL:-0} relocated"; cat "$REQUIREMENTS"; } \
   | sha256sum | cut -d' ' -f1)
+VENV=$WORKSPACE/venv-${WANT:0:16}
+export VENV
 venv_ready() { [ "$(cat "$VENV/.requirements-sha256" 2>/dev/null)" = "$WANT" ]; }
 
 build_venv() {
@@ -51,11 +56,11 @@ build_venv() {
       sed -i "s|$BUILDING|$VENV|g" "$file"
     done
   echo "$WANT" > "$BUILDING/.requirements-sha256"
-  rm -rf "$VENV.old"
-  if [ -e "$VENV" ] || [ -L "$VENV" ]; then mv "$VENV" "$VENV.old"; fi
-  mv "$BUILDING" "$VENV"
+  # Something at this path without the marker was never complete, so no worker runs from it
+  # (workers start only a marked venv): removing it is safe. A marked one is never removed.
+  if [ -e "$VENV" ] || [ -L "$VENV" ]; then rm -rf "$VENV"; fi
+  mv -T "$BUILDING" "$VENV"
   trap - EXIT
-  rm -rf "$VENV.old"
   echo "bootstrap: venv ready at $VENV"
 }
 
@@ -72,6 +77,12 @@ else
   fi
   flock -u 9
 fi
+
+for other in "$WORKSPACE"/venv-*; do
+  if [ -d "$other" ] && [ "$other" != "$VENV" ]; then
+    echo "bootstrap: another release's venv, kept (remove it once no worker runs that release): $other"
+  fi
+done
 
 if [ "${PREFETCH:-1}" = 1 ] && { [ -n "${MODEL_ID:-}" ] \
     || [ ! -f "$CHECKPOINTS_DIR/lotus-depth-d-v2-0-disparity/model_index.json" ]; }; then

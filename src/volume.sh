@@ -15,4 +15,5 @@ export WORKSPACE
 export HF_HOME=${HF_HOME:-$WORKSPACE/cache}
 export CHECKPOINTS_DIR=${CHECKPOINTS_DIR:-$WORKSPACE/models}
 export OUTPUT_DIR=${OUTPUT_DIR:-$WORKSPACE/output_images}
-export VENV=$WORKSPACE/venv
+# bootstrap.sh sets the worker's own (venv-<hash of its requirements>) before prefetch.sh runs
+export VENV=${VENV:-$WORKSPACE/venv}

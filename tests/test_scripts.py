@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, image_b64, running_server
 from pipelines.lotus import CHECKPOINT_FOLDER
 
-SCRIPTS = sorted([*ROOT.glob("src/*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci/run"])
+SCRIPTS = sorted([*ROOT.glob("src/*.sh"), *ROOT.glob("scripts/*.sh"), *ROOT.glob("docker/*.sh"),
+                  ROOT / ".ci/run"])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -54,15 +55,17 @@ def test_bootstrap_uses_the_serverless_volume_and_reuses_its_venv(tmp_path, chec
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-3000:]
     assert "bootstrap: building the venv" in log and "completed successfully" in log
-    for folder in ("venv", "src", "cache", "models", "output_images", "logs"):
+    for folder in ("src", "cache", "models", "output_images", "logs"):
         assert (volume / folder).is_dir(), folder
-    assert (volume / "venv" / ".requirements-sha256").is_file()
+    [venv] = volume.glob("venv-*")  # named by the hash of what it holds
+    marker = (venv / ".requirements-sha256").read_text().strip()
+    assert venv.name == f"venv-{marker[:16]}"
     # built elsewhere and moved: its console scripts must name the venv where it is now
-    pip = volume / "venv" / "bin" / "pip"
-    assert pip.read_text().startswith(f"#!{volume / 'venv' / 'bin' / 'python'}")  # python3.x
+    pip = venv / "bin" / "pip"
+    assert pip.read_text().startswith(f"#!{venv / 'bin' / 'python'}")  # python3.x
     assert subprocess.run([str(pip), "--version"], env=env, capture_output=True).returncode == 0
     assert "venv.building" not in subprocess.run(
-        ["grep", "-rI", "venv.building", str(volume / "venv" / "bin")],
+        ["grep", "-rI", "venv.building", str(venv / "bin")],
         capture_output=True, text=True).stdout
     assert list((volume / "output_images").glob("*.png"))
     assert not (tmp_path / "workspace").exists()
@@ -86,12 +89,41 @@ def test_a_failed_or_half_built_venv_is_never_reused(tmp_path, checkpoints):
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, volume / "models" / CHECKPOINT_FOLDER)
     failed = bootstrap(bootstrap_env(tmp_path, checkpoints, PYTHON="false"))
     assert failed.returncode != 0
-    assert not (volume / "venv").exists() and not list(volume.glob("venv.building.*"))
-    (volume / "venv" / "bin").mkdir(parents=True)  # what an interrupted older bootstrap left
-    (volume / "venv" / "bin" / "python").symlink_to("/bin/false")
+    assert not list(volume.glob("venv*"))
+    first = bootstrap(bootstrap_env(tmp_path, checkpoints))
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    [venv] = volume.glob("venv-*")
+    shutil.rmtree(venv)  # what an interrupted copy, without the marker, left at that path
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to("/bin/false")
     again = bootstrap(bootstrap_env(tmp_path, checkpoints))
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "bootstrap: building the venv" in again.stdout
+
+
+def test_a_changed_requirements_file_builds_a_new_venv_and_keeps_the_old_one(tmp_path,
+                                                                              checkpoints):
+    """Workers of the previous release may still run from the old venv on the shared
+    volume: a new release builds its own beside it and deletes nothing."""
+    volume = tmp_path / "runpod-volume" / "Lotus"
+    shutil.copytree(checkpoints / CHECKPOINT_FOLDER, volume / "models" / CHECKPOINT_FOLDER)
+    app = tmp_path / "app"
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
+        ".git", "node_modules", ".venv", "checkpoints", "outputs", "tests", "web", "bench"))
+    first = subprocess.run(["bash", str(app / "src/bootstrap.sh"), "--help"],
+                           env=bootstrap_env(tmp_path, checkpoints), capture_output=True,
+                           text=True, timeout=300)
+    [old] = volume.glob("venv-*")
+    (old / "in-use").touch()  # a worker of the old release runs from it
+    with (app / "requirements-serverless.txt").open("a") as requirements:
+        requirements.write("# a new release\n")
+    second = subprocess.run(["bash", str(app / "src/bootstrap.sh"), "--help"],
+                            env=bootstrap_env(tmp_path, checkpoints), capture_output=True,
+                            text=True, timeout=300)
+    assert "bootstrap: building the venv" in second.stdout, first.stdout + second.stdout
+    assert (old / "in-use").exists() and len(list(volume.glob("venv-*"))) == 2
+    assert f"another release's venv, kept (remove it once no worker runs that release): {old}" \
+        in second.stdout
 
 
 def test_smoke_test_script_passes_against_a_running_server(tmp_path, checkpoints):
