@@ -119,7 +119,7 @@ class Worker:
         # The queue's journal and working files in a folder of this process's own: the
         # answers' files go to OUTPUT_DIR (a network volume every worker shares, which the
         # queue's OUTPUT_DIR lock would give to one worker alone). A job's `images` may share
-        # one pass (up to MAX_BATCH_IMAGES, as Lotus-D's `run_many` did); concurrent calls
+        # one pass (up to MAX_BATCH_IMAGES, as they did before they went through the queue); concurrent calls
         # are at most `concurrency`.
         self._work_dir = Path(tempfile.mkdtemp(prefix="runpod-queue-"))
         self.queue = JobQueue(pipelines, self._work_dir, max_concurrent=1,
