@@ -8,8 +8,10 @@
 RunPod hands a handler only `{"id", "input"}`, never HTTP headers, so the key travels as
 `input.api_key` and is compared in constant time with `LOTUS_API_KEY`; with that variable
 unset every job is refused. Models load once per worker, in the serving process, before the
-first job; one that fails to load is reported in every answer that needs it. Line numbers
-are runpod-python 1.7.7's, the pinned SDK.
+first job; one that fails to load is reported in every answer that needs it. A job runs
+through the HTTP server's queue (queue_manager.JobQueue, in-process as with MODEL_PROCESS=0):
+its failures, batching and expiry are the queue's. Line numbers are runpod-python 1.7.7's,
+the pinned SDK.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from PIL import Image
 
 from pydantic import Field, ValidationError
 
-from jobs.state import JobState, JobView
+from jobs.state import JobState, JobView, QueueFull, StorageUnavailable
 from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
                             public_message, validation_message)
 from pipelines.catalog import configured_pipelines
@@ -254,7 +256,12 @@ class Worker:
         """The job's images as queue jobs of `name`'s lane, entered together (they may share
         a pass, with each other and with concurrent calls' jobs), waited for in order: each
         result with its queue job's id, or the first failure, as the queue mapped it."""
-        views = self.queue.submit_many(name, loaded)
+        try:
+            views = self.queue.submit_many(name, loaded)
+        except QueueFull as exc:  # as the HTTP path answers them (app.py's submission)
+            raise PipelineError(f"{exc}; retry later", status=503) from None
+        except StorageUnavailable as exc:
+            raise PipelineError(str(exc), status=507) from None
         self._reporters[views[0].id] = report  # the job's stages: its first image's
         try:
             done = [self._wait(view.id) for view in views]
