@@ -408,3 +408,12 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
         # 768 px (2.9e-6 at a photo's native size); 5e-4 is an eighth of one 8-bit PNG level.
         np.testing.assert_allclose(batched, single, atol=5e-4)
     assert calls == [4, 1, 1, 1, 1]
+
+
+def test_a_full_output_dir_is_a_507_as_over_http(worker):
+    """The queue refuses work while its folder cannot take results; the answer says so with
+    the HTTP path's status, not a 500."""
+    worker.queue.storage_problem = "OUTPUT_DIR is full (12 MB free)"
+    answer = worker.handle({"id": "full", "input": {"api_key": KEY, "image_base64": image_b64(),
+                                                    "processing_res": 32}})
+    assert answer == {"error": "OUTPUT_DIR is full (12 MB free)", "status": 507}
