@@ -8,22 +8,27 @@
 RunPod hands a handler only `{"id", "input"}`, never HTTP headers, so the key travels as
 `input.api_key` and is compared in constant time with `LOTUS_API_KEY`; with that variable
 unset every job is refused. Models load once per worker, in the serving process, before the
-first job; one that fails to load is reported in every answer that needs it. Line numbers
-are runpod-python 1.7.7's, the pinned SDK.
+first job; one that fails to load is reported in every answer that needs it. A job runs
+through the HTTP server's queue (queue_manager.JobQueue, in-process as with MODEL_PROCESS=0):
+its failures, batching and expiry are the queue's. Line numbers are runpod-python 1.7.7's,
+the pinned SDK.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import hashlib
 import hmac
 import logging
 import os
 import re
-import threading
+import shutil
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -31,18 +36,18 @@ from PIL import Image
 
 from pydantic import Field, ValidationError
 
-from pipelines.base import (Batching, ManyImages, Pipeline, PipelineError, Result,
-                            describe_failure, is_out_of_memory, public_message, release_memory,
-                            validation_message)
+from jobs.state import JobState, JobView, QueueFull, StorageUnavailable
+from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
+                            public_message, validation_message)
 from pipelines.catalog import configured_pipelines
 from pipelines.checkpoints import LOTUS_MODELS
 from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
 from pipelines.table import SPECS, pipeline_for, tasks
+from queue_manager import JobQueue
 from settings import Settings, load_settings
-from workers.batcher import DepthBatcher
-from workers.devices import Device, depth_batch
+from workers.devices import Device
 
 log = logging.getLogger("handler")
 
@@ -52,6 +57,9 @@ DEFAULT_TASK = "depth"
 TASKS = dict(sorted(((task, pipeline) for task, (pipeline, _) in tasks().items()),
                     key=lambda item: item[1] != tasks()[DEFAULT_TASK][0]))
 MAX_BATCH_IMAGES = 16
+# How long the queue's batching worker waits, after a depth job arrived, for the concurrent
+# calls the SDK handed over with it (they arrive within milliseconds: rp_scale.py:207-221).
+GATHER_SECONDS = 0.02
 # A job id becomes a file name. RunPod's (`sync-<uuid>`, `<uuid>-u1`) and the SDK's local
 # ones (`test-<uuid>`, rp_fastapi.py:306,317; `local_test`, rp_local.py:40) fit this; the SDK
 # hands on whatever id the job-take API or --test_input gave, unchecked (rp_job.py:110-117,
@@ -81,8 +89,18 @@ class Unauthorized(Exception):
     pass
 
 
+class JobFailed(Exception):
+    """A job the queue ran and failed: its status and message, as the HTTP path has them."""
+
+    def __init__(self, failure: PipelineError):
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 class Worker:
-    """The loaded pipelines and what the handler needs to run one job."""
+    """The loaded pipelines behind the HTTP server's queue (queue_manager.JobQueue, its
+    pipelines run in this process as with MODEL_PROCESS=0), and what the handler adds: the
+    key, RunPod's input schema, the answer's inline files."""
 
     def __init__(self, settings: Settings, pipelines: dict[str, Pipeline],
                  load_errors: dict[str, str] | None = None):
@@ -91,16 +109,34 @@ class Worker:
         self.max_inline_bytes = settings.max_inline_bytes
         self.baseline_gpu_bytes = gpu_bytes_in_use()  # the loaded models
         self.bucket = bucket_name()
-        self.model_lock = threading.Lock()
         device = Device("cuda" if _cuda() else "cpu", 0)
-        # one batcher per model the table batches (Lotus-D's, Depth Anything V2's)
-        self.batchers = {name: DepthBatcher(pipeline, SPECS[name].batch_limit(settings, device),
-                                            self.model_lock)
-                         for name, pipeline in pipelines.items()
-                         if name in SPECS and SPECS[name].batch_limit is not None
-                         and isinstance(pipeline, Batching)}
-        self.depth_batcher = self.batchers.get("lotus") or DepthBatcher(
-            None, depth_batch(settings, device), self.model_lock)
+        # The SDK's concurrency: as many jobs at once as the model table lets one pass of a
+        # model take (Lotus-D's, Depth Anything V2's DEPTH_BATCH); 3D jobs run one at a time
+        # in their own lane.
+        self.concurrency = max((SPECS[name].batch_limit(settings, device)
+                                for name in pipelines
+                                if name in SPECS and SPECS[name].batch_limit is not None),
+                               default=1)
+        self._reporters: dict[str, Callable[[str, float], None]] = {}
+        # The queue's journal and working files in a folder of this process's own: the
+        # answers' files go to OUTPUT_DIR (a network volume every worker shares, which the
+        # queue's OUTPUT_DIR lock would give to one worker alone). A job's `images` may share
+        # one pass (up to MAX_BATCH_IMAGES, as they did before they went through the queue); concurrent calls
+        # are at most `concurrency`.
+        self._work_dir = Path(tempfile.mkdtemp(prefix="runpod-queue-"))
+        self.queue = JobQueue(pipelines, self._work_dir, max_concurrent=1,
+                              max_queue_size=MAX_BATCH_IMAGES * self.concurrency,
+                              batch_limit=MAX_BATCH_IMAGES, gather_seconds=GATHER_SECONDS,
+                              result_ttl_seconds=settings.result_ttl_seconds,
+                              observers=[self._observe],
+                              video_limits=settings.image_limits.video)
+        self.queue.start()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop the queue and remove its folder (the answers' files stay in OUTPUT_DIR)."""
+        self.queue.stop(timeout=1.0)
+        shutil.rmtree(self._work_dir, ignore_errors=True)
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -146,15 +182,16 @@ class Worker:
             return {"error": str(exc), "status": 401}
         except ValidationError as exc:
             return {"error": validation_message(exc), "status": 400}
+        except JobFailed as exc:  # the queue's verdict (workers/in_process.run_items)
+            failure = exc.failure
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
             # (an exception would reach the caller as a traceback string: rp_job.py:210-220)
-            failure, broken = describe_failure(exc, self._advice(job_input)), gpu_broken(exc)
+            failure = describe_failure(exc, self._advice(job_input))
             log.log(logging.ERROR if failure.status >= 500 else logging.INFO,
-                    "job %s failed: %s", job.get("id"), failure)
-        release_memory()  # outside the except block, so the traceback frees the tensors
+                    "job %s refused: %s", job.get("id"), failure)
         answer: dict[str, Any] = {"error": public_message(str(failure)),
                                   "status": failure.status}
-        if broken or self._gpu_memory_held(failure):
+        if gpu_broken(failure) or self._gpu_memory_held(failure):
             # rp_job.py:193-198: the worker is stopped after this job and RunPod starts a
             # fresh one, instead of failing every job that follows on a poisoned GPU.
             answer["refresh_worker"] = True
@@ -163,7 +200,7 @@ class Worker:
 
     def _advice(self, job_input: dict) -> str:
         pipeline = self.pipelines.get(task_pipeline(job_input) or "")
-        return pipeline.oom_advice if pipeline is not None else ""
+        return getattr(pipeline, "oom_advice", "") if pipeline is not None else ""
 
     def _gpu_memory_held(self, failure: PipelineError) -> bool:
         """Out of memory that does not clear: more than 512 MiB above the loaded models."""
@@ -204,30 +241,50 @@ class Worker:
         batch = "images" in job_input
         loaded = [self._load(request, f"images[{index}]: " if batch else "")
                   for index, request in enumerate(requests)]
-        images = [inputs.image for inputs in loaded]
-        self._expire_old_results()
-        stems = [self.settings.output_dir / (f"{job_id}-{i}" if batch else job_id)
-                 for i in range(len(images))]
-        report = progress_reporter(job)
-        if not batch and name in self.batchers:  # may share a pass with concurrent jobs
-            results = [self.batchers[name].run(inputs.options, inputs.image, stem, report)
-                       for inputs, stem in zip(loaded, stems)]
-        else:
-            with self.model_lock:  # one model call at a time on this GPU
-                results = self._run_model(pipeline, loaded, images, stems, report)
+        self.sweep_volume()
+        results = self._through_queue(name, loaded, progress_reporter(job))
         key = tasks()[task][1].inline_field  # image_base64 for a map, model_base64 for 3D
         answers, inline_left = [], self.max_inline_bytes
-        for stem, result in zip(stems, results):
-            answers.append(self._answer(stem.name, result, key, inline_left))
+        for index, result in enumerate(results):
+            name = f"{job_id}-{index}" if batch else job_id
+            answers.append(self._answer(name, result, key, inline_left))
             inline_left -= len(answers[-1].get(key, ""))
         return {"results": answers} if batch else answers[0]
 
-    @staticmethod
-    def _run_model(pipeline, loaded, images, stems, report) -> list[Result]:
-        if len(images) > 1 and isinstance(pipeline, ManyImages):
-            return pipeline.run_many(loaded[0].options, images, stems, report)
-        return [pipeline.run(inputs.options, inputs.image, stem, report)
-                for inputs, stem in zip(loaded, stems)]
+    def _through_queue(self, name: str, loaded: list[JobInputs],
+                       report: Callable[[str, float], None]) -> list[tuple[str, Result]]:
+        """The job's images as queue jobs of `name`'s lane, entered together (they may share
+        a pass, with each other and with concurrent calls' jobs), waited for in order: each
+        result with its queue job's id, or the first failure, as the queue mapped it."""
+        try:
+            views = self.queue.submit_many(name, loaded)
+        except QueueFull as exc:  # as the HTTP path answers them (app.py's submission)
+            raise PipelineError(f"{exc}; retry later", status=503) from None
+        except StorageUnavailable as exc:
+            raise PipelineError(str(exc), status=507) from None
+        self._reporters[views[0].id] = report  # the job's stages: its first image's
+        try:
+            done = [self._wait(view.id) for view in views]
+        finally:
+            self._reporters.pop(views[0].id, None)
+        for view in done:
+            if view.state is not JobState.COMPLETED:
+                raise JobFailed(PipelineError(view.error or f"job {view.state.value}",
+                                              status=view.error_status or 500))
+        return [(view.id, view.result) for view in done]
+
+    def _wait(self, job_id: str) -> JobView:
+        view = self.queue.wait(job_id, 60.0)
+        while not view.state.finished:  # RunPod's executionTimeout bounds a job, not this
+            view = self.queue.wait(job_id, 60.0)
+        return view
+
+    def _observe(self, view: JobView) -> None:
+        """The queue's stage changes of a job RunPod is told about (under the queue's lock:
+        progress_update only starts a thread, rp_progress.py:47-53)."""
+        report = self._reporters.get(view.id)
+        if report is not None and view.state is JobState.PROCESSING and view.stage != "starting":
+            report(view.stage, view.progress)
 
     @staticmethod
     def _requests(model: type, job_input: dict) -> list:
@@ -257,8 +314,11 @@ class Worker:
         except PipelineError as exc:
             raise PipelineError(f"{where}{exc}", status=exc.status) from None
 
-    def _expire_old_results(self) -> None:
-        """Result files older than RESULT_TTL_SECONDS go: the volume outlives every worker."""
+    def sweep_volume(self) -> None:
+        """Answer files in OUTPUT_DIR older than RESULT_TTL_SECONDS go. The queue expires its
+        own jobs (jobs/housekeeping.expire_due); OUTPUT_DIR is a network volume that
+        outlives every worker, so the files a stopped worker answered with are no queue's,
+        and any worker removes them."""
         deadline = time.time() - self.settings.result_ttl_seconds
         folder = self.settings.output_dir
         for path in folder.iterdir() if folder.is_dir() else ():
@@ -271,9 +331,15 @@ class Worker:
     def _model_id(self) -> str:
         return self.settings.model_id or DEFAULT_MODEL_ID
 
-    def _answer(self, name: str, result: Result, key: str, inline_left: int) -> dict:
+    def _answer(self, name: str, done: tuple[str, Result], key: str, inline_left: int) -> dict:
         """The plan's answer: base64 + min/max + file_path, or a path (and a URL) when the
-        file would not fit in what is left of RunPod's payload limits for this job."""
+        file would not fit in what is left of RunPod's payload limits for this job. The
+        queue's result file becomes OUTPUT_DIR/<RunPod's job id><its suffix>."""
+        queue_id, result = done
+        self.settings.output_dir.mkdir(parents=True, exist_ok=True)
+        target = self.settings.output_dir / (name + Path(result.path).name[len(queue_id):])
+        shutil.move(result.path, target)
+        result = replace(result, path=target)
         answer: dict[str, Any] = {**result.info, "file_path": str(result.path),
                                   "media_type": result.media_type}
         size = Path(result.path).stat().st_size
@@ -343,10 +409,12 @@ def gpu_bytes_in_use() -> int:
     return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
 
 
-def gpu_broken(exc: BaseException) -> bool:
-    """A CUDA error (illegal access, launch failure, ECC) leaves the context unusable."""
-    return not is_out_of_memory(exc) and ("CUDA error" in str(exc)
-                                          or type(exc).__name__ == "AcceleratorError")
+def gpu_broken(failure: PipelineError) -> bool:
+    """A CUDA error (illegal access, launch failure, ECC) leaves the context unusable: the
+    queue's message keeps the exception's type and text (pipelines.base.describe_failure)."""
+    message = str(failure)
+    return failure.status != 507 and ("CUDA error" in message
+                                      or message.startswith("AcceleratorError"))
 
 
 _worker: Worker | None = None
@@ -361,11 +429,9 @@ async def handler(job: dict) -> dict:
 
 def concurrency(current: int) -> int:
     """runpod-python's `concurrency_modifier`, asked before each fetch of jobs
-    (rp_scale.py:158-161, 67-79): as many jobs at once as a depth batch holds; 3D jobs still
-    run one at a time, behind the model lock."""
-    if _worker is None:
-        return 1
-    return max((batcher.limit for batcher in _worker.batchers.values()), default=1)
+    (rp_scale.py:158-161, 67-79): as many jobs at once as one pass of a depth model takes;
+    3D jobs still run one at a time, in their own lane of the queue."""
+    return 1 if _worker is None else _worker.concurrency
 
 
 def main() -> None:

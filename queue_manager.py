@@ -16,6 +16,7 @@ What happens at start-up and in the background (restoring, expiry) is in jobs/ho
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import heapq
 import logging
@@ -63,7 +64,7 @@ class JobQueue:
                  max_queue_size: int = 10, max_concurrent: int = 1, batch_limit: int = 1,
                  result_ttl_seconds: float = 3600.0, janitor_interval: float = 0.5,
                  min_free_bytes: int = MIN_FREE_BYTES, observers: Sequence[Observer] = (),
-                 video_limits: VideoLimits = VideoLimits()):
+                 video_limits: VideoLimits = VideoLimits(), gather_seconds: float = 0.0):
         self._pipelines = pipelines
         self._worker_map = dict(workers or {})
         self._observers = list(observers)
@@ -75,6 +76,10 @@ class JobQueue:
         self.min_free_bytes = min_free_bytes
         self.video_limits = video_limits  # a video kept for a restart is probed again under them
         self._janitor_interval = janitor_interval
+        # How long a batching worker waits after a lane's head job arrived for jobs that may
+        # share its pass: 0 over HTTP (a busy worker's lane fills while it runs); the RunPod
+        # worker's jobs arrive together, as concurrent calls (handler.py).
+        self.gather_seconds = gather_seconds
         self._lock = threading.Condition()
         self._lanes: dict[str, Lane] = {}
         self._dispatchers: dict[tuple[str, int], threading.Thread] = {}
@@ -141,32 +146,55 @@ class JobQueue:
         """Queue a job of `(options, image[, source])` (`JobInputs`). `inputs` may be a
         callable that makes them (download, decode, check masks): it runs outside the lock
         holding a reserved slot, so a full queue (or disk) refuses before that work."""
+        return self.submit_many(pipeline, [inputs])[0]
+
+    def submit_many(self, pipeline: str,
+                    inputs: Sequence[tuple | Callable[[], tuple]]) -> list[JobView]:
+        """Queue several jobs that enter their lane together, in order (the RunPod
+        worker's `images`): a batching worker finds them all waiting, none taken alone
+        before the rest arrive. A journal write that fails part way refuses the rest (the
+        ones recorded before it run)."""
+        count = len(inputs)
         with self._lock:
             if (problem := self.output_problem()) is not None:
                 raise StorageUnavailable(problem)
-            if self.waiting() + self._reserved >= self.max_queue_size:
+            if self.waiting() + self._reserved + count > self.max_queue_size:
                 raise QueueFull(f"queue is full ({self.max_queue_size} jobs waiting)")
-            self._reserved += 1
+            self._reserved += count
+        jobs: list[Job] = []
         try:
-            job = Job(pipeline, *(inputs() if callable(inputs) else inputs))
-            try:
-                self._journal.keep_input(job)  # until it starts: for a restart
-            except OSError as exc:
-                raise self._storage_failed(exc) from None
+            for made in inputs:
+                job = Job(pipeline, *(made() if callable(made) else made))
+                try:
+                    self._journal.keep_input(job)  # until it starts: for a restart
+                except OSError as exc:
+                    raise self._storage_failed(exc) from None
+                jobs.append(job)
+        except BaseException:
+            for job in jobs:  # the inputs kept for the ones before it: never accepted
+                with contextlib.suppress(OSError):
+                    self._journal.forget(job.id)
+            raise
         finally:
             with self._lock:
-                self._reserved -= 1
+                self._reserved -= count
         with self._lock:
+            views = []
             try:
-                self._journal.record(job)
-            except JournalWriteError as exc:
-                self._journal.forget(job.id)  # its kept input and request: never accepted
-                raise self._storage_failed(exc) from None
-            self._jobs[job.id] = job
-            self._lane(pipeline).waiting.append(job)
-            self._notify(job)
-            self._lock.notify_all()
-            return self._view(job)
+                for index, job in enumerate(jobs):
+                    try:
+                        self._journal.record(job)
+                    except JournalWriteError as exc:
+                        for refused in jobs[index:]:  # kept input and request: never accepted
+                            self._journal.forget(refused.id)
+                        raise self._storage_failed(exc) from None  # those before it run
+                    self._jobs[job.id] = job
+                    self._lane(pipeline).waiting.append(job)
+                    self._notify(job)
+                    views.append(self._view(job))
+            finally:
+                self._lock.notify_all()
+            return views
 
     def get(self, job_id: str) -> JobView:
         with self._lock:
@@ -368,6 +396,9 @@ class JobQueue:
         while not self._stopping.is_set():
             if lane.waiting and self.storage_problem is None:
                 if worker.state == "ready":
+                    if (wait := self._gathering(lane, worker)) > 0:
+                        self._lock.wait(wait)
+                        continue
                     self._size_up(lane)
                     jobs = lane.take(worker.batch_limit)
                     for job in jobs:
@@ -382,6 +413,13 @@ class JobQueue:
                     continue
             self._lock.wait(0.25)  # worker states change without telling (in-process)
         return None
+
+    def _gathering(self, lane: Lane, worker) -> float:
+        """Seconds a batching worker still waits for jobs to join its lane's head job
+        (`gather_seconds` after the head arrived, or until a batch is full); 0: take now."""
+        if self.gather_seconds <= 0 or len(lane.waiting) >= worker.batch_limit:
+            return 0.0
+        return lane.waiting[0].created_at + self.gather_seconds - time.time()
 
     def _size_up(self, lane: Lane) -> None:
         """Ask the (now loaded) pipeline what each waiting job may share and may take."""

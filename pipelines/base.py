@@ -88,14 +88,6 @@ class Batching(Protocol):
 
 
 @runtime_checkable
-class ManyImages(Protocol):
-    """Several images under one set of options (RunPod's `images`)."""
-
-    def run_many(self, options: BaseModel, images: Sequence[Image.Image],
-                 output_stems: Sequence[Path], progress: Progress) -> list[Result]: ...
-
-
-@runtime_checkable
 class Capable(Protocol):
     """What this device can serve (/health's `capabilities`)."""
 

@@ -381,13 +381,6 @@ class LotusDepth:
             progress: Progress) -> Result:
         return _raised(self.run_batch([(options, image, output_stem)], progress))[0]
 
-    def run_many(self, options: LotusRequest, images: Sequence[Image.Image],
-                 output_stems: Sequence[Path], progress: Progress) -> list[Result]:
-        """One result file per image, in order (the serverless worker's `images`); each
-        image equals a request of its own with these options."""
-        return _raised(self.run_batch([(options, image, stem) for image, stem
-                                       in zip(images, output_stems)], progress))
-
     def run_batch(self, jobs: Sequence[tuple[LotusRequest, Image.Image, Path]],
                   progress: Progress) -> list[Result | PipelineError]:
         """Each job's result, in order: one forward pass per batch key (one for jobs of
@@ -527,7 +520,7 @@ class LotusDepth:
 
 
 def _raised(results: list[Result | PipelineError]) -> list[Result]:
-    """The results, or the first job's error raised (`run` and `run_many` answer or fail)."""
+    """The results, or the first job's error raised (`run` answers or fails)."""
     for result in results:
         if isinstance(result, PipelineError):
             raise result

@@ -306,6 +306,7 @@ def test_an_input_that_is_not_an_object_is_a_400(worker):
 class Failing:
     """A pipeline that fails the way the GPU does."""
 
+    name = "lotus"
     oom_advice = "Try a smaller processing_res."
 
     def __init__(self, error):
@@ -369,16 +370,28 @@ def test_keys_are_trimmed_alike_and_a_blank_key_refuses_everything(worker, monke
 def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
         worker, monkeypatch):
     """runpod-python hands `concurrency` jobs to the async handler at once (rp_scale.py);
-    same-size depth jobs then run as one batch, and each equals its own single run."""
+    same-size depth jobs then run as one batch through the queue's lane, and each equals
+    its own single run."""
     import asyncio
 
     import handler as module
-    from workers import batcher
 
-    monkeypatch.setattr(batcher, "GATHER_SECONDS", 0.3)  # every call is in before the pass
-    monkeypatch.setattr(module, "_worker", worker)
-    assert module.concurrency(1) == worker.depth_batcher.limit
-    worker.depth_batcher.limit = 4
+    batching = module.Worker(load_settings(output_dir=worker.settings.output_dir,
+                                           depth_batch=4), worker.pipelines)
+    batching.queue.gather_seconds = 0.3  # every call is in before the pass
+    monkeypatch.setattr(module, "_worker", batching)
+    assert module.concurrency(1) == 4
+    lotus, calls = worker.pipelines["lotus"], []
+    model = lotus.model
+
+    class Recording:
+        generators = model.generators
+
+        def __call__(self, images, **options):
+            calls.append(len(images))
+            return model(images, **options)
+
+    monkeypatch.setitem(lotus.models, "depth-d-v2-0-disparity", Recording())
     jobs = [{"id": f"j{seed}", "input": {"api_key": KEY, "image_base64": image_b64(seed=seed),
                                          "seed": seed, "output": "npy"}} for seed in range(4)]
 
@@ -386,7 +399,7 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
         return await asyncio.gather(*(module.handler(job) for job in jobs))
 
     answers = asyncio.run(together())
-    assert worker.depth_batcher.batch_sizes == [4]
+    assert calls == [4]
     for job, answer in zip(jobs, answers):
         alone = worker.handle({**job, "id": job["id"] + "-alone"})
         batched, single = (np.load(io.BytesIO(base64.b64decode(a["image_base64"])))
@@ -394,4 +407,13 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
         # Batched CPU convolutions differ in the last bits: up to 6.8e-5 measured here at
         # 768 px (2.9e-6 at a photo's native size); 5e-4 is an eighth of one 8-bit PNG level.
         np.testing.assert_allclose(batched, single, atol=5e-4)
-    assert worker.depth_batcher.batch_sizes == [4, 1, 1, 1, 1]
+    assert calls == [4, 1, 1, 1, 1]
+
+
+def test_a_full_output_dir_is_a_507_as_over_http(worker):
+    """The queue refuses work while its folder cannot take results; the answer says so with
+    the HTTP path's status, not a 500."""
+    worker.queue.storage_problem = "OUTPUT_DIR is full (12 MB free)"
+    answer = worker.handle({"id": "full", "input": {"api_key": KEY, "image_base64": image_b64(),
+                                                    "processing_res": 32}})
+    assert answer == {"error": "OUTPUT_DIR is full (12 MB free)", "status": 507}

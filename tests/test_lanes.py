@@ -136,3 +136,25 @@ def test_a_job_cancelled_in_its_batch_ends_alone(queues, lotus):
     assert [view.state for view in done] == [JobState.COMPLETED, JobState.CANCELLED,
                                              JobState.COMPLETED]
     wait_until(lambda: not list(queue.output_dir.glob(f"{views[1].id}*")))
+
+
+def test_jobs_submitted_together_share_a_pass_on_a_ready_worker(queues, lotus):
+    """A RunPod job's `images` (handler.py) enter the lane at once: the idle worker finds
+    them all, none taken alone before the rest arrive."""
+    queue = queues({"lotus": lotus}, batch_limit=4)
+    views = queue.submit_many("lotus", [depth_job(seed) for seed in range(3)])
+    done = [queue.wait(view.id, 60) for view in views]
+    assert [view.batch_size for view in done] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("gather_seconds, sizes", [(0.0, [1, 1]), (2.0, [2, 2])])
+def test_a_gather_window_lets_jobs_that_arrive_together_share_a_pass(queues, lotus,
+                                                                     gather_seconds, sizes):
+    """The RunPod worker's concurrent calls arrive milliseconds apart: with its window the
+    second joins the first's pass; over HTTP (no window) the first starts at once."""
+    queue = queues({"lotus": lotus}, batch_limit=4, gather_seconds=gather_seconds)
+    first = queue.submit("lotus", depth_job(1))
+    threading.Event().wait(0.2)  # the second call, well inside the window
+    second = queue.submit("lotus", depth_job(2))
+    done = [queue.wait(view.id, 60) for view in (first, second)]
+    assert [view.batch_size for view in done] == sizes

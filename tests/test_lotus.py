@@ -192,11 +192,12 @@ def test_a_batch_of_jobs_each_with_its_own_seed_equals_each_job_run_alone(lotus,
         np.testing.assert_allclose(batched, reference, atol=1e-5, rtol=0)
 
 
-def test_run_many_gives_each_image_the_result_of_its_own_request(lotus, tmp_path):
+def test_a_batch_under_one_request_gives_each_image_its_own_result(lotus, tmp_path):
+    """RunPod's `images`: one set of options, each image a job of the batch."""
     images = [photo(64, 48, seed) for seed in range(3)]
     request = options(processing_res=64, seed=5, output="npy")
-    results = lotus.run_many(request, images, [tmp_path / f"img{i}" for i in range(3)],
-                             lambda stage, fraction: None)
+    results = lotus.run_batch([(request, image, tmp_path / f"img{i}")
+                               for i, image in enumerate(images)], lambda stage, fraction: None)
     for image, result in zip(images, results):
         np.testing.assert_allclose(np.load(result.path), lotus.predict(request, image),
                                    atol=1e-5, rtol=0)

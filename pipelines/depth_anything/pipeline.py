@@ -110,11 +110,6 @@ class DepthAnything:
             progress: Progress) -> Result:
         return _raised(self.run_batch([(options, image, output_stem)], progress))[0]
 
-    def run_many(self, options: DepthRequest, images: Sequence[Image.Image],
-                 output_stems: Sequence[Path], progress: Progress) -> list[Result]:
-        return _raised(self.run_batch([(options, image, stem) for image, stem
-                                       in zip(images, output_stems)], progress))
-
     def run_batch(self, jobs: Sequence[tuple[DepthRequest, Image.Image, Path]],
                   progress: Progress) -> list[Result | PipelineError]:
         """Each job's result, in order: one forward pass per checkpoint and processed size;
