@@ -235,7 +235,8 @@ def test_health_says_why_each_known_pipeline_is_not_served_and_readiness_is_the_
     health = client.get("/health").get_json()
     assert health["pipelines"] == {"lotus": "ready"} and health["model_loaded"] is True
     reasons = health["pipeline_reasons"]
-    assert set(reasons) == {"sam3d", "segment"}
+    assert set(reasons) == {"sam3d", "depth_anything", "segment"}  # the table's others
+    assert reasons["depth_anything"].startswith("not served here: not configured: no Depth")
     assert reasons["sam3d"].startswith("not served here: not configured: no pipeline.yaml")
     assert "needs a CUDA GPU, see DEPLOY.md" in reasons["sam3d"]
     assert reasons["sam3d"] in client.post("/generate", json={"image": image_b64()}).get_json()[
