@@ -26,7 +26,7 @@ except ModuleNotFoundError as exc:
              f"activate .venv (`. .venv/bin/activate`) and run `python app.py` again")
 
 from api import context, endpoints, errors, health, job_routes, page
-from api.auth import OPEN_PATHS, OPEN_PREFIXES, check_api_key  # noqa: F401  (the README's)
+from api.auth import OPEN_PATHS, OPEN_PREFIXES, check_api_key  # noqa: F401  (re-exported)
 from api.errors import ApiError  # noqa: F401
 from api.health import pipeline_reasons  # noqa: F401
 from api.submission import ENDPOINTS  # noqa: F401
