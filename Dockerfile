@@ -150,6 +150,7 @@ COPY pipelines/ ./pipelines/
 COPY workers/ ./workers/
 COPY jobs/ ./jobs/
 COPY front/ ./front/
+COPY api/ ./api/
 COPY scripts/ ./scripts/
 COPY web/static/ ./web/static/
 COPY --from=web /web/node_modules/@google/model-viewer/dist/ ./web/node_modules/@google/model-viewer/dist/

@@ -1,8 +1,8 @@
 """Response models of the HTTP API, and the OpenAPI document built from them.
 
-`app.py` shapes every JSON answer through these models and validates every request with
-the pipelines' request models, so `/openapi.json` is generated from the same classes
-that do the work and cannot drift from them.
+The HTTP layer (`app.py`, `api/`) shapes every JSON answer through these models and
+validates every request with the pipelines' request models, so `/openapi.json` is
+generated from the same classes that do the work and cannot drift from them.
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
     "data": {"type": "string", "contentMediaType": "application/json",
              "contentSchema": {"$ref": "#/components/schemas/JobStatus"}},
     "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
-# Fields a multipart/form-data upload sends as files (app.py's _form); the rest as text.
+# Fields a multipart/form-data upload sends as files (api/request_body.py's form); the rest as text.
 FORM_FILES = {"image": False, "mask": False, "masks": True, "video": False}
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from standardwebhooks.webhooks import Webhook
 
+from api.views import describe
 from pipelines.base import InvalidInput
 from pipelines.fetch import post_checked
 from queue_manager import JobState, JobView
@@ -34,11 +35,10 @@ TIMEOUT_SECONDS = 10.0
 
 
 class WebhookSender:
-    def __init__(self, secret: str, describe: Callable[[JobView], dict], *,
-                 allow_private: bool = False, delays: tuple[float, ...] | None = None,
+    def __init__(self, secret: str, *, allow_private: bool = False, delays: tuple[float, ...] | None = None,
                  post: Callable[..., int] = post_checked):
         self._signer = Webhook(secret)
-        self._describe, self._allow_private = describe, allow_private
+        self._allow_private = allow_private
         self._delays, self._post = delays, post
 
     def observe(self, view: JobView) -> None:
@@ -56,7 +56,7 @@ class WebhookSender:
             return
         body = json.dumps({"type": f"job.{event}",
                            "timestamp": datetime.now(timezone.utc).isoformat(),
-                           "data": self._describe(view)})
+                           "data": describe(view)})
         # one id per event, the same for its retries: receivers drop duplicates by it
         self._schedule(0, url, f"msg_{view.id}_{event}", body, 1)
 

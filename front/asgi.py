@@ -15,6 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
+from api import errors
+
 from .budgets import Budgets, Refused
 from .security_headers import SECURITY_HEADERS
 from .wsgi_bridge import Answer, FileWrapper, call, environ
@@ -24,7 +26,6 @@ access_log = logging.getLogger("gunicorn.access")
 # header checks cost more than the status poll itself).
 ENCODED_SECURITY_HEADERS = [(name.lower().encode(), value.encode())
                             for name, value in SECURITY_HEADERS.items()]
-RETRY_AFTER_SECONDS = "10"
 # A stream's request (key check, 404 or 410) runs in the app on threads of its own: hundreds
 # arriving at once wait for those, not ahead of /health in the pool everyone else shares.
 STREAM_SUFFIX = "/events"
@@ -32,13 +33,12 @@ STREAM_THREADS = 4
 
 
 def error_answer(status: int, message: str, retry_after: bool = False) -> Answer:
-    """The app's error shape, {"error": ...}, for answers the front gives itself; the
-    connection closes after it."""
-    body = json.dumps({"error": message}).encode()
+    """The app's error body and Retry-After (api/errors.py), for answers the front gives
+    itself; the connection closes after it."""
+    body = json.dumps(errors.error_body(message)).encode()
     headers = {"Date": formatdate(usegmt=True), "Content-Type": "application/json",
-               "Content-Length": str(len(body)), "Connection": "close"}
-    if retry_after:
-        headers["Retry-After"] = RETRY_AFTER_SECONDS
+               "Content-Length": str(len(body)), "Connection": "close",
+               **(errors.retry_after() if retry_after else {})}
     return Answer(status, [(k.lower().encode(), v.encode()) for k, v in headers.items()]
                   + ENCODED_SECURITY_HEADERS, body)
 

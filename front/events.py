@@ -6,21 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
-from queue_manager import JobExpired, JobNotFound, JobQueue, JobView
+from api.views import describe
+from queue_manager import JobExpired, JobNotFound, JobQueue
 
 POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 
 
 class JobEvents:
-    """The job's status (as GET /job/<id> gives it) each time its state, position, stage or
+    """The job's status (as GET /job/<id> gives it, api/views.py) each time its state, position, stage or
     progress changes, until it finishes; a comment line every KEEPALIVE_SECONDS keeps
     proxies from closing a quiet stream."""
 
-    def __init__(self, queue: JobQueue, job_id: str, describe: Callable[[JobView], dict]):
-        self.queue, self.job_id, self.describe = queue, job_id, describe
+    def __init__(self, queue: JobQueue, job_id: str):
+        self.queue, self.job_id = queue, job_id
 
     def _steps(self) -> Iterator[bytes | None]:
         """Event lines, and None where the reader waits POLL_SECONDS."""
@@ -30,7 +31,7 @@ class JobEvents:
                 view = self.queue.get(self.job_id)
             except (JobNotFound, JobExpired):
                 return
-            status = self.describe(view)
+            status = describe(view)  # api/views.py: GET /job/<id>'s JSON
             changed = {key: value for key, value in status.items() if key != "processing_time"}
             if changed != last:
                 yield f"data: {json.dumps(status)}\n\n".encode()
