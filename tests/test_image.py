@@ -434,3 +434,41 @@ def test_the_recorded_upstream_files_are_upstreams_at_the_pinned_commit():
             show(kaolin, tag, "tools/requirements.txt")
         assert declared()[f"kaolin=={tag[1:]}"] == [line.strip() for line in lists.splitlines()
                                                      if line.strip()]
+
+
+def _copied_tree(dockerfile: str, workdir: str, into: Path) -> None:
+    """The build context's files as the image's own COPY lines lay them out under `workdir`
+    (relative destinations; `--from=` stages and absolute destinations elsewhere skipped)."""
+    for kind, args in instructions(dockerfile):
+        if kind != "COPY" or args.startswith("--from"):
+            continue
+        *sources, destination = args.split()
+        if destination.startswith("/") and not destination.startswith(workdir):
+            continue
+        target = into / destination.removeprefix(workdir).lstrip("/").removeprefix("./")
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target / path.name)
+
+
+@pytest.mark.parametrize(("dockerfile", "workdir", "entry"), [
+    ("Dockerfile", "/app", "app"), (".runpod/Dockerfile", "/opt/lotus", "handler")])
+def test_the_image_holds_every_module_its_entry_point_imports(dockerfile, workdir, entry,
+                                                              tmp_path):
+    """Import the entry point from only the files the image's COPY lines put there (the
+    editable install that points at this checkout switched off): a module the image leaves
+    out (the RunPod image once lacked jobs/ and queue_manager.py) fails here, not on RunPod."""
+    assert (steps := dict(instructions(dockerfile)))["WORKDIR"] == workdir, steps["WORKDIR"]
+    _copied_tree(dockerfile, workdir, tmp_path)
+    probe = ("import sys; sys.meta_path = [f for f in sys.meta_path "
+             "if 'editable' not in repr(f).lower()]; "
+             f"import {entry}; print({entry}.__file__)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(tmp_path / f"{entry}.py")
