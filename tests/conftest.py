@@ -81,25 +81,41 @@ class Unseekable(io.RawIOBase):
 
 
 def make_video(frames=VIDEO_FRAMES, width=VIDEO_WIDTH, height=VIDEO_HEIGHT,
-               container="mp4", live=False) -> bytes:
+               container="mp4", live=False, faststart=False) -> bytes:
     """A moving gradient, H.264 (mp4) or VP9 (webm), at VIDEO_FPS; `live`: written as it is
-    recorded."""
+    recorded; `faststart`: an mp4 with its index (moov) before the data, as a camera or a
+    web export writes it (FFmpeg moves it in a second pass over a real file)."""
+    import tempfile
+
     import av  # the server's; a conftest without it still serves the other tests
 
+    if faststart:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "video.mp4"
+            with av.open(str(path), "w", format="mp4",
+                         options={"movflags": "faststart"}) as out:
+                _gradient(out, "libx264", frames, width, height)
+            return path.read_bytes()
     buffer = Unseekable() if live else io.BytesIO()
     codec = "libx264" if container == "mp4" else "libvpx-vp9"
     with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=Fraction(VIDEO_FPS))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        y, x = np.mgrid[0:height, 0:width]
-        for index in range(frames):
-            rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
-                            np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        _gradient(out, codec, frames, width, height)
     return buffer.getvalue()
+
+
+def _gradient(out, codec: str, frames: int, width: int, height: int) -> None:
+    import av
+
+    stream = out.add_stream(codec, rate=Fraction(VIDEO_FPS))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    y, x = np.mgrid[0:height, 0:width]
+    for index in range(frames):
+        rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
+                        np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
 
 
 @pytest.fixture(scope="session")

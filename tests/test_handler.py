@@ -228,8 +228,8 @@ def test_plain_python_handler_py_runs_test_input_json(env, tmp_path):
     assert "completed successfully" in done.stdout + done.stderr
 
 
-def test_images_give_one_result_each_in_order_through_the_batch_path(worker, monkeypatch):
-    lotus, calls = worker.pipelines["lotus"], []
+def record_batches(lotus, calls: list[int], monkeypatch) -> None:
+    """Lotus-D's model, counting the images of each forward pass into `calls`."""
     model = lotus.model
 
     class Recording:
@@ -240,6 +240,11 @@ def test_images_give_one_result_each_in_order_through_the_batch_path(worker, mon
             return model(images, **options)
 
     monkeypatch.setitem(lotus.models, "depth-d-v2-0-disparity", Recording())
+
+
+def test_images_give_one_result_each_in_order_through_the_batch_path(worker, monkeypatch):
+    lotus, calls = worker.pipelines["lotus"], []
+    record_batches(lotus, calls, monkeypatch)
     sizes = [(40, 30), (40, 30), (20, 50)]
     answer = worker.handle({"id": "b", "input": {
         "api_key": KEY, "processing_res": 32, "latent": "mode",
@@ -382,16 +387,7 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
     monkeypatch.setattr(module, "_worker", batching)
     assert module.concurrency(1) == 4
     lotus, calls = worker.pipelines["lotus"], []
-    model = lotus.model
-
-    class Recording:
-        generators = model.generators
-
-        def __call__(self, images, **options):
-            calls.append(len(images))
-            return model(images, **options)
-
-    monkeypatch.setitem(lotus.models, "depth-d-v2-0-disparity", Recording())
+    record_batches(lotus, calls, monkeypatch)
     jobs = [{"id": f"j{seed}", "input": {"api_key": KEY, "image_base64": image_b64(seed=seed),
                                          "seed": seed, "output": "npy"}} for seed in range(4)]
 

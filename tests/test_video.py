@@ -310,26 +310,9 @@ def test_a_video_cannot_ask_for_a_relief(make_client, checkpoints):
 # --- videos as phones make them, and videos made to hurt (issue 31, items 2, 7 and 8) ---
 
 def faststart_mp4(frames=FRAMES, width=WIDTH, height=HEIGHT) -> bytes:
-    """make_video's gradient as a camera or a web export writes it: the index (moov) before
-    the data, so a file cut short still opens and declares every frame."""
-    import tempfile
-    from fractions import Fraction
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = f"{folder}/video.mp4"
-        with av.open(path, "w", format="mp4", options={"movflags": "faststart"}) as out:
-            stream = out.add_stream("libx264", rate=Fraction(FPS))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            y, x = np.mgrid[0:height, 0:width]
-            for index in range(frames):
-                rgb = np.stack([(x * 4 + index * 9) % 256, (y * 5) % 256,
-                                np.full_like(x, index * 20 % 256)], -1).astype(np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
-        with open(path, "rb") as file:
-            return file.read()
+    """make_video's gradient with the index (moov) before the data, so a file cut short
+    still opens and declares every frame."""
+    return make_video(frames, width, height, faststart=True)
 
 
 def sample_offsets(data: bytes) -> list[int]:
