@@ -37,8 +37,8 @@ from PIL import Image
 from pydantic import Field, ValidationError
 
 from jobs.state import JobState, JobView, QueueFull, StorageUnavailable
-from pipelines.base import (Pipeline, PipelineError, Result, describe_failure,
-                            public_message, validation_message)
+from pipelines.base import Pipeline, Result, describe_failure, public_message, validation_message
+from pipelines.errors import STATUS_OF, DiskFull, FailureKind, InvalidInput, NotLoaded, PipelineError
 from pipelines.catalog import configured_pipelines
 from pipelines.checkpoints import LOTUS_MODELS
 from pipelines.images import JobInputs
@@ -85,12 +85,16 @@ class ObjectJob(GenerateRequest):
 JOBS = {"depth": DepthJob, "normal": NormalJob, "3d": ObjectJob}
 
 
-class Unauthorized(Exception):
-    pass
+class Refused(Exception):
+    """A refusal of the handler's own (the key, a full queue), with the status it answers."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class JobFailed(Exception):
-    """A job the queue ran and failed: its status and message, as the HTTP path has them."""
+    """A job the queue ran and failed: its kind and message, as the HTTP path has them."""
 
     def __init__(self, failure: PipelineError):
         super().__init__(str(failure))
@@ -178,8 +182,8 @@ class Worker:
         try:
             self._check_key(job_input.pop("api_key", None))
             return self._run(job, job_input)
-        except Unauthorized as exc:
-            return {"error": str(exc), "status": 401}
+        except Refused as exc:
+            return {"error": public_message(str(exc)), "status": exc.status}
         except ValidationError as exc:
             return {"error": validation_message(exc), "status": 400}
         except JobFailed as exc:  # the queue's verdict (workers/in_process.run_items)
@@ -187,10 +191,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
             # (an exception would reach the caller as a traceback string: rp_job.py:210-220)
             failure = describe_failure(exc, self._advice(job_input))
-            log.log(logging.ERROR if failure.status >= 500 else logging.INFO,
+            log.log(logging.ERROR if failure.kind is FailureKind.INTERNAL else logging.INFO,
                     "job %s refused: %s", job.get("id"), failure)
         answer: dict[str, Any] = {"error": public_message(str(failure)),
-                                  "status": failure.status}
+                                  "status": STATUS_OF[failure.kind]}
         if gpu_broken(failure) or self._gpu_memory_held(failure):
             # rp_job.py:193-198: the worker is stopped after this job and RunPod starts a
             # fresh one, instead of failing every job that follows on a poisoned GPU.
@@ -204,39 +208,39 @@ class Worker:
 
     def _gpu_memory_held(self, failure: PipelineError) -> bool:
         """Out of memory that does not clear: more than 512 MiB above the loaded models."""
-        return failure.status == 507 and gpu_bytes_in_use() > self.baseline_gpu_bytes + 2**29
+        return failure.kind is FailureKind.OUT_OF_MEMORY and gpu_bytes_in_use() > self.baseline_gpu_bytes + 2**29
 
     def _check_key(self, supplied: Any) -> None:
         key = self.settings.lotus_api_key  # trimmed by Settings; blank is unset
         expected = key.get_secret_value() if key is not None else ""
         if not expected:
-            raise Unauthorized("Unauthorized: LOTUS_API_KEY is not set on this endpoint, so "
+            raise Refused(401, "Unauthorized: LOTUS_API_KEY is not set on this endpoint, so "
                                "every job is refused")
         supplied = supplied.strip() if isinstance(supplied, str) else ""
         if not hmac.compare_digest(supplied.encode(), expected.encode()):
-            raise Unauthorized("Unauthorized")
+            raise Refused(401, "Unauthorized")
 
     def _run(self, job: dict, job_input: dict) -> dict:
         job_id = safe_job_id(job.get("id", "local"))
         name = task_pipeline(job_input)
         if name is None:
-            raise PipelineError(f"task must be one of {', '.join(TASKS)}", status=400)
+            raise InvalidInput(f"task must be one of {', '.join(TASKS)}")
         task = job_input.get("task", "depth")
         if "webhook" in job_input or "webhook_events" in job_input:
-            raise PipelineError("webhook: give it to RunPod (the `webhook` beside `input` in "
-                                "/run); this worker does not call webhooks", status=400)
+            raise InvalidInput("webhook: give it to RunPod (the `webhook` beside `input` in "
+                               "/run); this worker does not call webhooks")
         requests = self._requests(JOBS[task], job_input)
         name = pipeline_for(tasks()[task][1].path, requests[0])  # by `model`: the model table
         if name in self.load_errors:
-            raise PipelineError(f"model {name!r} failed to load on this worker: "
-                                f"{self.load_errors[name]}", status=503)
+            raise NotLoaded(f"model {name!r} failed to load on this worker: "
+                            f"{self.load_errors[name]}")
         pipeline = self.pipelines.get(name)
         if pipeline is None:
-            raise PipelineError(f"task {task!r} is not served by this worker", status=400)
+            raise InvalidInput(f"task {task!r} is not served by this worker")
         options = requests[0]
         if task == "depth" and options.model_id and options.model_id != self._model_id():
-            raise PipelineError(f"this worker serves {self._model_id()}; model_id "
-                                f"{options.model_id!r} needs its own endpoint", status=400)
+            raise InvalidInput(f"this worker serves {self._model_id()}; model_id "
+                               f"{options.model_id!r} needs its own endpoint")
         pipeline.check(options)
         batch = "images" in job_input
         loaded = [self._load(request, f"images[{index}]: " if batch else "")
@@ -259,9 +263,9 @@ class Worker:
         try:
             views = self.queue.submit_many(name, loaded)
         except QueueFull as exc:  # as the HTTP path answers them (app.py's submission)
-            raise PipelineError(f"{exc}; retry later", status=503) from None
+            raise Refused(503, f"{exc}; retry later") from None
         except StorageUnavailable as exc:
-            raise PipelineError(str(exc), status=507) from None
+            raise DiskFull(str(exc)) from None
         self._reporters[views[0].id] = report  # the job's stages: its first image's
         try:
             done = [self._wait(view.id) for view in views]
@@ -269,8 +273,8 @@ class Worker:
             self._reporters.pop(views[0].id, None)
         for view in done:
             if view.state is not JobState.COMPLETED:
-                raise JobFailed(PipelineError(view.error or f"job {view.state.value}",
-                                              status=view.error_status or 500))
+                raise JobFailed(PipelineError.of_kind(view.error_kind or FailureKind.INTERNAL,
+                                                      view.error or f"job {view.state.value}"))
         return [(view.id, view.result) for view in done]
 
     def _wait(self, job_id: str) -> JobView:
@@ -294,8 +298,8 @@ class Worker:
         if sources is None:
             return [model.model_validate(job_input)]
         if not isinstance(sources, list) or not 1 <= len(sources) <= MAX_BATCH_IMAGES:
-            raise PipelineError(f"images must be a list of 1 to {MAX_BATCH_IMAGES} base64 "
-                                "strings or URLs", status=400)
+            raise InvalidInput(f"images must be a list of 1 to {MAX_BATCH_IMAGES} base64 "
+                               "strings or URLs")
         options = {key: value for key, value in job_input.items() if key != "images"}
         requests = []
         for index, source in enumerate(sources):
@@ -304,15 +308,14 @@ class Worker:
             try:
                 requests.append(model.model_validate({**options, field: source}))
             except ValidationError as exc:
-                raise PipelineError(f"images[{index}]: {validation_message(exc)}",
-                                    status=400) from None
+                raise InvalidInput(f"images[{index}]: {validation_message(exc)}") from None
         return requests
 
     def _load(self, request, where: str) -> JobInputs:
         try:
             return request.load(self.settings.image_limits)
         except PipelineError as exc:
-            raise PipelineError(f"{where}{exc}", status=exc.status) from None
+            raise type(exc)(f"{where}{exc}") from None
 
     def sweep_volume(self) -> None:
         """Answer files in OUTPUT_DIR older than RESULT_TTL_SECONDS go. The queue expires its
@@ -413,8 +416,8 @@ def gpu_broken(failure: PipelineError) -> bool:
     """A CUDA error (illegal access, launch failure, ECC) leaves the context unusable: the
     queue's message keeps the exception's type and text (pipelines.base.describe_failure)."""
     message = str(failure)
-    return failure.status != 507 and ("CUDA error" in message
-                                      or message.startswith("AcceleratorError"))
+    return failure.kind is FailureKind.INTERNAL and ("CUDA error" in message
+                                                     or message.startswith("AcceleratorError"))
 
 
 _worker: Worker | None = None

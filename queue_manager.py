@@ -33,8 +33,8 @@ from jobs import housekeeping
 from jobs.state import (ALLOWED_MOVES, JOB_ID_PATTERN, Job, JobExpired, JobNotFound, JobState, JobView,  # noqa: F401
                         NotCancellable, QueueFull, StorageUnavailable)
 from jobs.journal import Journal, JournalWriteError
-from pipelines.base import (Batching, JobCancelled, Pipeline, PipelineError, Result, TimeLimited,
-                            public_message)
+from pipelines.base import Batching, JobCancelled, Pipeline, Result, TimeLimited, public_message
+from pipelines.errors import FailureKind, NotLoaded, PipelineError
 from pipelines.video import VideoLimits
 from jobs.storage import OutputDirLock, is_disk_error, storage_problem
 from workers.in_process import InProcessWorker
@@ -282,11 +282,11 @@ class JobQueue:
             self._save(job)
 
     def end(self, job: Job, state: JobState, *, result: Result | None = None,
-            error: str | None = None, error_status: int | None = None,
+            error: str | None = None, error_kind: FailureKind | None = None,
             at: float | None = None) -> None:
         """Finish an adopted job through the allowed moves (a restart's verdict: its result
         file was written, or it was interrupted, or its input is lost)."""
-        job.result, job.error, job.error_status = result, error, error_status
+        job.result, job.error, job.error_kind = result, error, error_kind
         if job.state is JobState.QUEUED:
             lane = self._lanes.get(job.pipeline)
             if lane is not None and job in lane.waiting:
@@ -408,8 +408,8 @@ class JobQueue:
                 if lane.all_failed():  # nothing will ever run them: say why
                     job = lane.take(1)[0]
                     self._move(job, JobState.PROCESSING)
-                    self._settle(lane, job, PipelineError(
-                        f"model {lane.name!r} is not loaded: {worker.reason}", status=503))
+                    self._settle(lane, job, NotLoaded(
+                        f"model {lane.name!r} is not loaded: {worker.reason}"))
                     continue
             self._lock.wait(0.25)  # worker states change without telling (in-process)
         return None
@@ -476,11 +476,11 @@ class JobQueue:
             self._move(job, JobState.COMPLETED)
             lane.completed(job.processing_time)
         else:
-            status = outcome.status if isinstance(outcome, PipelineError) else 500
-            job.error, job.error_status = public_message(str(outcome)), status
+            kind = outcome.kind if isinstance(outcome, PipelineError) else FailureKind.INTERNAL
+            job.error, job.error_kind = public_message(str(outcome)), kind
             self._move(job, JobState.FAILED)
         log.info("job %s %s after %.1f s%s", job.id, job.state.value, job.processing_time or 0,
-                 f" ({job.error_status}: {job.error})" if job.error else "")
+                 f" ({job.error_kind.value}: {job.error})" if job.error else "")
 
     def _report(self, jobs: list[Job], stage: str, fraction: float) -> None:
         """A stage of a running batch: each job's progress; a job cancelled meanwhile ends
@@ -519,7 +519,7 @@ class JobQueue:
                        position=lane.position(job) if queued else 0,
                        queue_length=lane.length if lane is not None else 0, stage=job.stage,
                        progress=round(job.progress, 4), processing_time=job.processing_time,
-                       result=job.result, error=job.error, error_status=job.error_status,
+                       result=job.result, error=job.error, error_kind=job.error_kind,
                        cancel_requested=job.cancel_requested, options=job.options,
                        output=_output_of(job.options),
                        waited=None if job.started_at is None else round(
@@ -600,7 +600,7 @@ class JobQueue:
             log.error("worker %s died; restarting it", worker.label)
             for job in [job for job in lane.running if job.worker is worker]:
                 lane.finished(job)
-                job.error, job.error_status = "the worker running this job crashed", 500
+                job.error, job.error_kind = "the worker running this job crashed", FailureKind.INTERNAL
                 self._move(job, JobState.FAILED)
             thread = threading.Thread(target=self._dispatch, args=(lane, worker),
                                       name=thread.name, daemon=True)

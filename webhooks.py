@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from standardwebhooks.webhooks import Webhook
 
 from api.views import describe
-from pipelines.base import InvalidInput
+from pipelines.errors import InvalidInput
 from pipelines.fetch import post_checked
 from queue_manager import JobState, JobView
 

@@ -11,6 +11,7 @@ from flask import Flask, Response, request, send_file
 from pydantic import BaseModel
 
 from front.events import JobEvents
+from pipelines.errors import STATUS_OF, FailureKind
 from queue_manager import JobExpired, JobNotFound, JobState, JobView, NotCancellable
 
 from . import context, views
@@ -34,7 +35,8 @@ def json_answer(model: BaseModel, status: int = 200, **dump) -> Response:
 
 def result_file(view: JobView) -> Response:
     if view.state is JobState.FAILED:
-        raise ApiError(view.error_status or 500, view.error, job_id=view.id)
+        status = STATUS_OF[view.error_kind or FailureKind.INTERNAL]
+        raise ApiError(status, view.error, job_id=view.id)
     if view.state is not JobState.COMPLETED:
         raise ApiError(409, f"job is {view.state.value}, not completed", job_id=view.id,
                        status_url=f"/job/{view.id}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import current_app, request
 
 from jobs.idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
-from pipelines.base import PipelineError
+from pipelines.errors import STATUS_OF, PipelineError
 from pipelines.fetch import check_url
 from pipelines.spec import Endpoint
 from pipelines.table import endpoints, pipeline_for, serving
@@ -59,7 +59,7 @@ def submit(endpoint: str, sync: bool = False) -> tuple[JobView, bool]:
         keys: IdempotencyKeys = current_app.extensions["idempotency"]
         return keys.submit(key, keys.fingerprint(endpoint, raw), enqueue, find)
     except PipelineError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise ApiError(STATUS_OF[exc.kind], str(exc)) from None
     except QueueFull as exc:
         raise ApiError(503, f"{exc}; retry later", retry_after=True) from None
     except StorageUnavailable as exc:

@@ -15,7 +15,8 @@ import mimetypes
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.base import PipelineError, Result
+from pipelines.base import Result
+from pipelines.errors import FailureKind, PipelineError
 from pipelines.table import result_format
 
 from . import rebuild
@@ -50,7 +51,7 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
                 job.image, job.source = journal.load_input(job.id, queue.video_limits)
             except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
                 why = f" ({exc})" if isinstance(exc, PipelineError) else ""
-                queue.end(job, JobState.FAILED, error_status=500, error=(
+                queue.end(job, JobState.FAILED, error_kind=FailureKind.INTERNAL, error=(
                     "the server restarted before this job started and could not "
                     f"reopen its input{why}; submit it again"))
         elif job.state is JobState.PROCESSING and job.id in files:
@@ -58,7 +59,7 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
             queue.end(job, JobState.COMPLETED, result=_recovered(path),
                       at=path.stat().st_mtime)
         elif job.state is JobState.PROCESSING:
-            queue.end(job, JobState.FAILED, error_status=500, error=(
+            queue.end(job, JobState.FAILED, error_kind=FailureKind.INTERNAL, error=(
                 "interrupted: the server restarted while this job ran (killed, "
                 "probably out of memory, or stopped); submit it again"))
         else:

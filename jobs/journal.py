@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from PIL import Image
 
-from pipelines.base import PipelineError, Result
+from pipelines.base import Result
+from pipelines.errors import FailureKind, PipelineError
 
 if TYPE_CHECKING:
     from pipelines.video import Video, VideoLimits
@@ -84,7 +85,7 @@ class JobRecord:
     finished_at: float | None
     result: Result | None
     error: str | None
-    error_status: int | None
+    error_kind: FailureKind | None
 
 
 class Journal:
@@ -122,7 +123,11 @@ class Journal:
                 id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, options_class TEXT NOT NULL,
                 options TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
                 started_at REAL, finished_at REAL, result TEXT, error TEXT,
-                error_status INTEGER)""")
+                error_status INTEGER, error_kind TEXT)""")
+            # A journal of a release before error kinds (62efd9a and earlier) has no
+            # error_kind; its failed rows say an HTTP status instead (read by _kind below).
+            if "error_kind" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN error_kind TEXT")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, finished_at)")
         except sqlite3.DatabaseError:
             db.close()
@@ -163,11 +168,12 @@ class Journal:
         result = None if job.result is None else json.dumps({
             "path": str(job.result.path), "media_type": job.result.media_type,
             "download_name": job.result.download_name, "info": job.result.info})
-        self._write("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(
+        self._write(f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})", [(
             job.id, job.pipeline, options_class,
             "null" if options is None else options.model_dump_json(), job.state.value,
             job.created_at, job.started_at, job.finished_at, result, job.error,
-            job.error_status)])
+            None if job.error_kind is None else job.error_kind.value)])
 
     def expire(self, job_ids: list[str], keep: int) -> None:
         """These jobs' files are gone; their ids stay known (410, not 404) among the last
@@ -185,8 +191,8 @@ class Journal:
         with self._lock:
             expired = [row[0] for row in self._db.execute(
                 "SELECT id FROM jobs WHERE state = 'expired' ORDER BY finished_at")]
-            rows = self._db.execute("SELECT * FROM jobs WHERE state != 'expired' "
-                                    "ORDER BY created_at").fetchall()
+            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)}, error_status FROM jobs "
+                                    "WHERE state != 'expired' ORDER BY created_at").fetchall()
         records, skipped = [], []
         for row in rows:
             try:  # one unreadable row (an older or newer release's) must not stop start-up
@@ -196,7 +202,7 @@ class Journal:
                     id=row[0], pipeline=row[1], options=_options(row[2], row[3]),
                     state=row[4], created_at=row[5], started_at=row[6], finished_at=row[7],
                     result=_result(row[8]) if row[8] else None,
-                    error=row[9], error_status=row[10]))
+                    error=row[9], error_kind=_kind(row[10], row[11])))
             except (ValueError, TypeError, KeyError, ImportError, AttributeError) as exc:
                 log.warning("journal: job %s cannot be read: %s", row[0], exc)
                 created = row[5] if isinstance(row[5], (int, float)) else time.time()
@@ -295,6 +301,25 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+_COLUMNS = ("id", "pipeline", "options_class", "options", "state", "created_at", "started_at",
+            "finished_at", "result", "error", "error_kind")
+
+# What a failed row of a release before error kinds meant by its status (pipelines/errors.py
+# STATUS_OF, read backwards; 507 was a full disk or a GPU out of memory, answered alike).
+_KIND_OF_STATUS = {400: FailureKind.INVALID_INPUT, 422: FailureKind.UNPROCESSABLE,
+                   503: FailureKind.NOT_LOADED, 504: FailureKind.TIMED_OUT,
+                   507: FailureKind.OUT_OF_MEMORY}
+
+
+def _kind(kind: str | None, status: int | None) -> FailureKind | None:
+    """A failed row's kind: its own, or the one its old status stood for."""
+    if kind is not None:
+        return FailureKind(kind)
+    if status is None:
+        return None
+    return _KIND_OF_STATUS.get(status, FailureKind.INTERNAL)
 
 
 def _reason(exc: BaseException, what: str = "its options") -> str:

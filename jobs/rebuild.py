@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.base import PipelineError
+from pipelines.errors import FailureKind, PipelineError
 
 from .state import Job, JobState
 
@@ -114,7 +114,7 @@ def _ended(job: Job, state: JobState, *, result=None, error: str | None = None,
     """`job` built in a finished state, as `Job.restored` builds a finished row: what its
     files show is its record (it is not moved there: no lane ever held it)."""
     job.state, job.result, job.error = state, result, error
-    job.error_status = 500 if error is not None else None
+    job.error_kind = FailureKind.INTERNAL if error is not None else None
     job.started_at = job.finished_at = time.time() if at is None else at
     job.stage, job.progress = state.value, float(result is not None)
     job.done.set()

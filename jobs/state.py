@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
+from pipelines.errors import FailureKind
+
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # 128 random bits
 
 
@@ -79,7 +81,7 @@ class Job:
     progress: float = 0.0
     result: Any = None  # pipelines.base.Result once completed
     error: str | None = None
-    error_status: int | None = None
+    error_kind: FailureKind | None = None  # why it failed; the answer's status follows
     cancel_requested: bool = False
     batch_key: Hashable | None = None  # jobs with equal keys may share a forward pass
     time_limit: float | None = None  # the pipeline's estimate of the most it may take
@@ -97,7 +99,7 @@ class Job:
                   id=record.id, created_at=record.created_at,
                   state=state or JobState(record.state), started_at=record.started_at,
                   finished_at=record.finished_at, result=record.result,
-                  error=record.error, error_status=record.error_status, **fields)
+                  error=record.error, error_kind=record.error_kind, **fields)
         if job.state.finished:
             job.stage, job.progress = job.state.value, float(job.result is not None)
             job.done.set()
@@ -143,7 +145,7 @@ class JobView:
     processing_time: float | None
     result: Any
     error: str | None
-    error_status: int | None
+    error_kind: FailureKind | None
     cancel_requested: bool
     options: Any = None
     output: str = ""  # what the job makes: `glb (textured)`, `ply`, `depth png`

@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar, Hashable, Protocol, Sequence, runtim
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from .errors import DiskFull, OutOfMemory, PipelineError
+
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full, over quota, read-only
 
 Progress = Callable[[str, float], None]
@@ -26,21 +28,6 @@ Progress = Callable[[str, float], None]
 
 class JobCancelled(Exception):
     """Raised from a progress callback so a running job stops at its next stage boundary."""
-
-
-class PipelineError(Exception):
-    """A failure worth showing to the client as is, with the HTTP status that fits it."""
-
-    def __init__(self, message: str, status: int = 500):
-        super().__init__(message)
-        self.status = status
-
-
-class InvalidInput(PipelineError):
-    """The client sent something unusable (400); the message says what."""
-
-    def __init__(self, message: str):
-        super().__init__(message, status=400)
 
 
 @dataclass(frozen=True)
@@ -163,18 +150,18 @@ def release_memory() -> None:
 
 
 def describe_failure(exc: BaseException, oom_advice: str = "") -> PipelineError:
-    """Turn any exception a pipeline raised into a readable message and a status.
+    """Turn any exception a pipeline raised into a readable message of its kind.
 
     The result carries no traceback, so it does not keep the failed job's tensors alive.
     """
     if isinstance(exc, PipelineError):
-        return PipelineError(str(exc), exc.status)
+        return type(exc)(str(exc))
     if is_out_of_memory(exc):
-        return PipelineError(f"Out of GPU memory. {oom_advice}".strip(), status=507)
+        return OutOfMemory(f"Out of GPU memory. {oom_advice}".strip())
     if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
-        return PipelineError(f"the server's disk (OUTPUT_DIR) is full or read-only: "
-                             f"{exc.strerror}; submit the job again later", status=507)
-    return PipelineError(f"{type(exc).__name__}: {exc}", status=500)
+        return DiskFull(f"the server's disk (OUTPUT_DIR) is full or read-only: "
+                        f"{exc.strerror}; submit the job again later")
+    return PipelineError(f"{type(exc).__name__}: {exc}")
 
 
 # A server path, not one of this API's own routes that messages name (`/job/<id>/download`,

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 
 from . import deadline as deadline_pools
-from .base import InvalidInput
+from .errors import InvalidInput
 
 MAX_REDIRECTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from .base import InvalidInput
+from .errors import InvalidInput
 from .fetch import fetch_url
 from .video import VideoLimits
 

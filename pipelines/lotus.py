@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, model_validator
 
-from .base import LOADING_WEIGHTS, InvalidInput, PipelineError, Progress, Result
+from .base import LOADING_WEIGHTS, Progress, Result
+from .errors import InvalidInput, NotLoaded, PipelineError
 from .checkpoints import (DEFAULT_MODELS, LOTUS_FOLDER, LOTUS_MODELS, LotusModel,
                           is_test_checkpoint, present_models)
 from .fetch import fetch_url
@@ -429,7 +430,7 @@ class LotusDepth:
         if not predictions:
             raise InvalidInput("video has no frames")
         if not all(np.isfinite(prediction).all() for prediction in predictions):
-            raise PipelineError("the model produced non-finite values", status=500)
+            raise PipelineError("the model produced non-finite values")
         progress("writing", 0.9)
         model = options.lotus_model
         path = write_video_result(Path(f"{output_stem}.zip"), model.task, predictions,
@@ -470,7 +471,7 @@ class LotusDepth:
     def _model(self, options: LotusRequest) -> "LotusDPipeline":
         model = self.models.get(options.model)
         if model is None:
-            raise PipelineError(f"Lotus model {options.model} is not loaded", status=503)
+            raise NotLoaded(f"Lotus model {options.model} is not loaded")
         return model
 
     @staticmethod

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import PipelineError, Result, describe_failure
+from .base import Result, describe_failure
+from .errors import PipelineError
 from .outputs import DEPTH_FORMATS, NORMAL_FORMATS, atomic_write
 from .relief import (GEOMETRY, GEOMETRY_METRIC, NORMALS_FROM_LOTUS, NORMALS_FROM_MESH,
                      RELIEF_FORMATS)
@@ -30,7 +31,7 @@ def finish_map(options: Any, prediction: np.ndarray, photo: Image.Image, output_
     """The job's result, or the error that fails this job alone (its batch goes on)."""
     if not all(np.isfinite(array).all() for array in (prediction, normal_map)
                if array is not None):
-        return PipelineError("the model produced non-finite values", status=500)
+        return PipelineError("the model produced non-finite values")
     try:
         return write_map(options, prediction, photo, output_stem, normal_map, task=task,
                          disparity=disparity, metric=metric)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .base import InvalidInput
+from .errors import InvalidInput
 from .images import ImageLimits, InvalidImage, image_data, open_image
 from .fetch import fetch_url
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .base import PipelineError
+from .errors import Unprocessable
 
 DEFAULT_FOV_DEGREES = 60.0
 MIN_FOV_DEGREES, MAX_FOV_DEGREES = 10.0, 150.0
@@ -142,9 +142,8 @@ def relief_glb(prediction: np.ndarray, photo: Image.Image, disparity: bool,
     grid = relief_grid(prediction, photo, disparity, fov_degrees, normal_map=normal_map,
                        metric=metric)
     if not len(grid.faces):  # an empty GLB would open as nothing, without a word
-        raise PipelineError("no surface to mesh: the map is under 2 pixels on a side or every "
-                            "triangle spans a depth jump; output ply keeps every point",
-                            status=422)
+        raise Unprocessable("no surface to mesh: the map is under 2 pixels on a side or every "
+                            "triangle spans a depth jump; output ply keeps every point")
     texture = photo.convert("RGB")
     texture.thumbnail((MAX_TEXTURE_SIDE, MAX_TEXTURE_SIDE))
     material = trimesh.visual.material.PBRMaterial(

@@ -24,7 +24,8 @@ import trimesh
 from PIL import Image
 from pydantic import Field, model_validator
 
-from .base import PipelineError, Progress, Result
+from .base import Progress, Result
+from .errors import NotLoaded, OutOfMemory, PipelineError
 from .device import gpu_info
 from .images import ImageData, ImageInput, ImageLimits, JobInputs
 from .masks import Masker, decode_mask, encode_mask, read_client_mask, with_mask
@@ -305,9 +306,9 @@ class Sam3DObjects:
             have = f"{self.vram_gib:g} GiB" if self.vram_gib else "no GPU"
             if self.memory_note:
                 have += f" ({self.memory_note})"
-            raise PipelineError(f"{options.memory_class} needs about "
-                                f"{needed[options.memory_class]:g} GiB of GPU memory and this "
-                                f"server has {have}. {self.oom_advice}", status=507)
+            raise OutOfMemory(f"{options.memory_class} needs about "
+                              f"{needed[options.memory_class]:g} GiB of GPU memory and this "
+                                f"server has {have}. {self.oom_advice}")
 
     @staticmethod
     def time_limit(options: GenerateRequest, image: Image.Image) -> float | None:
@@ -317,7 +318,7 @@ class Sam3DObjects:
     def run(self, options: GenerateRequest, image: Image.Image, output_stem: Path,
             progress: Progress) -> Result:
         if self.inference is None:
-            raise PipelineError("SAM 3D Objects is not loaded", status=503)
+            raise NotLoaded("SAM 3D Objects is not loaded")
         self.check(options)
         if options.masks:
             objects = [with_mask(image, decode_mask(mask)) for mask in options.masks]

@@ -40,7 +40,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .base import InvalidInput
+from .errors import InvalidInput
 from .outputs import atomic_write, colorize_depth
 
 # The container is told from its first bytes and FFmpeg opens it with that demuxer alone:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from onnx import TensorProto, helper, save
 
-from pipelines.base import InvalidInput, Result
+from pipelines.base import Result
+from pipelines.errors import InvalidInput
 from pipelines.lotus import DepthRequest
 from pipelines.outputs import atomic_write
 from workers.model_process import WorkerLost

@@ -76,3 +76,27 @@ def test_the_front_refuses_with_the_apps_error_body_and_retry_after(make_client)
     assert headers[b"retry-after"].decode() == RETRY_AFTER_SECONDS
     answer = make_client({}).get("/job/" + "0" * 32)
     assert answer.status_code == 404 and answer.get_json() == {"error": "job not found"}
+
+
+BELOW_THE_ANSWERS = [ROOT / "queue_manager.py",
+                     *sorted(path for folder in ("pipelines", "workers", "jobs")
+                             for path in (ROOT / folder).rglob("*.py"))]
+
+
+def test_models_workers_and_the_queue_say_a_failures_kind_never_an_http_status():
+    """Issue 30: "Models choose HTTP statuses". They raise a kind (pipelines/errors.py); only
+    the answering layers (api/, handler.py) turn a kind into a status, by STATUS_OF. Below
+    them: no `status=` argument, no `.status` read off an error, no STATUS_OF."""
+    found = []
+    for path in BELOW_THE_ANSWERS:
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.keyword) and node.arg in ("status", "error_status"):
+                found.append(f"{where} status= argument")
+            elif isinstance(node, ast.Name) and node.id == "STATUS_OF" and \
+                    path.name != "errors.py":
+                found.append(f"{where} STATUS_OF")
+            elif isinstance(node, ast.Attribute) and node.attr in ("status", "error_status") \
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "response"):
+                found.append(f"{where} .{node.attr}")
+    assert found == []

@@ -334,7 +334,8 @@ def test_every_job_leaves_one_log_line_when_it_starts_and_one_when_it_ends(clien
     lines = [record.getMessage() for record in caplog.records if record.name == "queue_manager"]
     assert any(line.startswith(f"job {ok} started: lotus depth png") for line in lines)
     assert any(line.startswith(f"job {ok} completed after") for line in lines)
-    assert any(line.startswith(f"job {bad} failed after") and "500" in line for line in lines)
+    assert any(line.startswith(f"job {bad} failed after") and "(internal: RuntimeError" in line
+               for line in lines)
 
 
 def test_delete_cancels_queued_and_running_jobs(client, scripted):

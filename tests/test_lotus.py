@@ -15,7 +15,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from conftest import ROOT, image_b64, wait_until
 from lotus_reference import upstream_lotus_d
-from pipelines.base import InvalidInput, PipelineError
+from pipelines.errors import InvalidInput, PipelineError
 from pipelines.images import ImageLimits
 from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth
 from pipelines.lotus_model import LotusDPipeline

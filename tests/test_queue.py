@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import wait_until
+from pipelines.errors import FailureKind
 from pipelines.lotus import DepthRequest
 from queue_manager import (JobExpired, JobNotFound, JobQueue, JobState, NotCancellable,
                            QueueFull)
@@ -122,7 +123,7 @@ def test_a_failing_pipeline_fails_only_its_job(make_queue, scripted):
     failed, after = submit(queue, 1), submit(queue, 2)
     failed = queue.wait(failed.id, 10)
     assert failed.state is JobState.FAILED
-    assert "the model broke" in failed.error and failed.error_status == 500
+    assert "the model broke" in failed.error and failed.error_kind is FailureKind.INTERNAL
     assert queue.wait(after.id, 10).state is JobState.COMPLETED
 
 
@@ -130,7 +131,7 @@ def test_client_errors_raised_by_a_pipeline_keep_their_status(make_queue, script
     queue = make_queue()
     scripted.actions[1] = "invalid"
     view = queue.wait(submit(queue, 1).id, 10)
-    assert view.state is JobState.FAILED and view.error_status == 400
+    assert view.state is JobState.FAILED and view.error_kind is FailureKind.INVALID_INPUT
     assert view.error == "this image has no object in it"
 
 
@@ -139,7 +140,7 @@ def test_out_of_memory_fails_the_job_with_advice_and_the_next_job_runs(make_queu
     scripted.actions[1] = "oom"
     oom, after = submit(queue, 1), submit(queue, 2)
     oom = queue.wait(oom.id, 10)
-    assert oom.state is JobState.FAILED and oom.error_status == 507
+    assert oom.state is JobState.FAILED and oom.error_kind is FailureKind.OUT_OF_MEMORY
     assert "Out of GPU memory" in oom.error and "processing_res" in oom.error
     assert queue.wait(after.id, 10).state is JobState.COMPLETED
 

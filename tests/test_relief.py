@@ -10,7 +10,7 @@ import trimesh
 from PIL import Image
 
 from conftest import image_b64, image_bytes, wait_until
-from pipelines.base import PipelineError
+from pipelines.errors import FailureKind, PipelineError
 from pipelines.lotus import LotusDepth
 from pipelines.relief import MAX_GRID_SIDE, relief_glb, relief_grid, relief_ply
 
@@ -137,7 +137,7 @@ def test_a_big_photos_normals_are_sampled_with_its_grid():
 def test_a_map_with_no_surface_is_refused_rather_than_an_empty_glb():
     with pytest.raises(PipelineError, match="no surface") as raised:
         relief_glb(np.zeros((1, 5), dtype=np.float32), red(5, 1), True, 60)
-    assert raised.value.status == 422
+    assert raised.value.kind is FailureKind.UNPROCESSABLE
 
 
 def answer_file(body):

@@ -16,7 +16,7 @@ import trimesh
 from PIL import Image
 
 from conftest import SAM3D_STAND_IN, sam3d_checkpoints
-from pipelines.base import InvalidInput, PipelineError
+from pipelines.errors import FailureKind, InvalidInput, PipelineError
 from pipelines.masks import Masker, center_mask
 from pipelines.sam3d import (GenerateRequest, Sam3DObjects, find_config, import_inference,
                              servable_outputs)
@@ -237,7 +237,7 @@ def test_a_request_that_cannot_fit_is_refused_before_any_work(model, tmp_path):
     for output in ({"output_format": "ply"}, {"output_format": "glb", "with_texture": False}):
         with pytest.raises(PipelineError, match="needs about 30 GiB") as error:
             model.check(GenerateRequest(image="x", **output))
-        assert error.value.status == 507 and "23.6 GiB" in str(error.value)
+        assert error.value.kind is FailureKind.OUT_OF_MEMORY and "23.6 GiB" in str(error.value)
     model.vram_gib, model.offload_mode = 15.6, "auto"
     model.check(GenerateRequest(image="x", output_format="ply"))
     with pytest.raises(PipelineError, match="needs about 22 GiB") as error:
@@ -254,7 +254,7 @@ def test_out_of_memory_fails_the_job_with_the_guides_advice_and_the_next_runs(mo
         failed = queue.submit("sam3d", (GenerateRequest(image="x"), photo()))
         after = queue.submit("sam3d", (GenerateRequest(image="x", output_format="ply"), photo()))
         failed = queue.wait(failed.id, 10)
-        assert failed.state is JobState.FAILED and failed.error_status == 507
+        assert failed.state is JobState.FAILED and failed.error_kind is FailureKind.OUT_OF_MEMORY
         assert '"ply"' in failed.error and "with_texture" in failed.error
         assert queue.wait(after.id, 10).state is JobState.COMPLETED
     finally:

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipelines.base import (Abortable, Batching, JobCancelled, Pipeline, PipelineError,
-                            Progress, Result,
+from pipelines.base import (Abortable, Batching, JobCancelled, Pipeline, Progress, Result,
                             describe_failure, is_out_of_memory, release_memory)
+from pipelines.errors import FailureKind, NotLoaded, PipelineError
 from pipelines.device import with_gpu_peak
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def run_items(pipeline: Pipeline, items: Sequence[Item], progress: Progress) -> 
     except Exception as exc:  # a pipeline's failure fails its jobs, never the worker
         oom = is_out_of_memory(exc)
         failure = describe_failure(exc, pipeline.oom_advice)
-        if failure.status >= 500 and not oom:
+        if not oom and failure.kind not in (FailureKind.INVALID_INPUT, FailureKind.UNPROCESSABLE):
             log.exception("%s failed", pipeline.name)
         outcomes = [failure] * len(items)
     if oom:
@@ -77,7 +77,7 @@ class InProcessWorker:
             time_limit: float | None = None) -> list[Outcome]:
         pipeline = self._lookup()
         if pipeline is None:
-            raise PipelineError(f"pipeline {self.pipeline_name!r} is not loaded", status=503)
+            raise NotLoaded(f"pipeline {self.pipeline_name!r} is not loaded")
         self.jobs = list(job_ids)
         try:
             return run_items(pipeline, items, progress)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.errors import FailureKind
+
 
 @dataclass(frozen=True)
 class Run:
@@ -36,10 +38,10 @@ class Progress:
 
 @dataclass(frozen=True)
 class Failure:
-    """A job's failure as the child reports it: the message and its status."""
+    """A job's failure as the child reports it: the message and its kind."""
 
     message: str
-    status: int
+    kind: FailureKind
 
 
 @dataclass(frozen=True)

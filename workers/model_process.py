@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from pipelines.base import JobCancelled, MemoryAdmitting, PipelineError, Progress, Result
+from pipelines.base import JobCancelled, MemoryAdmitting, Progress, Result
+from pipelines.errors import PipelineError, TimedOut
 
 from . import messages
 from .devices import Device, pin
@@ -226,7 +227,7 @@ class ModelWorker:
                     except Exception:  # noqa: BLE001 - a failed report is not the job's end
                         log.exception("model worker %s: a progress report failed", self.label)
                 case messages.Done(outcomes):
-                    return [PipelineError(outcome.message, outcome.status)
+                    return [PipelineError.of_kind(outcome.kind, outcome.message)
                             if isinstance(outcome, messages.Failure) else outcome
                             for outcome in outcomes]
                 case messages.Cancelled():
@@ -238,9 +239,9 @@ class ModelWorker:
                 self._lost(started)
             if time.monotonic() > deadline:
                 self._kill()
-                raise PipelineError(f"the job ran longer than its time limit ({limit:g} s, "
-                                    "JOB_TIMEOUT_SECONDS or the job's own estimate) and was "
-                                    "stopped; the model is reloading", status=504)
+                raise TimedOut(f"the job ran longer than its time limit ({limit:g} s, "
+                               "JOB_TIMEOUT_SECONDS or the job's own estimate) and was "
+                               "stopped; the model is reloading")
         try:
             return self._conn.recv()
         except (EOFError, OSError):
@@ -251,7 +252,7 @@ class ModelWorker:
         if not started or self._planned_kill:
             raise WorkerLost(f"model worker {self.label} ended before the job ran")
         raise PipelineError(f"the model process {_how_it_ended(code)} while running this "
-                            "job; it is restarting", status=500)
+                            "job; it is restarting")
 
     def _exit_code(self) -> int | None:
         """The ended child's exit code. The supervisor and a running job both wait for it;
@@ -364,7 +365,7 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
             conn.send(messages.Cancelled())
             continue
         conn.send(messages.Done([outcome if isinstance(outcome, Result) else
-                                 messages.Failure(str(outcome), outcome.status)
+                                 messages.Failure(str(outcome), outcome.kind)
                                  for outcome in outcomes]))
 
 

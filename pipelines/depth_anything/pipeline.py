@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, ClassVar, Hashable, Sequence
 
 from PIL import Image
 
-from ..base import LOADING_WEIGHTS, InvalidInput, PipelineError, Progress, Result
+from ..base import LOADING_WEIGHTS, Progress, Result
+from ..errors import InvalidInput, NotLoaded, PipelineError
 from ..lotus import DepthRequest
 from ..maps import finish_map
 from . import cost
@@ -127,7 +128,7 @@ class DepthAnything:
         for name, indices in by_model.items():
             model = self.models.get(name)
             if model is None:
-                raise PipelineError(f"Depth Anything V2 model {name} is not loaded", status=503)
+                raise NotLoaded(f"Depth Anything V2 model {name} is not loaded")
             for index, prediction in zip(indices, model.predict([jobs[i][1] for i in indices])):
                 maps[index] = prediction
         progress("writing", 0.9)
