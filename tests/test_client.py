@@ -697,3 +697,22 @@ def test_health_notices_are_printed_after_the_result(liar, capsys):
     assert captured.err.splitlines()[-1] == \
         "note (lotus): lotus: test weights (tiny checkpoints): the maps are noise"
     assert "not this job's model" not in captured.err and "journal" not in captured.err
+
+
+def test_the_clients_output_choices_are_the_model_tables():
+    """The client is a package of its own (installed without the server, so it cannot import
+    the table); its `--format`/`--output` choices and the suffix it saves each as must be
+    the model table's (pipelines/table.py): a format added to a model without the client
+    learning it fails here, not in a user's hands."""
+    import typing
+
+    from pipelines.table import SPECS, endpoints
+    from sam3d_client import DEPTH_SUFFIXES, GENERATE_SUFFIXES, NORMAL_SUFFIXES
+
+    for path, field, client in (("generate", "output_format", GENERATE_SUFFIXES),
+                                ("depth", "output", DEPTH_SUFFIXES),
+                                ("normal", "output", NORMAL_SUFFIXES)):
+        choices = typing.get_args(endpoints()[path].request.model_fields[field].annotation)
+        prefix = "" if path == "generate" else f"{path} "
+        served = {fmt.name: fmt.suffix for spec in SPECS.values() for fmt in spec.outputs}
+        assert client == {choice: served[prefix + choice] for choice in choices}, path

@@ -100,8 +100,9 @@ def parser() -> argparse.ArgumentParser:
                              f"for a video {task}_video.zip)")
         command.add_argument("--output", choices=sorted(suffixes),
                              help="default: from the -o suffix (.npy, .glb, .ply), else png")
-        command.add_argument("--model", help=f"which Lotus {task} model (`health` lists "
-                             "those served; default: the server's)")
+        served = "Lotus's or Depth Anything V2's" if task == "depth" else "Lotus's"
+        command.add_argument("--model", help=f"which {task} model, {served} (`health` "
+                             "lists those served; default: the server's)")
         command.add_argument("--processing-res", type=int)
         command.add_argument("--seed", type=int, help="seeds the VAE sample and a "
                              "generative (-g-) model's noise")
@@ -203,8 +204,8 @@ def run_generate(client: Client, args) -> int:
 
 
 def run_map(client: Client, args) -> int:
-    """`depth` and `normal`: one Lotus map of the photo (depth also in 3D: glb, ply), or of
-    each frame of a video (a zip of the maps as mp4 and npz)."""
+    """`depth` and `normal`: one map of the photo, by Lotus or Depth Anything V2 (depth also
+    in 3D: glb, ply), or of each frame of a video (a zip of the maps as mp4 and npz)."""
     if is_video(args):
         if args.output is not None:
             raise OutputPathError(f"--output does not apply to a video: its result is a zip "
