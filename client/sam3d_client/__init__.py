@@ -14,92 +14,26 @@ from __future__ import annotations
 
 import base64
 import json
-import mimetypes
 import os
 import re
-import socket
-import ssl
 import tempfile
 import time
-from email.message import Message
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator
 
 import requests
+
+from .answers import (ServerError, error_message, json_object, retry_after, safe_name,
+                      unreachable)
+from .files import (DEPTH_SUFFIXES, GENERATE_SUFFIXES, NORMAL_SUFFIXES, VIDEO_SUFFIXES,
+                    ImageSource, InputFileError, OutputPathError, check_output_path,
+                    encode_file, image_fields, read_file)
 
 __version__ = "0.1.0"
 __all__ = ["Client", "Job", "ServerError", "OutputPathError", "check_output_path",
            "encode_file", "GENERATE_SUFFIXES", "DEPTH_SUFFIXES", "NORMAL_SUFFIXES",
-           "VIDEO_SUFFIXES"]
+           "VIDEO_SUFFIXES", "InputFileError", "read_file"]
 FINISHED = ("completed", "failed", "cancelled")
-# The suffix of the file the server sends for each output (its download name):
-# /generate's output_format, /depth's and /normal's output.
-GENERATE_SUFFIXES = {"glb": ".glb", "ply": ".ply", "obj": ".zip", "stl": ".stl",
-                     "usdz": ".usdz"}
-DEPTH_SUFFIXES = {"png": ".png", "png16": ".png", "color": ".png", "npy": ".npy",
-                  "glb": ".glb", "ply": ".ply"}
-NORMAL_SUFFIXES = {"png": ".png", "png16": ".png", "npy": ".npy"}
-# The videos /depth and /normal take; their result is a zip (<task>.mp4 and <task>.npz).
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm")
-
-ImageSource = Union[str, os.PathLike, bytes]
-
-
-class ServerError(Exception):
-    """The server said no (`status` is its HTTP status) or could not be reached (`status` is
-    None); `str()` is its message."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class OutputPathError(ValueError):
-    """The file to write cannot be written there, or would get the wrong suffix."""
-
-
-class InputFileError(OSError):
-    """A file to send cannot be read; `str()` says which and why, in a few words."""
-
-
-def encode_file(source: ImageSource) -> str:
-    """Base64 of a file (a path) or of bytes."""
-    return base64.b64encode(source if isinstance(source, bytes) else read_file(source)).decode()
-
-
-def read_file(path: str | os.PathLike) -> bytes:
-    """A file's bytes; InputFileError saying `photo.jpg: no such file`, not `[Errno 2] ...`."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path} is a folder, not a file") from None
-    except PermissionError:
-        raise InputFileError(f"{path}: not allowed to read it (permission denied)") from None
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-
-
-def check_output_path(path: str | os.PathLike, suffix: str | None = None,
-                      what: str = "the result") -> Path:
-    """Refuse, before any work, a file that could not be written (no such folder, not
-    writable, a folder) or, with `suffix`, that would carry another format's suffix."""
-    path = Path(path)
-    folder = path.parent
-    if path.is_dir():
-        raise OutputPathError(f"{path} is a folder: name the file, e.g. "
-                              f"{path / ('result' + (suffix or ''))}")
-    if not folder.is_dir():
-        raise OutputPathError(f"{path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputPathError(f"{path}: folder {folder} is not writable")
-    if suffix is not None and path.suffix.lower() != suffix:
-        raise OutputPathError(f"{path}: {what} is a {suffix} file; name it "
-                              f"{path.with_name(path.stem + suffix)}")
-    return path
-
-
 class Client:
     def __init__(self, url: str, api_key: str | None = None, *, retries: int = 5,
                  timeout: float = 60, poll_seconds: float = 1.0):
@@ -323,130 +257,3 @@ class Job:
 
     def cancel(self) -> dict:
         return self.client.cancel(self.id)
-
-
-def image_fields(image: ImageSource | None, image_url: str | None,
-                 video: ImageSource | None = None, video_url: str | None = None) -> dict:
-    """The job's source, as the server's fields: files in base64, URLs as they are."""
-    given = {name: value for name, value in (("image", image), ("image_url", image_url),
-                                             ("video", video), ("video_url", video_url))
-             if value is not None}
-    if len(given) != 1:
-        raise ValueError("give exactly one source: a file (a path or bytes) or a URL, not "
-                         f"{' and '.join(given) or 'none'}")
-    (name, value), = given.items()
-    return {name: value if name.endswith("_url") else encode_file(value)}
-
-
-SAFE_CHARACTERS = re.compile(r"[^0-9A-Za-z._-]+")
-MAX_NAME = 100
-
-
-def served_name(response: requests.Response) -> str:
-    """The file name the server gives its download (Content-Disposition), as it gives it."""
-    header = Message()
-    header["content-disposition"] = response.headers.get("Content-Disposition", "")
-    try:
-        return header.get_filename() or ""
-    except (ValueError, LookupError):  # a malformed RFC 2231 name, an unknown charset
-        return ""
-
-
-def safe_name(response: requests.Response, job_id: str) -> str:
-    """The served name as a plain file name for the current folder, whatever the server
-    says: its last path part only (/ and \\ both), no leading dot (`.bashrc` would be a
-    hidden file the user never asked for), letters, digits, `.`, `_` and `-` only, at most
-    MAX_NAME characters; else `sam3d-<job>` with the suffix its Content-Type gives."""
-    name = re.split(r"[/\\]", served_name(response))[-1]
-    name = SAFE_CHARACTERS.sub("_", name).lstrip("._-")[:MAX_NAME].rstrip(".")
-    stem, _, suffix = name.rpartition(".")
-    if not name or not stem or not suffix:  # empty, or no name before its suffix
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        guessed = mimetypes.guess_extension(media_type) if media_type else None
-        suffix = Path(name).suffix if "." in name else (guessed or ".bin")
-        name = f"sam3d-{SAFE_CHARACTERS.sub('_', job_id)[:64]}{suffix}"
-    return name
-
-
-# Why a connection failed, from the innermost cause: (exception type, sentence)
-UNREACHABLE = (
-    (ConnectionRefusedError, "connection refused — is the server running?"),
-    (socket.gaierror, "the host name was not found — is the URL right?"),
-    (ssl.SSLError, "the TLS handshake failed — http:// or https://?"),
-    (ConnectionResetError, "the connection was reset — is it this server, and up?"),
-    (requests.exceptions.ChunkedEncodingError, "the server closed the connection mid-answer"),
-    (requests.exceptions.InvalidURL, "the URL is not valid"),
-    (requests.exceptions.MissingSchema, "the URL needs http:// or https://"),
-    (requests.exceptions.InvalidSchema, "the URL needs http:// or https://"),
-)
-
-
-def unreachable(url: str, exc: requests.RequestException) -> str:
-    """One plain sentence for a failed connection, never urllib3's text."""
-    if isinstance(exc, requests.Timeout):
-        return f"cannot reach {url}: no answer in time — is the server overloaded or down?"
-    causes, seen = [exc], []
-    while causes:  # requests wraps urllib3 wraps socket errors: look at each layer
-        cause = causes.pop()
-        if cause is None or any(cause is old for old in seen):
-            continue
-        seen.append(cause)
-        causes += [cause.__cause__, cause.__context__, getattr(cause, "reason", None),
-                   *(arg for arg in cause.args if isinstance(arg, BaseException))]
-    for kind, sentence in UNREACHABLE:
-        if any(isinstance(cause, kind) for cause in seen):
-            return f"cannot reach {url}: {sentence}"
-    return f"cannot reach {url}: the connection failed ({type(exc).__name__})"
-
-
-def retry_after(response: requests.Response) -> float:
-    try:
-        return min(max(float(response.headers["Retry-After"]), 0.5), 300)
-    except ValueError:  # an HTTP date: not what this server sends
-        return 10.0
-
-
-def error_message(response: requests.Response) -> str:
-    """`404: job not found`: the server's own error; what a server that is not this one
-    answers, in one line naming its URL."""
-    try:
-        error = response.json()["error"]
-        if isinstance(error, str):
-            return f"{response.status_code}: {error}"
-    except (ValueError, KeyError, TypeError):
-        pass
-    return f"{response.status_code}: {not_this_server(response)}"
-
-
-def is_html(response: requests.Response) -> bool:
-    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    return kind in ("text/html", "application/xhtml+xml") or \
-        response.content[:64].lstrip().lower().startswith((b"<!doctype", b"<html"))
-
-
-def not_this_server(response: requests.Response) -> str:
-    """One line for an answer that is not this API's JSON."""
-    if is_html(response):
-        return (f"got an HTML {response.status_code} from {response.url}: is this the "
-                "server? (check --url or SAM3D_URL)")
-    text = " ".join(response.text[:120].split()) or response.reason or "nothing"
-    return (f"{response.url} answered with something other than this server's JSON "
-            f"({text!r}): is this the server?")
-
-
-def json_object(response: requests.Response, *required: str) -> dict:
-    """The answer's JSON object, with `required` keys; ServerError in one line naming the
-    URL for anything else (HTML, a list, `{}`, a cut-off body)."""
-    try:
-        answer = response.json()
-    except (ValueError, requests.RequestException):
-        answer = None
-    if answer is None:
-        raise ServerError(not_this_server(response), response.status_code)
-    missing = [key for key in required if not isinstance(answer, dict) or key not in answer]
-    if not isinstance(answer, dict) or missing:
-        what = (f"a JSON {type(answer).__name__}" if not isinstance(answer, dict)
-                else f"JSON without {', '.join(repr(key) for key in missing)}")
-        raise ServerError(f"{response.url} answered with {what}, not what this server sends: "
-                          "is this the server?", response.status_code)
-    return answer
