@@ -129,7 +129,7 @@ ENV PIP_CONSTRAINT=/etc/sam3d-layer.txt
 # The build stops if a Lotus folder there holds tiny random weights (`make serve` writes
 # them; their maps are noise), decided from each UNet's config; --build-arg
 # ALLOW_TEST_WEIGHTS=1 builds anyway.
-COPY pipelines/checkpoints.py /tmp/
+COPY pipelines/lotus/catalog.py /tmp/checkpoints.py
 COPY checkpoints/ /app/checkpoints/
 ARG ALLOW_TEST_WEIGHTS=0
 RUN python /tmp/checkpoints.py /app/checkpoints \

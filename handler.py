@@ -40,7 +40,7 @@ from jobs.state import JobState, JobView, QueueFull, StorageUnavailable
 from pipelines.base import Pipeline, Result, describe_failure, public_message, validation_message
 from pipelines.errors import STATUS_OF, DiskFull, FailureKind, InvalidInput, NotLoaded, PipelineError
 from pipelines.catalog import configured_pipelines
-from pipelines.checkpoints import LOTUS_MODELS
+from pipelines.lotus.catalog import LOTUS_MODELS
 from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from pipelines.masks import MaskSource
+from pipelines.sam3d_parts.masks import MaskSource
 from pipelines.table import endpoints, media_types
 from workers.lanes import RECENT_JOBS
 

@@ -67,7 +67,7 @@ from lotus_reference import upstream_lotus_d, upstream_lotus_g_video  # noqa: E4
 from make_tiny_checkpoints import (make_depth_anything, make_lotus, real_processor,  # noqa: E402
                                    write_tokenizer)
 from pipelines.lotus import VIDEO_BATCH_FRAMES  # noqa: E402
-from pipelines.lotus_model import LotusDPipeline, LotusGPipeline  # noqa: E402
+from pipelines.lotus.model import LotusDPipeline, LotusGPipeline  # noqa: E402
 
 TASKS = ("depth", "normal", "video", "da2")
 # Lotus-G's scheduler, as scripts/make_tiny_checkpoints.py writes it

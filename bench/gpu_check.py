@@ -57,7 +57,7 @@ def lotus(out: Path, path: Path, tiny: bool) -> None:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from lotus_reference import upstream_lotus_d
-    from pipelines.lotus_model import LotusDPipeline
+    from pipelines.lotus.model import LotusDPipeline
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

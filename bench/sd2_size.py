@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_tiny_checkpoints import write_tokenizer  # noqa: E402
-from pipelines.checkpoints import DEFAULT_MODELS, LOTUS_MODELS  # noqa: E402
+from pipelines.lotus.catalog import DEFAULT_MODELS, LOTUS_MODELS  # noqa: E402
 from pipelines.lotus import TEST_CHECKPOINT_MARKER  # noqa: E402
-from pipelines.lotus_model import PIPELINE_CLASS_NAMES  # noqa: E402
+from pipelines.lotus.model import PIPELINE_CLASS_NAMES  # noqa: E402
 
 UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280), norm_num_groups=32,

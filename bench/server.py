@@ -63,7 +63,7 @@ CPU_LOAD = """
 import sys, time
 from pathlib import Path
 from PIL import Image
-from pipelines.lotus_model import LotusDPipeline
+from pipelines.lotus.model import LotusDPipeline
 model = LotusDPipeline.from_pretrained(Path(sys.argv[1]))
 photo = Image.new("RGB", (1600, 1200), (90, 120, 150))
 stop = time.monotonic() + float(sys.argv[2])

@@ -32,8 +32,8 @@ from PIL import Image  # noqa: E402
 
 from conftest import SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until  # noqa: E402
 from make_tiny_checkpoints import make_lotus  # noqa: E402
-from pipelines.lotus import DepthRequest, LotusDepth  # noqa: E402
-from pipelines.masks import Masker  # noqa: E402
+from pipelines.lotus import DepthRequest, Lotus  # noqa: E402
+from pipelines.sam3d_parts.masks import Masker  # noqa: E402
 from pipelines.sam3d import GenerateRequest, Sam3DObjects  # noqa: E402
 from queue_manager import JobQueue  # noqa: E402
 from settings import load_settings  # noqa: E402
@@ -77,7 +77,7 @@ def depth_wait(work: Path, lanes: bool) -> float:
     """Seconds from submitting a depth job, while a 3D job runs, to its result."""
     objects = Sam3DObjects(work / "checkpoints", SAM3D_STAND_IN, masker=Masker(None),
                            vram_gib=40.0)
-    depth = LotusDepth(work / "checkpoints")
+    depth = Lotus(work / "checkpoints")
     objects.load()
     depth.load()
     pipelines = {"sam3d": objects, "lotus": depth} if lanes else {"both": OneLane(objects, depth)}

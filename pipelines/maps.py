@@ -18,6 +18,12 @@ from .relief import (GEOMETRY, GEOMETRY_METRIC, NORMALS_FROM_LOTUS, NORMALS_FROM
                      RELIEF_FORMATS)
 
 # Lotus's normals (upstream's infer.py writes them so); said in every normal job's answer.
+# What a normal map's values mean, as upstream's code defines it: the pipeline's [0, 1]
+# output is 2n - 1 mapped back (eval.py:214, the evaluation's `pred_normal*2-1`), x, y, z in
+# R, G, B (utils/visualize.py:43-48); the frame is the training targets': Hypersim's camera-
+# space normals with x negated (utils/hypersim_dataset.py:74-75), turned to face the camera
+# (n . p >= 0 for p = depth K^-1 (u, v, 1), hypersim_dataset.py:35-53, --align_cam_normal in
+# train_scripts/train_lotus_*_normal.sh): x to the left, y up, z toward the camera.
 NORMAL_CONVENTION = {
     "frame": "camera: x to the left, y up, z toward the camera (R, G, B = x, y, z)",
     "range": "each channel in [0, 1]; the normal is 2 * value - 1, each component in [-1, 1] "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .checkpoints import LOTUS_MODELS
+from .lotus.catalog import LOTUS_MODELS
 from .depth_anything.catalog import DA2_MODELS
 
 

@@ -75,7 +75,7 @@ def relief_distance(prediction: np.ndarray, disparity: bool,
 def relief_normals(normal_map: np.ndarray) -> np.ndarray:
     """Unit normals in the relief's frame (x right, y up, z toward the camera) from a Lotus
     normal map (height, width, 3) in [0, 1], whose normal is 2 * value - 1 with x to the
-    left, y up, z toward the camera (pipelines/lotus.py, NORMAL_CONVENTION): x is negated.
+    left, y up, z toward the camera (pipelines/maps.py, NORMAL_CONVENTION): x is negated.
     A zero-length prediction faces the camera."""
     vectors = normal_map.astype(np.float64) * 2.0 - 1.0
     vectors[..., 0] *= -1.0

@@ -7,14 +7,29 @@ progress, writing files) is ours and runs without a GPU. Line numbers cited belo
 upstream's, facebookresearch/sam-3d-objects at cf06676; tests hold the stand-in in
 tests/sam3d_stand_in to those signatures, and ../shared/sam3d-cpu runs this file against the
 real code on CPU.
+
+The model is this module and a package beside it. This module is its front: the request
+(`GenerateRequest`), the pipeline (`Sam3DObjects`) and its row of the model table (`SPEC`).
+It stays a file, `pipelines/sam3d.py`, not a package: the SAM 3D CPU kit
+(../shared/sam3d-cpu, run_wrapper.py:26 and _kit.py:160-177) checks that this very file
+exists and uses `from pipelines import sam3d` with `sam3d.Sam3DObjects`, `sam3d.Masker` and
+`sam3d.GenerateRequest`; and journal rows name `pipelines.sam3d:GenerateRequest`. A
+`pipelines/sam3d/` folder would shadow the file, so its helpers live in the package
+`pipelines/sam3d_parts/` (not `sam3d_objects`: that is upstream's own package's name, which
+this module imports too):
+
+- `upstream`: the seam (config, `Inference`, `make_scene`, `to_glb`, baking with gsplat).
+- `memory`: GPU memory each output needs, whole and in low-memory mode; what a GPU serves.
+- `offload`: the low-memory mode (one stage's sub-models on the GPU at a time).
+- `masks`: which pixels are the object (a client's mask, alpha, rembg); `/segment` too.
+- `scene`: several objects in one file, each placed by its predicted pose.
+- `mesh_files`: a mesh as GLB, OBJ zip, STL or USDZ.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,32 +43,22 @@ from .base import Progress, Result
 from .errors import NotLoaded, OutOfMemory, PipelineError
 from .device import gpu_info
 from .images import ImageData, ImageInput, ImageLimits, JobInputs
-from .masks import Masker, decode_mask, encode_mask, read_client_mask, with_mask
-from .mesh_files import MESH_FORMATS
-from .offload import StageOffload, loading_to_cpu
 from .outputs import atomic_write
-from .scene import Pose, place_mesh
+from .sam3d_parts.masks import Masker, decode_mask, encode_mask, read_client_mask, with_mask
+from .sam3d_parts.memory import (MEMORY_NEEDED_GIB, MEMORY_NEEDED_GIB_OFFLOAD,
+                                   offload_wanted, servable_outputs)
+from .sam3d_parts.mesh_files import MESH_FORMATS
+from .sam3d_parts.offload import StageOffload, loading_to_cpu
+from .sam3d_parts.scene import Pose, object_progress, objects_info, place_mesh
+from .sam3d_parts.upstream import (bake_with_gsplat, find_config, import_inference,
+                                     import_make_scene, import_to_glb)
 from .spec import Endpoint, OutputFormat, PipelineSpec
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "pipeline.yaml"
-# GiB of GPU memory each output needs. Upstream asks for "at least 32 Gb of VRAM"
-# (doc/setup.md:6), and public reports agree: out of memory on a 20 GB card (upstream issue
-# #6, in the mesh decoder), on a 23.64 GiB card even with decode_formats=["gaussian"] (#68,
-# "I think the minimum is 32GiB"), on a 24 GB RTX 3090 with the demo (#129). The guide's
-# 14/20/24 GB table is not upstream's. 32 GB cards report 31-32 GiB, hence 30. Set
-# SAM3D_VRAM_GIB to override what the GPU reports.
-MEMORY_NEEDED_GIB = {"ply": 30.0, "glb": 30.0, "glb_textured": 30.0}
-# The same in low-memory mode (pipelines/offload.py): one stage's sub-models at a time, so
-# that PLY and vertex-colour GLB fit 16 GB cards (they report 15-16 GiB) and textured GLB,
-# whose baking renders 100 views at 1024 px, 24 GB cards. An estimate from the sub-models'
-# sizes (DEPLOY.md, "Smaller GPUs"); bench/sam3d_memory.py measures it on a real GPU.
-MEMORY_NEEDED_GIB_OFFLOAD = {"ply": 14.0, "glb": 14.0, "glb_textured": 22.0}
 # Objects one job may reconstruct into one scene: each is a full run of the model
 # (about a minute on a large GPU), and the job holds every object's result until the end.
 MAX_OBJECTS = 8
-OFFLOAD_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -142,87 +147,6 @@ class GenerateRequest(ImageInput):
                  for where, source, is_url in sources]
         return inputs._replace(options=options.model_copy(
             update={"mask": None, "mask_url": None, "masks": masks}))
-
-
-def find_config(checkpoints_dir: Path) -> Path:
-    """The guide's layout (`checkpoints/pipeline.yaml`) or upstream's (`checkpoints/hf/`)."""
-    for candidate in (Path(checkpoints_dir) / CONFIG_NAME,
-                      Path(checkpoints_dir) / "hf" / CONFIG_NAME):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no {CONFIG_NAME} in {checkpoints_dir} or {checkpoints_dir}/hf")
-
-
-def import_inference(source_dir: Path) -> Callable[..., Any]:
-    """SAM 3D Objects' public `Inference` class, from its source tree (needs CUDA packages)."""
-    notebook = Path(source_dir) / "notebook"
-    if not (notebook / "inference.py").is_file():
-        raise FileNotFoundError("SAM 3D Objects source not found at the configured "
-                                "SAM3D_SOURCE_DIR")
-    for path in (str(source_dir), str(notebook)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    # inference.py:5 copies CONDA_PREFIX into CUDA_HOME at import (KeyError without it).
-    # Activating a conda env sets it to the env's prefix, which is this interpreter's.
-    os.environ.setdefault("CONDA_PREFIX", sys.prefix)
-    from inference import Inference  # type: ignore[import-not-found]
-
-    return Inference
-
-
-def import_make_scene() -> Callable[..., Any]:
-    """Upstream's `make_scene` (notebook/inference.py:255), after `import_inference`."""
-    from inference import make_scene  # type: ignore[import-not-found]
-
-    return make_scene
-
-
-def import_to_glb() -> Callable[..., Any]:
-    from sam3d_objects.model.backbone.tdfy_dit.utils import postprocessing_utils
-
-    return postprocessing_utils.to_glb
-
-
-def bake_with_gsplat() -> None:
-    """Render texture-baking views with gsplat instead of the "inria" rasterizer.
-
-    `to_glb` bakes from `render_multiview` (postprocessing_utils.py:633), whose
-    `render_frames` defaults the Gaussian backend to "inria" (render_utils.py:77):
-    diff_gaussian_rasterization, which upstream does not install and whose usual source is
-    licensed for non-commercial use only (upstream issues #12, #29, #105). gsplat is
-    upstream's other backend (gaussian_render.py:165-195), the one its notebook renders with
-    (notebook/inference.py:185). Options that name a backend keep it.
-    """
-    from sam3d_objects.model.backbone.tdfy_dit.utils import render_utils
-
-    render_frames = render_utils.render_frames
-    if getattr(render_frames, "defaults_to_gsplat", False):
-        return
-
-    @functools.wraps(render_frames)
-    def render_frames_with_gsplat(sample, extrinsics, intrinsics, options=None, *args,
-                                  **kwargs):
-        return render_frames(sample, extrinsics, intrinsics,
-                             {"backend": "gsplat", **(options or {})}, *args, **kwargs)
-
-    render_frames_with_gsplat.defaults_to_gsplat = True
-    render_utils.render_frames = render_frames_with_gsplat
-
-
-def offload_wanted(mode: str, vram_gib: float | None) -> bool:
-    """`SAM3D_OFFLOAD`: on, off, or auto (on when the GPU is smaller than the whole model
-    needs, MEMORY_NEEDED_GIB)."""
-    if mode not in OFFLOAD_MODES:
-        raise ValueError(f"SAM3D_OFFLOAD must be one of {', '.join(OFFLOAD_MODES)}")
-    if mode == "auto":
-        return vram_gib is not None and vram_gib < max(MEMORY_NEEDED_GIB.values())
-    return mode == "on"
-
-
-def servable_outputs(vram_gib: float | None, offload: bool = False) -> dict[str, bool]:
-    """Which outputs fit in this GPU's memory (none without a GPU)."""
-    needed = MEMORY_NEEDED_GIB_OFFLOAD if offload else MEMORY_NEEDED_GIB
-    return {kind: vram_gib is not None and vram_gib >= need for kind, need in needed.items()}
 
 
 class Sam3DObjects:
@@ -425,20 +349,6 @@ class Sam3DObjects:
         if gaussian is not None:
             outputs["gs"] = gaussian
         return outputs
-
-
-def object_progress(progress: Progress, index: int, count: int) -> Progress:
-    """One object's stages as part of the whole job: "object 2 of 3: structured latent"."""
-    def report(stage: str, fraction: float) -> None:
-        progress(f"object {index + 1} of {count}: {stage}", (index + fraction) / count)
-    return report
-
-
-def objects_info(poses: list[Pose], counts: list[dict[str, int]]) -> dict[str, Any]:
-    """What a finished job's status says: each object's pose and size, and the totals."""
-    totals = {key: sum(count[key] for count in counts) for key in counts[0]}
-    return {**totals, "objects": [{**pose.as_dict(), **count}
-                                  for pose, count in zip(poses, counts)]}
 
 
 SPEC = PipelineSpec(

@@ -1,11 +1,12 @@
 """What a model declares to the server: one `PipelineSpec` per model, its `SPEC`.
 
-Each model's module (pipelines/lotus.py, pipelines/sam3d.py, pipelines/segment.py) ends with
-its SPEC; pipelines/table.py lists them. Everything that used to name a model by hand reads
-these rows instead: the routes and the OpenAPI document (`endpoints`), `/health`, RunPod's
-tasks (`Endpoint.task`), which models a server starts (`checkpoint_present`, `factory`,
-`needs`), where its workers run (`placement`, `batch_limit`), and what a result file is
-(`outputs`: the restore after a restart names a lone file's model and media type from them).
+Each model's package has its SPEC (pipelines/lotus/spec.py, pipelines/depth_anything/spec.py,
+pipelines/segment/; SAM 3D Objects' is in pipelines/sam3d.py); pipelines/table.py lists them.
+Everything that used to name a model by hand reads these rows instead: the routes and the
+OpenAPI document (`endpoints`), `/health`, RunPod's tasks (`Endpoint.task`), which models a
+server starts (`checkpoint_present`, `factory`, `needs`), where its workers run (`placement`,
+`batch_limit`), and what a result file is (`outputs`: the restore after a restart names a
+lone file's model and media type from them).
 
 BentoML's idea (one loop over an API table), kept to plain dataclasses: a model adds rows,
 never a branch in the server.

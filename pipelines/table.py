@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from . import lotus, sam3d, segment
+from . import sam3d, segment
+from .lotus import spec as lotus
 from .depth_anything import spec as depth_anything
 from .spec import Endpoint, OutputFormat, PipelineSpec
 

@@ -1,5 +1,7 @@
-"""Video in and out for the Lotus jobs, with PyAV (FFmpeg's libraries in-process: no
-subprocess, no temporary file).
+"""A video as a job's input (`POST /depth`, `/normal`), with PyAV (FFmpeg's libraries
+in-process: no subprocess, no temporary file): its limits (VIDEO_MAX_*, in Settings), the
+probe at submission and again at a restart (the journal), and the decoded frames. Lotus's
+result for a video (an mp4 and an npz in a zip) is written by pipelines/lotus/video.py.
 
 A video is refused from its container's metadata (format, duration, frame count, frame
 size) before one frame is decoded (a webm recorded live has no length in its header: its
@@ -22,26 +24,20 @@ would cost far more than the probe.)
 Rotation: a phone records portrait video as landscape pixels with a display matrix
 (ISO BMFF tkhd matrix); FFmpeg attaches it to every decoded frame (AV_FRAME_DATA_
 DISPLAYMATRIX, PyAV's VideoFrame.rotation), and decode_frames turns the frame upright as
-pipelines/images applies a photo's EXIF orientation. The result is one zip:
-the colourised maps as an H.264 mp4 at the input's frame rate, and the raw float32 frames
-as a `.npz`.
+pipelines/images applies a photo's EXIF orientation.
 """
 
 from __future__ import annotations
 
 import io
 import threading
-import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 from PIL import Image
 
 from .errors import InvalidInput
-from .outputs import atomic_write, colorize_depth
 
 # The container is told from its first bytes and FFmpeg opens it with that demuxer alone:
 # left to probe, FFmpeg would also open playlists (hls, concat) that read other files and URLs.
@@ -262,48 +258,3 @@ def decode_frames(video: Video) -> Iterator[Image.Image]:
                                    "frames its container declares")
     except av.FFmpegError as exc:  # a damaged stream is the client's, not a server error
         raise InvalidVideo(f"video could not be decoded: {exc.strerror}") from None
-
-
-def color_frames(predictions: list[np.ndarray], task: str, disparity: bool) -> list[np.ndarray]:
-    """Each prediction as 8-bit RGB: depth as the colour PNG output colours it, normals as
-    upstream writes them (infer.py:214: times 255, truncated)."""
-    if task == "depth":
-        return [colorize_depth(prediction, disparity) for prediction in predictions]
-    return [(prediction * 255).astype(np.uint8) for prediction in predictions]
-
-
-def encode_mp4(frames: list[np.ndarray], fps: float) -> bytes:
-    """H.264 in yuv420p (what browsers play), each side padded to even by repeating the
-    last row or column (the format's chroma is half size)."""
-    import av
-
-    height, width = frames[0].shape[:2]
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = width + width % 2, height + height % 2
-        stream.pix_fmt = "yuv420p"
-        for rgb in frames:
-            rgb = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()
-
-
-def write_video_result(path: Path, task: str, predictions: list[np.ndarray], fps: float,
-                       disparity: bool) -> Path:
-    """The job's zip: `<task>.mp4` (colourised) and `<task>.npz` (`frames`: float32, one
-    map per input frame; `fps`)."""
-    movie = encode_mp4(color_frames(predictions, task, disparity), fps)
-    arrays = io.BytesIO()
-    np.savez_compressed(arrays, frames=np.stack(predictions).astype(np.float32),
-                        fps=np.float64(fps))
-
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-            archive.writestr(f"{task}.mp4", movie)
-            archive.writestr(f"{task}.npz", arrays.getvalue())
-
-    return atomic_write(path, write)

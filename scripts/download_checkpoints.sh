@@ -37,8 +37,8 @@ if [ ! -f "$DEST/pipeline.yaml" ]; then
 fi
 
 echo "== Lotus-D ($LOTUS_MODEL_ID)"
-# the same check the image build runs (pipelines/checkpoints.py: the UNet's config)
-if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" depth-d-v2-0-disparity >/dev/null 2>&1; then
+# the same check the image build runs (pipelines/lotus/catalog.py: the UNet's config)
+if ! "$PYTHON" "$HERE/../pipelines/lotus/catalog.py" "$DEST" depth-d-v2-0-disparity >/dev/null 2>&1; then
   echo "$LOTUS holds the tiny test weights: replacing the whole folder"
   rm -rf "$LOTUS"
 fi
@@ -88,7 +88,7 @@ for path in pipeline.yaml ss_generator.ckpt slat_generator.ckpt ss_decoder.ckpt 
     missing=1
   fi
 done
-if ! "$PYTHON" "$HERE/../pipelines/checkpoints.py" "$DEST" depth-d-v2-0-disparity >/dev/null 2>&1; then
+if ! "$PYTHON" "$HERE/../pipelines/lotus/catalog.py" "$DEST" depth-d-v2-0-disparity >/dev/null 2>&1; then
   echo "TEST     lotus-depth-d-v2-0-disparity holds test weights, not Lotus-D's"
   missing=1
 fi

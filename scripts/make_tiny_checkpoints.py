@@ -6,7 +6,7 @@
     python scripts/make_tiny_checkpoints.py DIR depth-anything-v2-small
         ->   DIR/Depth-Anything-V2-Small-hf/
 
-Any of upstream Lotus's six (pipelines/checkpoints.py's LOTUS_MODELS, by short name): a
+Any of upstream Lotus's six (pipelines/lotus/catalog.py's LOTUS_MODELS, by short name): a
 Lotus-G one has the 8-channel UNet upstream's train_lotus_g.py:733-750 makes, a Lotus-D one
 SD 2's 4. Any of the Depth Anything V2 checkpoints served (pipelines/depth_anything/
 catalog.py's DA2_MODELS): transformers' DepthAnythingForDepthEstimation with a narrow DINOv2
@@ -30,11 +30,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from tokenizers.pre_tokenizers import ByteLevel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipelines.checkpoints import DEFAULT_MODELS, LOTUS_MODELS  # noqa: E402
+from pipelines.lotus.catalog import DEFAULT_MODELS, LOTUS_MODELS  # noqa: E402
 from pipelines.depth_anything.catalog import DA2_MODELS  # noqa: E402
 from pipelines.depth_anything.catalog import TEST_CHECKPOINT_MARKER as DA2_MARKER  # noqa: E402
 from pipelines.lotus import TEST_CHECKPOINT_MARKER  # noqa: E402
-from pipelines.lotus_model import PIPELINE_CLASS_NAMES, UNET_IN_CHANNELS  # noqa: E402
+from pipelines.lotus.model import PIPELINE_CLASS_NAMES, UNET_IN_CHANNELS  # noqa: E402
 
 HIDDEN = 32  # text width = UNet cross-attention width
 CHOICES = [*LOTUS_MODELS, *DA2_MODELS]
@@ -102,7 +102,7 @@ def make_lotus(root: Path, seed: int = 0, name: str = DEFAULT_MODELS["depth"]) -
         "vae": ["diffusers", "AutoencoderKL"],
     }, indent=2))
     # for people who open the folder; the server tells test weights from the UNet's config
-    # (pipelines/checkpoints.py) and says so (/health, its log, the web page)
+    # (pipelines/lotus/catalog.py) and says so (/health, its log, the web page)
     (out / TEST_CHECKPOINT_MARKER).write_text(
         "Random weights written by scripts/make_tiny_checkpoints.py for tests and development.\n"
         f"Replace this folder with the real {model.repo_id} checkpoint.\n")

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-# (file in the source tree, qualified name): everything pipelines/sam3d.py calls, replaces or
-# relies on, and what those call on the way to a file.
+# (file in the source tree, qualified name): everything pipelines/sam3d.py and
+# pipelines/sam3d_parts/ call, replace or rely on, and what those call on the way to a file.
 INTERFACE = [
     ("notebook/inference.py", "Inference.__init__"),
     ("notebook/inference.py", "Inference.merge_mask_to_rgba"),

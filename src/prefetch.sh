@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download Lotus-D to where the worker loads it from: models/ (CHECKPOINTS_DIR), or, with
 # MODEL_ID set, the Hugging Face cache on the volume (HF_HOME), where the worker looks for
-# MODEL_ID (pipelines/lotus.py, resolve_checkpoint). bootstrap.sh runs it (PREFETCH=1, the
+# MODEL_ID (pipelines/lotus/catalog.py, resolve_checkpoint). bootstrap.sh runs it (PREFETCH=1, the
 # default); to fill a volume beforehand, run `bash /opt/lotus/src/prefetch.sh` on a pod with it.
 # Python: the worker's venv on the volume once bootstrap.sh has built it; before that, a
 # temporary venv with only huggingface-hub, at the version the worker pins.

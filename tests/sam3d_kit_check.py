@@ -117,7 +117,7 @@ from PIL import Image  # noqa: E402
 from sam3d_objects.utils.visualization.scene_visualizer import SceneVisualizer  # noqa: E402
 
 from pipelines import sam3d as wrapper  # noqa: E402  (the project's, on sys.path via the kit)
-from pipelines.scene import CAMERA_TO_GLTF  # noqa: E402
+from pipelines.sam3d_parts.scene import CAMERA_TO_GLTF  # noqa: E402
 
 masks = [mask_png(slice(0, 64), slice(0, 32)), mask_png(slice(0, 64), slice(32, 64))]
 captured, placed = [], []

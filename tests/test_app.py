@@ -11,8 +11,8 @@ import trimesh
 from PIL import Image
 
 from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints, wait_until
-from pipelines.lotus import LotusDepth
-from pipelines.masks import Masker
+from pipelines.lotus import Lotus
+from pipelines.sam3d_parts.masks import Masker
 from pipelines.sam3d import Sam3DObjects
 
 GLB_MAGIC = b"glTF"
@@ -108,7 +108,7 @@ def test_sync_generate_returns_the_file_itself(client):
 
 
 def test_depth_sync_answers_with_the_plans_json(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     response = client.post("/depth/sync", json={"image_base64": image_b64(width=40, height=30),
                                                 "processing_res": 64})
     body = response.get_json()
@@ -429,7 +429,7 @@ def upload(client, path, **fields):
 
 
 def test_a_form_upload_runs_the_same_job_as_json(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     photo = image_bytes(width=40, height=30, fmt="JPEG")
     form = upload(client, "/depth/sync", image=photo, processing_res="64", seed="7")
     sent = client.post("/depth/sync", json={"image": base64.b64encode(photo).decode(),

@@ -19,7 +19,7 @@ from conftest import image_b64  # noqa: E402
 from make_tiny_checkpoints import make_depth_anything  # noqa: E402
 from pipelines.depth_anything.catalog import DA2_MODELS  # noqa: E402
 from pipelines.depth_anything.pipeline import DepthAnything  # noqa: E402
-from pipelines.lotus import LotusDepth  # noqa: E402
+from pipelines.lotus import Lotus  # noqa: E402
 
 RELATIVE, INDOOR = "depth-anything-v2-small", "depth-anything-v2-metric-indoor-small"
 
@@ -88,7 +88,7 @@ def test_one_depth_endpoint_routes_by_model_beside_lotus(make_client, da2_checkp
                                                          checkpoints):
     """Lotus's and Depth Anything's names are rows of one table: /depth sends each request
     to the pipeline whose model it names; a Lotus-only option is refused for DA2."""
-    client = make_client({"lotus": LotusDepth(checkpoints),
+    client = make_client({"lotus": Lotus(checkpoints),
                           "depth_anything": DepthAnything(da2_checkpoints)})
     photo = image_b64(width=64, height=48, seed=5)
     lotus = client.post("/depth/sync", json={"image": photo, "processing_res": 32}).get_json()
@@ -130,7 +130,7 @@ def test_a_photo_it_cannot_size_fails_with_a_400_saying_why(make_client, da2_che
 
 def test_its_model_on_a_server_without_it_is_a_400_naming_what_is_served(make_client,
                                                                           checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     answer = client.post("/depth", json={"image": image_b64(), "model": RELATIVE})
     assert answer.status_code == 400, answer.get_json()
     assert "not served here" in answer.get_json()["error"] and "lotus" in answer.get_json()["error"]

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from pipelines.sam3d import MEMORY_NEEDED_GIB, MEMORY_NEEDED_GIB_OFFLOAD, offload_wanted, \
-    servable_outputs
+from pipelines.sam3d_parts.memory import MEMORY_NEEDED_GIB, MEMORY_NEEDED_GIB_OFFLOAD, \
+    offload_wanted, servable_outputs
 from schemas import Health
 from workers.pool import ESTIMATED_GIB
 

@@ -18,7 +18,7 @@ from conftest import image_b64, image_bytes
 from pipelines import fetch
 from pipelines.fetch import FetchFailed, UnsafeURL, fetch_url, is_public_address, post_checked
 from pipelines.images import ImageLimits, InvalidImage
-from pipelines.masks import read_client_mask
+from pipelines.sam3d_parts.masks import read_client_mask
 
 PHOTO = image_bytes(width=32, height=24)
 

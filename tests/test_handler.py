@@ -19,8 +19,8 @@ from PIL import Image
 
 from conftest import ROOT, SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until
 from handler import Worker
-from pipelines.lotus import LotusDepth
-from pipelines.masks import Masker
+from pipelines.lotus import Lotus
+from pipelines.sam3d_parts.masks import Masker
 from pipelines.sam3d import Sam3DObjects
 from settings import load_settings
 
@@ -148,7 +148,7 @@ def test_an_unset_lotus_api_key_refuses_every_job(tmp_path, checkpoints, monkeyp
 @pytest.fixture
 def worker(tmp_path, checkpoints, monkeypatch):
     monkeypatch.setenv("LOTUS_API_KEY", KEY)
-    lotus = LotusDepth(checkpoints)
+    lotus = Lotus(checkpoints)
     sam3d = Sam3DObjects(sam3d_checkpoints(tmp_path / "ck"), SAM3D_STAND_IN,
                          masker=Masker(None), vram_gib=40.0)
     lotus.load()

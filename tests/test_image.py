@@ -279,9 +279,11 @@ def test_the_server_image_refuses_to_bake_in_test_weights(checkpoints, tmp_path)
     steps = instructions("Dockerfile")
     copy = steps.index(("COPY", "checkpoints/ /app/checkpoints/"))
     check = next(args for kind, args in steps[copy:] if kind == "RUN" and "checkpoints.py" in args)
+    script = next(args.split()[0] for kind, args in steps[:copy]
+                  if kind == "COPY" and args.split()[-1] == "/tmp/checkpoints.py")
 
     def build_step(checkpoints_dir, allow):
-        command = (check.replace("/tmp/checkpoints.py", str(ROOT / "pipelines/checkpoints.py"))
+        command = (check.replace("/tmp/checkpoints.py", str(ROOT / script))
                    .replace("/app/checkpoints", str(checkpoints_dir))
                    .replace("${ALLOW_TEST_WEIGHTS}", allow).replace("python ", f"{sys.executable} "))
         return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,

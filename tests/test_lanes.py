@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import wait_until
 from pipelines import PipelineRegistry
-from pipelines.lotus import DepthRequest, LotusDepth
+from pipelines.lotus import DepthRequest, Lotus
 from queue_manager import JobQueue, JobState
 from stand_ins import ScriptedPipeline
 
@@ -76,7 +76,7 @@ def test_a_job_is_processing_only_while_a_worker_runs_it(queues):
 
 @pytest.fixture
 def lotus(checkpoints):
-    pipeline = LotusDepth(checkpoints)
+    pipeline = Lotus(checkpoints)
     pipeline.load()
     return pipeline
 

@@ -17,13 +17,13 @@ from conftest import ROOT, image_b64, wait_until
 from lotus_reference import upstream_lotus_d
 from pipelines.errors import InvalidInput, PipelineError
 from pipelines.images import ImageLimits
-from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, LotusDepth
-from pipelines.lotus_model import LotusDPipeline
+from pipelines.lotus import CHECKPOINT_FOLDER, DepthRequest, Lotus
+from pipelines.lotus.model import LotusDPipeline
 
 
 @pytest.fixture(scope="module")
 def lotus(checkpoints):
-    model = LotusDepth(checkpoints)
+    model = Lotus(checkpoints)
     model.load()
     return model
 
@@ -154,7 +154,7 @@ def test_a_tiny_photo_at_4096_is_refused_at_submission_and_nothing_is_queued(mak
 
 
 def test_time_limits_grow_with_the_processing_size_not_the_photo():
-    limit = LotusDepth("/nowhere").time_limit  # needs no loaded model
+    limit = Lotus("/nowhere").time_limit  # needs no loaded model
     small, large = photo(64, 48), photo(640, 480)
     assert limit(options(processing_res=768), small) == limit(options(processing_res=768), large)
     assert limit(options(processing_res=0), small) < limit(options(processing_res=0), large)
@@ -165,8 +165,8 @@ def test_time_limits_grow_with_the_processing_size_not_the_photo():
 
 
 def test_a_gpu_gets_a_shorter_time_limit():
-    on_cpu = LotusDepth("/nowhere").time_limit(options(), photo(640, 480))
-    on_gpu = LotusDepth("/nowhere", device_kind="cuda").time_limit(options(), photo(640, 480))
+    on_cpu = Lotus("/nowhere").time_limit(options(), photo(640, 480))
+    on_gpu = Lotus("/nowhere", device_kind="cuda").time_limit(options(), photo(640, 480))
     assert on_gpu < on_cpu / 10
 
 
@@ -208,13 +208,13 @@ def test_a_batch_under_one_request_gives_each_image_its_own_result(lotus, tmp_pa
     {"resample_method": "bicubic"}, {"timestep": 500}, {"latent": "mode"}])
 def test_jobs_that_compute_differently_never_share_a_forward_pass(change):
     size = change.pop("size", (64, 48))
-    key = LotusDepth.batch_key  # needs no loaded model
+    key = Lotus.batch_key  # needs no loaded model
     assert key(options(**change), photo(*size)) != key(options(), photo(64, 48))
 
 
 def test_seed_and_output_format_do_not_split_a_batch():
-    assert (LotusDepth.batch_key(options(seed=1, output="png"), photo(64, 48, 0))
-            == LotusDepth.batch_key(options(seed=2, output="npy"), photo(64, 48, 1)))
+    assert (Lotus.batch_key(options(seed=1, output="png"), photo(64, 48, 0))
+            == Lotus.batch_key(options(seed=2, output="npy"), photo(64, 48, 1)))
 
 
 def test_a_job_with_a_bad_output_or_an_unwritable_file_fails_alone(lotus, tmp_path, monkeypatch):
@@ -309,7 +309,7 @@ def test_a_checkpoint_with_a_missing_part_fails_at_load_and_health_says_so(
     shutil.rmtree(broken / CHECKPOINT_FOLDER / "vae")
     with pytest.raises(FileNotFoundError, match="missing: vae"):
         LotusDPipeline.from_pretrained(broken / CHECKPOINT_FOLDER)
-    client = make_client({"lotus": LotusDepth(broken)})
+    client = make_client({"lotus": Lotus(broken)})
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json()["pipelines"] == {"lotus": "failed"}
     response = client.post("/depth", json={"image": image_b64()})
@@ -334,15 +334,15 @@ SD2_UNET_CONFIG = {"_class_name": "UNet2DConditionModel", "sample_size": 96, "in
 
 
 def checkpoint_check(checkpoints_dir):
-    return subprocess.run([sys.executable, str(ROOT / "pipelines/checkpoints.py"),
+    return subprocess.run([sys.executable, str(ROOT / "pipelines/lotus/catalog.py"),
                            str(checkpoints_dir)], capture_output=True, text=True)
 
 
 def test_the_tiny_checkpoint_is_reported_as_test_weights(checkpoints):
-    from pipelines.checkpoints import LOTUS_FOLDER
+    from pipelines.lotus.catalog import LOTUS_FOLDER
 
     assert LOTUS_FOLDER == CHECKPOINT_FOLDER
-    notice = LotusDepth(checkpoints).notice
+    notice = Lotus(checkpoints).notice
     assert notice and "tiny random test checkpoint" in notice and "noise" in notice
     done = checkpoint_check(checkpoints)  # what the Dockerfile runs after copying the weights
     assert done.returncode == 1 and "TEST weights" in done.stderr
@@ -354,7 +354,7 @@ def test_real_weights_copied_over_a_test_folder_are_not_called_noise(checkpoints
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, folder)
     assert list(folder.glob("TINY*"))  # the note a marker-based check was fooled by
     (folder / "unet" / "config.json").write_text(json.dumps(SD2_UNET_CONFIG))
-    assert LotusDepth(tmp_path).notice is None
+    assert Lotus(tmp_path).notice is None
     done = checkpoint_check(tmp_path)
     assert done.returncode == 0 and "real weights" in done.stdout
     assert checkpoint_check(tmp_path / "empty").returncode == 0  # no Lotus-D at all is fine
@@ -366,7 +366,7 @@ def test_model_id_loads_from_the_hugging_face_cache_offline(checkpoints, tmp_pat
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, repo / "snapshots" / ("a" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
-    code = ("from pipelines.lotus import LotusDepth; m = LotusDepth('/nonexistent', "
+    code = ("from pipelines.lotus import Lotus; m = Lotus('/nonexistent', "
             "'someone/lotus-copy'); m.load(); print(m.model.min_side)")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,

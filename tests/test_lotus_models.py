@@ -21,9 +21,9 @@ from conftest import QuietHandler, image_b64, local_http_server, running_server
 from handler import Worker
 from lotus_reference import upstream_lotus_d, upstream_lotus_g
 from make_tiny_checkpoints import make_lotus
-from pipelines.checkpoints import LOTUS_MODELS
-from pipelines.lotus import DepthRequest, LotusDepth, NormalRequest
-from pipelines.lotus_model import LotusGPipeline
+from pipelines.lotus.catalog import LOTUS_MODELS
+from pipelines.lotus import DepthRequest, Lotus, NormalRequest
+from pipelines.lotus.model import LotusGPipeline
 
 # Each with its own random weights; the default depth model is the shared fixture's.
 TINY = {"depth-d-v2-0-disparity": 0, "normal-d-v1-1": 1, "depth-g-v2-1-disparity": 2,
@@ -43,7 +43,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lotus(folder):
-    model = LotusDepth(folder)
+    model = Lotus(folder)
     model.load()
     return model
 
@@ -147,8 +147,8 @@ def test_a_batch_of_lotus_g_jobs_each_with_its_own_seed_equals_each_run_alone(fo
 
 def test_models_never_share_a_forward_pass():
     image = photo(64, 48)
-    assert (LotusDepth.batch_key(request("depth-g-v2-1-disparity"), image)
-            != LotusDepth.batch_key(request("depth-d-v2-0-disparity"), image))
+    assert (Lotus.batch_key(request("depth-g-v2-1-disparity"), image)
+            != Lotus.batch_key(request("depth-d-v2-0-disparity"), image))
 
 
 def test_normal_files_are_upstreams_png_the_raw_npy_and_a_16_bit_png(folder, lotus, tmp_path):
@@ -293,7 +293,7 @@ def test_the_openapi_document_knows_normal(server):
 def test_a_server_without_a_model_says_which_are_served(folder, tmp_path, make_client):
     only_normal = tmp_path / "ck"
     shutil.copytree(folder / "lotus-normal-d-v1-1", only_normal / "lotus-normal-d-v1-1")
-    pipeline = LotusDepth(only_normal)
+    pipeline = Lotus(only_normal)
     client = make_client({"lotus": pipeline})
     answer = client.post("/depth", json={"image": image_b64()})
     assert answer.status_code == 400

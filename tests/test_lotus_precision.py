@@ -20,7 +20,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from lotus_reference import upstream_lotus_d
 from pipelines.lotus import CHECKPOINT_FOLDER
-from pipelines.lotus_model import LotusDPipeline, weights_dtype
+from pipelines.lotus.model import LotusDPipeline, weights_dtype
 
 # measured here on the tiny checkpoint (scripts/make_tiny_checkpoints.py), 96 x 64 photos,
 # seeds 0-2: max |bf16 autocast path - fp32| 0.076, 0.038, 0.038 of the [0, 1] range; mean

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import image_b64, image_bytes, wait_until
 from pipelines.errors import FailureKind, PipelineError
-from pipelines.lotus import LotusDepth
+from pipelines.lotus import Lotus
 from pipelines.relief import MAX_GRID_SIDE, relief_glb, relief_grid, relief_ply
 
 
@@ -147,7 +147,7 @@ def answer_file(body):
 @pytest.fixture(scope="module")
 def lotus(checkpoints_with_normals):
     """Lotus serving the default depth model and normal-d-v1-1 (normal-g-v1-1 is not)."""
-    model = LotusDepth(checkpoints_with_normals)
+    model = Lotus(checkpoints_with_normals)
     model.load()
     return model
 

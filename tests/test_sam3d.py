@@ -17,9 +17,10 @@ from PIL import Image
 
 from conftest import SAM3D_STAND_IN, sam3d_checkpoints
 from pipelines.errors import FailureKind, InvalidInput, PipelineError
-from pipelines.masks import Masker, center_mask
-from pipelines.sam3d import (GenerateRequest, Sam3DObjects, find_config, import_inference,
-                             servable_outputs)
+from pipelines.sam3d_parts.masks import Masker, center_mask
+from pipelines.sam3d import GenerateRequest, Sam3DObjects
+from pipelines.sam3d_parts.memory import servable_outputs
+from pipelines.sam3d_parts.upstream import find_config, import_inference
 from queue_manager import JobQueue, JobState
 from stand_ins import brightness_onnx
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import (SAM3D_STAND_IN, QuietHandler, local_http_server, sam3d_checkpoints,
                       wait_until)
-from pipelines.masks import Masker
-from pipelines.offload import StageOffload
+from pipelines.sam3d_parts.masks import Masker
+from pipelines.sam3d_parts.offload import StageOffload
 from pipelines.sam3d import MAX_OBJECTS, GenerateRequest, Sam3DObjects
 
 WIDTH, HEIGHT = 64, 48

@@ -37,7 +37,7 @@ def test_the_stand_in_has_upstreams_exact_signature(name):
 
 
 def test_the_stand_ins_run_returns_upstreams_keys(tmp_path):
-    from pipelines.sam3d import import_inference
+    from pipelines.sam3d_parts.upstream import import_inference
 
     inference = import_inference(SAM3D_STAND_IN)(str(sam3d_checkpoints(tmp_path) /
                                                      "pipeline.yaml"))
@@ -49,7 +49,7 @@ def test_the_stand_ins_run_returns_upstreams_keys(tmp_path):
 
 
 def test_the_stand_in_refuses_what_upstream_refuses(tmp_path):
-    from pipelines.sam3d import import_inference
+    from pipelines.sam3d_parts.upstream import import_inference
 
     pipeline = import_inference(SAM3D_STAND_IN)(
         str(sam3d_checkpoints(tmp_path) / "pipeline.yaml"))._pipeline

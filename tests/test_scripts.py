@@ -177,7 +177,7 @@ def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, che
     from make_tiny_checkpoints import make_depth_anything
 
     from pipelines.depth_anything import DA2_MODELS, is_test_checkpoint
-    from pipelines.lotus import LotusDepth
+    from pipelines.lotus import Lotus
 
     bin_dir, dest = tmp_path / "bin", tmp_path / "checkpoints"
     bin_dir.mkdir()
@@ -194,7 +194,7 @@ def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, che
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
            "HF_LOG": str(tmp_path / "hf.log")}
     env.pop("HF_TOKEN", None)
-    assert LotusDepth(dest).notice  # before: the tiny one, reported as noise
+    assert Lotus(dest).notice  # before: the tiny one, reported as noise
     done = subprocess.run(["bash", str(ROOT / "scripts/download_checkpoints.sh"), str(dest)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -202,7 +202,7 @@ def test_download_checkpoints_replaces_a_test_lotus_folder_cleanly(tmp_path, che
     assert "MISSING" not in done.stdout and "TEST " not in done.stdout
     lotus = dest / CHECKPOINT_FOLDER
     assert not list(lotus.glob("TINY*")) and not (lotus / "scheduler").exists()
-    assert LotusDepth(dest).notice is None
+    assert Lotus(dest).notice is None
     assert f"{tiny_da2} holds the tiny test weights: replacing" in done.stdout
     assert not list(tiny_da2.glob("TINY*"))
     for model in DA2_MODELS.values():

@@ -15,7 +15,7 @@ from conftest import SAM3D_STAND_IN, image_b64, image_bytes, sam3d_checkpoints
 from jobs.journal import JOURNAL_NAME
 from settings import load_settings
 from pipelines.catalog import configured_pipelines, http_pipelines
-from pipelines.masks import Masker
+from pipelines.sam3d_parts.masks import Masker
 from pipelines.sam3d import Sam3DObjects
 from pipelines.segment import Segmenter
 from stand_ins import brightness_onnx

@@ -18,8 +18,8 @@ from conftest import VIDEO_FPS as FPS, VIDEO_FRAMES as FRAMES, VIDEO_HEIGHT as H
     VIDEO_WIDTH as WIDTH, QuietHandler, image_b64, local_http_server, make_video, wait_until
 from lotus_reference import upstream_lotus_g_video
 from pipelines.base import JobCancelled
-from pipelines.checkpoints import LOTUS_MODELS
-from pipelines.lotus import DepthRequest, LotusDepth
+from pipelines.lotus.catalog import LOTUS_MODELS
+from pipelines.lotus import DepthRequest, Lotus
 from pipelines.video import VideoLimits, probe_video
 from test_app import poll
 from test_lotus_models import parts, photo
@@ -42,7 +42,7 @@ def submit_video(client, data: bytes, **fields):
 
 def test_video_gives_one_depth_frame_per_input_frame_equal_to_each_frames_image(
         make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     data = make_video()
     accepted = submit_video(client, data, seed=7)
     assert accepted.status_code == 202, accepted.get_json()
@@ -77,13 +77,13 @@ def test_video_gives_one_depth_frame_per_input_frame_equal_to_each_frames_image(
 ])
 def test_a_video_over_a_limit_is_a_400_before_any_frame_is_decoded(
         make_client, checkpoints, tmp_path, monkeypatch, limit, words):
-    import pipelines.lotus
+    import pipelines.lotus.pipeline
 
     def no_decoding(*args):
         raise AssertionError("a frame was decoded")
 
-    monkeypatch.setattr(pipelines.lotus, "decode_frames", no_decoding)
-    client = make_client({"lotus": LotusDepth(checkpoints)}, **limit)
+    monkeypatch.setattr(pipelines.lotus.pipeline, "decode_frames", no_decoding)
+    client = make_client({"lotus": Lotus(checkpoints)}, **limit)
     data = make_video() if "video_max_bytes" not in limit else make_video(frames=FRAMES * 4)
     response = submit_video(client, data)
     assert response.status_code == 400 and words in response.get_json()["error"], \
@@ -97,21 +97,21 @@ def test_a_video_over_a_limit_is_a_400_before_any_frame_is_decoded(
 
 @pytest.mark.parametrize("data", [base64.b64decode(image_b64()), b"\x00\x00\x00\x18ftypmp42junk"])
 def test_what_is_not_a_video_is_a_400(make_client, checkpoints, data):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     response = submit_video(client, data)
     assert response.status_code == 400
     assert "not a supported video" in response.get_json()["error"]
 
 
 def test_video_that_is_not_base64_is_a_400_naming_the_video(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     response = client.post("/depth", json={"video": "not base64!"})
     assert response.status_code == 400 and response.get_json()["error"] == \
         "video is not valid base64"
 
 
 def test_the_sync_form_refuses_a_video_and_names_the_async_one(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     response = client.post("/depth/sync", json={"video": base64.b64encode(make_video()).decode()})
     assert response.status_code == 400 and response.get_json()["error"] == (
         "video: POST /depth takes videos (a job to poll, then /job/<id>/download); "
@@ -119,7 +119,7 @@ def test_the_sync_form_refuses_a_video_and_names_the_async_one(make_client, chec
 
 
 def test_webm_is_served(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     accepted = submit_video(client, make_video(frames=3, container="webm"))
     assert accepted.status_code == 202, accepted.get_json()
     status = poll(client, accepted.get_json()["job_id"], timeout=120)
@@ -129,7 +129,7 @@ def test_webm_is_served(make_client, checkpoints):
 def test_a_webm_cut_short_is_a_400_not_a_shorter_video(make_client, checkpoints):
     """FFmpeg decodes a truncated webm up to the cut without an error (a truncated mp4 fails
     to open or to decode): the missing end is told from the size its Segment declares."""
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     data = make_video(frames=FRAMES * 4, container="webm")
     response = submit_video(client, data[:len(data) // 2])
     assert response.status_code == 400 and response.get_json()["error"] == (
@@ -139,7 +139,7 @@ def test_a_webm_cut_short_is_a_400_not_a_shorter_video(make_client, checkpoints)
 def test_a_webm_recorded_live_with_no_length_in_its_header_is_served(make_client, checkpoints):
     """A browser's MediaRecorder writes no Duration (nor any frame count): its frames are
     counted from the packets, still before decoding."""
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     accepted = submit_video(client, make_video(frames=5, container="webm", live=True))
     assert accepted.status_code == 202, accepted.get_json()
     status = poll(client, accepted.get_json()["job_id"], timeout=120)
@@ -148,10 +148,10 @@ def test_a_webm_recorded_live_with_no_length_in_its_header_is_served(make_client
 
 def test_a_live_webm_over_the_frame_limit_is_a_400_before_decoding(make_client, checkpoints,
                                                                   monkeypatch):
-    import pipelines.lotus
+    import pipelines.lotus.pipeline
 
-    monkeypatch.setattr(pipelines.lotus, "decode_frames", mock.Mock(side_effect=AssertionError))
-    client = make_client({"lotus": LotusDepth(checkpoints)}, video_max_frames=4)
+    monkeypatch.setattr(pipelines.lotus.pipeline, "decode_frames", mock.Mock(side_effect=AssertionError))
+    client = make_client({"lotus": Lotus(checkpoints)}, video_max_frames=4)
     response = submit_video(client, make_video(frames=5, container="webm", live=True))
     assert response.status_code == 400
     assert response.get_json()["error"] == "video has more than 4 frames; the limit is 4"
@@ -171,7 +171,7 @@ class VideoHost(QuietHandler):
     (None, "video_url must be an http or https URL"),
 ])
 def test_a_video_url_that_fails_names_video_url(make_client, checkpoints, path, words):
-    client = make_client({"lotus": LotusDepth(checkpoints)}, video_max_bytes=1024,
+    client = make_client({"lotus": Lotus(checkpoints)}, video_max_bytes=1024,
                          allow_private_urls=True)
     with local_http_server(VideoHost) as host:
         url = f"{host}{path}" if path else "ftp://example.com/clip.mp4"
@@ -179,7 +179,7 @@ def test_a_video_url_that_fails_names_video_url(make_client, checkpoints, path, 
     assert response.status_code == 400 and response.get_json()["error"] == words
 
 
-class HeldAtSecondBatch(LotusDepth):
+class HeldAtSecondBatch(Lotus):
     """Lotus-D whose second forward pass waits until the test has cancelled the job."""
 
     def __init__(self, *args):
@@ -216,7 +216,7 @@ def lotus_g(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lotus-g")
     for seed, name in enumerate(("depth-g-v2-1-disparity", "normal-g-v1-1")):
         make_lotus(folder, seed + 2, name)
-    lotus = LotusDepth(folder)
+    lotus = Lotus(folder)
     lotus.load()
     return lotus
 
@@ -227,7 +227,7 @@ def test_a_lotus_g_video_equals_upstreams_loop_with_the_latent_carried(make_clie
     """Each frame's map, bit for bit, as upstream's lotus_video computes it frame after
     frame (tests/lotus_reference.py), on the frames PyAV decodes, with the request's seed."""
     task = LOTUS_MODELS[name].task
-    client = make_client({"lotus": LotusDepth(lotus_g.checkpoints_dir)})
+    client = make_client({"lotus": Lotus(lotus_g.checkpoints_dir)})
     data = make_video(frames=5)
     accepted = client.post(f"/{task}", json={"video": base64.b64encode(data).decode(),
                                              "processing_res": 64, "model": name, "seed": 7})
@@ -283,7 +283,7 @@ def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, 
     from make_tiny_checkpoints import make_lotus
 
     make_lotus(tmp_path / "n", name="normal-d-v1-1")
-    client = make_client({"lotus": LotusDepth(tmp_path / "n")})
+    client = make_client({"lotus": Lotus(tmp_path / "n")})
     accepted = client.post("/normal", json={"video": base64.b64encode(make_video(frames=3))
                                             .decode(), "processing_res": 64})
     assert accepted.status_code == 202, accepted.get_json()
@@ -298,7 +298,7 @@ def test_normals_of_a_video_are_a_zip_of_an_mp4_and_the_rgb_frames(make_client, 
 
 def test_a_video_cannot_ask_for_a_relief(make_client, checkpoints):
     """Nor for one lit by a normal model: told so at once, not first to ask for a glb."""
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     for fields in ({"output": "glb"}, {"output": "ply"}, {"normal_model": "normal-d-v1-1"},
                    {"output": "glb", "normal_model": "normal-d-v1-1"}):
         refused = submit_video(client, make_video(frames=3), **fields)
@@ -325,7 +325,7 @@ def test_an_mp4_cut_at_a_sample_boundary_is_a_400_not_a_shorter_video(make_clien
     data = faststart_mp4()
     assert data.index(b"moov") < data.index(b"mdat")
     cut = data[:sample_offsets(data)[6]]  # six whole frames of twelve
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     response = submit_video(client, cut)
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"] == (
@@ -344,7 +344,7 @@ def test_the_runpod_handler_refuses_a_cut_mp4_too(tmp_path, checkpoints, monkeyp
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
-    lotus = LotusDepth(checkpoints)
+    lotus = Lotus(checkpoints)
     worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
     data = faststart_mp4()
     answer = worker.handle({"id": "cut", "input": {
@@ -398,7 +398,7 @@ def test_a_phones_rotation_is_applied_to_every_frame(degrees, turn):
 
 
 def test_a_portrait_phone_video_comes_back_upright(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     accepted = submit_video(client, rotated(faststart_mp4(frames=3), 90))
     assert accepted.status_code == 202, accepted.get_json()
     status = poll(client, accepted.get_json()["job_id"], timeout=120)
@@ -488,7 +488,7 @@ def test_a_video_bomb_is_refused_without_decoding_its_huge_frame(tmp_path, which
 
 
 def test_the_api_answers_a_video_bomb_with_400(make_client, checkpoints):
-    client = make_client({"lotus": LotusDepth(checkpoints)})
+    client = make_client({"lotus": Lotus(checkpoints)})
     response = submit_video(client, png_mov(png_of_zeros(12000, 12000)))
     assert response.status_code == 400
     assert "at most 1280x1280 pixels" in response.get_json()["error"]

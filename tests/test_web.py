@@ -673,7 +673,7 @@ def test_an_exif_rotated_photo_is_shown_and_masked_upright_as_the_job_sees_it(pa
 
 def test_an_opaque_example_gets_the_centre_box_said_in_plain_words_and_fits_a_phone(page):
     """No background-removal model on the test server (U2NET_HOME is empty): the job's
-    mask is the centre box (pipelines/masks.py center_mask, 80% of each side)."""
+    mask is the centre box (pipelines/sam3d_parts/masks.py center_mask, 80% of each side)."""
     from selenium.webdriver.common.by import By
 
     page.find_element(By.CSS_SELECTOR, ".example[data-src$='vase.jpg']").click()

@@ -4,7 +4,7 @@
                                                   (or MODEL's: short name or repo id) is a test one
 
 `DA2_MODELS` is the one table: short name (what a request's `model` says, in the style of
-pipelines/checkpoints.py's Lotus names: the repository's name, lower case, without "-hf"),
+pipelines/lotus/catalog.py's Lotus names: the repository's name, lower case, without "-hf"),
 Hugging Face repository, folder under CHECKPOINTS_DIR (the repository's name, as Lotus's),
 what the map holds, and the licence its model card states.
 

@@ -16,7 +16,7 @@ function canvas(width, height) {
 }
 
 // Pixels of an image that are the object, by the server's rule for a client's mask
-// (pipelines/masks.py read_client_mask): the alpha channel where the image has
+// (pipelines/sam3d_parts/masks.py read_client_mask): the alpha channel where the image has
 // transparency, else any non-zero colour.
 function objectPixels(data) {
   let transparent = false;
@@ -105,7 +105,7 @@ export class MaskEditor {
   }
 
   // The masks as sent: PNG data URLs at the photo's size, white (255) object on black (0),
-  // opaque, which the server reads by colour (pipelines/masks.py read_client_mask).
+  // opaque, which the server reads by colour (pipelines/sam3d_parts/masks.py read_client_mask).
   pngs() {
     return this.objects.map(({ mask }) => {
       const out = canvas(mask.width, mask.height);

@@ -22,7 +22,7 @@ export function maskFiles(count) {
 // A map's file is named as sam3d-client names it: relief.glb, relief.ply for depth in 3D.
 const RELIEFS = ["glb", "ply"];
 
-// A video job's is the zip the server names <task>_video.zip (pipelines/lotus.py run_video).
+// A video job's is the zip the server names <task>_video.zip (pipelines/lotus/pipeline.py run_video).
 export function outputFile(task, options, video = false) {
   if (video) return `${task}_video.zip`;
   if (task in MAP_STEMS && RELIEFS.includes(options.output)) return `relief.${options.output}`;

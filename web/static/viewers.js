@@ -75,7 +75,7 @@ async function disposeSplat() {
   }
 }
 
-// A video job's zip (pipelines/video.py write_video_result: <task>.mp4, <task>.npz, stored
+// A video job's zip (pipelines/lotus/video.py write_video_result: <task>.mp4, <task>.npz, stored
 // uncompressed): its mp4 alone taken out with fflate and played; resolves on its first frame.
 export async function showVideo(player, blob, name) {
   const { unzipSync } = await import("/vendor/fflate.module.js");

@@ -16,9 +16,12 @@ down -Z, +Y up).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import trimesh
+
+from ..base import Progress
 
 # to_glb turns the decoded mesh from z-up to y-up: vertices @ Y_UP (postprocessing_utils.py:666)
 Y_UP = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
@@ -73,3 +76,16 @@ def place_mesh(mesh: trimesh.Trimesh, pose: Pose) -> trimesh.Trimesh:
     placed.apply_transform(to_gltf @ pose.local_to_camera() @ undo_y_up)
     return placed
 
+
+def object_progress(progress: Progress, index: int, count: int) -> Progress:
+    """One object's stages as part of the whole job: "object 2 of 3: structured latent"."""
+    def report(stage: str, fraction: float) -> None:
+        progress(f"object {index + 1} of {count}: {stage}", (index + fraction) / count)
+    return report
+
+
+def objects_info(poses: list[Pose], counts: list[dict[str, int]]) -> dict[str, Any]:
+    """What a finished job's status says: each object's pose and size, and the totals."""
+    totals = {key: sum(count[key] for count in counts) for key in counts[0]}
+    return {**totals, "objects": [{**pose.as_dict(), **count}
+                                  for pose, count in zip(poses, counts)]}

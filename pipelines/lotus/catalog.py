@@ -1,7 +1,7 @@
 """Upstream Lotus's six checkpoints, and whether the ones present are real or test weights.
 
-    python pipelines/checkpoints.py CHECKPOINTS_DIR [MODEL]   ->   exit 1 if a Lotus folder
-                                                                  (or MODEL's) is a test one
+    python pipelines/lotus/catalog.py CHECKPOINTS_DIR [MODEL]   ->   exit 1 if a Lotus folder
+                                                                    (or MODEL's) is a test one
 
 `LOTUS_MODELS` is upstream's table of released models (EnVision-Research/Lotus at b737e12,
 README.md:142-149: checkpoint, task, mode); each is served from CHECKPOINTS_DIR/<its repo
@@ -9,7 +9,8 @@ name>. Lotus is Stable Diffusion 2's UNet, whose blocks are 320, 640, 1280 and 1
 wide (its unet/config.json, `block_out_channels`); scripts/make_tiny_checkpoints.py writes one of
 32 and 64. The UNet's own config says which it is, so copying or downloading the real
 weights over a test folder changes the answer, which a marker file left beside them did not.
-Standard library only: the Dockerfile runs this file alone, right after copying the weights.
+Standard library only: the Dockerfile runs this file alone (as /tmp/checkpoints.py), right
+after copying the weights; scripts/download_checkpoints.sh runs it too.
 """
 
 from __future__ import annotations
@@ -49,12 +50,34 @@ LOTUS_MODELS = {model.name: model for model in (
 )}
 DEFAULT_MODELS = {"depth": "depth-d-v2-0-disparity", "normal": "normal-d-v1-1"}
 LOTUS_FOLDER = LOTUS_MODELS[DEFAULT_MODELS["depth"]].folder
+CHECKPOINT_FOLDER = LOTUS_FOLDER
+DEFAULT_MODEL_ID = LOTUS_MODELS[DEFAULT_MODELS["depth"]].repo_id
+# A note for people in the folder scripts/make_tiny_checkpoints.py writes. The server does
+# not read it (it would outlive the test weights when real ones are copied over): whether
+# weights are test ones is decided from the UNet's config (`is_test_checkpoint`).
+TEST_CHECKPOINT_MARKER = "TINY_TEST_CHECKPOINT.txt"
 
 
 def present_models(checkpoints_dir: Path) -> list[str]:
     """The table's models whose folder is in `checkpoints_dir`, in the table's order."""
     return [name for name, model in LOTUS_MODELS.items()
             if (Path(checkpoints_dir) / model.folder).is_dir()]
+
+
+def resolve_checkpoint(checkpoints_dir: Path, model_id: str | None = None) -> Path:
+    """The default depth model's local folder if present, else `MODEL_ID` (or the default
+    model's repository) from the Hugging Face cache.
+
+    With HF_HUB_OFFLINE=1 (as in the image) the cache is read and nothing is downloaded.
+    """
+    local = Path(checkpoints_dir) / CHECKPOINT_FOLDER
+    if local.is_dir() and not model_id:
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_id or DEFAULT_MODEL_ID,
+                                  allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+
 
 # Stable Diffusion 2's UNet (diffusers' UNet2DConditionModel defaults, and Lotus-D's config).
 SD2_UNET_BLOCK_OUT_CHANNELS = (320, 640, 1280, 1280)

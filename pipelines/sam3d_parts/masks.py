@@ -16,9 +16,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidInput
-from .images import ImageLimits, InvalidImage, image_data, open_image
-from .fetch import fetch_url
+from ..errors import InvalidInput
+from ..images import ImageLimits, InvalidImage, image_data, open_image
+from ..fetch import fetch_url
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Lotus's forward passes on torch and diffusers (Lotus-D and Lotus-G), imported only where
 the model runs (a model worker process, the serverless worker): the HTTP process validates
-and queues Lotus jobs with `pipelines/lotus.py` alone and never loads torch. Line numbers
+and queues Lotus jobs with the rest of pipelines/lotus/ and never loads torch. Line numbers
 are upstream's (EnVision-Research/Lotus at b737e12).
 """
 
@@ -20,7 +20,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .lotus import ResampleMethod, resized_size
+from .cost import resized_size
+from .request import ResampleMethod
 
 # model_index.json's _class_name by mode: Lotus-D's published name, upstream's own classes
 # (train_lotus_d.py:1136-1144, train_lotus_g.py:1187-1195 save LotusDPipeline and

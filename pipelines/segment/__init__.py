@@ -15,11 +15,11 @@ from typing import ClassVar
 
 from PIL import Image
 
-from .base import Progress, Result
-from .images import ImageSource
-from .masks import Masker
-from .outputs import atomic_write
-from .spec import Endpoint, OutputFormat, PipelineSpec
+from ..base import Progress, Result
+from ..images import ImageSource
+from ..sam3d_parts.masks import Masker
+from ..outputs import atomic_write
+from ..spec import Endpoint, OutputFormat, PipelineSpec
 
 # rembg on a CPU takes a few seconds a photo: it runs u2net at 320x320 whatever the size
 # (rembg 2.0.69, sessions/u2net_custom.py:50). A mask job still running after this is
