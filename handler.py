@@ -101,7 +101,7 @@ class JobFailed(Exception):
         self.failure = failure
 
 
-class Worker:
+class Handler:
     """The loaded pipelines behind the HTTP server's queue (queue_manager.JobQueue, its
     pipelines run in this process as with MODEL_PROCESS=0), and what the handler adds: the
     key, RunPod's input schema, the answer's inline files."""
@@ -143,7 +143,7 @@ class Worker:
         shutil.rmtree(self._work_dir, ignore_errors=True)
 
     @classmethod
-    def from_env(cls) -> "Worker":
+    def from_env(cls) -> "Handler":
         """Load every configured model; one that fails is remembered, not fatal, so the
         worker answers why instead of crash-looping on a broken volume."""
         settings = load_settings()
@@ -420,33 +420,33 @@ def gpu_broken(failure: PipelineError) -> bool:
                                                      or message.startswith("AcceleratorError"))
 
 
-_worker: Worker | None = None
+_handler: Handler | None = None
 
 
 async def handler(job: dict) -> dict:
     """RunPod's entry point: one job in, one JSON-able answer out. A coroutine that runs the
     job on a thread (the SDK awaits what a handler returns, rp_job.py:181-186), so the jobs
     `concurrency` lets the SDK take at once are handled together."""
-    return await asyncio.to_thread(_worker.handle, job)
+    return await asyncio.to_thread(_handler.handle, job)
 
 
 def concurrency(current: int) -> int:
     """runpod-python's `concurrency_modifier`, asked before each fetch of jobs
     (rp_scale.py:158-161, 67-79): as many jobs at once as one pass of a depth model takes;
     3D jobs still run one at a time, in their own lane of the queue."""
-    return 1 if _worker is None else _worker.concurrency
+    return 1 if _handler is None else _handler.concurrency
 
 
 def main() -> None:
-    global _worker
+    global _handler
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--warmup", action="store_true")
     args, _ = parser.parse_known_args()  # the SDK reads its own flags (parse_known_args too)
-    _worker = Worker.from_env()
+    _handler = Handler.from_env()
     if args.warmup:
-        _worker.warm_up()
+        _handler.warm_up()
     # The SDK logs whole job inputs (the key among them) at DEBUG: keep it at INFO.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod

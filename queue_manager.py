@@ -37,9 +37,9 @@ from pipelines.base import Batching, JobCancelled, Pipeline, Result, TimeLimited
 from pipelines.errors import FailureKind, NotLoaded, PipelineError
 from pipelines.video import VideoLimits
 from jobs.storage import OutputDirLock, is_disk_error, storage_problem
-from workers.in_process import InProcessWorker
+from workers.in_process import InProcessModel
 from workers.lanes import Lane
-from workers.model_process import WorkerLost
+from workers.worker import WorkerLost, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -252,11 +252,11 @@ class JobQueue:
             lanes = list(self._lanes.values())
         return [worker.describe() for lane in lanes for worker in lane.workers]
 
-    def workers_alive(self) -> int:
+    def dispatchers_alive(self) -> int:
         """Threads feeding the workers that are running (one per worker)."""
         return sum(thread.is_alive() for thread in self._dispatchers.values())
 
-    def workers_expected(self) -> int:
+    def dispatchers_expected(self) -> int:
         return len(self._dispatchers)
 
     def janitor_alive(self) -> bool:
@@ -360,7 +360,7 @@ class JobQueue:
         lane = self._lanes.get(name)
         if lane is None:
             workers = self._worker_map.get(name) or [
-                InProcessWorker(name, lambda: self._pipelines.get(name),
+                InProcessModel(name, lambda: self._pipelines.get(name),
                                 lambda: getattr(self._pipelines, "loading", False),
                                 self.batch_limit, slot)
                 for slot in range(self.max_concurrent)]
@@ -378,7 +378,7 @@ class JobQueue:
     def _start_dispatchers(self, lane: Lane) -> None:
         for index, worker in enumerate(lane.workers):
             thread = threading.Thread(target=self._dispatch, args=(lane, worker),
-                                      name=f"queue-worker-{lane.name}-{index}", daemon=True)
+                                      name=f"queue-dispatcher-{lane.name}-{index}", daemon=True)
             self._dispatchers[(lane.name, index)] = thread
             thread.start()
 
@@ -395,7 +395,7 @@ class JobQueue:
     def _next_jobs(self, lane: Lane, worker) -> list[Job] | None:
         while not self._stopping.is_set():
             if lane.waiting and self.storage_problem is None:
-                if worker.state == "ready":
+                if worker.state is WorkerState.READY:
                     if (wait := self._gathering(lane, worker)) > 0:
                         self._lock.wait(wait)
                         continue
@@ -597,10 +597,10 @@ class JobQueue:
                 continue
             lane = self._lanes[name]
             worker = lane.workers[index]
-            log.error("worker %s died; restarting it", worker.label)
+            log.error("the dispatcher of %s died; restarting it", worker.label)
             for job in [job for job in lane.running if job.worker is worker]:
                 lane.finished(job)
-                job.error, job.error_kind = "the worker running this job crashed", FailureKind.INTERNAL
+                job.error, job.error_kind = "the queue thread running this job crashed", FailureKind.INTERNAL
                 self._move(job, JobState.FAILED)
             thread = threading.Thread(target=self._dispatch, args=(lane, worker),
                                       name=thread.name, daemon=True)

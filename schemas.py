@@ -7,15 +7,52 @@ generated from the same classes that do the work and cannot drift from them.
 
 from __future__ import annotations
 
-from typing import Literal
+import enum
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from jobs.state import JobState
+from pipelines import PipelineState
 from pipelines.sam3d_parts.masks import MaskSource
 from pipelines.table import endpoints, media_types
 from workers.lanes import RECENT_JOBS
+from workers.worker import WorkerState
 
-JobStateName = Literal["queued", "processing", "completed", "failed", "cancelled"]
+
+def values_of(states: type[enum.Enum]) -> Any:
+    """`Literal["a", "b", ...]` of an enum's values, in order: the field validates and
+    serialises plain strings and the OpenAPI document lists the values inline (an enum
+    field would add a component and a `$ref`), as it did before the states were enums."""
+    return Literal[tuple(state.value for state in states)]
+
+
+class HealthStatus(str, enum.Enum):
+    """/health's `status`: the guide's three words."""
+
+    HEALTHY = "healthy"
+    LOADING = "loading"
+    UNHEALTHY = "unhealthy"
+
+    __str__ = str.__str__  # the value, as enum.StrEnum (Python 3.11) gives it
+    __format__ = str.__format__
+
+
+class ServerState(str, enum.Enum):
+    """/health's and /readyz's `state` (api/health.py state_of): Cog's states, plus
+    unhealthy."""
+
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    SETUP_FAILED = "setup_failed"
+    UNHEALTHY = "unhealthy"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+JobStateName = values_of(JobState)
 
 
 class ErrorResponse(BaseModel):
@@ -47,7 +84,7 @@ class WorkerStatus(BaseModel):
     pipeline: str
     device: str = Field(description="cuda:N (N among the GPUs the server sees), cpu:N, or "
                         "in-process")
-    state: Literal["starting", "loading", "ready", "busy", "restarting", "failed"]
+    state: values_of(WorkerState)
     running: int = Field(0, description="How many jobs it is running")
     jobs: list[str] | None = Field(None, description="The ids of the jobs it is running "
                                    "(shown only with the API key)")
@@ -98,8 +135,8 @@ class LotusModelInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["healthy", "loading", "unhealthy"]
-    state: Literal["starting", "ready", "busy", "setup_failed", "unhealthy"] = Field(
+    status: values_of(HealthStatus)
+    state: values_of(ServerState) = Field(
         description="starting: models loading; ready: idle; busy: jobs running or waiting; "
                     "setup_failed: a model failed to load; unhealthy: a worker is dead or "
                     "OUTPUT_DIR is not writable")
@@ -108,7 +145,7 @@ class Health(BaseModel):
     gpu: GPU | None = Field(description="The first GPU (the guide's field)")
     gpus: list[GPU] = Field(default_factory=list, description="Every GPU workers run on")
     queue: QueueStats
-    pipelines: dict[str, Literal["loading", "ready", "failed"]] = Field(
+    pipelines: dict[str, values_of(PipelineState)] = Field(
         description="The pipelines this server serves, by state: readiness is theirs")
     pipeline_reasons: dict[str, str] = Field(
         default_factory=dict, description="Each known pipeline (sam3d, lotus, segment) that "

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from flask import Flask, Response, current_app, jsonify
 
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from pipelines import PipelineRegistry
+from pipelines import PipelineRegistry, PipelineState
 from pipelines.base import Capable, ModelTable, Noticing, public_message
 from pipelines.device import gpu_info
 from pipelines.table import SPECS
-from schemas import Health
+from schemas import Health, HealthStatus, ServerState
 from settings import Settings
+from workers.worker import WorkerState
 
 from . import context
 from .auth import holds_key
@@ -30,7 +31,7 @@ OPEN_HEALTH_HIDES = {"workers": {"__all__": {"jobs", "pid"}}}
 class Reading:
     """One look at the server, each figure read once, for /health and /readyz."""
 
-    pipelines: dict[str, str]
+    pipelines: dict[str, PipelineState]
     workers: list[dict]
     stats: dict
     storage: str | None  # why results cannot be written now
@@ -42,34 +43,36 @@ class Reading:
                    queue.output_problem())
 
 
-def problems_of(reading: Reading) -> dict[str, list[str]]:
+def problems_of(reading: Reading) -> dict[ServerState, list[str]]:
     """What stops this server from serving, by the `state` it puts /health in."""
     queue, pipelines = context.queue(), reading.pipelines
     unhealthy = []
-    if queue.workers_alive() < queue.workers_expected():
-        unhealthy.append("a queue worker is dead")
+    if queue.dispatchers_alive() < queue.dispatchers_expected():
+        unhealthy.append("a queue dispatcher thread is dead")
     if not queue.janitor_alive():
         unhealthy.append("the queue's janitor is dead")
     if reading.storage is not None:
         unhealthy.append(reading.storage)
     setup_failed = [f"model {name!r} failed to load" for name, state in pipelines.items()
-                    if state == "failed"] or ([] if pipelines else ["no model to serve"])
+                    if state is PipelineState.FAILED] or (
+                        [] if pipelines else ["no model to serve"])
     starting = [f"model {name!r} is loading" for name, state in pipelines.items()
-                if state == "loading"]
-    for name in [name for name, state in pipelines.items() if state == "ready"]:
+                if state is PipelineState.LOADING]
+    for name in [name for name, state in pipelines.items() if state is PipelineState.READY]:
         own = [worker for worker in reading.workers if worker["pipeline"] == name]
-        if own and not any(worker["state"] in ("ready", "busy") for worker in own):
+        if own and not any(WorkerState(worker["state"]).up for worker in own):
             starting.append(f"model {name!r} has no worker up: "
                             f"{own[0]['reason'] or own[0]['state']}")
-    return {"unhealthy": unhealthy, "setup_failed": setup_failed, "starting": starting}
+    return {ServerState.UNHEALTHY: unhealthy, ServerState.SETUP_FAILED: setup_failed,
+            ServerState.STARTING: starting}
 
 
-def state_of(problems: dict[str, list[str]], stats: dict) -> str:
+def state_of(problems: dict[ServerState, list[str]], stats: dict) -> ServerState:
     """Cog's states, plus unhealthy: the first kind of problem found, else ready or busy."""
-    for state in ("unhealthy", "setup_failed", "starting"):
+    for state in (ServerState.UNHEALTHY, ServerState.SETUP_FAILED, ServerState.STARTING):
         if problems[state]:
             return state
-    return "busy" if stats["processing"] or stats["queued"] else "ready"
+    return ServerState.BUSY if stats["processing"] or stats["queued"] else ServerState.READY
 
 
 def health_answer() -> Response:
@@ -79,7 +82,7 @@ def health_answer() -> Response:
     no process ids (issue 31 item 13): a job id is what guards a result and a forced cancel."""
     reading, queue = Reading.now(), context.queue()
     view = "full" if holds_key() else "open"
-    key = repr((reading, queue.workers_alive(), queue.janitor_alive(), queue.journal_notice))
+    key = repr((reading, queue.dispatchers_alive(), queue.janitor_alive(), queue.journal_notice))
     answers = current_app.extensions.setdefault("health", {})
     cached = answers.get(view)
     if cached is None or cached[0] != key:
@@ -95,14 +98,15 @@ def health_body(reading: Reading) -> tuple[Health, int]:
     registry, queue = context.registry(), context.queue()
     pipelines = reading.pipelines
     state = state_of(problems_of(reading), reading.stats)
-    ready = bool(pipelines) and all(s == "ready" for s in pipelines.values()) and \
-        state in ("ready", "busy")
-    broken = state in ("unhealthy", "setup_failed")
-    status = "unhealthy" if broken else "healthy" if ready else "loading"
+    ready = bool(pipelines) and all(s is PipelineState.READY for s in pipelines.values()) \
+        and state in (ServerState.READY, ServerState.BUSY)
+    broken = state in (ServerState.UNHEALTHY, ServerState.SETUP_FAILED)
+    status = (HealthStatus.UNHEALTHY if broken else HealthStatus.HEALTHY if ready
+              else HealthStatus.LOADING)
     capabilities = {name: pipeline.capabilities for name, pipeline in registry.items()
                     if isinstance(pipeline, Capable)}
     for name, needed in NEEDS.items():  # e.g. segment.offered: /segment answers now
-        capabilities[name] = {"offered": all(pipelines.get(each) == "ready"
+        capabilities[name] = {"offered": all(pipelines.get(each) is PipelineState.READY
                                              for each in (name, needed))}
     notices = {name: pipeline.notice for name, pipeline in registry.items()
                if isinstance(pipeline, Noticing) and pipeline.notice}
@@ -116,7 +120,7 @@ def health_body(reading: Reading) -> tuple[Health, int]:
                   queue=reading.stats, pipelines=pipelines,
                   pipeline_reasons=pipeline_reasons(context.settings(), registry),
                   capabilities=capabilities,
-                  models=models, workers_alive=queue.workers_alive(),
+                  models=models, workers_alive=queue.dispatchers_alive(),
                   workers=[{**worker, "running": len(worker["jobs"])}
                            for worker in reading.workers],
                   notices=notices)
@@ -141,9 +145,9 @@ def pipeline_reasons(settings: Settings, registry: PipelineRegistry) -> dict[str
     status, reasons = registry.status(), {}
     for name in SPECS:
         state = status.get(name)
-        if state == "loading":
+        if state is PipelineState.LOADING:
             reasons[name] = "loading: jobs wait until it is ready"
-        elif state == "failed":
+        elif state is PipelineState.FAILED:
             reasons[name] = (f"failed to load: {public_message(registry.error(name) or '?')}; "
                              "the server's log says more, DEPLOY.md what it needs")
         elif state is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import current_app, request
 
 from jobs.idempotency import MAX_KEY_LENGTH, IdempotencyKeys, KeyReused
+from pipelines import PipelineState
 from pipelines.errors import STATUS_OF, PipelineError
 from pipelines.fetch import check_url
 from pipelines.spec import Endpoint
@@ -84,12 +85,12 @@ def require_ready(pipeline: str) -> None:
             raise ApiError(exc.status, f"{pipeline!r} serves {NEEDS[pipeline]!r} jobs only: "
                            f"{exc.message}", retry_after=exc.retry_after) from None
     status = context.registry().status().get(pipeline)
-    if status == "ready":
+    if status is PipelineState.READY:
         return
-    if status == "loading":
+    if status is PipelineState.LOADING:
         raise ApiError(503, f"model {pipeline!r} is still loading; retry shortly",
                        retry_after=True)
-    if status == "failed":
+    if status is PipelineState.FAILED:
         raise ApiError(503, f"model {pipeline!r} failed to load: "
                             f"{context.registry().error(pipeline)}")
     # Not served here: no retry brings it, so not a 503 ("retry later") but 501, the

@@ -142,7 +142,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 class FrontWorker(UvicornWorker):
-    """One worker process; `threads` (gunicorn's setting) sizes the WSGI app's pool."""
+    """One gunicorn worker process (gunicorn's word, and its `worker_class` setting names
+    this class); `threads` (gunicorn's setting) sizes the WSGI app's pool."""
 
     CONFIG_KWARGS = {"loop": "auto", "http": GuardedProtocol, "ws": "none", "lifespan": "off",
                      "access_log": False, "server_header": False,

@@ -1,7 +1,7 @@
 """The job journal: every job and its result recorded in SQLite under OUTPUT_DIR.
 
 The queue keeps its jobs in memory and writes each state change here, so a restart (the
-worker killed for memory, SIGTERM, the container restarted on the same volume) loses
+gunicorn worker killed for memory, SIGTERM, the container restarted on the same volume) loses
 nothing: finished results stay downloadable, queued jobs run, interrupted jobs fail with a
 reason. A queued job's image waits beside the journal until the job starts, and each
 job's request (pipeline, options, created time) beside it until the job ends, so a

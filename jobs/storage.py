@@ -16,7 +16,7 @@ from pathlib import Path
 from pipelines.base import DISK_ERRORS
 
 LOCK_NAME = ".server.lock"
-LOCK_WAIT_SECONDS = 5.0  # a restarting worker may start while the old one is still exiting
+LOCK_WAIT_SECONDS = 5.0  # a new gunicorn worker may start while the old one is still exiting
 
 
 class OutputDirInUse(RuntimeError):

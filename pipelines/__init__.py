@@ -6,6 +6,7 @@ becomes visible to the queue (`registry.get(name)`) only when it is ready.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -15,6 +16,18 @@ from typing import Iterator
 from .base import Pipeline
 
 log = logging.getLogger(__name__)
+
+
+class PipelineState(str, enum.Enum):
+    """A configured pipeline's state in the registry, as /health's `pipelines` shows it (the
+    values are the API's: clients read them)."""
+
+    LOADING = "loading"
+    READY = "ready"  # the queue sees it (`registry.get(name)`)
+    FAILED = "failed"  # its load failed; `registry.error(name)` says why
+
+    __str__ = str.__str__  # the value, as enum.StrEnum (Python 3.11) gives it
+    __format__ = str.__format__
 
 
 class PipelineRegistry(Mapping):
@@ -50,12 +63,12 @@ class PipelineRegistry(Mapping):
             self._ready[name] = pipeline
             del self._pending[name]
 
-    def status(self) -> dict[str, str]:
-        """Every configured pipeline's state: loading, ready or failed."""
+    def status(self) -> dict[str, PipelineState]:
+        """Every configured pipeline's state."""
         with self._lock:
-            return {**{name: "loading" for name in self._pending},
-                    **{name: "ready" for name in self._ready},
-                    **{name: "failed" for name in self._errors}}
+            return {**{name: PipelineState.LOADING for name in self._pending},
+                    **{name: PipelineState.READY for name in self._ready},
+                    **{name: PipelineState.FAILED for name in self._errors}}
 
     def error(self, name: str) -> str | None:
         with self._lock:

@@ -1,6 +1,6 @@
 """The one interface between the job queue and the models.
 
-A pipeline is loaded once, then runs jobs one at a time per worker thread: it gets the
+A pipeline is loaded once, then runs jobs one at a time per model worker: it gets the
 validated options and the decoded image, reports its stages through `progress`, writes
 its result file next to `output_stem` and says what it wrote. Nothing here knows HTTP.
 """

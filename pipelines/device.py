@@ -1,4 +1,4 @@
-"""What accelerator this process has: read once, after the server's worker process forked."""
+"""What accelerator this process has: read once, after gunicorn forked its worker process."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pipelines.base import Result
 from pipelines.errors import InvalidInput
 from pipelines.lotus import DepthRequest
 from pipelines.outputs import atomic_write
-from workers.model_process import WorkerLost
+from workers.worker import WorkerLost
 
 
 class WorkerDeath(BaseException):

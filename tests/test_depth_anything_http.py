@@ -103,13 +103,13 @@ def test_one_depth_endpoint_routes_by_model_beside_lotus(make_client, da2_checkp
 
 
 def test_the_runpod_handler_serves_it_by_model(da2_checkpoints, tmp_path, monkeypatch):
-    from handler import Worker
+    from handler import Handler
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", "k")
     pipeline = DepthAnything(da2_checkpoints)
     pipeline.load()
-    worker = Worker(load_settings(output_dir=tmp_path), {"depth_anything": pipeline})
+    worker = Handler(load_settings(output_dir=tmp_path), {"depth_anything": pipeline})
     photo = image_b64(width=40, height=30, seed=6)
     answer = worker.handle({"id": "j", "input": {"api_key": "k", "task": "depth",
                                                  "model": INDOOR, "image_base64": photo,

@@ -14,7 +14,8 @@ import requests
 from conftest import image_b64, running_server
 from settings import load_settings
 from workers.devices import Device
-from workers.model_process import ModelWorker
+from workers.model_process import ModelProcess
+from workers.worker import WorkerState
 from workers.pool import Memory, lotus_devices
 from pipelines.base import Result
 
@@ -88,15 +89,15 @@ def test_a_jobs_peak_counts_once_it_is_larger_than_the_load_footprint():
     settings = load_settings(sam3d_vram_gib=24)
     memory = Memory(settings)
     card = Device("cuda", 0, "RTX 4090", 23.6)
-    lotus, sam3d = ModelWorker(settings, "lotus", card), ModelWorker(settings, "sam3d", card)
+    lotus, sam3d = ModelProcess(settings, "lotus", card), ModelProcess(settings, "sam3d", card)
     memory.workers = [lotus, sam3d]
     assert memory.sam3d_budget(sam3d) == 24 - 3.5  # Lotus not loaded yet: its estimate
     lotus.details = {"gpu_footprint_gib": 2.3, "gpu_footprint_source": "measured"}
-    lotus.state = "ready"
+    lotus.state = WorkerState.READY
     assert memory.sam3d_budget(sam3d) == 21.7
     lotus._record_peak([Result(path=None, media_type="", download_name="",
                                info={"gpu_peak_bytes": 4 * 2**30})])
     assert lotus.describe()["gpu_peak_gib"] == 4.0
     assert memory.sam3d_budget(sam3d) == 24 - 4.5  # its peak plus the CUDA context
-    lotus.state = "failed"
+    lotus.state = WorkerState.FAILED
     assert memory.sam3d_budget(sam3d) == 24

@@ -18,7 +18,7 @@ import trimesh
 from PIL import Image
 
 from conftest import ROOT, SAM3D_STAND_IN, image_b64, sam3d_checkpoints, wait_until
-from handler import Worker
+from handler import Handler
 from pipelines.lotus import Lotus
 from pipelines.sam3d_parts.masks import Masker
 from pipelines.sam3d import Sam3DObjects
@@ -140,7 +140,7 @@ def test_local_api_errors_are_clear_and_the_worker_keeps_serving(local_api, job_
 
 def test_an_unset_lotus_api_key_refuses_every_job(tmp_path, checkpoints, monkeypatch):
     monkeypatch.delenv("LOTUS_API_KEY", raising=False)
-    worker = Worker(load_settings(output_dir=tmp_path), {})
+    worker = Handler(load_settings(output_dir=tmp_path), {})
     answer = worker.handle({"id": "j", "input": {"api_key": "", "image_base64": image_b64()}})
     assert answer["status"] == 401 and "LOTUS_API_KEY is not set" in answer["error"]
 
@@ -153,13 +153,13 @@ def worker(tmp_path, checkpoints, monkeypatch):
                          masker=Masker(None), vram_gib=40.0)
     lotus.load()
     sam3d.load()
-    return Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus, "sam3d": sam3d})
+    return Handler(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus, "sam3d": sam3d})
 
 
 @pytest.mark.parametrize("job_input, status, message", ERRORS)
 def test_the_handler_answers_errors_with_the_plans_status_codes(worker, job_input, status,
                                                                message):
-    depth_only = Worker(worker.settings, {"lotus": worker.pipelines["lotus"]})
+    depth_only = Handler(worker.settings, {"lotus": worker.pipelines["lotus"]})
     answer = depth_only.handle({"id": "e", "input": job_input})
     assert answer["status"] == status and message in answer["error"]
 
@@ -332,7 +332,7 @@ class Failing:
 def test_any_failure_is_an_answer_and_a_broken_gpu_asks_for_a_new_worker(
         tmp_path, monkeypatch, error, status, refresh):
     monkeypatch.setenv("LOTUS_API_KEY", KEY)
-    worker = Worker(load_settings(output_dir=tmp_path), {"lotus": Failing(error)})
+    worker = Handler(load_settings(output_dir=tmp_path), {"lotus": Failing(error)})
     answer = worker.handle({"id": "j", "input": {"api_key": KEY, "image_base64": image_b64()}})
     assert answer["status"] == status and "Traceback" not in answer["error"]
     assert answer.get("refresh_worker", False) is refresh
@@ -342,7 +342,7 @@ def test_any_failure_is_an_answer_and_a_broken_gpu_asks_for_a_new_worker(
 @pytest.mark.parametrize("task", [["depth"], {"a": 1}, 3, None])
 def test_a_task_that_is_not_a_name_is_a_400(tmp_path, monkeypatch, task):
     monkeypatch.setenv("LOTUS_API_KEY", KEY)
-    worker = Worker(load_settings(output_dir=tmp_path), {"lotus": Failing(RuntimeError())})
+    worker = Handler(load_settings(output_dir=tmp_path), {"lotus": Failing(RuntimeError())})
     answer = worker.handle({"id": "j", "input": {"api_key": KEY, "task": task,
                                                  "image_base64": image_b64()}})
     assert answer == {"error": "task must be one of depth, normal, 3d", "status": 400}
@@ -363,7 +363,7 @@ def test_keys_are_trimmed_alike_and_a_blank_key_refuses_everything(worker, monke
     """The key comes through Settings, read when the worker starts (as the HTTP server's)."""
     def started_with(key):
         monkeypatch.setenv("LOTUS_API_KEY", key)
-        return Worker(load_settings(output_dir=worker.settings.output_dir), worker.pipelines)
+        return Handler(load_settings(output_dir=worker.settings.output_dir), worker.pipelines)
 
     job = {"id": "j", "input": {"api_key": f"{KEY} ", "image_base64": image_b64(),
                                 "processing_res": 32}}
@@ -381,10 +381,10 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
 
     import handler as module
 
-    batching = module.Worker(load_settings(output_dir=worker.settings.output_dir,
+    batching = module.Handler(load_settings(output_dir=worker.settings.output_dir,
                                            depth_batch=4), worker.pipelines)
     batching.queue.gather_seconds = 0.3  # every call is in before the pass
-    monkeypatch.setattr(module, "_worker", batching)
+    monkeypatch.setattr(module, "_handler", batching)
     assert module.concurrency(1) == 4
     lotus, calls = worker.pipelines["lotus"], []
     record_batches(lotus, calls, monkeypatch)

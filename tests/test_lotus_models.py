@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from conftest import QuietHandler, image_b64, local_http_server, running_server
-from handler import Worker
+from handler import Handler
 from lotus_reference import upstream_lotus_d, upstream_lotus_g
 from make_tiny_checkpoints import make_lotus
 from pipelines.lotus.catalog import LOTUS_MODELS
@@ -306,7 +306,7 @@ def test_the_runpod_worker_serves_task_normal(lotus, tmp_path, monkeypatch):
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", KEY)
-    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
+    worker = Handler(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
     answer = worker.handle({"id": "n1", "input": {
         "api_key": KEY, "task": "normal", "image_base64": image_b64(width=40, height=30),
         "processing_res": 64, "model": "normal-g-v1-1", "output": "png16"}})

@@ -16,7 +16,8 @@ from queue_manager import JobQueue, JobState
 from settings import load_settings
 from stand_ins import ScriptedPipeline
 from workers.devices import Device
-from workers.model_process import ModelWorker, WorkerLost
+from workers.model_process import ModelProcess
+from workers.worker import WorkerLost, WorkerState
 from workers.pool import RemotePipeline
 
 PHOTO = Image.new("RGB", (40, 32), (90, 120, 150))
@@ -26,7 +27,7 @@ PHOTO = Image.new("RGB", (40, 32), (90, 120, 150))
 def worker(tmp_path, checkpoints):
     shutil.copytree(checkpoints / CHECKPOINT_FOLDER, tmp_path / "ck" / CHECKPOINT_FOLDER)
     settings = load_settings(checkpoints_dir=tmp_path / "ck", pipelines="lotus")
-    made = ModelWorker(settings, "lotus", Device("cpu", 0))
+    made = ModelProcess(settings, "lotus", Device("cpu", 0))
     made.start()
     wait_until(lambda: made.state == "ready", timeout=120, interval=0.1)
     yield made
@@ -73,8 +74,8 @@ def test_a_failing_progress_report_never_hands_the_next_job_this_ones_result(wor
     assert third.path.name.startswith("d")
 
 
-class Worker:
-    """A stand-in worker: its state, and what its first load did."""
+class StubWorker:
+    """A stand-in model worker: its state, and what its first load did."""
 
     def __init__(self, state, loaded=True):
         self.state, self.reason, self.details = state, "a reason", {}
@@ -84,16 +85,18 @@ class Worker:
 
 
 def test_a_pipeline_is_ready_once_any_worker_is():
-    stuck = Worker("restarting", loaded=False)  # keeps dying while it loads
-    RemotePipeline(ScriptedPipeline(), [stuck, Worker("ready")]).load()  # returns at once
+    stuck = StubWorker(WorkerState.RESTARTING, loaded=False)  # keeps dying while it loads
+    ready = StubWorker(WorkerState.READY)
+    RemotePipeline(ScriptedPipeline(), [stuck, ready]).load()  # returns at once
+    failed = [StubWorker(WorkerState.FAILED), StubWorker(WorkerState.FAILED)]
     with pytest.raises(RuntimeError, match="a reason"):
-        RemotePipeline(ScriptedPipeline(), [Worker("failed"), Worker("failed")]).load()
+        RemotePipeline(ScriptedPipeline(), failed).load()
 
 
 class LosesItsFirstJob:
-    """A worker whose process is found gone when the first job is sent."""
+    """A model worker whose process is found gone when the first job is sent."""
 
-    label, batch_limit, state, jobs = "flaky", 1, "ready", []
+    label, batch_limit, state, jobs = "flaky", 1, WorkerState.READY, []
 
     def __init__(self, pipeline):
         self.pipeline, self.sent = pipeline, 0
@@ -145,7 +148,7 @@ def test_a_kept_image_that_cannot_be_removed_stops_no_job(tmp_path):
         views = [queue.submit("lotus", (DepthRequest(image="x", seed=seed), PHOTO))
                  for seed in range(3)]
         assert all(queue.wait(view.id, 10).state is JobState.COMPLETED for view in views)
-        assert queue.workers_alive() == queue.workers_expected()
+        assert queue.dispatchers_alive() == queue.dispatchers_expected()
     finally:
         queue.stop()
 

@@ -153,7 +153,7 @@ def test_a_dead_worker_is_replaced_and_its_job_marked_failed(make_queue, scripte
     dead = queue.wait(dead.id, 10)
     assert dead.state is JobState.FAILED and "crashed" in dead.error
     assert queue.wait(after.id, 10).state is JobState.COMPLETED
-    assert queue.workers_alive() == 1
+    assert queue.dispatchers_alive() == 1
 
 
 def test_cancel_a_queued_job_removes_it_from_the_line(make_queue, scripted):

@@ -199,11 +199,11 @@ def test_a_bad_field_of_view_is_400(make_client, lotus, value):
 @pytest.mark.parametrize("normal_model", [None, "normal-d-v1-1"])
 def test_the_runpod_depth_task_answers_a_relief_ply(lotus, tmp_path, monkeypatch,
                                                      normal_model):
-    from handler import Worker
+    from handler import Handler
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
-    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
+    worker = Handler(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
     lighting = {"normal_model": normal_model} if normal_model else {}
     answer = worker.handle({"id": "relief", "input": {
         "api_key": "worker-key-0123456789", "task": "depth", "output": "ply", **lighting,

@@ -340,12 +340,12 @@ def test_an_mp4_cut_at_a_sample_boundary_is_a_400_not_a_shorter_video(make_clien
 
 
 def test_the_runpod_handler_refuses_a_cut_mp4_too(tmp_path, checkpoints, monkeypatch):
-    from handler import Worker
+    from handler import Handler
     from settings import load_settings
 
     monkeypatch.setenv("LOTUS_API_KEY", "worker-key-0123456789")
     lotus = Lotus(checkpoints)
-    worker = Worker(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
+    worker = Handler(load_settings(output_dir=tmp_path / "out"), {"lotus": lotus})
     data = faststart_mp4()
     answer = worker.handle({"id": "cut", "input": {
         "api_key": "worker-key-0123456789", "processing_res": 64,

@@ -1,5 +1,5 @@
-"""Running a job, or a batch of jobs, on a loaded pipeline; and a worker that does it in
-this process (MODEL_PROCESS=0, the tests' scripted pipelines).
+"""Running a job, or a batch of jobs, on a loaded pipeline; and a model worker that does it
+in this process (MODEL_PROCESS=0, the tests' scripted pipelines).
 
 `run_items` is the one place a pipeline is called: the model process runs it in its child,
 the in-process worker here. A failure becomes the job's error, never the caller's crash.
@@ -15,6 +15,8 @@ from pipelines.base import (Abortable, Batching, JobCancelled, Pipeline, Progres
                             describe_failure, is_out_of_memory, release_memory)
 from pipelines.errors import FailureKind, NotLoaded, PipelineError
 from pipelines.device import with_gpu_peak
+
+from .worker import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,9 @@ def run_items(pipeline: Pipeline, items: Sequence[Item], progress: Progress) -> 
     return outcomes
 
 
-class InProcessWorker:
-    """A worker slot that calls the pipeline in this process; ready once it is loaded."""
+class InProcessModel:
+    """A model worker (worker.py) that calls the pipeline in this process; ready once the
+    registry has loaded it."""
 
     def __init__(self, name: str, lookup: Callable[[], Pipeline | None],
                  loading: Callable[[], bool], batch_limit: int = 1, slot: int = 0):
@@ -62,16 +65,18 @@ class InProcessWorker:
         return self._batch_limit if isinstance(self._lookup(), Batching) else 1
 
     @property
-    def state(self) -> str:
+    def state(self) -> WorkerState:
         if self.jobs:
-            return "busy"
+            return WorkerState.BUSY
         if self._lookup() is not None:
-            return "ready"
-        return "loading" if self._loading() else "failed"
+            return WorkerState.READY
+        return WorkerState.LOADING if self._loading() else WorkerState.FAILED
 
     @property
     def reason(self) -> str | None:
-        return f"pipeline {self.pipeline_name!r} is not loaded" if self.state == "failed" else None
+        if self.state is not WorkerState.FAILED:
+            return None
+        return f"pipeline {self.pipeline_name!r} is not loaded"
 
     def run(self, items: Sequence[Item], progress: Progress, job_ids: list[str],
             time_limit: float | None = None) -> list[Outcome]:

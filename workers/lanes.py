@@ -13,7 +13,9 @@ the web page's waiting time is estimated from.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Hashable, Protocol, Sequence
+from typing import Hashable, Protocol, Sequence
+
+from .worker import ModelWorker, WorkerState
 
 RECENT_JOBS = 20
 
@@ -24,7 +26,7 @@ class LaneJob(Protocol):
 
 
 class Lane:
-    def __init__(self, name: str, workers: Sequence[Any]):
+    def __init__(self, name: str, workers: Sequence[ModelWorker]):
         self.name, self.workers = name, list(workers)
         self.waiting: deque = deque()
         self.running: list = []
@@ -66,11 +68,11 @@ class Lane:
 
     def all_failed(self) -> bool:
         """No worker of this lane will ever run a job (each failed to load)."""
-        return bool(self.workers) and all(w.state == "failed" for w in self.workers)
+        return bool(self.workers) and all(w.state is WorkerState.FAILED for w in self.workers)
 
     def stats(self) -> dict:
         return {"queued": len(self.waiting), "processing": len(self.running),
                 "workers": len(self.workers),
-                "ready_workers": sum(w.state in ("ready", "busy") for w in self.workers),
+                "ready_workers": sum(w.state.up for w in self.workers),
                 "mean_seconds": round(sum(self.recent_seconds) / len(self.recent_seconds), 3)
                 if self.recent_seconds else None}

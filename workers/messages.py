@@ -1,4 +1,4 @@
-"""What a model worker's parent and its child send each other over their pipe, one
+"""What a model process (model_process.py) and its child send each other over their pipe, one
 dataclass per message (pickled by multiprocessing's Connection), so both ends name the same
 fields and a reader matches on the type, not on a string tag.
 

@@ -1,6 +1,6 @@
-"""A model worker: one child process that loads one pipeline on one device and runs one job
-(or one batch of depth jobs) at a time, as Replicate's Cog runs its predictor apart from
-its HTTP server.
+"""A model process: the model worker (worker.py) that is one child process, which loads one
+pipeline on one device and runs one job (or one batch of depth jobs) at a time, as
+Replicate's Cog runs its predictor apart from its HTTP server.
 
 A supervisor thread owns the child's life: it starts it, waits for its load report, then
 watches it while idle as well as busy, so a child that dies between jobs is noticed at once
@@ -28,6 +28,7 @@ from pipelines.errors import PipelineError, TimedOut
 from . import messages
 from .devices import Device, pin
 from .in_process import Item, Outcome
+from .worker import WorkerLost, WorkerState
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -39,20 +40,16 @@ BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 16, 30)  # before each restart after an unpl
 STABLE_SECONDS = 60.0  # up this long after loading: the next death starts the backoff over
 
 
-class WorkerLost(Exception):
-    """The child was gone before the job ran, or was killed for another job's sake: the
-    job itself did nothing wrong and may be retried."""
-
-
-class ModelWorker:
-    """One child process: one pipeline, one device."""
+class ModelProcess:
+    """A model worker (worker.py) that is one child process: one pipeline, one device."""
 
     def __init__(self, settings: "Settings", pipeline: str, device: Device, slot: int = 0,
                  batch_limit: int = 1):
         self.settings, self.pipeline_name, self.device = settings, pipeline, device
         self.slot, self.batch_limit = slot, batch_limit
         self.label = f"{pipeline}@{device.label}" + (f"#{slot}" if slot else "")
-        self.state, self.reason = "starting", None
+        self.state: WorkerState = WorkerState.STARTING
+        self.reason: str | None = None
         self.jobs: list[str] = []
         self.restarts = 0
         self.details: dict = {}
@@ -82,7 +79,7 @@ class ModelWorker:
             self._kill()
             self._process.join(5)
 
-    def _set(self, state: str, reason: str | None = None) -> None:
+    def _set(self, state: WorkerState, reason: str | None = None) -> None:
         self.state, self.reason = state, reason
         self.on_change()
 
@@ -100,8 +97,8 @@ class ModelWorker:
             delay = 0.0 if planned else BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
             failures += not planned
             self.restarts += 1
-            self._set("restarting", f"the model process {how}; restart {self.restarts} in "
-                                    f"{delay:g} s")
+            self._set(WorkerState.RESTARTING, f"the model process {how}; restart "
+                                              f"{self.restarts} in {delay:g} s")
             (log.info if planned else log.error)("model worker %s: %s", self.label, self.reason)
             self._stopping.wait(delay)
 
@@ -113,7 +110,7 @@ class ModelWorker:
         self._spawn()
         error = self._await_load()
         if error is not None and not self.loaded.is_set():
-            self._set("failed", error)
+            self._set(WorkerState.FAILED, error)
             self.loaded.set()
             log.error("model worker %s failed to load: %s", self.label, error)
             return None, False, 0.0
@@ -122,7 +119,7 @@ class ModelWorker:
             return f"failed to load again ({error})", False, 0.0
         ready_at = time.monotonic()
         if self._process.exitcode is None:  # loaded: serve until the child ends
-            self._set("ready")
+            self._set(WorkerState.READY)
             self.loaded.set()
             self._process.join()
         with self._pipe_lock:  # a running job sees the end first and answers for it
@@ -143,7 +140,7 @@ class ModelWorker:
         self._process.start()
         child.close()
         self._conn = parent
-        self._set("loading")
+        self._set(WorkerState.LOADING)
 
     def _await_load(self) -> str | None:
         """The child's load report: None once loaded (or if it died, which the supervisor
@@ -168,10 +165,10 @@ class ModelWorker:
         for the whole batch, or returns one outcome per item."""
         limit = min(self.settings.job_timeout_seconds, time_limit or float("inf"))
         with self._pipe_lock:
-            if self.state != "ready" or not self._process.is_alive():
+            if self.state is not WorkerState.READY or not self._process.is_alive():
                 raise WorkerLost(f"model worker {self.label} is {self.state}")
             self.jobs = list(job_ids)
-            self._set("busy")
+            self._set(WorkerState.BUSY)
             try:
                 return self._record_peak(
                     self._exchange(items, progress, time.monotonic() + limit, limit))
@@ -182,9 +179,9 @@ class ModelWorker:
                 raise
             finally:
                 self.jobs = []
-                if self.state == "busy":  # else the supervisor has said what happened
+                if self.state is WorkerState.BUSY:  # else the supervisor has said what happened
                     alive = self._process.is_alive() and not self._planned_kill
-                    self._set("ready" if alive else "restarting")
+                    self._set(WorkerState.READY if alive else WorkerState.RESTARTING)
 
     def _record_peak(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Keep the largest `gpu_peak_bytes` (pipelines/device.py with_gpu_peak) its jobs

@@ -9,7 +9,7 @@ there takes seconds, and it takes no GPU memory from the models.
 
 SAM 3D's jobs are admitted against what its card leaves it (`Memory.sam3d_budget`): the
 card's size (or SAM3D_VRAM_GIB) less what the other workers on that device hold, each as
-measured in its process at load and after its largest job (`ModelWorker.held_gib`), or
+measured in its process at load and after its largest job (`ModelProcess.held_gib`), or
 estimated until it has loaded. Not `torch.cuda.mem_get_info` at job start: the HTTP process
 never touches CUDA yet must refuse at submission (507, before the job waits in the queue),
 and a free-memory reading would count SAM 3D's own weights as taken and move with whatever
@@ -30,7 +30,8 @@ from pipelines.sam3d import MEMORY_NEEDED_GIB_OFFLOAD
 from pipelines.table import SPECS
 
 from .devices import Device, discover
-from .model_process import ModelWorker
+from .model_process import ModelProcess
+from .worker import WorkerState
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,7 +58,7 @@ class Memory:
 
     def __init__(self, settings: "Settings"):
         self.settings = settings
-        self.workers: list[ModelWorker] = []
+        self.workers: list[ModelProcess] = []
 
     def card_gib(self, device: Device) -> float | None:
         """SAM3D_VRAM_GIB (a shared or MIG GPU; the tests' stand-in card) or the card's."""
@@ -73,30 +74,30 @@ class Memory:
             return 0.0
         return ESTIMATED_GIB.get((pipeline, self.settings.lotus_half_precision), 0.0)
 
-    def held(self, worker: ModelWorker) -> float:
-        if worker.state == "failed":
+    def held(self, worker: ModelProcess) -> float:
+        if worker.state is WorkerState.FAILED:
             return 0.0
         measured = worker.held_gib
         return measured if measured is not None else self.estimate(worker.pipeline_name,
                                                                     worker.device)
 
-    def others(self, worker: ModelWorker) -> list[ModelWorker]:
+    def others(self, worker: ModelProcess) -> list[ModelProcess]:
         return [other for other in self.workers
                 if other is not worker and other.device == worker.device]
 
-    def sam3d_budget(self, worker: ModelWorker) -> float | None:
+    def sam3d_budget(self, worker: ModelProcess) -> float | None:
         card = self.card_gib(worker.device)
         if card is None:
             return None
         return round(max(card - sum(map(self.held, self.others(worker))), 0.0), 2)
 
     @staticmethod
-    def _source(worker: ModelWorker) -> str:
+    def _source(worker: ModelProcess) -> str:
         if worker.held_gib is None:
             return " (estimated)"
         return " (stand-in)" if worker.details.get("gpu_footprint_source") == "stand-in" else ""
 
-    def sharing(self, worker: ModelWorker) -> str | None:
+    def sharing(self, worker: ModelProcess) -> str | None:
         """Why this SAM 3D worker has less than its card, in words (None if it has it all)."""
         holders = [f"{other.label} {self.held(other):g} GiB{self._source(other)}"
                    for other in self.others(worker) if self.held(other) > 0]
@@ -111,7 +112,7 @@ class RemotePipeline:
     """One pipeline as the parent sees it: `check`, `capabilities` and `notice` answered by
     an unloaded twin; ready once any of its workers has loaded."""
 
-    def __init__(self, twin: Pipeline, workers: list[ModelWorker], memory: Memory | None = None,
+    def __init__(self, twin: Pipeline, workers: list[ModelProcess], memory: Memory | None = None,
                  placement_notice: str | None = None):
         self._twin, self.workers = twin, workers
         self.name, self.options_model = twin.name, twin.options_model
@@ -121,7 +122,7 @@ class RemotePipeline:
     def load(self) -> None:
         """Ready once any worker is (one that keeps dying while loading holds up nothing);
         failed once every worker's first load has failed."""
-        while not any(w.state in ("ready", "busy") for w in self.workers):
+        while not any(w.state.up for w in self.workers):
             if all(w.loaded.is_set() for w in self.workers):
                 raise RuntimeError(self.workers[0].reason)
             time.sleep(0.1)
@@ -132,7 +133,7 @@ class RemotePipeline:
         is refused only if no GPU could fit it), and says what shares that card."""
         if not isinstance(self._twin, MemoryAdmitting):
             return
-        loaded = [w for w in self.workers if w.state != "failed"]
+        loaded = [w for w in self.workers if w.state is not WorkerState.FAILED]
         if self._memory is not None:
             budgets = [(self._memory.sam3d_budget(w), w) for w in loaded]
             budgets = [(budget, w) for budget, w in budgets if budget is not None]
@@ -189,7 +190,7 @@ def serving_pipelines(settings: "Settings") -> tuple[dict[str, Pipeline], dict[s
                       else (devices, None))
     if notice:
         log.warning("%s", notice)
-    workers: dict[str, list[ModelWorker]] = {}
+    workers: dict[str, list[ModelProcess]] = {}
     for name in twins:
         workers[name] = _workers(settings, name, placed if name == "lotus" else devices)
         memory.workers.extend(workers[name])
@@ -224,12 +225,12 @@ def lotus_devices(memory: Memory, devices: list[Device]) -> tuple[list[Device], 
         "PIPELINES=sam3d on this server and serve Lotus from another GPU or server.")
 
 
-def _workers(settings: "Settings", name: str, devices: list[Device]) -> list[ModelWorker]:
+def _workers(settings: "Settings", name: str, devices: list[Device]) -> list[ModelProcess]:
     """The model table's placement: "cpu", one worker on the CPU; "gpu", one per device and
     MAX_CONCURRENT slot, each batching up to the model's `batch_limit` on its device."""
     spec = SPECS[name]
     if spec.placement == "cpu":
-        return [ModelWorker(settings, name, Device("cpu", 0))]
-    return [ModelWorker(settings, name, device, slot,
+        return [ModelProcess(settings, name, Device("cpu", 0))]
+    return [ModelProcess(settings, name, device, slot,
                         spec.batch_limit(settings, device) if spec.batch_limit else 1)
             for device in devices for slot in range(settings.max_concurrent)]
