@@ -45,7 +45,7 @@ from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
 from pipelines.sam3d import GenerateRequest
 from pipelines.table import SPECS, pipeline_for, tasks
-from queue_manager import JobQueue
+from queue_manager import JobQueue, QueueConfig
 from settings import Settings, load_settings
 from workers.devices import Device
 
@@ -128,12 +128,10 @@ class Worker:
         # one pass (up to MAX_BATCH_IMAGES, as they did before they went through the queue); concurrent calls
         # are at most `concurrency`.
         self._work_dir = Path(tempfile.mkdtemp(prefix="runpod-queue-"))
-        self.queue = JobQueue(pipelines, self._work_dir, max_concurrent=1,
-                              max_queue_size=MAX_BATCH_IMAGES * self.concurrency,
-                              batch_limit=MAX_BATCH_IMAGES, gather_seconds=GATHER_SECONDS,
-                              result_ttl_seconds=settings.result_ttl_seconds,
-                              observers=[self._observe],
-                              video_limits=settings.image_limits.video)
+        self.queue = JobQueue(pipelines, self._work_dir, QueueConfig.from_settings(
+            settings, max_concurrent=1, max_queue_size=MAX_BATCH_IMAGES * self.concurrency,
+            batch_limit=MAX_BATCH_IMAGES, gather_seconds=GATHER_SECONDS),
+            observers=[self._observe])
         self.queue.start()
         atexit.register(self.close)
 

@@ -20,6 +20,7 @@ from pipelines.errors import FailureKind, PipelineError
 from pipelines.table import result_format
 
 from . import rebuild
+from .index import EXPIRED_IDS_KEPT
 from .journal import REQUEST_SUFFIX
 from .state import JOB_ID_PATTERN, Job, JobState
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("queue_manager")
 
-EXPIRED_IDS_KEPT = 100_000  # ids still answered 410 rather than 404
 EXPIRE_BATCH = 500  # jobs expired per hold of the queue's lock
 
 
@@ -48,7 +48,7 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
         queue.adopt(job)
         if job.state is JobState.QUEUED:
             try:  # its bytes too: kept again if the job is handed back (issue 31 item 5)
-                job.image, job.source = journal.load_input(job.id, queue.video_limits)
+                job.image, job.source = journal.load_input(job.id, queue.config.video_limits)
             except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
                 why = f" ({exc})" if isinstance(exc, PipelineError) else ""
                 queue.end(job, JobState.FAILED, error_kind=FailureKind.INTERNAL, error=(

@@ -167,7 +167,7 @@ def test_a_job_still_running_when_the_server_stops_waits_for_the_next_start(work
     view = queue.submit("lotus", (DepthRequest(image="x", processing_res=2048), photo))
     wait_until(lambda: queue.get(view.id).state is JobState.PROCESSING, timeout=30)
     queue.stop(timeout=0.5)  # SIGTERM's graceful time ran out
-    assert queue._jobs[view.id].state is JobState.QUEUED
+    assert queue._index.find(view.id).state is JobState.QUEUED
     again = JobQueue({"lotus": pipeline}, out)  # the next start, on the same folder
     again.start()
     try:
