@@ -278,7 +278,7 @@ def test_old_result_files_expire(worker, tmp_path):
 
 
 def test_bucket_upload_needs_every_setting_and_says_what_is_missing(monkeypatch, caplog):
-    from handler import bucket_name
+    from serverless.answers import bucket_name
 
     for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
                  "BUCKET_NAME"):
