@@ -33,7 +33,7 @@ from jobs.queue_config import QueueConfig
 from jobs.recorder import JobRecorder
 from jobs.state import (ALLOWED_MOVES, JOB_ID_PATTERN, Job, JobExpired, JobNotFound, JobState,  # noqa: F401
                         JobView, NotCancellable, QueueFull, StorageUnavailable)
-from jobs.storage import OutputDirLock, remove_job_files, remove_result
+from jobs.storage import OutputDirLock, remove_job_files
 from pipelines.base import JobCancelled, Pipeline, Result
 from pipelines.errors import FailureKind
 from workers.dispatch import Dispatch
@@ -207,9 +207,10 @@ class JobQueue:
     def stats(self) -> dict:
         """The guide's counts over every lane, and each lane's own."""
         with self._lock:
-            return {"queued": self.waiting(), **self._dispatch.stats(),
+            lanes = self._dispatch.stats()
+            return {"queued": self.waiting(), "processing": lanes["processing"],
                     "max_queue_size": self.config.max_queue_size,
-                    "max_concurrent": self.config.max_concurrent}
+                    "max_concurrent": self.config.max_concurrent, "lanes": lanes["lanes"]}
 
     def workers(self) -> list[dict]:
         """Every worker: pipeline, device, state, its jobs."""
@@ -316,8 +317,6 @@ class JobQueue:
         caller's to remove."""
         with self._lock:
             return self._index.take_due(limit)
-
-    remove_files = staticmethod(remove_result)
 
     def retry_storage(self) -> None:
         """Whether OUTPUT_DIR can take results: a full or read-only volume stops new work;

@@ -50,7 +50,7 @@ def journal_with(folder: Path, expired: int, stale: int) -> None:
              for index in range(stale)]
     with sqlite3.connect(folder / JOURNAL_NAME) as db:
         db.executemany("INSERT INTO jobs VALUES (?, 'lotus', 'pipelines.lotus:DepthRequest', ?,"
-                       " ?, ?, ?, ?, NULL, NULL, NULL)",
+                       " ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
                        ((job_id, options, state, at, at, at) for job_id, state, at in rows))
 
 

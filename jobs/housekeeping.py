@@ -23,6 +23,7 @@ from . import rebuild
 from .index import EXPIRED_IDS_KEPT
 from .journal import REQUEST_SUFFIX
 from .state import JOB_ID_PATTERN, Job, JobState
+from .storage import remove_result
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -141,7 +142,7 @@ def expire_due(queue: "JobQueue", journal: "Journal") -> None:
         if not due:
             return
         for job in due:
-            queue.remove_files(job.result)
+            remove_result(job.result)
             journal.forget(job.id)  # its kept input and request
         journal.expire([job.id for job in due], keep=EXPIRED_IDS_KEPT)
         if len(due) < EXPIRE_BATCH:
