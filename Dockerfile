@@ -149,6 +149,7 @@ COPY app.py queue_manager.py settings.py schemas.py handler.py metrics.py webhoo
 COPY pipelines/ ./pipelines/
 COPY workers/ ./workers/
 COPY jobs/ ./jobs/
+COPY serverless/ ./serverless/
 COPY front/ ./front/
 COPY api/ ./api/
 COPY scripts/ ./scripts/

@@ -34,7 +34,7 @@ from jobs.idempotency import IdempotencyKeys
 from jobs.storage import OutputDirInUse
 from metrics import Metrics
 from pipelines import PipelineRegistry
-from queue_manager import JobQueue
+from queue_manager import JobQueue, QueueConfig
 from schemas import QueueStats, openapi_document
 from settings import Settings, SettingsError, load_settings
 from webhooks import WebhookSender
@@ -56,13 +56,8 @@ def create_app(settings: Settings | None = None, *,
     if settings.webhook_secret is not None:
         observers.append(WebhookSender(settings.webhook_secret.get_secret_value(),
                                        allow_private=settings.allow_private_urls).observe)
-    queue = JobQueue(registry, settings.output_dir, workers=workers,
-                     max_queue_size=settings.max_queue_size,
-                     max_concurrent=settings.max_concurrent,
-                     batch_limit=settings.depth_batch or 1,
-                     result_ttl_seconds=settings.result_ttl_seconds,
-                     min_free_bytes=settings.min_free_disk_mb * 2**20, observers=observers,
-                     video_limits=settings.image_limits.video)
+    queue = JobQueue(registry, settings.output_dir, QueueConfig.from_settings(settings),
+                     workers=workers, observers=observers)
     metrics.watch(queue.stats, lambda: dict(registry.load_seconds))
     queue.start()
     registry.load_in_background()

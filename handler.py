@@ -10,8 +10,8 @@ RunPod hands a handler only `{"id", "input"}`, never HTTP headers, so the key tr
 unset every job is refused. Models load once per worker, in the serving process, before the
 first job; one that fails to load is reported in every answer that needs it. A job runs
 through the HTTP server's queue (queue_manager.JobQueue, in-process as with MODEL_PROCESS=0):
-its failures, batching and expiry are the queue's. Line numbers are runpod-python 1.7.7's,
-the pinned SDK.
+its failures, batching and expiry are the queue's; RunPod's input schema and the answer's
+files are serverless/'s. Line numbers are runpod-python 1.7.7's, the pinned SDK.
 """
 
 from __future__ import annotations
@@ -19,22 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import base64
-import hashlib
 import hmac
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from PIL import Image
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from jobs.state import JobState, JobView, QueueFull, StorageUnavailable
 from pipelines.base import Pipeline, Result, describe_failure, public_message, validation_message
@@ -43,46 +39,19 @@ from pipelines.catalog import configured_pipelines
 from pipelines.lotus.catalog import LOTUS_MODELS
 from pipelines.images import JobInputs
 from pipelines.lotus import DEFAULT_MODEL_ID, DepthRequest, NormalRequest
-from pipelines.sam3d import GenerateRequest
 from pipelines.table import SPECS, pipeline_for, tasks
-from queue_manager import JobQueue
+from queue_manager import JobQueue, QueueConfig
+from serverless.answers import answer, bucket_name, sweep_volume
+from serverless.inputs import (JOBS, MAX_BATCH_IMAGES, TASKS, requests_of, safe_job_id,
+                               task_pipeline)
 from settings import Settings, load_settings
 from workers.devices import Device
 
 log = logging.getLogger("handler")
 
-# RunPod input's `task` -> the pipeline that runs it: the model table's endpoints' tasks,
-# the default task's model's first (`depth, normal, 3d`, as messages list them).
-DEFAULT_TASK = "depth"
-TASKS = dict(sorted(((task, pipeline) for task, (pipeline, _) in tasks().items()),
-                    key=lambda item: item[1] != tasks()[DEFAULT_TASK][0]))
-MAX_BATCH_IMAGES = 16
 # How long the queue's batching worker waits, after a depth job arrived, for the concurrent
 # calls the SDK handed over with it (they arrive within milliseconds: rp_scale.py:207-221).
 GATHER_SECONDS = 0.02
-# A job id becomes a file name. RunPod's (`sync-<uuid>`, `<uuid>-u1`) and the SDK's local
-# ones (`test-<uuid>`, rp_fastapi.py:306,317; `local_test`, rp_local.py:40) fit this; the SDK
-# hands on whatever id the job-take API or --test_input gave, unchecked (rp_job.py:110-117,
-# rp_local.py:40).
-SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-BUCKET_SETTINGS = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
-                   "BUCKET_NAME")
-
-
-class DepthJob(DepthRequest):
-    task: Literal["depth"] = "depth"
-    model_id: str | None = Field(None, description="Must match the worker's MODEL_ID")
-
-
-class NormalJob(NormalRequest):
-    task: Literal["normal"]
-
-
-class ObjectJob(GenerateRequest):
-    task: Literal["3d"]
-
-
-JOBS = {"depth": DepthJob, "normal": NormalJob, "3d": ObjectJob}
 
 
 class Refused(Exception):
@@ -104,7 +73,8 @@ class JobFailed(Exception):
 class Handler:
     """The loaded pipelines behind the HTTP server's queue (queue_manager.JobQueue, its
     pipelines run in this process as with MODEL_PROCESS=0), and what the handler adds: the
-    key, RunPod's input schema, the answer's inline files."""
+    key, RunPod's input schema (serverless/inputs.py), the answer's inline files
+    (serverless/answers.py)."""
 
     def __init__(self, settings: Settings, pipelines: dict[str, Pipeline],
                  load_errors: dict[str, str] | None = None):
@@ -128,12 +98,10 @@ class Handler:
         # one pass (up to MAX_BATCH_IMAGES, as they did before they went through the queue); concurrent calls
         # are at most `concurrency`.
         self._work_dir = Path(tempfile.mkdtemp(prefix="runpod-queue-"))
-        self.queue = JobQueue(pipelines, self._work_dir, max_concurrent=1,
-                              max_queue_size=MAX_BATCH_IMAGES * self.concurrency,
-                              batch_limit=MAX_BATCH_IMAGES, gather_seconds=GATHER_SECONDS,
-                              result_ttl_seconds=settings.result_ttl_seconds,
-                              observers=[self._observe],
-                              video_limits=settings.image_limits.video)
+        self.queue = JobQueue(pipelines, self._work_dir, QueueConfig.from_settings(
+            settings, max_concurrent=1, max_queue_size=MAX_BATCH_IMAGES * self.concurrency,
+            batch_limit=MAX_BATCH_IMAGES, gather_seconds=GATHER_SECONDS),
+            observers=[self._observe])
         self.queue.start()
         atexit.register(self.close)
 
@@ -229,7 +197,7 @@ class Handler:
         if "webhook" in job_input or "webhook_events" in job_input:
             raise InvalidInput("webhook: give it to RunPod (the `webhook` beside `input` in "
                                "/run); this worker does not call webhooks")
-        requests = self._requests(JOBS[task], job_input)
+        requests = requests_of(JOBS[task], job_input)
         name = pipeline_for(tasks()[task][1].path, requests[0])  # by `model`: the model table
         if name in self.load_errors:
             raise NotLoaded(f"model {name!r} failed to load on this worker: "
@@ -245,15 +213,11 @@ class Handler:
         batch = "images" in job_input
         loaded = [self._load(request, f"images[{index}]: " if batch else "")
                   for index, request in enumerate(requests)]
-        self.sweep_volume()
+        sweep_volume(self.settings.output_dir, self.settings.result_ttl_seconds)
         results = self._through_queue(name, loaded, progress_reporter(job))
         key = tasks()[task][1].inline_field  # image_base64 for a map, model_base64 for 3D
-        answers, inline_left = [], self.max_inline_bytes
-        for index, result in enumerate(results):
-            name = f"{job_id}-{index}" if batch else job_id
-            answers.append(self._answer(name, result, key, inline_left))
-            inline_left -= len(answers[-1].get(key, ""))
-        return {"results": answers} if batch else answers[0]
+        return answer(results, job_id, batch, key, output_dir=self.settings.output_dir,
+                      inline_bytes=self.max_inline_bytes, bucket=self.bucket)
 
     def _through_queue(self, name: str, loaded: list[JobInputs],
                        report: Callable[[str, float], None]) -> list[tuple[str, Result]]:
@@ -290,103 +254,14 @@ class Handler:
         if report is not None and view.state is JobState.PROCESSING and view.stage != "starting":
             report(view.stage, view.progress)
 
-    @staticmethod
-    def _requests(model: type, job_input: dict) -> list:
-        """One validated request per image: `images` (a list of base64 strings or http(s)
-        URLs) shares the other options; without it, the single image fields."""
-        sources = job_input.get("images")
-        if sources is None:
-            return [model.model_validate(job_input)]
-        if not isinstance(sources, list) or not 1 <= len(sources) <= MAX_BATCH_IMAGES:
-            raise InvalidInput(f"images must be a list of 1 to {MAX_BATCH_IMAGES} base64 "
-                               "strings or URLs")
-        options = {key: value for key, value in job_input.items() if key != "images"}
-        requests = []
-        for index, source in enumerate(sources):
-            field = "image_url" if isinstance(source, str) and source.startswith(
-                ("http://", "https://")) else "image"
-            try:
-                requests.append(model.model_validate({**options, field: source}))
-            except ValidationError as exc:
-                raise InvalidInput(f"images[{index}]: {validation_message(exc)}") from None
-        return requests
-
     def _load(self, request, where: str) -> JobInputs:
         try:
             return request.load(self.settings.image_limits)
         except PipelineError as exc:
             raise type(exc)(f"{where}{exc}") from None
 
-    def sweep_volume(self) -> None:
-        """Answer files in OUTPUT_DIR older than RESULT_TTL_SECONDS go. The queue expires its
-        own jobs (jobs/housekeeping.expire_due); OUTPUT_DIR is a network volume that
-        outlives every worker, so the files a stopped worker answered with are no queue's,
-        and any worker removes them."""
-        deadline = time.time() - self.settings.result_ttl_seconds
-        folder = self.settings.output_dir
-        for path in folder.iterdir() if folder.is_dir() else ():
-            try:
-                if path.is_file() and path.stat().st_mtime < deadline:
-                    path.unlink()
-            except OSError as exc:  # another worker removed it first, or a permission
-                log.debug("could not expire %s: %s", path.name, exc)
-
     def _model_id(self) -> str:
         return self.settings.model_id or DEFAULT_MODEL_ID
-
-    def _answer(self, name: str, done: tuple[str, Result], key: str, inline_left: int) -> dict:
-        """The plan's answer: base64 + min/max + file_path, or a path (and a URL) when the
-        file would not fit in what is left of RunPod's payload limits for this job. The
-        queue's result file becomes OUTPUT_DIR/<RunPod's job id><its suffix>."""
-        queue_id, result = done
-        self.settings.output_dir.mkdir(parents=True, exist_ok=True)
-        target = self.settings.output_dir / (name + Path(result.path).name[len(queue_id):])
-        shutil.move(result.path, target)
-        result = replace(result, path=target)
-        answer: dict[str, Any] = {**result.info, "file_path": str(result.path),
-                                  "media_type": result.media_type}
-        size = Path(result.path).stat().st_size
-        if size * 4 / 3 <= inline_left:
-            answer[key] = base64.b64encode(Path(result.path).read_bytes()).decode()
-            return answer
-        answer["message"] = (f"result is {size} bytes, over the inline limit; "
-                             "read it from file_path (network volume) or url")
-        if self.bucket:
-            from runpod.serverless.utils.rp_upload import upload_file_to_bucket
-
-            answer["url"] = upload_file_to_bucket(f"{name}{Path(result.path).suffix}",
-                                                  str(result.path), bucket_name=self.bucket)
-        return answer
-
-
-def task_pipeline(job_input: dict) -> str | None:
-    """The pipeline a job's `task` names; None for any other value (a typo, a list)."""
-    task = job_input.get("task", DEFAULT_TASK)
-    return TASKS.get(task) if isinstance(task, str) else None
-
-
-def safe_job_id(job_id: Any) -> str:
-    """The id as a file name: itself when made of letters, digits, `-` and `_`, else a name
-    derived from it, so no id (`../x`, `a/b`) puts a result outside OUTPUT_DIR."""
-    text = str(job_id)
-    if SAFE_JOB_ID.fullmatch(text):
-        return text
-    return "job-" + hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def bucket_name() -> str | None:
-    """The bucket large results go to, when every BUCKET_* setting is there; else None, and
-    the start-up log says which are missing. Without a name, the SDK would upload to a
-    bucket named after the month (rp_upload.py:228-229)."""
-    missing = [name for name in BUCKET_SETTINGS if not os.environ.get(name, "").strip()]
-    if not missing:
-        log.info("results over the inline limit are uploaded to bucket %s",
-                 os.environ["BUCKET_NAME"].strip())
-        return os.environ["BUCKET_NAME"].strip()
-    if len(missing) < len(BUCKET_SETTINGS):
-        log.warning("bucket upload is off: %s not set; results over the inline limit are "
-                    "answered by path on the volume", ", ".join(missing))
-    return None
 
 
 def progress_reporter(job: dict) -> Callable[[str, float], None]:

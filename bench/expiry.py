@@ -50,7 +50,7 @@ def journal_with(folder: Path, expired: int, stale: int) -> None:
              for index in range(stale)]
     with sqlite3.connect(folder / JOURNAL_NAME) as db:
         db.executemany("INSERT INTO jobs VALUES (?, 'lotus', 'pipelines.lotus:DepthRequest', ?,"
-                       " ?, ?, ?, ?, NULL, NULL, NULL)",
+                       " ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
                        ((job_id, options, state, at, at, at) for job_id, state, at in rows))
 
 
@@ -69,10 +69,11 @@ class Holding(ScriptedPipeline):
 def old_sweep(queue: JobQueue, journal) -> None:
     """What the janitor did before: under the lock, every job checked, each stale one expired
     with the unindexed DELETE ... NOT IN that kept the newest expired ids."""
+    index = queue._index
     with queue._lock:
-        for job in [job for job in queue._jobs.values() if queue._is_stale(job)]:
-            queue._jobs.pop(job.id, None)
-            queue._expired[job.id] = None
+        for job in [job for job in index if index.is_stale(job)]:
+            index._jobs.pop(job.id, None)
+            index._expired[job.id] = None
             with journal._lock:
                 journal._db.execute("UPDATE jobs SET state = 'expired', result = NULL "
                                     "WHERE id = ?", (job.id,))

@@ -20,8 +20,10 @@ from pipelines.errors import FailureKind, PipelineError
 from pipelines.table import result_format
 
 from . import rebuild
+from .index import EXPIRED_IDS_KEPT
 from .journal import REQUEST_SUFFIX
 from .state import JOB_ID_PATTERN, Job, JobState
+from .storage import remove_result
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("queue_manager")
 
-EXPIRED_IDS_KEPT = 100_000  # ids still answered 410 rather than 404
 EXPIRE_BATCH = 500  # jobs expired per hold of the queue's lock
 
 
@@ -48,7 +49,7 @@ def restore(queue: "JobQueue", journal: "Journal") -> None:
         queue.adopt(job)
         if job.state is JobState.QUEUED:
             try:  # its bytes too: kept again if the job is handed back (issue 31 item 5)
-                job.image, job.source = journal.load_input(job.id, queue.video_limits)
+                job.image, job.source = journal.load_input(job.id, queue.config.video_limits)
             except (OSError, PipelineError) as exc:  # gone, damaged, or now over a limit
                 why = f" ({exc})" if isinstance(exc, PipelineError) else ""
                 queue.end(job, JobState.FAILED, error_kind=FailureKind.INTERNAL, error=(
@@ -141,7 +142,7 @@ def expire_due(queue: "JobQueue", journal: "Journal") -> None:
         if not due:
             return
         for job in due:
-            queue.remove_files(job.result)
+            remove_result(job.result)
             journal.forget(job.id)  # its kept input and request
         journal.expire([job.id for job in due], keep=EXPIRED_IDS_KEPT)
         if len(due) < EXPIRE_BATCH:

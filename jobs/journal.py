@@ -161,7 +161,7 @@ class Journal:
             raise JournalWriteError(f"the job journal could not be written: {exc}") from None
 
     def record(self, job) -> None:
-        """Write `job` (a queue_manager.Job) as it is now; JournalWriteError if it cannot."""
+        """Write `job` (a jobs.state.Job) as it is now; JournalWriteError if it cannot."""
         options = job.options
         options_class = ("" if options is None else
                          f"{type(options).__module__}:{type(options).__qualname__}")

@@ -93,7 +93,7 @@ def _restore(queue: "JobQueue", journal: "Journal", job: Job, files: dict[str, P
         return
     if journal.input_path(job.id).exists():  # it was waiting: it waits again
         try:
-            job.image, job.source = journal.load_input(job.id, queue.video_limits)
+            job.image, job.source = journal.load_input(job.id, queue.config.video_limits)
         except (OSError, PipelineError) as exc:
             why = f" ({exc})" if isinstance(exc, PipelineError) else ""
             _fail(queue, job, INPUT_LOST.format(why=why), files)

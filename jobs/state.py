@@ -7,7 +7,8 @@ consistent copy readers get (`JobView`). One module owns the state machine:
     processing -> queued     (only when its worker was gone before it ran: retried once)
 
 `Job.move_to` is the only code that changes a job's state; the queue (queue_manager.py)
-calls it, under its lock, for every change, and writes each to the journal. A job read back
+calls it, under its lock, for every change, and writes each to the journal. Readers get a
+`JobView` (`JobView.of`), never the job. A job read back
 from the journal after a restart is built in the state the journal recorded
 (`Job.restored`): that is not a move.
 """
@@ -152,3 +153,30 @@ class JobView:
     waited: float | None = None  # seconds between submission and start
     worker: str | None = None  # the worker running it: `lotus@cuda:1`
     batch_size: int = 1
+
+    @classmethod
+    def of(cls, job: Job, lane: Any = None) -> "JobView":
+        """`job` as readers see it (under the queue's lock); `lane` (workers/lanes.py), its
+        pipeline's, gives its place in line."""
+        queued = job.state is JobState.QUEUED and lane is not None
+        return cls(id=job.id, pipeline=job.pipeline, state=job.state,
+                   position=lane.position(job) if queued else 0,
+                   queue_length=lane.length if lane is not None else 0, stage=job.stage,
+                   progress=round(job.progress, 4), processing_time=job.processing_time,
+                   result=job.result, error=job.error, error_kind=job.error_kind,
+                   cancel_requested=job.cancel_requested, options=job.options,
+                   output=output_of(job.options),
+                   waited=None if job.started_at is None else round(
+                       job.started_at - job.created_at, 3),
+                   worker=getattr(job.worker, "label", None), batch_size=job.batch_size)
+
+
+def output_of(options: Any) -> str:
+    """What a job makes, for views and the log: `glb (textured)`, `ply`, `depth png`."""
+    if hasattr(options, "output_format"):
+        textured = options.output_format in ("glb", "obj", "usdz") and getattr(
+            options, "with_texture", False)
+        return options.output_format + (" (textured)" if textured else "")
+    if options is None:
+        return "recovered"
+    return f"{getattr(options, 'TASK', 'depth')} {getattr(options, 'output', '')}".strip()

@@ -9,11 +9,15 @@ submissions are refused with 507 and waiting jobs wait until it is writable agai
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from pipelines.base import DISK_ERRORS
+
+log = logging.getLogger("queue_manager")
 
 LOCK_NAME = ".server.lock"
 LOCK_WAIT_SECONDS = 5.0  # a new gunicorn worker may start while the old one is still exiting
@@ -73,3 +77,26 @@ def storage_problem(output_dir: Path, min_free_bytes: int) -> str | None:
 def is_disk_error(exc: BaseException) -> bool:
     """A full disk, an exceeded quota or a read-only file system."""
     return isinstance(exc, OSError) and exc.errno in DISK_ERRORS
+
+
+def remove_result(result: Any) -> None:
+    """A result's file (`pipelines.base.Result`; None: nothing), expired or never wanted."""
+    if result is None:
+        return
+    try:
+        Path(result.path).unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or vanished volume: the janitor tries again
+        log.warning("could not remove result file %s: %s", Path(result.path).name, exc)
+
+
+def remove_job_files(output_dir: Path, job_ids: set[str]) -> None:
+    """What failed or cancelled jobs' workers wrote before they ended (a batch partly
+    written, a temporary file of a killed process): every file named after one of them."""
+    if not job_ids:
+        return
+    for path in output_dir.iterdir():  # one pass over the folder for all of them
+        if path.name.lstrip(".").split(".", 1)[0] in job_ids:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", path.name, exc)

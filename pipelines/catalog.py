@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import Pipeline
+from .config import PipelineConfig
 from .table import SPECS
 
 if TYPE_CHECKING:
@@ -17,11 +18,12 @@ if TYPE_CHECKING:
 def configured_pipelines(settings: "Settings", names: list[str] | None = None
                          ) -> dict[str, Pipeline]:
     """The pipelines to serve, unloaded; `names` picks some of them (a model worker's one)."""
+    config = PipelineConfig.from_settings(settings)
     names = names or settings.pipeline_names
     if not names:
         names = [name for name, spec in SPECS.items()
-                 if spec.checkpoint_present is not None and spec.checkpoint_present(settings)]
-    return {name: SPECS[name].factory(settings) for name in names}
+                 if spec.checkpoint_present is not None and spec.checkpoint_present(config)]
+    return {name: SPECS[name].factory(config) for name in names}
 
 
 def http_pipelines(settings: "Settings") -> dict[str, Pipeline]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from workers.devices import Device
 
     from .base import Pipeline
+    from .config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ class PipelineSpec:
 
     name: str
     endpoints: tuple[Endpoint, ...]
-    factory: Callable[["Settings"], "Pipeline"]
+    # both given what a model needs of the settings, never the settings (pipelines/config.py)
+    factory: Callable[["PipelineConfig"], "Pipeline"]
     # whether its weights are where the settings say (None: never started for its own sake)
-    checkpoint_present: Callable[["Settings"], bool] | None
+    checkpoint_present: Callable[["PipelineConfig"], bool] | None
     outputs: tuple[OutputFormat, ...]
     # "gpu": a worker per device and MAX_CONCURRENT slot; "cpu": one worker, on the CPU
     placement: Literal["gpu", "cpu"] = "gpu"

@@ -168,7 +168,7 @@ def test_after_kill_9_the_waiting_job_runs_and_the_running_one_says_why(tmp_path
     try:
         assert queue.wait(waiting, 10).state is JobState.COMPLETED
         assert pipeline.started.get(timeout=1) == 100  # the waiting one, not the interrupted
-        interrupted = [job for job in queue._jobs.values() if job.state is JobState.FAILED]
+        interrupted = [job for job in queue._index if job.state is JobState.FAILED]
         assert len(interrupted) == 1 and "interrupted" in interrupted[0].error
     finally:
         queue.stop()
@@ -318,7 +318,7 @@ def test_expiry_runs_in_batches_and_keeps_the_newest_expired_ids(tmp_path, monke
         views = [queue.submit("lotus", (DepthRequest(image="x", seed=seed),
                                         Image.new("RGB", (8, 8)))) for seed in range(30)]
         views = [queue.wait(view.id, 10) for view in views]
-        wait_until(lambda: not queue._jobs, timeout=10)
+        wait_until(lambda: not len(queue._index), timeout=10)
         wait_until(lambda: not any(view.result.path.exists() for view in views), timeout=10)
         for view in views[-20:]:
             with pytest.raises(JobExpired):

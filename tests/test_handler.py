@@ -278,7 +278,7 @@ def test_old_result_files_expire(worker, tmp_path):
 
 
 def test_bucket_upload_needs_every_setting_and_says_what_is_missing(monkeypatch, caplog):
-    from handler import bucket_name
+    from serverless.answers import bucket_name
 
     for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY",
                  "BUCKET_NAME"):
@@ -381,9 +381,9 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
 
     import handler as module
 
+    monkeypatch.setattr(module, "GATHER_SECONDS", 0.3)  # every call is in before the pass
     batching = module.Handler(load_settings(output_dir=worker.settings.output_dir,
-                                           depth_batch=4), worker.pipelines)
-    batching.queue.gather_seconds = 0.3  # every call is in before the pass
+                                            depth_batch=4), worker.pipelines)
     monkeypatch.setattr(module, "_handler", batching)
     assert module.concurrency(1) == 4
     lotus, calls = worker.pipelines["lotus"], []
@@ -406,10 +406,10 @@ def test_concurrent_depth_jobs_share_one_forward_pass_each_with_its_own_seed(
     assert calls == [4, 1, 1, 1, 1]
 
 
-def test_a_full_output_dir_is_a_507_as_over_http(worker):
+def test_a_full_output_dir_is_a_507_as_over_http(worker, monkeypatch):
     """The queue refuses work while its folder cannot take results; the answer says so with
     the HTTP path's status, not a 500."""
-    worker.queue.storage_problem = "OUTPUT_DIR is full (12 MB free)"
+    monkeypatch.setattr(worker.queue._recorder, "problem", "OUTPUT_DIR is full (12 MB free)")
     answer = worker.handle({"id": "full", "input": {"api_key": KEY, "image_base64": image_b64(),
                                                     "processing_res": 32}})
     assert answer == {"error": "OUTPUT_DIR is full (12 MB free)", "status": 507}

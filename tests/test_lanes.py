@@ -122,7 +122,7 @@ def test_a_job_cancelled_in_its_batch_ends_alone(queues, lotus):
     queue, loaded = loading(queues, lotus, batch_limit=3)
     views = [queue.submit("lotus", depth_job(seed)) for seed in range(3)]
     reported = threading.Event()
-    real_report = queue._report
+    real_report = queue.report
 
     def cancel_at_first_stage(jobs, stage, fraction):
         if not reported.is_set():
@@ -130,7 +130,7 @@ def test_a_job_cancelled_in_its_batch_ends_alone(queues, lotus):
             queue.cancel(views[1].id)
         real_report(jobs, stage, fraction)
 
-    queue._report = cancel_at_first_stage
+    queue.report = cancel_at_first_stage
     loaded.set()
     done = [queue.wait(view.id, 60) for view in views]
     assert [view.state for view in done] == [JobState.COMPLETED, JobState.CANCELLED,

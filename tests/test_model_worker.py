@@ -170,10 +170,39 @@ def test_a_job_still_running_when_the_server_stops_waits_for_the_next_start(work
     view = queue.submit("lotus", (DepthRequest(image="x", processing_res=2048), photo))
     wait_until(lambda: queue.get(view.id).state is JobState.PROCESSING, timeout=30)
     queue.stop(timeout=0.5)  # SIGTERM's graceful time ran out
-    assert queue._jobs[view.id].state is JobState.QUEUED
+    assert queue._index.find(view.id).state is JobState.QUEUED
     again = JobQueue({"lotus": pipeline}, out)  # the next start, on the same folder
     again.start()
     try:
         assert again.wait(view.id, 10).state is JobState.COMPLETED
     finally:
         again.stop()
+
+
+def test_a_model_process_is_given_no_secret(tmp_path, checkpoints, monkeypatch):
+    """Issue 30: the Settings were pickled whole into every child, the API keys and the
+    webhook secret with them. What the spawn sends a child (multiprocessing's
+    reduction.dump, recorded on its way) holds what its pipeline is built from, no secret;
+    the child still loads its model from it."""
+    import base64
+    import multiprocessing.reduction as reduction
+
+    secrets = {"api_key": "http-key-" + "a1" * 12, "lotus_api_key": "runpod-key-" + "b2" * 12,
+               "webhook_secret": "whsec_" + base64.b64encode(b"c3" * 16).decode()}
+    settings = load_settings(checkpoints_dir=checkpoints, pipelines="lotus", **secrets)
+    sent, real_dump = [], reduction.dump
+
+    def recording(obj, file, protocol=None):  # the spawn pickles into a BytesIO it then sends
+        real_dump(obj, file, protocol)
+        sent.append(file.getvalue())
+
+    monkeypatch.setattr(reduction, "dump", recording)
+    made = ModelProcess(settings, "lotus", Device("cpu", 0))
+    made.start()
+    try:
+        wait_until(lambda: made.state is WorkerState.READY, timeout=120, interval=0.1)
+    finally:
+        made.stop()
+    assert any(checkpoints.name.encode() in data for data in sent)  # the child's arguments
+    for value in secrets.values():
+        assert not any(value.encode() in data for data in sent), value[:8]

@@ -19,10 +19,12 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pipelines.base import JobCancelled, MemoryAdmitting, Progress, Result
+from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, TimedOut
 
 from . import messages
@@ -130,12 +132,14 @@ class ModelProcess:
     def _spawn(self) -> None:
         parent, child = self._context.Pipe()
         self._cancel = self._context.Event()
-        settings = self.settings
+        # The child gets what its pipeline is built from, not the Settings: those hold the
+        # API key and the webhook secret, which a process running a model should not hold.
+        config = PipelineConfig.from_settings(self.settings)
         budget = self.memory_budget() if self.memory_budget is not None else None
         if budget is not None:  # what the others on its card leave it, at this (re)start
-            settings = settings.model_copy(update={"sam3d_vram_gib": budget})
+            config = replace(config, sam3d_vram_gib=budget)
         self._process = self._context.Process(
-            target=_serve, args=(child, self._cancel, settings, self.pipeline_name,
+            target=_serve, args=(child, self._cancel, config, self.pipeline_name,
                                  self.device), name=f"model-{self.label}", daemon=True)
         self._process.start()
         child.close()
@@ -321,7 +325,7 @@ def _name_process(label: str) -> None:
         pass
 
 
-def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> None:
+def _serve(conn, cancel, config: PipelineConfig, name: str, device: Device) -> None:
     """The child: pin, load, report, then run jobs until the parent goes away."""
     # Ctrl-C reaches the whole process group: the server decides what stops (a running job
     # finishes in the graceful period, or goes back to the queue), not a KeyboardInterrupt
@@ -333,17 +337,17 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s %(name)s [{name}@{device.label}]: "
                                "%(message)s")
-    from pipelines.catalog import configured_pipelines
+    from pipelines.table import SPECS
 
     from .in_process import run_items
 
-    pipeline = configured_pipelines(settings, [name])[name]
+    pipeline = SPECS[name].factory(config)
     try:
         pipeline.load()
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         conn.send(messages.Loaded(f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(messages.Loaded(None, _load_details(pipeline, name, settings)))
+    conn.send(messages.Loaded(None, _load_details(pipeline, name, config)))
 
     def progress(stage: str, fraction: float) -> None:
         if cancel.is_set():
@@ -366,7 +370,7 @@ def _serve(conn, cancel, settings: "Settings", name: str, device: Device) -> Non
                                  for outcome in outcomes]))
 
 
-def _load_details(pipeline: Any, name: str, settings: "Settings") -> dict:
+def _load_details(pipeline: Any, name: str, config: PipelineConfig) -> dict:
     """What the parent shows of a loaded worker: the admission memory of SAM 3D, the GPU
     memory the weights take and what the process holds on its GPU (its footprint)."""
     import torch
@@ -376,4 +380,4 @@ def _load_details(pipeline: Any, name: str, settings: "Settings") -> dict:
     details = {"vram_gib": pipeline.vram_gib} if isinstance(pipeline, MemoryAdmitting) else {}
     if torch.cuda.is_available():
         details["gpu_memory_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
-    return {**details, **footprint(name, settings.stand_in_footprints)}
+    return {**details, **footprint(name, config.stand_in_footprints)}
