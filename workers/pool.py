@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.base import (DeviceAware, MemoryAdmitting, Noticing, Pipeline, Progress,
                             Result)
 from pipelines.catalog import http_pipelines
-from pipelines.sam3d import MEMORY_NEEDED_GIB_OFFLOAD
+from pipelines.sam3d_parts.memory import MEMORY_NEEDED_GIB_OFFLOAD
 from pipelines.table import SPECS
 
 from .devices import Device, discover
@@ -49,7 +49,7 @@ ESTIMATED_GIB = {("lotus", True): 3.5, ("lotus", False): 6.0,
                  # activations (pipelines/depth_anything/__init__.py): an estimate
                  ("depth_anything", True): 1.0, ("depth_anything", False): 1.0}
 # What Lotus-D must leave SAM 3D on a card: its largest output in low-memory mode
-# (textured GLB, pipelines/sam3d.py MEMORY_NEEDED_GIB_OFFLOAD).
+# (textured GLB, pipelines/sam3d_parts/memory.py MEMORY_NEEDED_GIB_OFFLOAD).
 SAM3D_ROOM_GIB = max(MEMORY_NEEDED_GIB_OFFLOAD.values())
 
 

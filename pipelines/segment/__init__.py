@@ -30,7 +30,7 @@ TIME_LIMIT_SECONDS = 60.0
 class SegmentRequest(ImageSource):
     """`POST /segment`: the photo a 3D job would be sent, under the same rules."""
 
-    TASK: ClassVar[str] = "mask"  # what a job makes, for the log (queue_manager._output_of)
+    TASK: ClassVar[str] = "mask"  # what a job makes, for the log (jobs.state.output_of)
 
 
 class Segmenter:
