@@ -78,7 +78,7 @@ _ALL = (PipelineError, InvalidInput, Unprocessable, NotLoaded, OutOfMemory, Disk
 
 # The HTTP status each kind is answered with. Only the two answering layers read it: the
 # HTTP API (api/errors.py, api/submission.py, api/job_routes.py) and the RunPod handler's
-# `{"error", "status"}` (handler.py); tests/test_api_layout.py checks that nothing below them
+# `{"error", "status"}` (handler.py); tests/api/test_api_layout.py checks that nothing below them
 # does. 507 for a GPU that cannot hold the job as for a full disk: the server lacks room for
 # this job, and another (smaller) job or a later try may pass.
 STATUS_OF: dict[FailureKind, int] = {

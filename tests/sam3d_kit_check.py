@@ -1,6 +1,6 @@
 """pipelines/sam3d.py against the real SAM 3D Objects code, on CPU with ../shared/sam3d-cpu.
 
-    SAM3D_CPU_WORK=... python tests/sam3d_kit_check.py    (tests/test_sam3d_upstream.py runs it)
+    SAM3D_CPU_WORK=... python tests/sam3d_kit_check.py    (tests/pipelines/sam3d/test_sam3d_upstream.py runs it)
 
 Re-executes itself with the kit's Python. Beyond the kit's own run_wrapper.py it checks what
 CPU cannot run to the end: the textured GLB's `to_glb` call binds to the real signature (a spy

@@ -7,7 +7,7 @@ transformers' get_resize_output_image_size (models/dpt/image_processing_dpt.py:6
 4.49.0): both sides scaled by whichever of 518/height and 518/width is nearer 1, each then
 rounded to a multiple of 14. So almost every photo is seen at about 518 pixels on its shorter
 side, whatever its own size, and a long thin one at 518 x 518 times its aspect ratio.
-tests/test_depth_anything.py holds `processing_size` to that function.
+tests/pipelines/depth_anything/test_depth_anything.py holds `processing_size` to that function.
 """
 
 from __future__ import annotations

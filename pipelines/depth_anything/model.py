@@ -25,7 +25,7 @@ more than the model); the maps come back as numpy float32 (height, width), also 
 photo one pixel tall (the pipeline's `.squeeze()` makes that a row); the photo's layout is
 stated as channels-last rather than guessed (a photo 1 or 3 pixels tall is misread by the
 guess, below); a photo the processor would shrink to 0 pixels is refused by name. All of it
-is held to the pipeline's own output by tests/test_depth_anything.py.
+is held to the pipeline's own output by tests/pipelines/depth_anything/test_depth_anything.py.
 """
 
 from __future__ import annotations

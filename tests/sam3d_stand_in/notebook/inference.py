@@ -1,6 +1,6 @@
 """Stand-in for SAM 3D Objects' `notebook/inference.py` at cf06676 (tests only; ../README.md).
 
-Upstream's signatures exactly (tests/test_sam3d_interface.py holds them against the manifest
+Upstream's signatures exactly (tests/pipelines/sam3d/test_sam3d_upstream.py holds them against the manifest
 recorded from upstream), and upstream's import-time side effects: `CUDA_HOME` is copied from
 `CONDA_PREFIX` (inference.py:5), so a process without it fails here as it would upstream.
 """

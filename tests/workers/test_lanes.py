@@ -112,7 +112,7 @@ def test_four_waiting_depth_jobs_run_as_one_batch_equal_to_four_single_runs(queu
         alone = single.wait(single.submit("lotus", job).id, 60)
         assert alone.batch_size == 1
         # A batched convolution differs from a single one in the last bits only: measured
-        # 2.9e-6 at most on disparity in [0, 1] (tests/test_lotus.py holds single runs to
+        # 2.9e-6 at most on disparity in [0, 1] (tests/pipelines/lotus/test_lotus.py holds single runs to
         # upstream's reference at the same 1e-5).
         np.testing.assert_allclose(np.load(view.result.path), np.load(alone.result.path),
                                    atol=1e-5)

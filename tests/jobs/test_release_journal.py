@@ -11,7 +11,7 @@ from conftest import wait_until
 from pipelines.sam3d import GenerateRequest
 from stand_ins import ScriptedPipeline
 
-FIXTURE = Path(__file__).parent / "fixtures" / "release_62efd9a"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "release_62efd9a"
 
 
 class Scripted3D(ScriptedPipeline):

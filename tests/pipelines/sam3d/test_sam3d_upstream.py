@@ -14,7 +14,8 @@ import pytest
 from conftest import ROOT, SAM3D_STAND_IN, sam3d_checkpoints
 from record_sam3d_interface import record
 
-MANIFEST = json.loads((Path(__file__).parent / "sam3d_upstream_interface.json").read_text())
+TESTS = Path(__file__).resolve().parents[2]
+MANIFEST = json.loads((TESTS / "sam3d_upstream_interface.json").read_text())
 REAL_SOURCE = os.environ.get("SAM3D_SOURCE_DIR")
 KIT = Path(os.environ.get("SAM3D_CPU_KIT", ROOT.parent / "shared" / "sam3d-cpu"))
 

@@ -23,7 +23,7 @@ from settings import load_settings
 from stand_ins import ScriptedPipeline
 from jobs.storage import OutputDirInUse, storage_problem
 
-CRASH = Path(__file__).with_name("crash_queue.py")
+CRASH = Path(__file__).resolve().parents[1] / "crash_queue.py"
 
 
 def crash(out: Path, jobs: int = 3, video: Path | None = None) -> dict:
