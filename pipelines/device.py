@@ -6,6 +6,17 @@ import dataclasses
 from functools import lru_cache
 from typing import Callable
 
+# DEPTH_BATCH's default: images a depth model (Lotus-D, Depth Anything V2) runs in one forward
+# pass, per device kind (the table's `batch_limit` of both). On a CPU batching gained little
+# in bench/depth.py and every job of a batch waits for the whole pass.
+DEFAULT_DEPTH_BATCH = {"cuda": 4, "cpu": 1}
+
+
+def depth_batch(settings, device) -> int:
+    """A depth model's batch limit on `device` (a workers.devices.Device): DEPTH_BATCH, else
+    the default for its kind."""
+    return settings.depth_batch or DEFAULT_DEPTH_BATCH[device.kind]
+
 
 @lru_cache(maxsize=1)
 def gpu_info() -> dict:

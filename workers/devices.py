@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/gpus")  # absent: no NVIDIA GPU, no probe needed
-# Depth jobs per forward pass when DEPTH_BATCH is not set: on a CPU batching gained little in
-# bench/depth.py and every job of a batch waits for the whole pass.
-DEFAULT_DEPTH_BATCH = {"cuda": 4, "cpu": 1}
 
 
 @dataclass(frozen=True)
@@ -30,10 +27,6 @@ class Device:
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.index}"
-
-
-def depth_batch(settings, device: Device) -> int:
-    return settings.depth_batch or DEFAULT_DEPTH_BATCH[device.kind]
 
 
 def discover(gpus: str = "") -> list[Device]:

@@ -4,6 +4,7 @@ lane and workers of its own, batched like Lotus-D."""
 
 from __future__ import annotations
 
+from ..device import depth_batch
 from ..lotus import DepthRequest
 from ..outputs import DEPTH_FORMATS
 from ..relief import RELIEF_FORMATS
@@ -13,8 +14,6 @@ from .pipeline import DepthAnything
 
 
 def _batch_limit(settings, device) -> int:
-    from workers.devices import depth_batch
-
     return depth_batch(settings, device)
 
 

@@ -4,6 +4,7 @@ lane and model workers of its own."""
 
 from __future__ import annotations
 
+from ..device import depth_batch
 from ..outputs import DEPTH_FORMATS, NORMAL_FORMATS
 from ..relief import RELIEF_FORMATS
 from ..spec import Endpoint, OutputFormat, PipelineSpec
@@ -13,8 +14,6 @@ from .request import DepthRequest, NormalRequest
 
 
 def _batch_limit(settings, device) -> int:
-    from workers.devices import depth_batch
-
     return depth_batch(settings, device)
 
 

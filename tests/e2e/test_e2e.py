@@ -217,7 +217,8 @@ def slow_then_quick(base: str, slow_res: int) -> tuple[str, str]:
     quick = requests.post(f"{base}/depth", json={"image": small, "processing_res": 32},
                           timeout=30).json()["job_id"]
     # running in the model process: a stage it reported, not the queue's "starting" (a
-    # process lost before it took the job retries the job, by design: queue_manager _settle)
+    # process lost before it took the job retries the job, by design: workers/dispatch.py's
+    # Dispatch._settle)
     wait_until(lambda: (lambda status: status["status"] == "processing"
                         and status["stage"] != "starting")(
         requests.get(f"{base}/job/{slow}", timeout=5).json()), timeout=30)
