@@ -233,8 +233,9 @@ def test_the_runpod_hub_files_match_the_worker():
     for versions in (hub["config"]["allowedCudaVersions"], tests["config"]["allowedCudaVersions"]):
         assert all(tuple(map(int, v.split("."))) >= tuple(map(int, base.split(".")))
                    for v in versions)
-    read = "".join((ROOT / name).read_text() for name in (
-        "handler.py", "settings.py", "src/bootstrap.sh", "src/volume.sh"))
+    read = "".join(path.read_text() for path in (
+        ROOT / "handler.py", *sorted((ROOT / "serverless").glob("*.py")), ROOT / "settings.py",
+        ROOT / "src/bootstrap.sh", ROOT / "src/volume.sh"))
     for setting in hub["config"]["env"]:
         key = setting["key"]
         assert key in read or key.lower() in read, key
