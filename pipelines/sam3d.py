@@ -359,12 +359,12 @@ SPEC = PipelineSpec(
                         "Image to 3D, answered with the file", sync="file",
                         answer_description="The GLB, PLY, OBJ zip, STL or USDZ file",
                         inline_field="model_base64", task="3d"),),
-    factory=lambda settings: Sam3DObjects(settings.checkpoints_dir, settings.sam3d_source_dir,
-                                          vram_gib=settings.sam3d_vram_gib,
-                                          compile=settings.sam3d_compile,
-                                          offload=settings.sam3d_offload),
-    checkpoint_present=lambda settings: Sam3DObjects.checkpoint_present(
-        settings.checkpoints_dir),
+    factory=lambda config: Sam3DObjects(config.checkpoints_dir, config.sam3d_source_dir,
+                                        vram_gib=config.sam3d_vram_gib,
+                                        compile=config.sam3d_compile,
+                                        offload=config.sam3d_offload),
+    checkpoint_present=lambda config: Sam3DObjects.checkpoint_present(
+        config.checkpoints_dir),
     outputs=(OutputFormat("ply", ".ply", "application/octet-stream", "model.ply"),
              *(OutputFormat(name, suffix, media_type, download_name,
                             zip_member=".obj" if suffix == ".zip" else None)

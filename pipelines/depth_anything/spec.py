@@ -24,9 +24,9 @@ SPEC = PipelineSpec(
     endpoints=(Endpoint("depth", DepthRequest, "Queue a depth job", "Depth, answered as JSON",
                         answer="DepthResult", answer_description="The depth map and its range",
                         task="depth"),),
-    factory=lambda settings: DepthAnything(settings.checkpoints_dir),
-    checkpoint_present=lambda settings: DepthAnything.checkpoint_present(
-        settings.checkpoints_dir),
+    factory=lambda config: DepthAnything(config.checkpoints_dir),
+    checkpoint_present=lambda config: DepthAnything.checkpoint_present(
+        config.checkpoints_dir),
     outputs=tuple(OutputFormat(f"depth {name}", suffix, media_type, download_name)
                   for name, (_, suffix, media_type, download_name)
                   in {**DEPTH_FORMATS, **RELIEF_FORMATS}.items()),

@@ -29,10 +29,10 @@ SPEC = PipelineSpec(
                  "Surface normals, answered as JSON", answer="NormalResult",
                  answer_description="The normal map and its convention", task="normal"),
     ),
-    factory=lambda settings: Lotus(settings.checkpoints_dir, settings.model_id,
-                                   half_precision=settings.lotus_half_precision),
-    checkpoint_present=lambda settings: Lotus.checkpoint_present(
-        settings.checkpoints_dir, settings.model_id),
+    factory=lambda config: Lotus(config.checkpoints_dir, config.model_id,
+                                 half_precision=config.lotus_half_precision),
+    checkpoint_present=lambda config: Lotus.checkpoint_present(
+        config.checkpoints_dir, config.model_id),
     outputs=tuple(OutputFormat(f"{task} {name}", suffix, media_type, download_name)
                   for task, formats in (("depth", {**DEPTH_FORMATS, **RELIEF_FORMATS}),
                                         ("normal", NORMAL_FORMATS))

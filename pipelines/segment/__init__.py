@@ -70,7 +70,7 @@ SPEC = PipelineSpec(
                         "The mask a 3D job would use for this image, made on the CPU",
                         sync="only", answer="SegmentResult", answer_description="The mask",
                         inline_field="mask"),),
-    factory=lambda settings: Segmenter(),
+    factory=lambda config: Segmenter(),
     checkpoint_present=None,  # started beside SAM 3D Objects, never alone
     outputs=(OutputFormat("mask", ".png", "image/png", "mask.png"),),
     placement="cpu",  # rembg takes seconds on a CPU, and no GPU memory from the models
