@@ -13,10 +13,6 @@ from .catalog import DA2_MODELS
 from .pipeline import DepthAnything
 
 
-def _batch_limit(settings, device) -> int:
-    return depth_batch(settings, device)
-
-
 SPEC = PipelineSpec(
     name="depth_anything",
     unconfigured=("not configured: no Depth Anything V2 checkpoint in CHECKPOINTS_DIR; "
@@ -31,7 +27,7 @@ SPEC = PipelineSpec(
                   for name, (_, suffix, media_type, download_name)
                   in {**DEPTH_FORMATS, **RELIEF_FORMATS}.items()),
     placement="gpu",
-    batch_limit=_batch_limit,
+    batch_limit=depth_batch,
     memory="about 100 MB of weights (ViT-S) per checkpoint",
     models=tuple(DA2_MODELS),
 )

@@ -13,10 +13,6 @@ from .pipeline import Lotus
 from .request import DepthRequest, NormalRequest
 
 
-def _batch_limit(settings, device) -> int:
-    return depth_batch(settings, device)
-
-
 SPEC = PipelineSpec(
     name="lotus",
     unconfigured=("not configured: no Lotus checkpoint in CHECKPOINTS_DIR and no MODEL_ID; "
@@ -40,7 +36,7 @@ SPEC = PipelineSpec(
     + tuple(OutputFormat(f"{task} video", ".zip", "application/zip", f"{task}_video.zip",
                          zip_member=".mp4") for task in ("depth", "normal")),
     placement="gpu",
-    batch_limit=_batch_limit,
+    batch_limit=depth_batch,
     memory="a few GB beside SAM 3D Objects' admission figures",
     models=tuple(LOTUS_MODELS),
 )
